@@ -1,0 +1,54 @@
+# Two commands do everything on a fresh machine:
+#   make demo   - local Kafka broker + worker + synthetic event stream, live lists
+#   make test   - the whole test suite against a real local broker
+# Both bootstrap what they need, idempotently: a virtualenv in .venv with the
+# package and its pinned dependencies, the Kafka broker jars (Maven, cached in
+# ~/.cache/interest-stream) and, for the metrics test, the Prometheus server.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: all install jars tools test demo lint bench clean
+
+all: test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalls only when pyproject.toml changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+jars: $(STAMP)
+	@$(BIN)/interest-stream broker fetch >/dev/null
+
+# The Prometheus server (Debian package) that the metrics test scrapes us with.
+tools:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing prometheus (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
+	      || echo "could not install prometheus: the Prometheus scrape test will not pass"; \
+	  else echo "prometheus not found: install it (apt-get install prometheus) for the scrape test"; fi; }
+
+test: $(STAMP) jars tools
+	$(BIN)/python -m pytest $(ARGS)
+
+demo: $(STAMP) jars
+	$(BIN)/interest-stream demo $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check stream model state tests bench
+
+bench: $(STAMP) jars
+	$(BIN)/python -m bench.throughput $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""Per-partition user state: store protocol, RocksDB and in-memory stores, codecs."""
+
+__all__: list[str] = []

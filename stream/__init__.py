@@ -1,0 +1,3 @@
+"""Everything that touches Kafka: config, broker, topics, runtimes, CLI."""
+
+__all__: list[str] = []

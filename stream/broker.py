@@ -1,0 +1,304 @@
+"""The embedded Apache Kafka broker: a single KRaft node on 127.0.0.1.
+
+The broker jars come from Maven Central through ``stream/kafka/pom.xml`` and are
+cached outside the repository (``~/.cache/interest-stream/kafka-<version>``, or
+``$INTEREST_CACHE_DIR``). A data directory holds the formatted KRaft log, the
+broker's ``server.properties``, ``broker.log`` and ``broker.json`` (pid and
+address), which is how ``broker status`` and ``broker stop`` find a running
+broker started by another process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from stream.errors import BrokerError
+
+__all__ = [
+    "KAFKA_VERSION",
+    "BrokerInfo",
+    "EmbeddedBroker",
+    "cache_dir",
+    "default_data_dir",
+    "ensure_jars",
+    "free_port",
+    "read_running",
+    "stop_pid",
+]
+
+KAFKA_VERSION = "4.4.0"
+_POM = Path(__file__).with_name("kafka") / "pom.xml"
+_LOG4J = Path(__file__).with_name("kafka") / "log4j2.yaml"
+_HEAP = os.environ.get("INTEREST_BROKER_HEAP", "512m")
+
+
+def cache_dir() -> Path:
+    """Where downloaded jars and the default broker data live."""
+    root = os.environ.get("INTEREST_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "interest-stream"
+
+
+def default_data_dir() -> Path:
+    return cache_dir() / "broker"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _require(tool: str, hint: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise BrokerError(f"{tool} not found on PATH: {hint}")
+    return path
+
+
+def ensure_jars(quiet: bool = True) -> Path:
+    """Fetch the Kafka broker jars with Maven once; return the directory holding them."""
+    libs = cache_dir() / f"kafka-{KAFKA_VERSION}" / "libs"
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    mvn = _require("mvn", "install Maven 3.8+ (e.g. apt-get install maven) to fetch the Kafka jars")
+    _require("java", "install a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)")
+    tmp = libs.with_name("libs.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = [
+        mvn,
+        "-B",
+        "-f",
+        str(_POM),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={tmp}",
+        "-DincludeScope=runtime",
+    ]
+    if quiet:
+        cmd.insert(1, "-q")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["no output"]
+        raise BrokerError(
+            f"fetching Kafka {KAFKA_VERSION} jars with Maven failed "
+            f"(check access to Maven Central): {tail[0]}"
+        )
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    marker.touch()
+    return libs
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    """What ``broker.json`` records about a running broker."""
+
+    pid: int
+    port: int
+    controller_port: int
+    data_dir: str
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still "exists"; treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def read_running(data_dir: Path) -> BrokerInfo | None:
+    """The broker recorded in ``data_dir`` if its process is still alive."""
+    try:
+        info = BrokerInfo(**json.loads((data_dir / "broker.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return info if _alive(info.pid) else None
+
+
+def _answers(bootstrap: str, timeout: float) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        md = admin.list_topics(timeout=timeout)
+        return bool(md.brokers)
+    except Exception:
+        return False
+
+
+class EmbeddedBroker:
+    """A single-node KRaft broker (broker + controller) on loopback.
+
+    Usable as a context manager; ``start`` formats the log dir on first use.
+    """
+
+    def __init__(self, data_dir: Path | None = None, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir or default_data_dir()).resolve()
+        self.port = port or free_port()
+        self.controller_port = free_port()
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    def _properties(self) -> str:
+        p, c = self.port, self.controller_port
+        lines = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{c}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{p}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir / "kraft"),
+            "num.partitions": "4",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "log.segment.bytes": str(64 * 1024 * 1024),
+        }
+        return "".join(f"{k}={v}\n" for k, v in lines.items())
+
+    def _java(self, libs: Path, *args: str, heap: str | None = None) -> list[str]:
+        java = _require(
+            "java", "install a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)"
+        )
+        cmd = [java]
+        if heap:
+            cmd += [f"-Xmx{heap}", f"-Xms{heap}"]
+        cmd += [
+            "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={_LOG4J}",
+            "-cp",
+            f"{libs}/*",
+            *args,
+        ]
+        return cmd
+
+    def start(self, timeout: float = 60.0) -> EmbeddedBroker:
+        """Format (first time), launch and wait until the broker answers metadata."""
+        running = read_running(self.data_dir)
+        if running is not None:
+            raise BrokerError(
+                f"a broker is already running from {self.data_dir} at {running.bootstrap} "
+                f"(pid {running.pid}); stop it first"
+            )
+        libs = ensure_jars()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = self.data_dir / "server.properties"
+        props.write_text(self._properties())
+        if not (self.data_dir / "kraft" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            fmt = subprocess.run(
+                self._java(
+                    libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)
+                ),
+                capture_output=True,
+                text=True,
+            )
+            if fmt.returncode != 0:
+                raise BrokerError(
+                    f"formatting the KRaft log dir failed: {fmt.stderr.strip()[-300:]}"
+                )
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self._java(libs, "kafka.Kafka", str(props), heap=_HEAP),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        info = BrokerInfo(self._proc.pid, self.port, self.controller_port, str(self.data_dir))
+        (self.data_dir / "broker.json").write_text(json.dumps(info.__dict__))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise BrokerError(
+                    f"the Kafka broker exited with code {self._proc.returncode} while starting; "
+                    f"see {self.log_path}"
+                )
+            if _answers(self.bootstrap, timeout=1.0):
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise BrokerError(
+            f"the Kafka broker did not answer within {timeout:.0f}s; see {self.log_path}"
+        )
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, wait for a clean shutdown, then SIGKILL."""
+        if self._proc is not None:
+            stop_pid(self._proc.pid, timeout, self._proc)
+            self._proc = None
+        (self.data_dir / "broker.json").unlink(missing_ok=True)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def stop_pid(pid: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> bool:
+    """Stop a broker process; True if it was running. Clean first, forced after ``timeout``."""
+    if not _alive(pid):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return True
+        if proc is None and not _alive(pid):
+            return True
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc is not None:
+        proc.wait(timeout=5)
+    return True

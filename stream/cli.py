@@ -1,0 +1,172 @@
+"""The ``interest-stream`` command line.
+
+Every subcommand returns an exit code; an :class:`InterestStreamError` (a
+mistake a user can make) is printed as one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stream.errors import InterestStreamError
+
+__all__ = ["main", "build_parser", "add_kafka_flags", "settings_from_args"]
+
+
+def add_kafka_flags(p: argparse.ArgumentParser) -> None:
+    """Flags every Kafka-facing command shares."""
+    p.add_argument(
+        "--bootstrap-servers",
+        dest="bootstrap_servers",
+        metavar="HOST:PORT[,...]",
+        help="Kafka bootstrap servers (default: $INTEREST_KAFKA_BOOTSTRAP)",
+    )
+    p.add_argument(
+        "--config", metavar="FILE.toml", help="TOML settings file (default: $INTEREST_CONFIG)"
+    )
+    p.add_argument(
+        "-X",
+        dest="client",
+        action="append",
+        metavar="NAME=VALUE",
+        help="librdkafka client setting, e.g. -X security.protocol=SASL_SSL (repeatable)",
+    )
+
+
+def settings_from_args(args: argparse.Namespace, **extra: Any):
+    """Settings from parsed flags > env > TOML > defaults."""
+    from stream.config import load_settings, parse_client_overrides
+
+    flags = {k: v for k, v in vars(args).items() if v is not None}
+    flags["client"] = parse_client_overrides(getattr(args, "client", None))
+    flags.update({k: v for k, v in extra.items() if v is not None})
+    return load_settings(flags, config_file=getattr(args, "config", None))
+
+
+def _broker_start(args: argparse.Namespace) -> int:
+    import time
+
+    from stream.broker import EmbeddedBroker
+
+    t0 = time.monotonic()
+    broker = EmbeddedBroker(data_dir=args.data_dir, port=args.port).start()
+    print(broker.bootstrap)
+    print(
+        f"Kafka broker running (pid {broker.pid}, started in {time.monotonic() - t0:.1f}s); "
+        f"log: {broker.log_path}; stop with: interest-stream broker stop",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _broker_status(args: argparse.Namespace) -> int:
+    from stream.broker import default_data_dir, read_running
+
+    info = read_running(Path(args.data_dir or default_data_dir()).resolve())
+    if info is None:
+        print("no broker running", file=sys.stderr)
+        return 1
+    print(f"running pid={info.pid} bootstrap={info.bootstrap} data_dir={info.data_dir}")
+    return 0
+
+
+def _broker_stop(args: argparse.Namespace) -> int:
+    from stream.broker import default_data_dir, read_running, stop_pid
+
+    data_dir = Path(args.data_dir or default_data_dir()).resolve()
+    info = read_running(data_dir)
+    if info is None:
+        print("no broker running", file=sys.stderr)
+        return 0
+    stop_pid(info.pid)
+    (data_dir / "broker.json").unlink(missing_ok=True)
+    print(f"stopped broker pid {info.pid}", file=sys.stderr)
+    return 0
+
+
+def _broker_fetch(args: argparse.Namespace) -> int:
+    from stream.broker import ensure_jars
+
+    print(ensure_jars())
+    return 0
+
+
+def _topics_create(args: argparse.Namespace) -> int:
+    from stream.topics import ensure_topics, topic_specs
+
+    settings = settings_from_args(args)
+    created = ensure_topics(settings.kafka, topic_specs(settings.topics))
+    for name, new in created.items():
+        print(f"{name}: {'created' if new else 'exists'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interest-stream",
+        description="Real-time user interest lists from Kafka events.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    broker = sub.add_parser("broker", help="the embedded local Kafka broker (demo, tests)")
+    bsub = broker.add_subparsers(dest="broker_command", required=True, metavar="ACTION")
+    start = bsub.add_parser("start", help="start it, print its bootstrap address, leave it running")
+    start.add_argument("--port", type=int, help="listener port (default: a free one)")
+    start.set_defaults(func=_broker_start)
+    status = bsub.add_parser("status", help="is it running, and where")
+    status.set_defaults(func=_broker_status)
+    stop = bsub.add_parser("stop", help="stop it cleanly")
+    stop.set_defaults(func=_broker_stop)
+    fetch = bsub.add_parser("fetch", help="download the broker jars with Maven (cached)")
+    fetch.set_defaults(func=_broker_fetch)
+    for p in (start, status, stop):
+        p.add_argument(
+            "--data-dir",
+            dest="data_dir",
+            type=Path,
+            help="broker data directory (default: ~/.cache/interest-stream/broker)",
+        )
+
+    topics = sub.add_parser("topics", help="create the service's topics if missing")
+    add_kafka_flags(topics)
+    topics.add_argument("--partitions", type=int, help="partitions for new topics (default 4)")
+    topics.set_defaults(func=_topics_create)
+
+    for register in _extensions():
+        register(sub)
+    return parser
+
+
+def _extensions() -> list:
+    """Subcommands that live with the code they run."""
+    regs = []
+    for module in ("stream.worker_cli", "model.cli"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        regs.append(mod.register)
+    return regs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InterestStreamError as exc:
+        print(f"interest-stream: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interest-stream: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Typed settings, loaded from CLI flags > environment > TOML file > defaults.
+
+Each component has a frozen dataclass; every field names its environment
+variable in its metadata, so ``interest-stream config`` and the README can list
+them. librdkafka client settings (SASL, SSL, ...) pass through unchanged from
+``[kafka.client]`` in the TOML file, ``INTEREST_KAFKA_CLIENT_<NAME>`` variables
+or ``-X name=value`` flags; values whose name looks secret are never printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stream.errors import ConfigError
+
+__all__ = [
+    "KafkaConfig",
+    "TopicsConfig",
+    "WorkerConfig",
+    "Settings",
+    "load_settings",
+    "parse_client_overrides",
+    "redact",
+    "CONFIG_ENV",
+    "BOOTSTRAP_ENV",
+]
+
+CONFIG_ENV = "INTEREST_CONFIG"
+BOOTSTRAP_ENV = "INTEREST_KAFKA_BOOTSTRAP"
+CLIENT_ENV_PREFIX = "INTEREST_KAFKA_CLIENT_"
+_SECRET_MARKERS = ("password", "secret", "token", "key")
+_RDKAFKA_LOG = logging.getLogger("librdkafka")
+if _RDKAFKA_LOG.level == logging.NOTSET:
+    _RDKAFKA_LOG.setLevel(logging.CRITICAL)
+
+
+def _env(name: str) -> dict[str, str]:
+    return {"env": name}
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Where the cluster is and how to talk to it."""
+
+    bootstrap_servers: str | None = field(default=None, metadata=_env(BOOTSTRAP_ENV))
+    client: Mapping[str, str] = field(default_factory=dict)
+
+    def client_config(self, **extra: Any) -> dict[str, Any]:
+        """librdkafka settings for a client: pass-through settings, then ``extra``."""
+        if not self.bootstrap_servers:
+            raise ConfigError(
+                f"no Kafka bootstrap servers: pass --bootstrap-servers or set {BOOTSTRAP_ENV}"
+            )
+        # librdkafka's own log lines go to Python logging ("librdkafka"), quiet by
+        # default: failures reach the user as one clear error, not a log flood.
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "logger": _RDKAFKA_LOG}
+        conf.update(self.client)
+        conf.update(extra)
+        return conf
+
+    def __repr__(self) -> str:
+        servers, client = self.bootstrap_servers, redact(self.client)
+        return f"KafkaConfig(bootstrap_servers={servers!r}, client={client})"
+
+
+@dataclass(frozen=True)
+class TopicsConfig:
+    """Topic names and how they are created when missing."""
+
+    events: str = field(default="interest.events", metadata=_env("INTEREST_TOPIC_EVENTS"))
+    recommendations: str = field(
+        default="interest.recommendations", metadata=_env("INTEREST_TOPIC_RECOMMENDATIONS")
+    )
+    dead_letter: str = field(
+        default="interest.dead-letter", metadata=_env("INTEREST_TOPIC_DEAD_LETTER")
+    )
+    partitions: int = field(default=4, metadata=_env("INTEREST_TOPIC_PARTITIONS"))
+    replication_factor: int = field(default=1, metadata=_env("INTEREST_TOPIC_REPLICATION"))
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker consumes, batches, stores state and exposes metrics."""
+
+    group: str = field(default="interest-stream", metadata=_env("INTEREST_GROUP"))
+    state_dir: Path = field(default=Path("state-data"), metadata=_env("INTEREST_STATE_DIR"))
+    metrics_port: int = field(default=9464, metadata=_env("INTEREST_METRICS_PORT"))
+    batch_max_events: int = field(default=500, metadata=_env("INTEREST_BATCH_MAX_EVENTS"))
+    batch_max_ms: int = field(default=50, metadata=_env("INTEREST_BATCH_MAX_MS"))
+    k: int = field(default=10, metadata=_env("INTEREST_K"))
+    max_payload_bytes: int = field(default=64 * 1024, metadata=_env("INTEREST_MAX_PAYLOAD_BYTES"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+
+
+def redact(client: Mapping[str, str]) -> dict[str, str]:
+    """Client settings safe to print: secret-looking values replaced by ``***``."""
+    return {
+        k: ("***" if any(m in k.lower() for m in _SECRET_MARKERS) else v) for k, v in client.items()
+    }
+
+
+def parse_client_overrides(pairs: list[str] | None) -> dict[str, str]:
+    """Turn ``["security.protocol=SASL_SSL", ...]`` (``-X`` flags) into a dict."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"client setting {pair!r} is not of the form name=value")
+        out[name.strip()] = value
+    return out
+
+
+def _convert(cls: type, f: dataclasses.Field, raw: Any, origin: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "int":
+            value = int(raw)
+            if value < 0 or (value == 0 and f.name != "metrics_port"):
+                raise ValueError
+            return value
+        if kind == "Path":
+            return Path(str(raw))
+        return None if raw is None else str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{origin}: {cls.__name__.removesuffix('Config').lower()}.{f.name} "
+            f"must be a positive integer, got {raw!r}"
+        ) from None
+
+
+def _build(cls: type, flags: Mapping[str, Any], env: Mapping[str, str], table: Mapping) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(table) - known - {"client"}
+    if unknown:
+        raise ConfigError(f"config file: unknown setting(s) {sorted(unknown)} in [{cls.__name__}]")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "client":
+            continue
+        env_name = f.metadata.get("env")
+        if flags.get(f.name) is not None:
+            values[f.name] = _convert(cls, f, flags[f.name], "flag")
+        elif env_name and env.get(env_name):
+            values[f.name] = _convert(cls, f, env[env_name], env_name)
+        elif f.name in table:
+            values[f.name] = _convert(cls, f, table[f.name], "config file")
+    return values
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Settings from flags (a flat dict of field names) > env > TOML file > defaults.
+
+    ``flags["client"]`` may hold ``-X`` overrides already parsed to a dict.
+    """
+    flags = dict(flags or {})
+    env = os.environ if env is None else env
+    path = config_file or env.get(CONFIG_ENV)
+    doc = _read_toml(Path(path)) if path else {}
+    unknown = set(doc) - {"kafka", "topics", "worker"}
+    if unknown:
+        raise ConfigError(f"config file: unknown section(s) {sorted(unknown)}")
+
+    kafka_table = doc.get("kafka", {})
+    client: dict[str, str] = {str(k): str(v) for k, v in kafka_table.get("client", {}).items()}
+    for name, value in env.items():
+        if name.startswith(CLIENT_ENV_PREFIX):
+            client[name[len(CLIENT_ENV_PREFIX) :].lower().replace("_", ".")] = value
+    client.update(flags.get("client") or {})
+
+    return Settings(
+        kafka=KafkaConfig(client=client, **_build(KafkaConfig, flags, env, kafka_table)),
+        topics=TopicsConfig(**_build(TopicsConfig, flags, env, doc.get("topics", {}))),
+        worker=WorkerConfig(**_build(WorkerConfig, flags, env, doc.get("worker", {}))),
+    )

@@ -1,0 +1,55 @@
+"""Shared fixtures: the real Kafka broker for the whole session.
+
+``INTEREST_KAFKA_BOOTSTRAP`` points the tests at an existing cluster;
+otherwise the embedded broker is started once (in a temporary data dir) and
+stopped at the end. A broker that fails to start fails the tests that need it
+(an error, never a skip).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from stream.config import BOOTSTRAP_ENV, KafkaConfig, TopicsConfig
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a real, running Kafka broker."""
+    existing = os.environ.get(BOOTSTRAP_ENV)
+    if existing:
+        yield existing
+        return
+    from stream.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(data_dir=tmp_path_factory.mktemp("kafka"))
+    broker.start(timeout=120)
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def kafka_config(kafka_bootstrap: str) -> KafkaConfig:
+    return KafkaConfig(bootstrap_servers=kafka_bootstrap)
+
+
+@pytest.fixture
+def unique_topics() -> Callable[..., TopicsConfig]:
+    """Factory of topic names no other test uses (tests share one broker)."""
+
+    def make(partitions: int = 4) -> TopicsConfig:
+        tag = uuid.uuid4().hex[:8]
+        return TopicsConfig(
+            events=f"t{tag}.events",
+            recommendations=f"t{tag}.recommendations",
+            dead_letter=f"t{tag}.dead-letter",
+            partitions=partitions,
+        )
+
+    return make

@@ -1,0 +1,80 @@
+"""The installed command: broker lifecycle and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "stream.cli"]
+
+
+def _run(
+    args: list[str], env: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        CLI + args,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("interest-stream", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "broker" in out.stdout
+
+
+def test_broker_start_status_stop(tmp_path: Path):
+    data = tmp_path / "broker"
+    start = _run(["broker", "start", "--data-dir", str(data)])
+    assert start.returncode == 0, start.stderr
+    bootstrap = start.stdout.strip()
+    assert bootstrap.startswith("127.0.0.1:")
+    try:
+        status = _run(["broker", "status", "--data-dir", str(data)])
+        assert status.returncode == 0 and f"bootstrap={bootstrap}" in status.stdout
+        again = _run(["broker", "start", "--data-dir", str(data)])
+        assert again.returncode != 0 and "already running" in again.stderr
+        assert "Traceback" not in again.stderr
+        topics = _run(["topics", "--bootstrap-servers", bootstrap])
+        assert topics.returncode == 0 and "interest.events: created" in topics.stdout
+    finally:
+        stop = _run(["broker", "stop", "--data-dir", str(data)])
+    assert stop.returncode == 0
+    status = _run(["broker", "status", "--data-dir", str(data)])
+    assert status.returncode == 1 and "no broker running" in status.stderr
+    assert (data / "broker.log").stat().st_size > 0
+
+
+def test_missing_java_is_one_clear_line(tmp_path: Path):
+    # Only the Python interpreter's directory on PATH: no java, no mvn.
+    env = {"PATH": str(Path(sys.executable).parent), "INTEREST_CACHE_DIR": str(tmp_path)}
+    out = _run(["broker", "start", "--data-dir", str(tmp_path / "b")], env=env)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not found on PATH" in lines[0] and "install" in lines[0]
+
+
+def test_unreachable_broker_is_one_clear_line():
+    out = _run(["topics", "--bootstrap-servers", "127.0.0.1:9"], timeout=60)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == [
+        "interest-stream: error: cannot reach Kafka at 127.0.0.1:9 (_TRANSPORT)"
+    ]
+
+
+@pytest.mark.parametrize("args", [["topics"], ["topics", "--config", "/nonexistent.toml"]])
+def test_config_mistakes_exit_non_zero_without_traceback(args, monkeypatch):
+    env = {"INTEREST_KAFKA_BOOTSTRAP": ""}
+    out = _run(args, env=env)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and out.stderr.startswith("interest-stream: error:")

@@ -1,0 +1,86 @@
+"""Settings precedence: flags > env > TOML > defaults; clear errors; secrets hidden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stream.config import KafkaConfig, load_settings, parse_client_overrides
+from stream.errors import ConfigError
+
+
+def test_defaults_without_anything():
+    s = load_settings({}, env={})
+    assert s.kafka.bootstrap_servers is None
+    assert s.topics.events == "interest.events"
+    assert s.topics.recommendations == "interest.recommendations"
+    assert s.topics.dead_letter == "interest.dead-letter"
+    assert s.worker.k == 10
+
+
+def test_flag_beats_env_beats_file(tmp_path: Path):
+    f = tmp_path / "c.toml"
+    f.write_text(
+        '[kafka]\nbootstrap_servers = "file:1"\n[worker]\ngroup = "g-file"\nk = 5\n'
+        '[topics]\nevents = "ev-file"\n'
+    )
+    env = {"INTEREST_KAFKA_BOOTSTRAP": "env:1", "INTEREST_GROUP": "g-env"}
+    s = load_settings({"bootstrap_servers": "flag:1"}, env=env, config_file=f)
+    assert s.kafka.bootstrap_servers == "flag:1"
+    assert s.worker.group == "g-env"
+    assert s.worker.k == 5
+    assert s.topics.events == "ev-file"
+    assert load_settings({}, env=env, config_file=f).kafka.bootstrap_servers == "env:1"
+    assert load_settings({}, env={}, config_file=f).kafka.bootstrap_servers == "file:1"
+
+
+def test_client_settings_pass_through_and_secrets_are_hidden(tmp_path: Path):
+    f = tmp_path / "c.toml"
+    f.write_text('[kafka.client]\n"security.protocol" = "SASL_SSL"\n"sasl.password" = "hunter2"\n')
+    env = {"INTEREST_KAFKA_CLIENT_SASL_MECHANISM": "PLAIN"}
+    s = load_settings(
+        {"bootstrap_servers": "b:9", "client": {"sasl.username": "me"}}, env=env, config_file=f
+    )
+    conf = s.kafka.client_config(**{"group.id": "x"})
+    assert conf["security.protocol"] == "SASL_SSL"
+    assert conf["sasl.mechanism"] == "PLAIN"
+    assert conf["sasl.username"] == "me"
+    assert conf["sasl.password"] == "hunter2"
+    assert conf["group.id"] == "x"
+    assert "hunter2" not in repr(s.kafka) and "hunter2" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[worker]\nk = -1\n", "worker.k must be a positive integer"),
+        ("[worker]\nbatch_max_events = 'many'\n", "batch_max_events must be a positive integer"),
+        ("[wroker]\n", "unknown section"),
+        ("[worker]\ngruop = 'x'\n", "unknown setting"),
+        ("not toml [", "not valid TOML"),
+    ],
+)
+def test_bad_config_file_is_one_clear_error(tmp_path: Path, content: str, message: str):
+    f = tmp_path / "c.toml"
+    f.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_settings({}, env={}, config_file=f)
+
+
+def test_missing_config_file_and_bad_env_value():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings({}, env={}, config_file="/nonexistent/x.toml")
+    with pytest.raises(ConfigError, match="INTEREST_METRICS_PORT"):
+        load_settings({}, env={"INTEREST_METRICS_PORT": "http"})
+
+
+def test_client_override_parsing():
+    assert parse_client_overrides(["a.b=1", "c=x=y"]) == {"a.b": "1", "c": "x=y"}
+    with pytest.raises(ConfigError, match="name=value"):
+        parse_client_overrides(["novalue"])
+
+
+def test_client_config_without_bootstrap_says_how_to_set_it():
+    with pytest.raises(ConfigError, match="INTEREST_KAFKA_BOOTSTRAP"):
+        KafkaConfig().client_config()
