@@ -1,0 +1,348 @@
+"""Per-partition user state: store -> partition -> transaction.
+
+A *store* owns one database per input partition (``open_partition``); a
+*partition* knows the last input offset it has applied and hands out
+*transactions*; a transaction is the :class:`~model.types.StateView` the pure
+step reads and writes, and its :meth:`PartitionTransaction.commit` writes the
+batch's user states, the partition's last processed offset and its user count
+in **one atomic write** (a rocksdict ``WriteBatch``). A crash therefore leaves
+state and offset in step: the runtime resumes at ``last_offset() + 1`` and no
+event is lost or applied twice.
+
+Two stores share the contract (``tests/state/test_store_contract.py``):
+:class:`RocksDBStore` (one RocksDB under ``root/<topic>/<partition>``) and
+:class:`MemoryStore`, its in-memory twin for tests and offline runs.
+
+Key layout inside a partition database::
+
+    b"u" + utf-8 user id  -> encode_state(UserState)
+    b"\\x00offset"         -> i64 big endian, last applied input offset
+    b"\\x00users"          -> i64 big endian, number of users stored
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from rocksdict import Options, Rdict, WriteBatch
+
+from state.codec import CodecError, UserState, decode_state, encode_state
+from stream.errors import InterestStreamError
+
+__all__ = [
+    "StateStoreError",
+    "Store",
+    "StorePartition",
+    "PartitionTransaction",
+    "RocksDBStore",
+    "MemoryStore",
+]
+
+_USER = b"u"
+_USER_END = b"v"
+_OFFSET_KEY = b"\x00offset"
+_USERS_KEY = b"\x00users"
+_I64 = struct.Struct(">q")
+
+
+class StateStoreError(InterestStreamError):
+    """A state database cannot be opened, read or written."""
+
+
+def _user_key(user_id: str) -> bytes:
+    return _USER + user_id.encode("utf-8")
+
+
+class _Backend(Protocol):
+    """The two primitives a partition database must offer."""
+
+    def read_many(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
+
+    def write_atomic(self, puts: dict[bytes, bytes]) -> None: ...
+
+    def iter_users(self) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def close(self) -> None: ...
+
+
+class PartitionTransaction:
+    """The state changes of one micro-batch on one partition.
+
+    Reads see this transaction's own puts first. Nothing reaches the database
+    until :meth:`commit`, which writes every put plus the offset at once.
+    """
+
+    def __init__(self, partition: StorePartition) -> None:
+        self._partition = partition
+        self._puts: dict[str, bytes] = {}
+        self._known: dict[str, bool] = {}  # user id -> exists in the database
+        self._offset: int | None = None
+        self._done = False
+
+    def get_many(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        """States of the given users that exist (missing users are absent)."""
+        self._check_open()
+        out: dict[str, UserState] = {}
+        missing = [u for u in dict.fromkeys(user_ids) if u not in self._puts]
+        raws = self._partition.backend.read_many([_user_key(u) for u in missing])
+        for user, raw in zip(missing, raws, strict=True):
+            self._known[user] = raw is not None
+            if raw is not None:
+                out[user] = self._partition.decode(user, raw)
+        for user in user_ids:
+            if user in self._puts:
+                out[user] = self._partition.decode(user, self._puts[user])
+        return out
+
+    def put(self, user_id: str, state: UserState) -> None:
+        """Stage the new state of a user (encoded now, written on commit)."""
+        self._check_open()
+        if user_id not in self._known:
+            (raw,) = self._partition.backend.read_many([_user_key(user_id)])
+            self._known[user_id] = raw is not None
+        try:
+            self._puts[user_id] = encode_state(state)
+        except CodecError as exc:
+            raise StateStoreError(f"cannot encode state of user {user_id!r}: {exc}") from None
+
+    def set_offset(self, offset: int) -> None:
+        """Record ``offset`` as the last input offset this batch applies."""
+        self._check_open()
+        last = self._partition.last_offset()
+        if last is not None and offset <= last:
+            raise StateStoreError(
+                f"{self._partition.name}: offset {offset} is not after the stored {last}"
+            )
+        self._offset = offset
+
+    @property
+    def new_users(self) -> int:
+        return sum(1 for u in self._puts if not self._known.get(u, False))
+
+    def commit(self) -> None:
+        """Write the staged states, user count and offset in one atomic write."""
+        self._check_open()
+        self._done = True
+        if not self._puts and self._offset is None:
+            return
+        p = self._partition
+        users = p.user_count() + self.new_users
+        writes = {_user_key(u): raw for u, raw in self._puts.items()}
+        writes[_USERS_KEY] = _I64.pack(users)
+        if self._offset is not None:
+            writes[_OFFSET_KEY] = _I64.pack(self._offset)
+        p.backend.write_atomic(writes)
+        p.after_commit(self._offset, users)
+
+    def discard(self) -> None:
+        """Drop the staged changes (the batch will be read again)."""
+        self._done = True
+        self._puts.clear()
+
+    def _check_open(self) -> None:
+        if self._done:
+            raise StateStoreError("transaction already committed or discarded")
+
+
+class StorePartition:
+    """The state database of one input partition."""
+
+    def __init__(self, topic: str, partition: int, backend: _Backend) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.backend = backend
+        offset_raw, users_raw = backend.read_many([_OFFSET_KEY, _USERS_KEY])
+        self._offset = None if offset_raw is None else _I64.unpack(offset_raw)[0]
+        self._users = 0 if users_raw is None else _I64.unpack(users_raw)[0]
+
+    @property
+    def name(self) -> str:
+        return f"{self.topic}[{self.partition}]"
+
+    def last_offset(self) -> int | None:
+        """Offset of the last input message applied to this state (None: none yet)."""
+        return self._offset
+
+    def user_count(self) -> int:
+        return self._users
+
+    def begin(self) -> PartitionTransaction:
+        return PartitionTransaction(self)
+
+    def get(self, user_id: str) -> UserState | None:
+        (raw,) = self.backend.read_many([_user_key(user_id)])
+        return None if raw is None else self.decode(user_id, raw)
+
+    def items(self) -> Iterator[tuple[str, UserState]]:
+        """Every (user id, state) of this partition, in key order."""
+        for key, raw in self.backend.iter_users():
+            user = key[len(_USER):].decode("utf-8")
+            yield user, self.decode(user, raw)
+
+    def decode(self, user_id: str, raw: bytes) -> UserState:
+        try:
+            return decode_state(raw)
+        except CodecError as exc:
+            raise StateStoreError(f"{self.name}: state of user {user_id!r} is unreadable: "
+                                  f"{exc}") from None
+
+    def after_commit(self, offset: int | None, users: int) -> None:
+        if offset is not None:
+            self._offset = offset
+        self._users = users
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+class Store(Protocol):
+    """Opens and closes the partition databases of one consumer."""
+
+    def open_partition(self, topic: str, partition: int) -> StorePartition: ...
+
+    def close_partition(self, topic: str, partition: int) -> None: ...
+
+    def partitions(self) -> dict[tuple[str, int], StorePartition]: ...
+
+    def close(self) -> None: ...
+
+
+class _Registry:
+    """Bookkeeping shared by both stores: which partitions are open."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, int], StorePartition] = {}
+
+    def partitions(self) -> dict[tuple[str, int], StorePartition]:
+        return dict(self._open)
+
+    def close_partition(self, topic: str, partition: int) -> None:
+        part = self._open.pop((topic, partition), None)
+        if part is not None:
+            part.close()
+
+    def close(self) -> None:
+        for topic, partition in list(self._open):
+            self.close_partition(topic, partition)
+
+    def _remember(self, part: StorePartition) -> StorePartition:
+        self._open[(part.topic, part.partition)] = part
+        return part
+
+
+# --- in memory -----------------------------------------------------------------------
+
+
+class _DictBackend:
+    def __init__(self, data: dict[bytes, bytes]) -> None:
+        self.data = data
+
+    def read_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        return [self.data.get(k) for k in keys]
+
+    def write_atomic(self, puts: dict[bytes, bytes]) -> None:
+        self.data.update(puts)
+
+    def iter_users(self) -> Iterator[tuple[bytes, bytes]]:
+        for key in sorted(k for k in self.data if k.startswith(_USER)):
+            yield key, self.data[key]
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryStore(_Registry):
+    """In-memory twin of :class:`RocksDBStore`; data outlives close/reopen of a partition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._data: dict[tuple[str, int], dict[bytes, bytes]] = {}
+
+    def open_partition(self, topic: str, partition: int) -> StorePartition:
+        if (topic, partition) in self._open:
+            return self._open[(topic, partition)]
+        data = self._data.setdefault((topic, partition), {})
+        return self._remember(StorePartition(topic, partition, _DictBackend(data)))
+
+
+# --- RocksDB -------------------------------------------------------------------------
+
+
+class _RocksBackend:
+    def __init__(self, path: Path) -> None:
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        # Many small databases share two cores: keep each one's background work small.
+        opts.set_max_background_jobs(2)
+        opts.set_write_buffer_size(8 * 1024 * 1024)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            self.db = Rdict(str(path), opts)
+        except Exception as exc:  # rocksdict raises plain Exception
+            msg = str(exc)
+            if "lock" in msg.lower():
+                msg = "it is in use by another worker (each worker needs its own --state-dir)"
+            raise StateStoreError(f"cannot open state database {path}: {msg}") from None
+
+    def read_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+        return self.db.get(list(keys))
+
+    def write_atomic(self, puts: dict[bytes, bytes]) -> None:
+        wb = WriteBatch(raw_mode=True)
+        for key, value in puts.items():
+            wb.put(key, value)
+        try:
+            self.db.write(wb)
+        except Exception as exc:
+            raise StateStoreError(f"state write failed: {exc}") from None
+
+    def iter_users(self) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self.db.items(from_key=_USER):
+            if key >= _USER_END:
+                break
+            yield key, value
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class RocksDBStore(_Registry):
+    """One RocksDB per input partition under ``root/<topic>/<partition>``.
+
+    ``root`` must be private to one worker: RocksDB locks an open database.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        super().__init__()
+        self.root = Path(root)
+
+    def path_of(self, topic: str, partition: int) -> Path:
+        return self.root / topic / str(partition)
+
+    def open_partition(self, topic: str, partition: int) -> StorePartition:
+        if (topic, partition) in self._open:
+            return self._open[(topic, partition)]
+        backend = _RocksBackend(self.path_of(topic, partition))
+        return self._remember(StorePartition(topic, partition, backend))
+
+    def on_disk(self) -> list[tuple[str, int]]:
+        """(topic, partition) of every database under ``root``."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for topic_dir in sorted(self.root.iterdir()):
+            for part_dir in topic_dir.iterdir() if topic_dir.is_dir() else []:
+                if part_dir.name.isdigit() and (part_dir / "CURRENT").exists():
+                    found.append((topic_dir.name, int(part_dir.name)))
+        return sorted(found)
+
+    def destroy_partition(self, topic: str, partition: int) -> None:
+        """Close and delete one partition database (its state is rebuilt from scratch)."""
+        self.close_partition(topic, partition)
+        shutil.rmtree(self.path_of(topic, partition), ignore_errors=True)

@@ -1,0 +1,194 @@
+"""Wire formats: behaviour events in, recommendation lists out.
+
+Event (value on the events topic, key = user id, UTF-8 JSON)::
+
+    {"user_id": str, "item_id": str, "event": "click"|"favourite"|"cart"|"purchase",
+     "ts": int (epoch ms, optional: the Kafka message timestamp is used when absent),
+     "category": str (optional)}
+
+Numeric ids are accepted and turned into strings. :func:`decode_event`
+returns either an :class:`~model.types.Event` or a :class:`Rejected` carrying
+one of the short reason codes in :data:`REASONS`; the runtime sends rejected
+messages, bytes unchanged, to the dead-letter topic with that code in the
+``error`` header.
+
+Recommendation (value on the recommendations topic, key = user id)::
+
+    {"user_id": str, "items": [{"item_id": str, "score": float}, ...],
+     "model_version": str, "generated_at": int ms, "event_ts": int ms}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from model.types import EVENT_TYPES, Event, Recommendation
+
+__all__ = [
+    "REASONS",
+    "Rejected",
+    "EventValidator",
+    "decode_event",
+    "encode_event",
+    "encode_recommendation",
+    "decode_recommendation",
+]
+
+# Reason codes (the dead-letter ``error`` header and the metrics label).
+REASONS: dict[str, str] = {
+    "empty-key": "message has no key (the key must be the user id)",
+    "empty-value": "message has no value",
+    "oversized": "value is larger than worker.max_payload_bytes",
+    "not-utf8": "value is not valid UTF-8",
+    "not-json": "value is not valid JSON",
+    "not-object": "value is JSON but not an object",
+    "missing-field": "user_id, item_id or event is missing",
+    "bad-type": "a field has the wrong type",
+    "unknown-event": "event is not click, favourite, cart or purchase",
+    "bad-timestamp": "ts is outside the plausible range",
+    "key-mismatch": "message key differs from user_id (state is partitioned by key)",
+}
+
+_EVENT_SET = frozenset(EVENT_TYPES)
+# 1990-01-01: older than any public interaction log we replay (MovieLens starts
+# 1995), newer than a seconds-since-epoch value misread as milliseconds.
+MIN_TS_MS = 631_152_000_000
+MAX_FUTURE_MS = 24 * 3600 * 1000
+MAX_ID_CHARS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message that cannot be applied; ``reason`` is a key of :data:`REASONS`."""
+
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EventValidator:
+    """Limits applied while decoding; ``max_payload_bytes`` comes from WorkerConfig."""
+
+    max_payload_bytes: int = 64 * 1024
+    min_ts_ms: int = MIN_TS_MS
+    max_future_ms: int = MAX_FUTURE_MS
+
+
+def _as_id(value: Any) -> str | None:
+    # bool is an int subclass but never a sensible id.
+    if isinstance(value, str):
+        return value if 0 < len(value) <= MAX_ID_CHARS else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _as_ts(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None
+
+
+def decode_event(
+    key: bytes | None,
+    value: bytes | None,
+    kafka_ts_ms: int | None,
+    validator: EventValidator | None = None,
+    now_ms: int | None = None,
+) -> Event | Rejected:
+    """Validate one message; never raises for bad input."""
+    v = validator or EventValidator()
+    if not key:
+        return Rejected("empty-key")
+    if not value:
+        return Rejected("empty-value")
+    if len(value) > v.max_payload_bytes:
+        return Rejected("oversized", f"{len(value)} bytes")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return Rejected("not-utf8")
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        return Rejected("not-json")
+    if not isinstance(doc, dict):
+        return Rejected("not-object")
+    for name in ("user_id", "item_id", "event"):
+        if doc.get(name) is None:
+            return Rejected("missing-field", name)
+    user = _as_id(doc["user_id"])
+    item = _as_id(doc["item_id"])
+    kind = doc["event"]
+    if user is None or item is None or not isinstance(kind, str):
+        return Rejected("bad-type", "user_id/item_id/event")
+    if kind not in _EVENT_SET:
+        return Rejected("unknown-event", kind[:40])
+    category = doc.get("category")
+    if category is not None:
+        if isinstance(category, int | float) and not isinstance(category, bool):
+            category = str(category)
+        if not isinstance(category, str):
+            return Rejected("bad-type", "category")
+    raw_ts = doc.get("ts")
+    if raw_ts is None:
+        ts = kafka_ts_ms if kafka_ts_ms and kafka_ts_ms > 0 else None
+        if ts is None:
+            ts = int(time.time() * 1000) if now_ms is None else now_ms
+    else:
+        ts = _as_ts(raw_ts)
+        if ts is None:
+            return Rejected("bad-type", "ts")
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    if ts < v.min_ts_ms or ts > now + v.max_future_ms:
+        return Rejected("bad-timestamp", str(ts))
+    try:
+        key_text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return Rejected("key-mismatch")
+    if key_text != user:
+        return Rejected("key-mismatch")
+    return Event(user, item, kind, ts, category or None)
+
+
+def encode_event(ev: Event) -> tuple[bytes, bytes]:
+    """(key, value) of an event as a producer should send it."""
+    doc: dict[str, Any] = {"user_id": ev.user_id, "item_id": ev.item_id,
+                           "event": ev.event, "ts": ev.ts}
+    if ev.category is not None:
+        doc["category"] = ev.category
+    return ev.user_id.encode("utf-8"), json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+def _finite(score: float) -> float:
+    # JSON has no NaN/Infinity; a consumer in another language would choke on them.
+    x = float(score)
+    return round(x, 6) if math.isfinite(x) else 0.0
+
+
+def encode_recommendation(rec: Recommendation, generated_at_ms: int) -> tuple[bytes, bytes]:
+    """(key, value) of a refreshed list."""
+    doc = {
+        "user_id": rec.user_id,
+        "items": [{"item_id": item, "score": _finite(score)} for item, score in rec.items],
+        "model_version": rec.model_version,
+        "generated_at": generated_at_ms,
+        "event_ts": rec.event_ts,
+    }
+    return rec.user_id.encode("utf-8"), json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+
+def decode_recommendation(value: bytes) -> dict[str, Any]:
+    """Parse a recommendation message value (raises ValueError when malformed)."""
+    doc = json.loads(value)
+    if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
+        raise ValueError("not a recommendation message")
+    return doc

@@ -1,0 +1,151 @@
+"""Prometheus metrics of a worker, built from a registry handed in.
+
+Nothing here touches prometheus-client's global registry, so tests and the
+demo can run several workers in one process, each with its own registry.
+
+Names (``interest_`` prefix):
+
+- ``messages_consumed_total``                   every message read from the events topic
+- ``events_consumed_total{event}``              valid events by type
+- ``events_applied_total``                      valid events folded into state
+- ``dead_letters_total{reason}``                messages sent to the dead-letter topic
+- ``batch_size_events``                         histogram of messages per micro-batch
+- ``stage_seconds{stage}``                      poll, decode, step, produce, commit
+- ``event_to_list_latency_seconds``             Kafka timestamp of an event -> its list delivered
+- ``lists_published_total``                     recommendation lists delivered
+- ``consumer_lag_messages{topic,partition}``    high watermark - next offset to process
+- ``users_in_state{partition}``                 users stored per assigned partition
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from model.types import EVENT_TYPES
+from stream.errors import ConfigError
+from stream.events import REASONS
+
+__all__ = ["WorkerMetrics", "MetricsServer", "STAGES"]
+
+STAGES = ("poll", "decode", "step", "produce", "commit")
+_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(frozen=True)
+class WorkerMetrics:
+    """The worker's counters, histograms and gauges."""
+
+    registry: CollectorRegistry
+    messages_consumed: Counter
+    events_consumed: Counter
+    events_applied: Counter
+    dead_letters: Counter
+    batch_size: Histogram
+    stage_seconds: Histogram
+    latency: Histogram
+    lists_published: Counter
+    consumer_lag: Gauge
+    users_in_state: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
+        """All metrics registered in ``registry`` (a fresh one when None)."""
+        reg = registry if registry is not None else CollectorRegistry()
+        m = cls(
+            registry=reg,
+            messages_consumed=Counter(
+                "interest_messages_consumed", "Messages read from the events topic",
+                registry=reg),
+            events_consumed=Counter(
+                "interest_events_consumed", "Valid events consumed, by event type",
+                ["event"], registry=reg),
+            events_applied=Counter(
+                "interest_events_applied", "Valid events folded into user state",
+                registry=reg),
+            dead_letters=Counter(
+                "interest_dead_letters", "Messages sent to the dead-letter topic, by reason",
+                ["reason"], registry=reg),
+            batch_size=Histogram(
+                "interest_batch_size_events", "Messages per micro-batch",
+                buckets=_BATCH_BUCKETS, registry=reg),
+            stage_seconds=Histogram(
+                "interest_stage_seconds", "Seconds per micro-batch stage",
+                ["stage"], buckets=_STAGE_BUCKETS, registry=reg),
+            latency=Histogram(
+                "interest_event_to_list_latency_seconds",
+                "From an event's Kafka timestamp to the delivery of the list that includes it",
+                buckets=_LATENCY_BUCKETS, registry=reg),
+            lists_published=Counter(
+                "interest_lists_published", "Recommendation lists delivered",
+                registry=reg),
+            consumer_lag=Gauge(
+                "interest_consumer_lag_messages",
+                "Messages behind the high watermark, per assigned partition",
+                ["topic", "partition"], registry=reg),
+            users_in_state=Gauge(
+                "interest_users_in_state", "Users stored, per assigned partition",
+                ["partition"], registry=reg),
+        )
+        # Touch every label value so dashboards see zeros instead of gaps.
+        for kind in EVENT_TYPES:
+            m.events_consumed.labels(kind)
+        for reason in REASONS:
+            m.dead_letters.labels(reason)
+        for stage in STAGES:
+            m.stage_seconds.labels(stage)
+        return m
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop the per-partition gauges of a partition this worker no longer owns."""
+        for gauge, labels in ((self.consumer_lag, (topic, str(partition))),
+                              (self.users_in_state, (str(partition),))):
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
+
+
+class MetricsServer:
+    """The ``/metrics`` HTTP endpoint; port 0 means no endpoint."""
+
+    def __init__(self, registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> None:
+        self.registry = registry
+        self.port = port
+        self.addr = addr
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> MetricsServer:
+        if self.port == 0 or self._server is not None:
+            return self
+        try:
+            self._server, self._thread = start_http_server(
+                self.port, addr=self.addr, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on port {self.port}: {exc.strerror} "
+                "(choose another with --metrics-port, or 0 to disable)"
+            ) from None
+        return self
+
+    @property
+    def url(self) -> str | None:
+        if self._server is None:
+            return None
+        host = "localhost" if self.addr in ("0.0.0.0", "") else self.addr
+        return f"http://{host}:{self.port}/metrics"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

@@ -1,0 +1,420 @@
+"""The native confluent-kafka runtime: poll, decode, call the pure step, produce, commit.
+
+Programmatic use (the demo and the benchmark do this)::
+
+    from prometheus_client import CollectorRegistry
+    from stream.config import load_settings
+    from stream.runtime import Worker
+
+    worker = Worker(load_settings(), model, registry=CollectorRegistry())
+    worker.on_publish = lambda recs: ...      # optional: every delivered batch of lists
+    stats = worker.run(stop)                  # stop: threading.Event; blocks until it is set
+    stats.summary()                           # consumed, applied, dead-lettered, lists, p50/p99
+
+``run`` checks the state dir and the broker first (one clear
+:class:`~stream.errors.InterestStreamError` if either is unusable), creates
+missing topics, starts the metrics endpoint (``worker.metrics_port``, 0 = none),
+then loops until ``stop`` is set; it finishes the batch in hand, commits and
+closes everything before returning. ``worker.stats`` can be read from another
+thread while it runs.
+
+One micro-batch (at most ``batch_max_events`` messages or ``batch_max_ms``):
+
+1. decode every message; bad ones are produced, bytes unchanged, to the
+   dead-letter topic (headers ``error`` = reason code, ``source`` =
+   topic/partition/offset);
+2. per input partition, call :func:`model.step.process_batch` with that
+   partition's state transaction and produce one list per touched user;
+3. flush the producer: every list and dead letter of the batch is delivered
+   (at-least-once for outputs);
+4. commit each partition's state transaction: user states + last processed
+   offset in one RocksDB write (exactly-once for state);
+5. commit the consumer offsets (informational: on assignment the worker seeks
+   to its stored offset + 1, so state stays right even if this commit is lost).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_INVALID,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+from prometheus_client import CollectorRegistry
+
+from model.step import RankingModel, process_batch
+from model.types import Event, Recommendation
+from state.store import PartitionTransaction, RocksDBStore, Store, StorePartition
+from stream.config import Settings
+from stream.errors import ConfigError, KafkaClientError
+from stream.events import EventValidator, Rejected, decode_event, encode_recommendation
+from stream.metrics import MetricsServer, WorkerMetrics
+from stream.stats import WorkerStats
+from stream.topics import ensure_topics, topic_specs
+
+__all__ = ["Worker", "WorkerStats", "state_root"]
+
+log = logging.getLogger("interest_stream.worker")
+
+_CONNECT_TIMEOUT_S = 10.0
+_FLUSH_SLICE_S = 1.0
+
+
+def state_root(settings: Settings) -> Path:
+    """Directory holding this consumer group's partition databases."""
+    return Path(settings.worker.state_dir) / settings.worker.group
+
+
+def _check_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"state dir {root} is not writable: {exc.strerror or exc} (pass --state-dir)"
+        ) from None
+
+
+class _Batch:
+    """What one partition contributes to the micro-batch in hand."""
+
+    __slots__ = ("part", "txn", "events", "kafka_ts", "recs")
+
+    def __init__(self, part: StorePartition, txn: PartitionTransaction) -> None:
+        self.part = part
+        self.txn = txn
+        self.events: list[Event] = []
+        self.kafka_ts: list[int] = []
+        self.recs: list[Recommendation] = []
+
+
+class Worker:
+    """Consumes events, keeps per-partition user state, publishes refreshed lists."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: RankingModel,
+        registry: CollectorRegistry | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.metrics = WorkerMetrics.create(registry)
+        self.stats = WorkerStats()
+        self.store: Store = store if store is not None else RocksDBStore(state_root(settings))
+        self.on_publish: Callable[[list[Recommendation]], None] | None = None
+        self.metrics_url: str | None = None
+        self._validator = EventValidator(max_payload_bytes=settings.worker.max_payload_bytes)
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._delivery_errors: list[str] = []
+        self._last_generated = 0
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> WorkerStats:
+        """Process batches until ``stop`` is set; returns the final stats."""
+        stop = stop if stop is not None else threading.Event()
+        if isinstance(self.store, RocksDBStore):
+            _check_writable(self.store.root)
+        self._preflight()
+        server = MetricsServer(self.metrics.registry, self.settings.worker.metrics_port).start()
+        self.metrics_url = server.url
+        self._consumer, self._producer = self._clients()
+        self.stats.started()
+        try:
+            self._consumer.subscribe(
+                [self.settings.topics.events],
+                on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
+            )
+            while not stop.is_set():
+                self._run_batch()
+        finally:
+            self._shutdown()
+            server.stop()
+            self.stats.finished()
+        return self.stats
+
+    def _preflight(self) -> None:
+        """Fail fast, with one clear line, when the broker cannot be reached."""
+        kafka = self.settings.kafka
+        admin = AdminClient(kafka.client_config())
+        try:
+            existing = admin.list_topics(timeout=_CONNECT_TIMEOUT_S).topics
+        except KafkaException as exc:
+            raise KafkaClientError(
+                f"cannot reach Kafka at {kafka.bootstrap_servers}", exc.args[0].name()
+            ) from None
+        missing = [s for s in topic_specs(self.settings.topics) if s.name not in existing]
+        if missing:
+            ensure_topics(kafka, missing)
+
+    def _clients(self) -> tuple[Consumer, Producer]:
+        kafka, w = self.settings.kafka, self.settings.worker
+        consumer = Consumer(kafka.client_config(**{
+            "group.id": w.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            # Incremental rebalances: partitions that stay keep their open stores.
+            "partition.assignment.strategy": "cooperative-sticky",
+            "error_cb": self._on_client_error,
+        } | dict(kafka.client)))
+        # Defaults first, the user's client settings win.
+        producer = Producer(kafka.client_config(**{
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            "partitioner": "murmur2_random",
+            "error_cb": self._on_client_error,
+        } | dict(kafka.client)))
+        return consumer, producer
+
+    def _shutdown(self) -> None:
+        consumer, producer = self._consumer, self._producer
+        if producer is not None:
+            producer.flush(10)
+        if consumer is not None:
+            try:
+                self._commit_offsets(list(self.store.partitions().values()), asynchronous=False)
+                consumer.close()  # runs on_revoke: stores close there
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("consumer close: %s", exc)
+        self.store.close()
+        self._consumer = self._producer = None
+
+    # --- rebalance callbacks (run inside consume(), on this thread) -------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            part = self.store.open_partition(tp.topic, tp.partition)
+            last = part.last_offset()
+            # Stored offset + 1: state and position can never disagree.
+            tp.offset = OFFSET_INVALID if last is None else last + 1
+            if last is None:
+                log.info("%s: no local state, starting from the group's committed offset",
+                         part.name)
+            self.metrics.users_in_state.labels(str(tp.partition)).set(part.user_count())
+        consumer.incremental_assign(partitions)
+        log.info("assigned %s", [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        parts = [p for tp in partitions
+                 if (p := self.store.partitions().get((tp.topic, tp.partition))) is not None]
+        try:
+            self._commit_offsets(parts, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("offset commit on revoke: %s", exc)
+        self._release(consumer, partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._release(consumer, partitions)
+
+    def _release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.store.close_partition(tp.topic, tp.partition)
+            self.metrics.forget_partition(tp.topic, tp.partition)
+        try:
+            consumer.incremental_unassign(partitions)
+        except KafkaException as exc:
+            log.debug("incremental_unassign: %s", exc)
+        log.info("released %s", [f"{tp.topic}[{tp.partition}]" for tp in partitions])
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            log.error("fatal Kafka client error: %s", err.str())
+        else:
+            log.warning("Kafka client: %s", err.str())
+
+    # --- one micro-batch ----------------------------------------------------------------
+
+    def _run_batch(self) -> None:
+        w, m = self.settings.worker, self.metrics
+        assert self._consumer is not None and self._producer is not None
+        t0 = time.perf_counter()
+        msgs = self._consumer.consume(num_messages=w.batch_max_events,
+                                      timeout=w.batch_max_ms / 1000.0)
+        t1 = time.perf_counter()
+        m.stage_seconds.labels("poll").observe(t1 - t0)
+        if not msgs:
+            self._producer.poll(0)
+            return
+        by_part: dict[tuple[str, int], list[Message]] = defaultdict(list)
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaClientError(f"consumer failed: {err.str()}", err.name())
+                log.warning("consume: %s", err.str())
+                continue
+            by_part[(msg.topic(), msg.partition())].append(msg)
+
+        batches = [b for key, plist in by_part.items()
+                   if (b := self._decode_partition(key, plist)) is not None]
+        t2 = time.perf_counter()
+        m.stage_seconds.labels("decode").observe(t2 - t1)
+        if not batches:
+            return
+        m.batch_size.observe(sum(len(v) for v in by_part.values()))
+
+        generated_at = max(int(time.time() * 1000), self._last_generated + 1)
+        self._last_generated = generated_at
+        for b in batches:
+            if b.events:
+                result = process_batch(b.events, b.txn, self.model, w.k)
+                b.recs = result.recommendations
+        t3 = time.perf_counter()
+        m.stage_seconds.labels("step").observe(t3 - t2)
+
+        for b in batches:
+            for rec in b.recs:
+                key, value = encode_recommendation(rec, generated_at)
+                self._produce(self.settings.topics.recommendations, key, value, None)
+        self._flush()
+        delivered_ms = time.time() * 1000.0
+        t4 = time.perf_counter()
+        m.stage_seconds.labels("produce").observe(t4 - t3)
+
+        for b in batches:
+            b.txn.commit()
+        self._commit_offsets([b.part for b in batches], asynchronous=True)
+        t5 = time.perf_counter()
+        m.stage_seconds.labels("commit").observe(t5 - t4)
+        self._account(batches, delivered_ms)
+
+    def _decode_partition(self, key: tuple[str, int], plist: list[Message]) -> _Batch | None:
+        part = self.store.partitions().get(key)
+        if part is None:
+            # Revoked during this poll: the new owner re-reads from its stored offset.
+            return None
+        last = part.last_offset()
+        batch = _Batch(part, part.begin())
+        newest = None
+        for msg in plist:
+            offset = msg.offset()
+            if last is not None and offset <= last:
+                continue  # already in state (redelivery after a seek race)
+            newest = offset
+            self.stats.consumed += 1
+            self.metrics.messages_consumed.inc()
+            ts_type, kafka_ts = msg.timestamp()
+            kafka_ts = None if ts_type == TIMESTAMP_NOT_AVAILABLE else kafka_ts
+            decoded = decode_event(msg.key(), msg.value(), kafka_ts, self._validator)
+            if isinstance(decoded, Rejected):
+                self._dead_letter(msg, decoded.reason)
+                continue
+            batch.events.append(decoded)
+            batch.kafka_ts.append(kafka_ts or 0)
+            self.metrics.events_consumed.labels(decoded.event).inc()
+        if newest is None:
+            return None
+        batch.txn.set_offset(newest)
+        return batch
+
+    def _dead_letter(self, msg: Message, reason: str) -> None:
+        source = f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
+        self._produce(self.settings.topics.dead_letter, msg.key(), msg.value(),
+                      [("error", reason.encode()), ("source", source.encode())])
+        self.stats.dead_lettered += 1
+        self.stats.dead_letters_by_reason[reason] += 1
+        self.metrics.dead_letters.labels(reason).inc()
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
+                 headers: list[tuple[str, bytes]] | None) -> None:
+        assert self._producer is not None
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers,
+                                       on_delivery=self._on_delivery)
+                return
+            except BufferError:
+                # Local queue full: let librdkafka drain it, then retry.
+                self._producer.poll(0.05)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err.str()} ({err.name()})")
+
+    def _flush(self) -> None:
+        assert self._producer is not None
+        while self._producer.flush(_FLUSH_SLICE_S) > 0:
+            log.warning("waiting for the broker to acknowledge outputs")
+        if self._delivery_errors:
+            first = self._delivery_errors[0]
+            n = len(self._delivery_errors)
+            self._delivery_errors.clear()
+            # State is not committed: after a restart this batch is processed again.
+            raise KafkaClientError(f"{n} output message(s) could not be delivered: {first}")
+
+    def _commit_offsets(self, parts: list[StorePartition], asynchronous: bool) -> None:
+        if self._consumer is None:
+            return
+        offsets = [TopicPartition(p.topic, p.partition, last + 1)
+                   for p in parts if (last := p.last_offset()) is not None]
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() != KafkaError._NO_OFFSET:
+                log.warning("offset commit: %s", err.str())
+
+    def _account(self, batches: list[_Batch], delivered_ms: float) -> None:
+        m, s = self.metrics, self.stats
+        for b in batches:
+            n = len(b.kafka_ts)
+            s.applied += n
+            m.events_applied.inc(n)
+            s.lists_published += len(b.recs)
+            m.lists_published.inc(len(b.recs))
+            lat = [(delivered_ms - ts) / 1000.0 for ts in b.kafka_ts if ts > 0]
+            for x in lat:
+                m.latency.observe(x)
+            s.add_latencies(lat)
+            m.users_in_state.labels(str(b.part.partition)).set(b.part.user_count())
+        s.batches += 1
+        self._update_lag()
+        if self.on_publish is not None:
+            recs = [r for b in batches for r in b.recs]
+            if recs:
+                self.on_publish(recs)
+
+    def _update_lag(self) -> None:
+        assert self._consumer is not None
+        for (topic, partition), part in self.store.partitions().items():
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue
+            if high is None or high < 0:
+                continue
+            last = part.last_offset()
+            nxt = 0 if last is None else last + 1
+            self.metrics.consumer_lag.labels(topic, str(partition)).set(max(0, high - nxt))
+
+    def describe(self) -> dict[str, Any]:
+        """Where this worker reads, writes and keeps state (for a start-up line)."""
+        t, w = self.settings.topics, self.settings.worker
+        root = self.store.root if isinstance(self.store, RocksDBStore) else "memory"
+        return {"group": w.group, "events": t.events, "recommendations": t.recommendations,
+                "dead_letter": t.dead_letter, "state": str(root), "pid": os.getpid(),
+                "model": getattr(self.model, "version", "?")}

@@ -1,0 +1,148 @@
+"""``interest-stream worker | publish | tail``: the pipeline's commands.
+
+Registered by :mod:`stream.cli`. Every failure a user can cause ends in one
+line on stderr and a non-zero exit; SIGINT/SIGTERM stop a worker cleanly
+(batch finished, outputs flushed, offsets committed, stores closed, exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from confluent_kafka import KafkaException
+
+from stream.cli import add_kafka_flags, settings_from_args
+from stream.errors import KafkaClientError
+
+__all__ = ["register", "create_worker_model"]
+
+MODEL_ENV = "INTEREST_MODEL"
+_STATUS_EVERY_S = 10.0
+
+
+def create_worker_model(name: str | None = None) -> Any:
+    """The model a worker serves: ``model.factory`` when present, else decayed popularity."""
+    name = name or os.environ.get(MODEL_ENV) or None
+    try:
+        from model.factory import create_model
+    except ModuleNotFoundError as exc:
+        if exc.name != "model.factory":
+            raise
+        from model.popular import DecayedPopularity
+
+        return DecayedPopularity()
+    return create_model(name) if name else create_model()
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt  # second signal: give up waiting
+        print(f"interest-stream: {signal.Signals(signum).name} received, finishing the batch",
+              file=sys.stderr)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _status_loop(worker: Any, stop: threading.Event) -> None:
+    while not stop.wait(_STATUS_EVERY_S):
+        s = worker.stats.summary()
+        print(f"interest-stream: consumed={s['consumed']} applied={s['applied']} "
+              f"dead_lettered={s['dead_lettered']} lists={s['lists_published']} "
+              f"latency_p50_ms={s['latency_p50_ms']} p99_ms={s['latency_p99_ms']}",
+              file=sys.stderr, flush=True)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from stream.runtime import Worker
+
+    logging.basicConfig(level=os.environ.get("INTEREST_LOG_LEVEL", "WARNING").upper(),
+                        format="interest-stream: %(name)s: %(message)s", stream=sys.stderr)
+    settings = settings_from_args(args)
+    settings.kafka.client_config()  # no bootstrap servers: one clear line now
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    worker = Worker(settings, create_worker_model(), registry=CollectorRegistry())
+    status = threading.Thread(target=_status_loop, args=(worker, stop), daemon=True)
+    status.start()
+    info = worker.describe()
+    print(f"interest-stream: worker starting: {json.dumps(info)}", file=sys.stderr, flush=True)
+    try:
+        stats = worker.run(stop)
+    except KafkaException as exc:
+        err = exc.args[0]
+        raise KafkaClientError(f"Kafka operation failed: {err.str()}", err.name()) from None
+    finally:
+        stop.set()
+    print(f"interest-stream: worker stopped: {json.dumps(stats.summary())}", file=sys.stderr)
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from stream.publish import Publisher, event_source
+
+    settings = settings_from_args(args)
+    settings.kafka.client_config()
+    events = event_source(args.format, args.data)
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    with Publisher(settings) as pub:
+        pub.check_connection()
+        from stream.topics import ensure_topics, topic_specs
+
+        ensure_topics(settings.kafka, topic_specs(settings.topics))
+        stats = pub.publish(events, rate=args.rate, limit=args.limit,
+                            progress=True, stop=stop)
+    print(f"interest-stream: published {stats.delivered} event(s) to {settings.topics.events} "
+          f"in {stats.elapsed_s:.1f}s ({stats.rate:.0f}/s)", file=sys.stderr)
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from stream.tail import tail
+
+    settings = settings_from_args(args)
+    settings.kafka.client_config()
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    tail(settings, user=args.user, stop=stop)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``worker``, ``publish`` and ``tail`` to the ``interest-stream`` parser."""
+    w = sub.add_parser("worker", help="consume events, keep user state, publish lists",
+                       epilog=f"The model is chosen by ${MODEL_ENV} (default: the factory's).")
+    add_kafka_flags(w)
+    w.add_argument("--group", help="consumer group (default interest-stream)")
+    w.add_argument("--state-dir", dest="state_dir",
+                   help="directory for the per-partition RocksDB stores (default ./state-data)")
+    w.add_argument("--metrics-port", dest="metrics_port", type=int,
+                   help="Prometheus endpoint port (default 9464; 0 disables it)")
+    w.set_defaults(func=_worker)
+
+    p = sub.add_parser("publish", help="replay a file or the synthetic stream as events")
+    add_kafka_flags(p)
+    p.add_argument("--data", metavar="PATH", help="event file or directory (not for synthetic)")
+    p.add_argument("--format", required=True,
+                   choices=("recbole", "movielens", "csv", "synthetic"))
+    p.add_argument("--rate", type=float, metavar="EV_PER_S",
+                   help="events per second (default: as fast as the broker takes them)")
+    p.add_argument("--limit", type=int, metavar="N", help="stop after N events")
+    p.set_defaults(func=_publish)
+
+    t = sub.add_parser("tail", help="print recommendation lists as they arrive")
+    add_kafka_flags(t)
+    t.add_argument("--user", metavar="U", help="only this user's lists")
+    t.set_defaults(func=_tail)
