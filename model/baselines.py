@@ -1,0 +1,120 @@
+"""Baselines computed beside the interest model: incremental MF and sequential item-kNN.
+
+Both follow the same protocol as every model here (``learn_many`` +
+``rank_many``) so the evaluator runs them through the very same pure step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from model.retrieval import BaseRanker
+from model.signals import CoOccurrence, DecayedCounts, recent_window
+from model.types import Event, UserState
+
+__all__ = ["IncrementalMF", "SequentialItemKNN"]
+
+
+class IncrementalMF(BaseRanker):
+    """ISGD (Vinagre et al., 2014): MF for positive-only streams, one SGD step per event.
+
+    For each event (u, i) the target is 1: ``err = 1 - p_u . q_i``, then
+    ``p_u += lr * (err * q_i - reg * p_u)`` and likewise for ``q_i``.
+    User vectors live in the model (a baseline needs no state store).
+    """
+
+    version = "imf-1"
+
+    def __init__(self, dim: int = 32, lr: float = 0.05, reg: float = 0.01, seed: int = 0,
+                 exclude_seen: bool = False) -> None:
+        super().__init__(exclude_seen)
+        self.dim, self.lr, self.reg = dim, lr, reg
+        self._rng = np.random.default_rng(seed)
+        self._q = np.zeros((0, dim), dtype=np.float64)
+        self._p: dict[str, np.ndarray] = {}
+
+    def _init_vec(self) -> np.ndarray:
+        return self._rng.normal(0.0, 0.1, self.dim)
+
+    def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
+        rows = self._add_items(events)
+        if len(self.vocab) > len(self._q):
+            extra = len(self.vocab) - len(self._q)
+            self._q = np.vstack([self._q, self._rng.normal(0.0, 0.1, (extra, self.dim))])
+        for ev, i in zip(events, rows, strict=True):
+            p = self._p.get(ev.user_id)
+            if p is None:
+                p = self._p[ev.user_id] = self._init_vec()
+            q = self._q[i]
+            err = 1.0 - float(p @ q)
+            p_new = p + self.lr * (err * q - self.reg * p)
+            self._q[i] = q + self.lr * (err * p - self.reg * q)
+            self._p[ev.user_id] = p_new
+
+    def scores(self, user_ids: Sequence[str], states: Sequence[UserState]) -> torch.Tensor:
+        zero = np.zeros(self.dim)
+        p = np.stack([self._p.get(u, zero) for u in user_ids])
+        return torch.from_numpy((p @ self._q[: len(self.vocab)].T).astype(np.float32))
+
+
+class SequentialItemKNN(BaseRanker):
+    """Item-kNN over the user's recent items, with co-occurrence learnt from the stream.
+
+    Each event on item j adds ``decay**distance`` to the pair counts between j
+    and each of the user's previous ``window`` items. A user's score for item
+    i is ``sum_j w_j * C[r_j, i] / sqrt(n[r_j] * n[i])`` (cosine-normalised),
+    with ``w_j`` decaying with the age of recent item ``r_j``. A tiny
+    popularity term breaks ties (and ranks for users with no history).
+    """
+
+    version = "itemknn-1"
+
+    def __init__(self, window: int = 20, decay: float = 0.9, half_life: float | None = None,
+                 exclude_seen: bool = False, max_items: int = 8192) -> None:
+        super().__init__(exclude_seen)
+        self.window, self.decay = window, decay
+        self.cooc = CoOccurrence(half_life, max_items)
+        self.counts = DecayedCounts(half_life)
+        self._type_w = np.ones(4, dtype=np.float32)
+
+    def _history(self, state: UserState) -> tuple[list[int], list[int]]:
+        index = self.vocab.index
+        pairs = [(index[i], t) for i, t in zip(state.recent_items, state.recent_types,
+                                               strict=True) if i in index]
+        return [r for r, _ in pairs], [t for _, t in pairs]
+
+    def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
+        rows = self._add_items(events)
+        src, dst, w = [], [], []
+        for j, st in zip(rows, before, strict=True):
+            hist, types = self._history(st)
+            r, wr = recent_window(hist, types, self.window, self.decay, self._type_w)
+            keep = r != j
+            src.append(r[keep])
+            dst.append(np.full(int(keep.sum()), j))
+            w.append(wr[keep])
+        if src:
+            s, d, ww = np.concatenate(src), np.concatenate(dst), np.concatenate(w)
+            # Symmetric: "watched together" matters as much as "watched after" here.
+            self.cooc.add(np.concatenate([s, d]), np.concatenate([d, s]),
+                          np.concatenate([ww, ww]), len(events))
+        self.counts.add(rows)
+
+    def scores(self, user_ids: Sequence[str], states: Sequence[UserState]) -> torch.Tensor:
+        n = len(self.vocab)
+        cnt = self.counts.values(n).astype(np.float32)
+        inv = 1.0 / np.sqrt(np.maximum(cnt, 1e-6))
+        pop = cnt / (cnt.max() + 1e-6)
+        out = np.empty((len(states), n), dtype=np.float32)
+        for b, st in enumerate(states):
+            hist, types = self._history(st)
+            r, w = recent_window(hist, types, self.window, self.decay, self._type_w)
+            if r.size:
+                out[b] = (w * inv[r]) @ self.cooc.rows(r, n) * inv
+            else:
+                out[b] = 0.0
+            out[b] += 1e-3 * pop
+        return torch.from_numpy(out)

@@ -1,0 +1,325 @@
+"""The interest model: learned embeddings blended with co-occurrence and recency signals.
+
+For a user with recent items ``r_1..r_L`` (newest last, event types ``t_j``)
+and long-term vector ``lt`` (kept in the user's state), the score of item i is
+a learned blend of
+
+* ``emb``   — ``(q + g * lt) . (E_out[i] + C_out[cat i]) + b_i`` where the
+  query ``q = sum_j a_j (E_in[r_j] + C_in[cat r_j])`` attends over recent items
+  with ``a_j ∝ exp(w_type[t_j] - lambda * age_j)`` (learned type weights and decay);
+* ``knn_s``, ``knn_l`` — sequential item-kNN over the last few / last 20 items
+  (co-occurrence learnt from the stream, short and long recency decay);
+* ``cat``   — the recency-weighted share of recent events in item i's category
+  (lets a brand-new item ride on its category at once);
+* ``pop_s``, ``pop_l`` — log trending (short half-life) and long-run popularity.
+
+Each feature has a weight ``alpha_f + beta_f * cold(user)`` with
+``cold = 1 / (1 + n_events / 3)``: the cold-start blend is learnt, so users
+with few events lean on trending items and categories. Everything is trained
+by one Adam step per micro-batch on the next-item softmax (all items, or
+sampled + in-batch negatives for large catalogues), events weighted
+purchase > favourite > cart > click; the count memories are updated after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.retrieval import BaseRanker
+from model.signals import CoOccurrence, DecayedCounts
+from model.types import EVENT_INDEX, Event, UserState
+
+__all__ = ["InterestModel", "FEATURES", "EVENT_WEIGHTS"]
+
+FEATURES: tuple[str, ...] = ("emb", "knn_s", "knn_l", "cat", "pop_s", "pop_l")
+# Training weight of each event type, in EVENT_TYPES order (click, favourite, cart, purchase).
+EVENT_WEIGHTS = np.array([1.0, 2.0, 1.5, 3.0], dtype=np.float32)
+
+
+@dataclass(slots=True)
+class _Context:
+    """A batch of user contexts; B users, L recent slots (padded on the left)."""
+
+    rows: np.ndarray      # int64[B, L] item rows (0 where padded)
+    mask: np.ndarray      # bool[B, L] True for real items
+    types: np.ndarray     # int64[B, L] event type index
+    ages: np.ndarray      # float32[B, L] 0 for the newest event
+    lt: np.ndarray        # float32[B, d] long-term vectors
+    cold: np.ndarray      # float32[B] cold-start factor in (0, 1]
+    exclude: list[list[int]]
+
+
+class InterestModel(BaseRanker):
+    """Online-trained interest model (see the module docstring).
+
+    ``fine_tune=False`` (or :meth:`freeze`) stops the optimiser but keeps the
+    count memories and user states moving — the ``interest-static`` baseline.
+    """
+
+    version = "interest-1"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        dim: int = 48,
+        window: int = 20,
+        lr: float = 0.01,
+        short_half_life: float = 300.0,
+        knn_decay: tuple[float, float] = (0.5, 0.9),
+        exclude_seen: bool = False,
+        fine_tune: bool = True,
+        max_full_softmax: int = 20000,
+        n_negatives: int = 2048,
+        max_items: int = 8192,
+    ) -> None:
+        super().__init__(exclude_seen)
+        self.seed, self.dim, self.window, self.lr = seed, dim, window, lr
+        self.knn_decay = knn_decay
+        self.fine_tune = fine_tune
+        self.max_full_softmax, self.n_negatives = max_full_softmax, n_negatives
+        self._gen = torch.Generator().manual_seed(seed)
+        self._rng = np.random.default_rng(seed)
+        self.cooc = CoOccurrence(None, max_items)
+        self.pop_s = DecayedCounts(short_half_life)
+        self.pop_l = DecayedCounts(None)
+        self._cap, self._cat_cap = 0, 0
+        self.emb_in = nn.Parameter(torch.empty(0, dim))
+        self.emb_out = nn.Parameter(torch.empty(0, dim))
+        self.bias = nn.Parameter(torch.empty(0))
+        self.cat_in = nn.Parameter(torch.empty(0, dim))
+        self.cat_out = nn.Parameter(torch.empty(0, dim))
+        self.type_w = nn.Parameter(torch.log(torch.from_numpy(EVENT_WEIGHTS.copy())))
+        self.decay = nn.Parameter(torch.tensor(0.3))
+        self.lt_gain = nn.Parameter(torch.tensor(0.5))
+        n_f = len(FEATURES)
+        self.alpha = nn.Parameter(torch.tensor([1.0, 3.0, 3.0, 1.0, 1.0, 1.0])[:n_f])
+        self.beta = nn.Parameter(torch.zeros(n_f))
+        self._opt = torch.optim.Adam(self._params(), lr=lr)
+        self._grow(256, 64)
+
+    # parameters ---------------------------------------------------------------------
+    def _params(self) -> list[nn.Parameter]:
+        return [self.emb_in, self.emb_out, self.bias, self.cat_in, self.cat_out,
+                self.type_w, self.decay, self.lt_gain, self.alpha, self.beta]
+
+    def _grow(self, n_items: int, n_cats: int) -> None:
+        """Make room for ``n_items`` item rows and ``n_cats`` category rows.
+
+        Tables double; Adam's moments are padded with zeros so training goes on.
+        """
+        def bigger(cur: int, need: int) -> int:
+            size = max(cur, 1)
+            while size < need:
+                size *= 2
+            return size
+
+        new_cap, new_cat = bigger(self._cap, n_items), bigger(self._cat_cap, n_cats)
+        if new_cap == self._cap and new_cat == self._cat_cap:
+            return
+        scale = 0.1 / np.sqrt(self.dim)
+        plan = [("emb_in", new_cap, scale), ("emb_out", new_cap, scale), ("bias", new_cap, 0.0),
+                ("cat_in", new_cat, scale), ("cat_out", new_cat, scale)]
+        for name, rows, std in plan:
+            old: nn.Parameter = getattr(self, name)
+            extra = rows - old.shape[0]
+            if extra <= 0:
+                continue
+            fresh = torch.randn((extra, *old.shape[1:]), generator=self._gen) * std
+            new = nn.Parameter(torch.cat([old.data, fresh]))
+            state = self._opt.state.pop(old, None)
+            if state:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    pad = torch.zeros((extra, *old.shape[1:]))
+                    state[key] = torch.cat([state[key], pad])
+                self._opt.state[new] = state
+            group = self._opt.param_groups[0]["params"]
+            group[[p is old for p in group].index(True)] = new
+            setattr(self, name, new)
+        self._cap, self._cat_cap = new_cap, new_cat
+
+    def freeze(self) -> None:
+        """Stop fine-tuning; memories and states keep updating."""
+        self.fine_tune = False
+
+    # user context ---------------------------------------------------------------
+    def _context(self, states: Sequence[UserState]) -> _Context:
+        b, L, d = len(states), self.window, self.dim
+        rows = np.zeros((b, L), dtype=np.int64)
+        mask = np.zeros((b, L), dtype=bool)
+        types = np.zeros((b, L), dtype=np.int64)
+        lt = np.zeros((b, d), dtype=np.float32)
+        cold = np.empty(b, dtype=np.float32)
+        index = self.vocab.index
+        exclude = []
+        for i, st in enumerate(states):
+            hist = [(index[it], t) for it, t in zip(
+                st.recent_items[-L:], st.recent_types[-L:], strict=True) if it in index]
+            if hist:
+                n = len(hist)
+                rows[i, L - n:] = [r for r, _ in hist]
+                types[i, L - n:] = [t for _, t in hist]
+                mask[i, L - n:] = True
+            if st.long_term.shape == (d,):
+                lt[i] = st.long_term
+            cold[i] = 1.0 / (1.0 + st.n_events / 3.0)
+            exclude.append(self.excluded_rows(st))
+        ages = np.broadcast_to(np.arange(L - 1, -1, -1, dtype=np.float32), (b, L)).copy()
+        return _Context(rows, mask, types, ages, lt, cold, exclude)
+
+    def _count_features(self, ctx: _Context, cols: np.ndarray | None) -> torch.Tensor:
+        """float32[B, C, 5]: knn_s, knn_l, cat, pop_s, pop_l (no gradient)."""
+        n = len(self.vocab)
+        b = ctx.rows.shape[0]
+        c = n if cols is None else len(cols)
+        occ = self.pop_l.values(n).astype(np.float32)
+        inv = 1.0 / np.sqrt(np.maximum(occ, 1.0))
+        inv_c = inv if cols is None else inv[cols]
+        knn = np.zeros((b, 2, c), dtype=np.float32)
+        decays = np.asarray(self.knn_decay, dtype=np.float32)[:, None]
+        for i in range(b):
+            m = ctx.mask[i]
+            if not m.any():
+                continue
+            r = ctx.rows[i, m]
+            w = EVENT_WEIGHTS[ctx.types[i, m]] * np.power(decays, ctx.ages[i, m]) * inv[r]
+            block = self.cooc.rows(r, n)
+            knn[i] = w @ (block if cols is None else block[:, cols])
+        knn *= inv_c
+        knn /= np.maximum(knn.max(axis=2, keepdims=True), 1e-9)
+        cats = self.vocab.item_categories()
+        cat_c = cats if cols is None else cats[cols]
+        hist = np.zeros((b, self.vocab.n_categories), dtype=np.float32)
+        w_cat = EVENT_WEIGHTS[ctx.types] * np.power(np.float32(0.7), ctx.ages) * ctx.mask
+        np.add.at(hist, (np.repeat(np.arange(b), ctx.rows.shape[1]), cats[ctx.rows].ravel()),
+                  w_cat.ravel())
+        hist[:, 0] = 0.0  # "unknown category" is no evidence of interest
+        hist /= np.maximum(hist.sum(axis=1, keepdims=True), 1e-9)
+        cat = hist[:, cat_c]
+        pops = []
+        for counts in (self.pop_s, self.pop_l):
+            p = np.log1p(counts.values(n).astype(np.float32))
+            p /= max(float(p.max()), 1e-9)
+            pops.append(np.broadcast_to(p if cols is None else p[cols], (b, c)))
+        feats = np.stack([knn[:, 0], knn[:, 1], cat, *pops], axis=2)
+        return torch.from_numpy(np.ascontiguousarray(feats))
+
+    def _logits(self, ctx: _Context, cols: np.ndarray | None) -> torch.Tensor:
+        """float32[B, C] blended scores over items ``cols`` (all items when None)."""
+        n = len(self.vocab)
+        cats = torch.from_numpy(self.vocab.item_categories())
+        col_t = torch.arange(n) if cols is None else torch.from_numpy(cols)
+        rows = torch.from_numpy(ctx.rows)
+        mask = torch.from_numpy(ctx.mask)
+        att = self.type_w[torch.from_numpy(ctx.types)] - nn.functional.softplus(
+            self.decay) * torch.from_numpy(ctx.ages)
+        att = torch.softmax(att.masked_fill(~mask, -1e9), dim=1) * mask  # [B, L]
+        ctx_vec = self.emb_in[rows] + self.cat_in[cats[rows]]              # [B, L, d]
+        q = (att.unsqueeze(2) * ctx_vec).sum(1) + self.lt_gain * torch.from_numpy(ctx.lt)
+        items = self.emb_out[col_t] + self.cat_out[cats[col_t]]            # [C, d]
+        emb = q @ items.T + self.bias[col_t]                               # [B, C]
+        feats = torch.cat([emb.unsqueeze(2), self._count_features(ctx, cols)], dim=2)
+        cold = torch.from_numpy(ctx.cold).unsqueeze(1)
+        weights = self.alpha + cold * self.beta                            # [B, F]
+        return (feats * weights.unsqueeze(1)).sum(2)
+
+    # ranking --------------------------------------------------------------------
+    def scores(self, user_ids: Sequence[str], states: Sequence[UserState]) -> torch.Tensor:
+        with torch.no_grad():
+            return self._logits(self._context(states), None)
+
+    def update_state(self, state: UserState, ev: Event) -> None:
+        """Move the user's long-term vector towards the item just touched (EMA)."""
+        row = self.vocab.index.get(ev.item_id)
+        if row is None:  # unknown until learnt: never let an event shape its own score
+            return
+        if state.long_term.shape != (self.dim,):
+            state.long_term = np.zeros(self.dim, dtype=np.float32)
+        with torch.no_grad():
+            vec = (self.emb_in[row] + self.cat_in[int(self.vocab.item_categories()[row])])
+        rate = max(1.0 / max(state.n_events, 1), 0.02)
+        state.long_term += np.float32(rate) * (vec.numpy() - state.long_term)
+
+    def explain_many(
+        self, user_ids: Sequence[str], states: Sequence[UserState],
+        lists: Sequence[Sequence[tuple[str, float]]],
+    ) -> list[tuple[str, ...]]:
+        """Up to three recent items that contributed most (via co-occurrence) to each list."""
+        out: list[tuple[str, ...]] = []
+        index = self.vocab.index
+        n = len(self.vocab)
+        for st, ranked in zip(states, lists, strict=True):
+            recent = [i for i in dict.fromkeys(reversed(st.recent_items[-self.window:]))
+                      if i in index]
+            listed = [index[i] for i, _ in ranked if i in index]
+            if not recent or not listed:
+                out.append(tuple(recent[:3]))
+                continue
+            r = np.asarray([index[i] for i in recent])
+            contrib = self.cooc.rows(r, n)[:, listed].sum(axis=1)
+            order = np.argsort(-contrib, kind="stable")
+            out.append(tuple(recent[j] for j in order[:3] if contrib[j] > 0) or (recent[0],))
+        return out
+
+    # learning -------------------------------------------------------------------
+    def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
+        """One optimiser step on the batch's next-item softmax, then update memories."""
+        known = [ev.item_id in self.vocab.index for ev in events]
+        rows = self._add_items(events)
+        self._grow(len(self.vocab), self.vocab.n_categories)
+        if self.fine_tune and any(known):
+            self._step([ev for ev, k in zip(events, known, strict=True) if k],
+                       [st for st, k in zip(before, known, strict=True) if k])
+        self._remember(events, rows, before)
+
+    def _step(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
+        ctx = self._context(before)
+        targets = np.asarray([self.vocab.index[ev.item_id] for ev in events])
+        n = len(self.vocab)
+        if n <= self.max_full_softmax:
+            cols, tgt = None, targets
+        else:
+            sampled = self._rng.integers(0, n, self.n_negatives)
+            cols, tgt = np.unique(np.concatenate([targets, sampled]), return_inverse=True)
+        logits = self._logits(ctx, cols)
+        bi = [i for i, rows in enumerate(ctx.exclude) for _ in rows]
+        if bi:
+            ri = [r for rows in ctx.exclude for r in rows]
+            if cols is None:
+                block = torch.zeros(logits.shape, dtype=torch.bool)
+                block[torch.tensor(bi), torch.tensor(ri)] = True
+                block[torch.arange(len(targets)), torch.from_numpy(tgt)] = False
+                logits = logits.masked_fill(block, -1e9)
+        weights = torch.from_numpy(EVENT_WEIGHTS[[EVENT_INDEX[ev.event] for ev in events]])
+        loss = nn.functional.cross_entropy(logits, torch.from_numpy(tgt), reduction="none")
+        loss = (loss * weights).sum() / weights.sum()
+        self._opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._opt.step()
+
+    def _remember(self, events: Sequence[Event], rows: np.ndarray,
+                  before: Sequence[UserState]) -> None:
+        src, dst, w = [], [], []
+        index = self.vocab.index
+        decay = self.knn_decay[1]
+        for j, st in zip(rows, before, strict=True):
+            hist = [index[i] for i in st.recent_items[-self.window:] if i in index]
+            for age, r in enumerate(reversed(hist)):
+                if r != j:
+                    src.append(r)
+                    dst.append(j)
+                    w.append(decay ** age)
+        if src:
+            s, d = np.asarray(src), np.asarray(dst)
+            ww = np.asarray(w, dtype=np.float32)
+            self.cooc.add(np.concatenate([s, d]), np.concatenate([d, s]),
+                          np.concatenate([ww, ww]), len(events))
+        else:
+            self.cooc.add(np.empty(0), np.empty(0), np.empty(0), len(events))
+        weights = EVENT_WEIGHTS[[EVENT_INDEX[ev.event] for ev in events]]
+        self.pop_s.add(rows, weights)
+        self.pop_l.add(rows)

@@ -1,0 +1,140 @@
+"""Count-based signals shared by the baselines and the interest model.
+
+* :class:`DecayedCounts` — per-item event counts that fade with a half-life
+  measured in events (``None``: never fade). Used for (trending) popularity.
+* :class:`CoOccurrence` — a dense item x item matrix of decayed, distance
+  weighted "b followed a in one user's history" counts. It is the memory of a
+  sequential item-kNN: strong on sparse data and instantly updated, where
+  embeddings need many steps to learn the same pairs.
+
+Both keep values multiplied by ``exp(rate * t)`` so that decay costs nothing
+per event; they renormalise before the factor could overflow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["DecayedCounts", "CoOccurrence", "recent_window"]
+
+_RESCALE_AT = 30.0  # exp(30) ~ 1e13: far from float32/float64 limits
+
+
+def _rate(half_life: float | None) -> float:
+    return 0.0 if not half_life else math.log(2.0) / half_life
+
+
+class DecayedCounts:
+    """float64[n_items] counts with exponential forgetting in event time."""
+
+    def __init__(self, half_life: float | None = None) -> None:
+        self.half_life = half_life
+        self.rate = _rate(half_life)
+        self.t = 0.0
+        self._values = np.zeros(256, dtype=np.float64)
+
+    def _grow(self, n: int) -> None:
+        if n > len(self._values):
+            size = len(self._values)
+            while size < n:
+                size *= 2
+            grown = np.zeros(size, dtype=np.float64)
+            grown[: len(self._values)] = self._values
+            self._values = grown
+
+    def add(self, rows: np.ndarray, weights: np.ndarray | float = 1.0) -> None:
+        """Count events on item ``rows`` (int[n]) in order; each advances time by one."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return
+        self._grow(int(rows.max()) + 1)
+        times = self.t + 1.0 + np.arange(rows.size, dtype=np.float64)
+        w = np.broadcast_to(np.asarray(weights, dtype=np.float64), rows.shape)
+        np.add.at(self._values, rows, w * np.exp(self.rate * times))
+        self.t += rows.size
+        if self.rate * self.t > _RESCALE_AT:
+            self._values *= math.exp(-self.rate * self.t)
+            self.t = 0.0
+
+    def values(self, n: int) -> np.ndarray:
+        """float64[n]: current decayed counts of rows ``0..n-1``."""
+        self._grow(n)
+        return self._values[:n] * math.exp(-self.rate * self.t)
+
+
+class CoOccurrence:
+    """Dense float32[cap, cap] decayed co-occurrence counts, growing with the vocabulary.
+
+    Items at rows >= ``max_items`` are not tracked (memory is cap^2 * 4 bytes).
+    """
+
+    def __init__(self, half_life: float | None = None, max_items: int = 8192) -> None:
+        self.rate = _rate(half_life)
+        self.max_items = max_items
+        self.t = 0.0
+        self._m = np.zeros((256, 256), dtype=np.float32)
+
+    @property
+    def size(self) -> int:
+        return self._m.shape[0]
+
+    def _grow(self, n: int) -> None:
+        n = min(n, self.max_items)
+        size = self._m.shape[0]
+        if n <= size:
+            return
+        while size < n:
+            size *= 2
+        size = min(size, self.max_items)
+        grown = np.zeros((size, size), dtype=np.float32)
+        old = self._m.shape[0]
+        grown[:old, :old] = self._m
+        self._m = grown
+
+    def add(self, src: np.ndarray, dst: np.ndarray, weights: np.ndarray, n_events: int) -> None:
+        """Add ``weights[p]`` to pair ``(src[p], dst[p])``; time advances by ``n_events``."""
+        self.t += n_events
+        if self.rate * self.t > _RESCALE_AT:
+            self._m *= np.float32(math.exp(-self.rate * self.t))
+            self.t = 0.0
+        src = np.asarray(src, dtype=np.int64)
+        dst = np.asarray(dst, dtype=np.int64)
+        if src.size == 0:
+            return
+        self._grow(int(max(src.max(), dst.max())) + 1)
+        keep = (src < self._m.shape[0]) & (dst < self._m.shape[0])
+        w = np.asarray(weights, dtype=np.float64)[keep] * math.exp(self.rate * self.t)
+        np.add.at(self._m, (src[keep], dst[keep]), w.astype(np.float32))
+
+    def rows(self, rows: np.ndarray, n: int) -> np.ndarray:
+        """float32[len(rows), n]: decayed counts from each row to items ``0..n-1``.
+
+        Rows or columns beyond the tracked capacity read as zero.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.zeros((rows.size, n), dtype=np.float32)
+        size = self._m.shape[0]
+        ok = rows < size
+        width = min(n, size)
+        if ok.any():
+            out[ok, :width] = self._m[rows[ok], :width]
+        out *= np.float32(math.exp(-self.rate * self.t))
+        return out
+
+
+def recent_window(
+    rows: list[int], types: list[int], window: int, decay: float, type_weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The newest ``window`` recent item rows (oldest first) and their weights.
+
+    weight = type_weights[type] * decay ** age, where age 0 is the newest event.
+    Returns (int64[n], float32[n]).
+    """
+    rows = rows[-window:]
+    types = types[-window:]
+    n = len(rows)
+    ages = np.arange(n - 1, -1, -1, dtype=np.float32)
+    w = type_weights[np.asarray(types, dtype=np.int64)] * np.power(decay, ages, dtype=np.float32)
+    return np.asarray(rows, dtype=np.int64), w.astype(np.float32)

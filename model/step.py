@@ -1,0 +1,127 @@
+"""The pure step shared by every runtime and the offline evaluator.
+
+``process_batch(events, state_view, model)`` scores each event against the
+user's state *before* it (so the online hit-rate is honest), lets the model
+learn from the batch, updates the user states and returns one refreshed list
+per touched user. It never imports Kafka.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from model.types import EVENT_INDEX, BatchResult, Event, Recommendation, StateView, UserState
+
+__all__ = ["RankingModel", "process_batch", "apply_event", "RECENT_CAPACITY"]
+
+RECENT_CAPACITY = 50
+SEEN_CAPACITY = 2000
+
+
+class RankingModel(Protocol):
+    """What the step needs from a model (see model/interest.py and baselines)."""
+
+    version: str
+
+    def rank(self, user_id: str, state: UserState, k: int) -> list[tuple[str, float]]:
+        """Top-``k`` (item_id, score), best first, excluding what the state excludes."""
+        ...
+
+    def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
+        """Learn from ``events``; ``before[i]`` is the user's state before ``events[i]``."""
+        ...
+
+
+def _rank_many(
+    model: RankingModel, users: Sequence[str], states: Sequence[UserState], k: int
+) -> list[list[tuple[str, float]]]:
+    # Models with a batched ranker score the whole batch in one matrix product.
+    batched = getattr(model, "rank_many", None)
+    if batched is not None:
+        return batched(users, states, k)
+    return [model.rank(u, st, k) for u, st in zip(users, states, strict=True)]
+
+
+def apply_event(state: UserState, ev: Event) -> None:
+    """Fold one event into a user's state (bounded buffers, counters)."""
+    state.counts[EVENT_INDEX[ev.event]] += 1
+    state.last_ts = max(state.last_ts, ev.ts)
+    state.recent_items.append(ev.item_id)
+    state.recent_ts.append(ev.ts)
+    state.recent_types.append(EVENT_INDEX[ev.event])
+    if len(state.recent_items) > RECENT_CAPACITY:
+        del state.recent_items[0], state.recent_ts[0], state.recent_types[0]
+    if ev.item_id not in state.seen:
+        state.seen.append(ev.item_id)
+        if len(state.seen) > SEEN_CAPACITY:
+            del state.seen[0]
+    if ev.event == "purchase" and ev.item_id not in state.purchased:
+        state.purchased.append(ev.item_id)
+        if len(state.purchased) > SEEN_CAPACITY:
+            del state.purchased[0]
+
+
+def _copy(state: UserState) -> UserState:
+    return UserState(
+        counts=list(state.counts), last_ts=state.last_ts, long_term=state.long_term.copy(),
+        recent_items=list(state.recent_items), recent_ts=list(state.recent_ts),
+        recent_types=list(state.recent_types), seen=list(state.seen),
+        purchased=list(state.purchased), last_list=list(state.last_list),
+    )
+
+
+def process_batch(
+    events: Sequence[Event],
+    state_view: StateView,
+    model: RankingModel,
+    k: int = 10,
+    score: bool = True,
+    keep_lists: bool = False,
+    learn: bool = True,
+) -> BatchResult:
+    """Test-then-learn on one micro-batch; returns lists for every touched user.
+
+    Each event is scored against its user's state as it was just before the
+    event (earlier events of the same batch included) and the model as it was
+    before the batch, so an event can never help its own score. Then the model
+    learns from the batch (``learn=False`` skips that), the states move on and
+    every touched user gets a fresh list. ``keep_lists`` also returns the
+    scored lists (for adaptation metrics).
+    """
+    users = list(dict.fromkeys(ev.user_id for ev in events))
+    states = state_view.get_many(users)
+    result = BatchResult()
+    before: list[UserState] = []
+    update_state = getattr(model, "update_state", None)
+    for ev in events:
+        st = states.get(ev.user_id)
+        if st is None:
+            st = states[ev.user_id] = UserState()
+        before.append(_copy(st))
+        apply_event(st, ev)
+        if update_state is not None:
+            update_state(st, ev)
+    if score:
+        lists = _rank_many(model, [ev.user_id for ev in events], before, k)
+        for ev, ranked in zip(events, lists, strict=True):
+            ids = [item for item, _ in ranked]
+            result.ranks.append(ids.index(ev.item_id) if ev.item_id in ids else None)
+            if keep_lists:
+                result.lists.append(ids)
+        result.scored += len(events)
+    else:
+        result.ranks.extend([None] * len(events))
+    if learn:
+        model.learn_many(events, before)
+    final = [states[u] for u in users]
+    fresh = _rank_many(model, users, final, k)
+    explain = getattr(model, "explain_many", None)
+    reasons = explain(users, final, fresh) if explain is not None else [()] * len(users)
+    for user, st, items, why in zip(users, final, fresh, reasons, strict=True):
+        st.last_list = [item for item, _ in items]
+        state_view.put(user, st)
+        result.recommendations.append(
+            Recommendation(user, tuple(items), model.version, st.last_ts, tuple(why))
+        )
+    return result
