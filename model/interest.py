@@ -234,11 +234,11 @@ class InterestModel(BaseRanker):
 
     def update_state(self, state: UserState, ev: Event) -> None:
         """Move the user's long-term vector towards the item just touched (EMA)."""
+        if state.long_term.shape != (self.dim,):
+            state.long_term = np.zeros(self.dim, dtype=np.float32)
         row = self.vocab.index.get(ev.item_id)
         if row is None:  # unknown until learnt: never let an event shape its own score
             return
-        if state.long_term.shape != (self.dim,):
-            state.long_term = np.zeros(self.dim, dtype=np.float32)
         with torch.no_grad():
             vec = (self.emb_in[row] + self.cat_in[int(self.vocab.item_categories()[row])])
         rate = max(1.0 / max(state.n_events, 1), 0.02)

@@ -1,0 +1,98 @@
+"""Evaluator: FluRS split, metric arithmetic, adaptation lag, and the CLI end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from model import cli
+from model.evaluate import ModelReport, _LagTracker, split_flurs
+from model.synthetic import Switch
+from model.types import Event
+
+
+def _ev(user: str, item: str, ts: int = 0) -> Event:
+    return Event(user, item, "click", ts)
+
+
+def test_flurs_split_keeps_positives_in_order() -> None:
+    events = [_ev("u", f"i{i}", i) for i in range(100)]
+    ratings = [5.0 if i % 2 else 3.0 for i in range(100)]
+    train, update, test = split_flurs(events, ratings)
+    assert (len(train), len(update), len(test)) == (10, 5, 35)
+    assert all(int(e.item_id[1:]) % 2 for e in train + update + test)
+    assert train[-1].ts < update[0].ts and update[-1].ts < test[0].ts
+    assert sum(map(len, split_flurs(events, None))) == 100
+
+
+def test_report_metrics_follow_their_definitions() -> None:
+    rep = ModelReport(k=10)
+    rep.add(0, ["a", "b"])
+    rep.add(2, ["c"])
+    rep.add(None, ["a"])
+    rep.add(None, [])
+    out = rep.summary(catalogue=6, with_lag=False)
+    assert out["recall"] == 0.5
+    assert out["precision"] == 0.05
+    assert out["mrr"] == pytest.approx((1 + 1 / 3) / 4, abs=1e-5)
+    assert out["ndcg"] == pytest.approx((1 + 1 / math.log2(4)) / 4, abs=1e-5)
+    assert out["f1"] == pytest.approx(2 * 0.05 * 0.5 / 0.55, abs=1e-5)
+    assert out["coverage"] == 0.5
+
+
+def test_lag_counts_user_events_until_the_list_follows() -> None:
+    cats = {f"n{i}": "new" for i in range(10)} | {f"o{i}": "old" for i in range(10)}
+    tracker = _LagTracker([Switch(1, "u", "old", "new"), Switch(3, "v", "old", "new")],
+                          cats, k=10)
+    old = [f"o{i}" for i in range(10)]
+    mixed = [f"n{i}" for i in range(6)] + old[:4]
+    tracker.observe(0, _ev("u", "x"), old)      # before the switch: not counted
+    tracker.observe(1, _ev("u", "x"), old)      # 0 events since switch, list still old
+    tracker.observe(2, _ev("u", "x"), old)
+    tracker.observe(3, _ev("u", "x"), mixed)    # followed after 2 events
+    tracker.observe(4, _ev("v", "x"), old)      # v never follows
+    assert tracker.close() == [2.0, math.inf]
+
+
+def _args(**kw: object) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    base = ["evaluate"]
+    for key, value in kw.items():
+        base += [f"--{key.replace('_', '-')}", str(value)]
+    return parser.parse_args(base)
+
+
+def test_cli_synthetic_writes_json_with_all_models_and_plot(tmp_path: Path) -> None:
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    args = _args(format="synthetic", protocol="prequential", events=1500, json=out, plot=png)
+    assert args.func(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result) == {"protocol", "k", "events_tested", "models"}
+    assert set(result["models"]) == {"interest", "interest-static", "popular", "imf", "itemknn"}
+    assert result["events_tested"] == 1500
+    for metrics in result["models"].values():
+        assert {"recall", "ndcg", "mrr", "precision", "f1", "coverage", "lag_median",
+                "lag_p90"} <= set(metrics)
+        assert 0.0 <= metrics["recall"] <= 1.0
+    assert png.stat().st_size > 1000
+
+
+def test_cli_flurs_on_a_csv(tmp_path: Path) -> None:
+    path = tmp_path / "ev.csv"
+    rows = [f"u{i % 7},i{(i * 3) % 11},click,{1000 + i}" for i in range(300)]
+    path.write_text("user,item,type,ts\n" + "\n".join(rows) + "\n")
+    args = _args(data=path, format="csv", protocol="flurs", models="popular,itemknn", k=5)
+    assert args.func(args) == 0
+
+
+def test_cli_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = cli.main(["evaluate", "--format", "recbole", "--data", str(tmp_path / "nope")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and err[0].startswith("error: ")
+    assert cli.main(["evaluate", "--format", "csv"]) != 0
+    assert cli.main(["evaluate", "--models", "popular,magic", "--events", "100"]) != 0

@@ -1,0 +1,75 @@
+"""The pure step: no leaks, one list per touched user, exclusions, state folding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.evaluate import MemoryStates
+from model.factory import MODEL_NAMES, create_model
+from model.step import RECENT_CAPACITY, apply_event, process_batch
+from model.synthetic import SyntheticStream
+from model.types import Event, UserState
+
+
+def _warm(name: str, events: list[Event]) -> tuple[object, MemoryStates]:
+    model = create_model(name, seed=0)
+    views = MemoryStates()
+    for i in range(0, len(events), 50):
+        process_batch(events[i:i + 50], views, model, score=False)
+    return model, views
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_an_event_cannot_influence_its_own_score(name: str) -> None:
+    events = list(SyntheticStream(seed=7, n_users=30, n_events=1500))
+    warm, probe = events[:1400], events[1400:1450]
+    # Same history; the probed event differs only in its item (and type).
+    last = probe[-1]
+    other_item = next(e.item_id for e in warm if e.item_id != last.item_id)
+    variant = [*probe[:-1], Event(last.user_id, other_item, "purchase", last.ts, "c0")]
+    lists = []
+    for batch in (probe, variant):
+        model, views = _warm(name, warm)
+        res = process_batch(batch, views, model, k=10, keep_lists=True)
+        lists.append(res.lists)
+    assert lists[0] == lists[1]
+
+
+def test_one_recommendation_per_touched_user_and_purchases_excluded() -> None:
+    events = list(SyntheticStream(seed=1, n_events=800))
+    model, views = _warm("interest", events[:600])
+    batch = events[600:800]
+    res = process_batch(batch, views, model, k=10)
+    users = list(dict.fromkeys(e.user_id for e in batch))
+    assert [r.user_id for r in res.recommendations] == users
+    assert res.scored == len(batch) == len(res.ranks)
+    for rec in res.recommendations:
+        st = views.states[rec.user_id]
+        items = [i for i, _ in rec.items]
+        assert len(items) == 10 and len(set(items)) == 10
+        assert not set(items) & set(st.purchased)
+        assert st.last_list == items
+        scores = [s for _, s in rec.items]
+        assert scores == sorted(scores, reverse=True)
+        assert rec.event_ts == st.last_ts
+        assert set(rec.explanation) <= set(st.recent_items)
+
+
+def test_apply_event_keeps_exact_counters_and_bounded_buffers() -> None:
+    st = UserState()
+    for i in range(RECENT_CAPACITY + 10):
+        apply_event(st, Event("u", f"i{i}", "click" if i % 2 else "purchase", 1000 + i))
+    assert st.counts == [30, 0, 0, 30]
+    assert len(st.recent_items) == len(st.recent_ts) == len(st.recent_types) == RECENT_CAPACITY
+    assert st.recent_items[-1] == f"i{RECENT_CAPACITY + 9}"
+    assert st.last_ts == 1000 + RECENT_CAPACITY + 9
+    assert len(st.purchased) == 30
+
+
+def test_long_term_vector_is_kept_in_the_state() -> None:
+    events = list(SyntheticStream(seed=2, n_events=600))
+    model, views = _warm("interest", events)
+    vecs = [st.long_term for st in views.states.values() if st.n_events > 5]
+    assert vecs and all(v.dtype == np.float32 and v.shape == (model.dim,) for v in vecs)
+    assert any(np.abs(v).sum() > 0 for v in vecs)
