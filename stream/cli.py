@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extensions() -> list:
     """Subcommands that live with the code they run."""
     regs = []
-    for module in ("stream.worker_cli", "model.cli"):
+    for module in ("stream.worker_cli", "stream.demo", "model.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

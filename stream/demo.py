@@ -1,0 +1,209 @@
+"""``interest-stream demo``: the whole service on one machine, lists live on screen.
+
+It starts the embedded Kafka broker (unless ``--bootstrap-servers`` or
+``$INTEREST_KAFKA_BOOTSTRAP`` names a cluster), a worker, and a publisher of
+the synthetic drift stream, whose users change their interests at random
+times. A few users are followed on screen: their true current interest, and
+the categories of the list the worker last published for them, so one sees a
+list follow its user's interest within a few events. Now and then a malformed
+message is published too, to show it land in the dead-letter topic instead of
+stopping anything. After ``--seconds`` (or on Ctrl-C) everything stops
+cleanly, the broker included, and a summary is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from stream.errors import InterestStreamError
+
+__all__ = ["register", "run_demo"]
+
+_FOLLOW = 4
+_BAD_MESSAGES = (b"{not json", b'{"user_id": "u1", "event": "click"}', b"\xff\xfe")
+
+
+class _Screen:
+    """The followed users' lists, redrawn in place on a terminal."""
+
+    def __init__(self, stream: Any, out=sys.stdout) -> None:
+        self.stream = stream
+        self.out = out
+        self.tty = out.isatty()
+        self.lock = threading.Lock()
+        self.follow: list[str] = []
+        self.lists: dict[str, list[str]] = {}
+        self.event_ts: dict[str, int] = {}
+        self._drawn = 0
+
+    def on_publish(self, recs: list) -> None:
+        with self.lock:
+            for rec in recs:
+                if rec.user_id not in self.follow and len(self.follow) < _FOLLOW:
+                    self.follow.append(rec.user_id)
+                if rec.user_id in self.follow:
+                    self.lists[rec.user_id] = [item for item, _ in rec.items]
+                    self.event_ts[rec.user_id] = rec.event_ts
+
+    def _user_lines(self, user: str) -> list[str]:
+        truth = self.stream.current_interest(user) or "?"
+        items = self.lists.get(user, [])
+        cats = Counter(self.stream.item_category(i) or "new" for i in items)
+        share = cats.get(truth, 0)
+        top = ", ".join(f"{c}×{n}" for c, n in cats.most_common(3))
+        return [
+            f"  {user:<8} interest now: {truth:<8} list: {share}/{len(items)} in it   [{top}]",
+            f"           top-5: {' '.join(items[:5])}",
+        ]
+
+    def draw(self, stats: dict, published: int, elapsed: float, metrics_url: str | None) -> None:
+        with self.lock:
+            lines = [
+                f"interest-stream demo  {elapsed:5.0f}s   events published {published}, "
+                f"applied {stats['applied']}, dead letters {stats['dead_lettered']}, "
+                f"lists {stats['lists_published']}",
+                f"  event-to-list latency p50 {_ms(stats['latency_p50_ms'])}  "
+                f"p99 {_ms(stats['latency_p99_ms'])}   metrics: {metrics_url or 'off'}",
+            ]
+            for user in self.follow:
+                lines += self._user_lines(user)
+        if self.tty and self._drawn:
+            self.out.write(f"\x1b[{self._drawn}F\x1b[J")
+        elif not self.tty:
+            lines.append("")
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+        self._drawn = len(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+def _bad_input_loop(pub: Any, stop: threading.Event, every_s: float = 5.0) -> None:
+    i = 0
+    while not stop.wait(every_s):
+        pub.send(b"demo-bad", _BAD_MESSAGES[i % len(_BAD_MESSAGES)])
+        i += 1
+
+
+def _run(settings: Any, args: argparse.Namespace, stop: threading.Event) -> tuple[Any, Any]:
+    """Worker, publisher and screen until ``stop`` is set or the time is up."""
+    from prometheus_client import CollectorRegistry
+
+    from model.synthetic import SyntheticStream
+    from stream.publish import Publisher
+    from stream.runtime import Worker
+    from stream.topics import ensure_topics, topic_specs
+    from stream.worker_cli import create_worker_model
+
+    ensure_topics(settings.kafka, topic_specs(settings.topics))
+    stream = SyntheticStream(seed=args.seed)
+    screen = _Screen(stream)
+    worker = Worker(settings, create_worker_model(), registry=CollectorRegistry())
+    worker.on_publish = screen.on_publish
+    failure: list[BaseException] = []
+
+    def guarded(fn, *a) -> None:
+        try:
+            fn(*a)
+        except BaseException as exc:  # reported once below, then everything stops
+            failure.append(exc)
+            stop.set()
+
+    pub = Publisher(settings)
+    try:
+        worker_thread = threading.Thread(target=guarded, args=(worker.run, stop), daemon=True)
+        worker_thread.start()
+        pub.check_connection()
+        threads = [
+            threading.Thread(
+                target=guarded,
+                daemon=True,
+                args=(lambda: pub.publish(stream, rate=args.rate, stop=stop),),
+            ),
+            threading.Thread(target=guarded, args=(_bad_input_loop, pub, stop), daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        t0 = time.monotonic()
+        while not stop.wait(1.0):
+            elapsed = time.monotonic() - t0
+            screen.draw(worker.stats.summary(), pub.stats.sent, elapsed, worker.metrics_url)
+            if not args.forever and elapsed >= args.seconds:
+                stop.set()
+        worker_thread.join(timeout=60)
+        for t in threads:
+            t.join(timeout=10)
+    finally:
+        stop.set()
+        pub.close()
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, InterestStreamError):
+            raise exc
+        raise InterestStreamError(f"demo failed: {type(exc).__name__}: {exc}") from None
+    return worker, pub
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from stream.broker import EmbeddedBroker
+    from stream.cli import settings_from_args
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    workdir = Path(tempfile.mkdtemp(prefix="interest-demo-"))
+    settings = settings_from_args(args, state_dir=str(workdir / "state"))
+    broker = None
+    if not settings.kafka.bootstrap_servers:
+        print("starting the embedded Kafka broker ...", file=sys.stderr, flush=True)
+        broker = EmbeddedBroker(data_dir=workdir / "kafka").start()
+        settings = settings_from_args(
+            args, bootstrap_servers=broker.bootstrap, state_dir=str(workdir / "state")
+        )
+        print(f"Kafka broker at {broker.bootstrap} (log {broker.log_path})", file=sys.stderr)
+    try:
+        worker, pub = _run(settings, args, stop)
+    finally:
+        if broker is not None:
+            print("stopping the Kafka broker ...", file=sys.stderr, flush=True)
+            broker.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+    s = worker.stats.summary()
+    print(
+        f"summary: {pub.stats.sent} events published, {s['applied']} applied, "
+        f"{s['dead_lettered']} dead-lettered, {s['lists_published']} lists published, "
+        f"latency p50 {_ms(s['latency_p50_ms'])}, p99 {_ms(s['latency_p99_ms'])}"
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``demo`` to the ``interest-stream`` parser."""
+    from stream.cli import add_kafka_flags
+
+    p = sub.add_parser("demo", help="broker + worker + synthetic events, live lists on screen")
+    add_kafka_flags(p)
+    p.add_argument("--seconds", type=float, default=60.0, help="run time (default 60)")
+    p.add_argument("--forever", action="store_true", help="run until Ctrl-C")
+    p.add_argument("--rate", type=float, default=300.0, help="events per second (default 300)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic stream seed")
+    p.add_argument(
+        "--metrics-port", dest="metrics_port", type=int, help="metrics port (default 9464, 0 = off)"
+    )
+    p.set_defaults(func=run_demo)
