@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="synthetic stream length (default 50000)")
     p.add_argument("--batch-size", type=int, default=32,
                    help="micro-batch size of the replay (default 32)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the ops are small; threads only contend)")
     p.add_argument("--strict", action="store_true", help="fail on the first bad row")
     p.set_defaults(func=run)
     return p
