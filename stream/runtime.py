@@ -68,7 +68,7 @@ from stream.metrics import MetricsServer, WorkerMetrics
 from stream.stats import WorkerStats
 from stream.topics import ensure_topics, topic_specs
 
-__all__ = ["Worker", "WorkerStats", "state_root"]
+__all__ = ["Worker", "WorkerStats", "state_root", "preflight"]
 
 log = logging.getLogger("interest_stream.worker")
 
@@ -90,6 +90,23 @@ def _check_writable(root: Path) -> None:
         raise ConfigError(
             f"state dir {root} is not writable: {exc.strerror or exc} (pass --state-dir)"
         ) from None
+
+
+def preflight(settings: Settings, store_root: Path | None = None) -> None:
+    """Fail fast, with one clear line, on an unusable state dir or an unreachable broker;
+    create missing topics. Cheap enough to call before loading a model."""
+    _check_writable(store_root if store_root is not None else state_root(settings))
+    kafka = settings.kafka
+    admin = AdminClient(kafka.client_config())
+    try:
+        existing = admin.list_topics(timeout=_CONNECT_TIMEOUT_S).topics
+    except KafkaException as exc:
+        raise KafkaClientError(
+            f"cannot reach Kafka at {kafka.bootstrap_servers}", exc.args[0].name()
+        ) from None
+    missing = [s for s in topic_specs(settings.topics) if s.name not in existing]
+    if missing:
+        ensure_topics(kafka, missing)
 
 
 class _Batch:
@@ -134,8 +151,9 @@ class Worker:
         """Process batches until ``stop`` is set; returns the final stats."""
         stop = stop if stop is not None else threading.Event()
         if isinstance(self.store, RocksDBStore):
-            _check_writable(self.store.root)
-        self._preflight()
+            preflight(self.settings, self.store.root)
+        else:
+            preflight(self.settings, Path(tempfile.gettempdir()))
         server = MetricsServer(self.metrics.registry, self.settings.worker.metrics_port).start()
         self.metrics_url = server.url
         self._consumer, self._producer = self._clients()
@@ -152,20 +170,6 @@ class Worker:
             server.stop()
             self.stats.finished()
         return self.stats
-
-    def _preflight(self) -> None:
-        """Fail fast, with one clear line, when the broker cannot be reached."""
-        kafka = self.settings.kafka
-        admin = AdminClient(kafka.client_config())
-        try:
-            existing = admin.list_topics(timeout=_CONNECT_TIMEOUT_S).topics
-        except KafkaException as exc:
-            raise KafkaClientError(
-                f"cannot reach Kafka at {kafka.bootstrap_servers}", exc.args[0].name()
-            ) from None
-        missing = [s for s in topic_specs(self.settings.topics) if s.name not in existing]
-        if missing:
-            ensure_topics(kafka, missing)
 
     def _clients(self) -> tuple[Consumer, Producer]:
         kafka, w = self.settings.kafka, self.settings.worker

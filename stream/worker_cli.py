@@ -65,12 +65,12 @@ def _status_loop(worker: Any, stop: threading.Event) -> None:
 def _worker(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
-    from stream.runtime import Worker
+    from stream.runtime import Worker, preflight
 
     logging.basicConfig(level=os.environ.get("INTEREST_LOG_LEVEL", "WARNING").upper(),
                         format="interest-stream: %(name)s: %(message)s", stream=sys.stderr)
     settings = settings_from_args(args)
-    settings.kafka.client_config()  # no bootstrap servers: one clear line now
+    preflight(settings)  # before loading the model: a mistake shows in a second, not ten
     stop = threading.Event()
     _install_stop_handlers(stop)
     worker = Worker(settings, create_worker_model(), registry=CollectorRegistry())

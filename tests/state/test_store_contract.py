@@ -1,0 +1,174 @@
+"""One contract, two stores: RocksDB and the in-memory twin behave the same."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from state.codec import UserState
+from state.store import MemoryStore, RocksDBStore, StateStoreError, Store
+
+
+def _state(n: int, item: str = "i1") -> UserState:
+    return UserState(counts=[n, 0, 0, 1], last_ts=1_700_000_000_000 + n,
+                     long_term=np.arange(4, dtype=np.float32) * n,
+                     recent_items=[item], recent_ts=[1_700_000_000_000], recent_types=[0],
+                     seen=[item], purchased=["p"], last_list=["a", "b"])
+
+
+@pytest.fixture(params=["rocksdb", "memory"])
+def reopenable(request: pytest.FixtureRequest, tmp_path) -> Iterator[Callable[[], Store]]:
+    """A factory: each call closes the previous store and opens it again on the same data."""
+    current: list[Store] = []
+    memory = MemoryStore()
+
+    def reopen() -> Store:
+        for s in current:
+            s.close()
+        current.clear()
+        store = RocksDBStore(tmp_path / "state") if request.param == "rocksdb" else memory
+        current.append(store)
+        return store
+
+    yield reopen
+    for s in current:
+        s.close()
+
+
+def test_fresh_partition_is_empty(reopenable):
+    part = reopenable().open_partition("events", 0)
+    assert part.last_offset() is None
+    assert part.user_count() == 0
+    assert part.get("u1") is None
+    assert list(part.items()) == []
+
+
+def test_commit_writes_states_and_offset_together(reopenable):
+    part = reopenable().open_partition("events", 0)
+    txn = part.begin()
+    txn.put("u1", _state(1))
+    txn.put("u2", _state(2))
+    txn.set_offset(41)
+    txn.commit()
+    part = reopenable().open_partition("events", 0)
+    assert part.last_offset() == 41
+    assert part.user_count() == 2
+    assert part.get("u1") == _state(1)
+    assert dict(part.items()) == {"u1": _state(1), "u2": _state(2)}
+
+
+def test_uncommitted_changes_are_invisible(reopenable):
+    part = reopenable().open_partition("events", 3)
+    txn = part.begin()
+    txn.put("u1", _state(1))
+    txn.set_offset(5)
+    assert part.get("u1") is None
+    txn.discard()
+    part = reopenable().open_partition("events", 3)
+    assert part.get("u1") is None and part.last_offset() is None
+
+
+def test_transaction_reads_its_own_writes(reopenable):
+    part = reopenable().open_partition("events", 0)
+    first = part.begin()
+    first.put("u1", _state(1))
+    first.set_offset(0)
+    first.commit()
+    txn = part.begin()
+    assert txn.get_many(["u1", "u9"]) == {"u1": _state(1)}
+    txn.put("u9", _state(9))
+    txn.put("u1", _state(7))
+    assert txn.get_many(["u1", "u9"]) == {"u1": _state(7), "u9": _state(9)}
+
+
+def test_user_count_counts_each_user_once(reopenable):
+    part = reopenable().open_partition("events", 0)
+    for offset, users in enumerate([["a", "b"], ["a", "c"], ["b"]]):
+        txn = part.begin()
+        txn.get_many(users[:1])  # one read through get_many, one staged blind
+        for u in users:
+            txn.put(u, _state(offset))
+        txn.set_offset(offset)
+        txn.commit()
+    assert part.user_count() == 3
+    assert reopenable().open_partition("events", 0).user_count() == 3
+
+
+def test_offset_must_move_forward(reopenable):
+    part = reopenable().open_partition("events", 0)
+    txn = part.begin()
+    txn.set_offset(10)
+    txn.commit()
+    with pytest.raises(StateStoreError):
+        part.begin().set_offset(10)
+    with pytest.raises(StateStoreError):
+        part.begin().set_offset(3)
+
+
+def test_a_transaction_commits_once(reopenable):
+    part = reopenable().open_partition("events", 0)
+    txn = part.begin()
+    txn.put("u", _state(1))
+    txn.commit()
+    with pytest.raises(StateStoreError):
+        txn.commit()
+    with pytest.raises(StateStoreError):
+        txn.put("u", _state(2))
+
+
+def test_partitions_are_independent(reopenable):
+    store = reopenable()
+    p0, p1 = store.open_partition("events", 0), store.open_partition("events", 1)
+    txn = p0.begin()
+    txn.put("u1", _state(1))
+    txn.set_offset(100)
+    txn.commit()
+    assert p1.get("u1") is None and p1.last_offset() is None
+    assert set(store.partitions()) == {("events", 0), ("events", 1)}
+    store.close_partition("events", 0)
+    assert set(store.partitions()) == {("events", 1)}
+    assert store.open_partition("events", 0).last_offset() == 100
+
+
+def test_offset_only_commit_keeps_states(reopenable):
+    """A batch of dead letters only moves the offset."""
+    part = reopenable().open_partition("events", 0)
+    txn = part.begin()
+    txn.put("u1", _state(1))
+    txn.set_offset(1)
+    txn.commit()
+    txn = part.begin()
+    txn.set_offset(7)
+    txn.commit()
+    part = reopenable().open_partition("events", 0)
+    assert part.last_offset() == 7 and part.get("u1") == _state(1)
+
+
+def test_unicode_user_ids_round_trip(reopenable):
+    part = reopenable().open_partition("events", 0)
+    txn = part.begin()
+    txn.put("ユーザー/1", _state(3))
+    txn.put("", _state(4))
+    txn.commit()
+    assert dict(reopenable().open_partition("events", 0).items()) == {
+        "": _state(4), "ユーザー/1": _state(3)}
+
+
+def test_rocksdb_database_is_private_to_one_worker(tmp_path):
+    first = RocksDBStore(tmp_path)
+    first.open_partition("events", 0)
+    try:
+        with pytest.raises(StateStoreError, match="another worker"):
+            RocksDBStore(tmp_path).open_partition("events", 0)
+    finally:
+        first.close()
+
+
+def test_rocksdb_lists_partitions_on_disk(tmp_path):
+    store = RocksDBStore(tmp_path)
+    store.open_partition("events", 2)
+    store.open_partition("other.topic", 0)
+    store.close()
+    assert RocksDBStore(tmp_path).on_disk() == [("events", 2), ("other.topic", 0)]

@@ -1,0 +1,121 @@
+"""Shared helpers for the pipeline tests: events, a tiny model, topic readers, a worker thread."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from model.types import Event, UserState
+from stream.config import KafkaConfig, Settings, TopicsConfig, WorkerConfig
+from stream.runtime import Worker
+
+__all__ = [
+    "make_events",
+    "TinyPopularity",
+    "make_settings",
+    "read_topic",
+    "running_worker",
+    "wait_for",
+]
+
+
+def make_events(n: int, n_users: int, n_items: int = 120, seed: int = 1,
+                start_ms: int | None = None) -> list[Event]:
+    """``n`` events, ts strictly increasing, about 6% purchases."""
+    rng = random.Random(seed)
+    t = start_ms if start_ms is not None else int(time.time() * 1000) - 3_600_000
+    kinds = ["click"] * 80 + ["favourite"] * 6 + ["cart"] * 8 + ["purchase"] * 6
+    out = []
+    for i in range(n):
+        out.append(Event(f"u{rng.randrange(n_users)}", f"i{rng.randrange(n_items)}",
+                         rng.choice(kinds), t + i, None))
+    return out
+
+
+class TinyPopularity:
+    """Counts per item; ranks the most frequent items the user has not purchased."""
+
+    version = "tiny-pop-1"
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
+        for ev in events:
+            self.counts[ev.item_id] = self.counts.get(ev.item_id, 0) + 1
+
+    def rank(self, user_id: str, state: UserState, k: int) -> list[tuple[str, float]]:
+        bought = set(state.purchased)
+        ranked = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [(item, float(c)) for item, c in ranked if item not in bought][:k]
+
+
+def make_settings(bootstrap: str, topics: TopicsConfig, state_dir: object, group: str,
+                  **worker: object) -> Settings:
+    w = replace(WorkerConfig(group=group, state_dir=state_dir, metrics_port=0), **worker)
+    return Settings(kafka=KafkaConfig(bootstrap_servers=bootstrap), topics=topics, worker=w)
+
+
+def read_topic(kafka: KafkaConfig, topic: str, timeout: float = 20.0) -> list[Message]:
+    """Every message currently in ``topic`` (all partitions, up to the high watermarks)."""
+    c = Consumer(kafka.client_config(**{"group.id": "reader", "enable.auto.commit": False}))
+    try:
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        ends = {}
+        for p in meta.partitions:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        c.assign([TopicPartition(topic, p, 0) for p in ends])
+        out: list[Message] = []
+        pos = {p: 0 for p in ends}
+        deadline = time.monotonic() + timeout
+        while any(pos[p] < ends[p] for p in ends):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"read_topic {topic}: {pos} of {ends}")
+            msg = c.poll(0.5)
+            if msg is None or msg.error() is not None:
+                continue
+            out.append(msg)
+            pos[msg.partition()] = msg.offset() + 1
+        return out
+    finally:
+        c.close()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def running_worker(worker: Worker) -> Iterator[Worker]:
+    """Run ``worker`` in a thread; stop it (cleanly) on exit and re-raise its error."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            worker.run(stop)
+        except BaseException as exc:  # surfaced in the test thread below
+            errors.append(exc)
+
+    th = threading.Thread(target=target, name="worker", daemon=True)
+    th.start()
+    try:
+        yield worker
+    finally:
+        stop.set()
+        th.join(60)
+        assert not th.is_alive(), "worker did not stop within 60s"
+        if errors:
+            raise errors[0]

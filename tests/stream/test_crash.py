@@ -1,0 +1,149 @@
+"""SIGKILL the worker process mid-stream, again and again: state stays exact."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from model.types import EVENT_INDEX
+from state.store import RocksDBStore
+from stream.config import KafkaConfig, TopicsConfig
+from stream.events import encode_event
+from stream.publish import Publisher
+from stream.topics import ensure_topics, topic_specs
+from tests.stream.helpers import make_events, make_settings, wait_for
+
+pytestmark = pytest.mark.kafka
+
+KILLS = 4
+
+
+def _worker_env(bootstrap: str, topics: TopicsConfig, group: str, state_dir: Path) -> dict:
+    env = dict(os.environ)
+    env.update({
+        "INTEREST_KAFKA_BOOTSTRAP": bootstrap,
+        "INTEREST_TOPIC_EVENTS": topics.events,
+        "INTEREST_TOPIC_RECOMMENDATIONS": topics.recommendations,
+        "INTEREST_TOPIC_DEAD_LETTER": topics.dead_letter,
+        "INTEREST_TOPIC_PARTITIONS": str(topics.partitions),
+        "INTEREST_GROUP": group,
+        "INTEREST_STATE_DIR": str(state_dir),
+        "INTEREST_METRICS_PORT": "0",
+        "INTEREST_BATCH_MAX_EVENTS": "40",
+        "INTEREST_MODEL": "popular",
+        # Static membership: a restarted worker takes its partitions back at once
+        # instead of waiting for the killed member's session to expire.
+        "INTEREST_KAFKA_CLIENT_GROUP_INSTANCE_ID": f"{group}-w1",
+        "INTEREST_KAFKA_CLIENT_SESSION_TIMEOUT_MS": "6000",
+    })
+    return env
+
+
+def _watermark_sum(kafka: KafkaConfig, topic: str, partitions: int) -> int:
+    c = Consumer(kafka.client_config(**{"group.id": "watermarks"}))
+    try:
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                   for p in range(partitions))
+    except KafkaException:
+        return -1  # a fresh topic's leaders are still being elected
+    finally:
+        c.close()
+
+
+def _committed_all(kafka: KafkaConfig, group: str, topic: str, partitions: int) -> bool:
+    c = Consumer(kafka.client_config(**{"group.id": group, "enable.auto.commit": False}))
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        committed = c.committed(tps, timeout=10)
+        for tp in committed:
+            high = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)[1]
+            if tp.offset < high:
+                return False
+        return True
+    finally:
+        c.close()
+
+
+def test_sigkill_mid_stream_never_loses_or_doubles_an_event(
+        kafka_bootstrap, unique_topics, tmp_path):
+    topics = unique_topics(partitions=4)
+    group = f"crash-{uuid.uuid4().hex[:8]}"
+    state_dir = tmp_path / "state"
+    settings = make_settings(kafka_bootstrap, topics, state_dir, group)
+    ensure_topics(settings.kafka, topic_specs(topics))
+    events = make_events(5000, n_users=200, seed=11)
+    env = _worker_env(kafka_bootstrap, topics, group, state_dir)
+    cmd = [sys.executable, "-m", "stream.cli", "worker"]
+    rng = random.Random(7)
+
+    stop_pub = threading.Event()
+
+    # Paced in a thread so every kill lands while events are still arriving.
+    def paced() -> None:
+        with Publisher(settings) as pub:
+            for i, ev in enumerate(events):
+                if stop_pub.wait(1 / 400):
+                    return
+                pub.send(*encode_event(ev))
+                if i % 50 == 49:
+                    pub.send(b"junk", b"not json at all")
+            pub.flush()
+
+    publisher = threading.Thread(target=paced, daemon=True)
+    publisher.start()
+    kills = 0
+    mid_stream = 0
+    try:
+        for _ in range(KILLS):
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
+            try:
+                base = max(0, _watermark_sum(settings.kafka, topics.recommendations, 4))
+                target = base + rng.randint(1, 120)
+                wait_for(lambda t=target: _watermark_sum(
+                    settings.kafka, topics.recommendations, 4) >= t, 60,
+                    "worker progress before the kill")
+            finally:
+                mid_stream += publisher.is_alive()
+                proc.kill()
+                proc.wait(30)
+            kills += 1
+        print(f"{kills} kills, {mid_stream} while events were still arriving")
+        assert mid_stream >= 2
+        publisher.join(60)
+        assert not publisher.is_alive()
+
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: _committed_all(settings.kafka, group, topics.events, 4), 90,
+                     "final worker to catch up")
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, err.decode()
+        assert b"Traceback" not in err
+    finally:
+        stop_pub.set()
+
+    expected: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for ev in events:
+        expected[ev.user_id][EVENT_INDEX[ev.event]] += 1
+    store = RocksDBStore(state_dir / group)
+    got = {}
+    for topic, p in store.on_disk():
+        part = store.open_partition(topic, p)
+        got.update({u: st.counts for u, st in part.items()})
+    store.close()
+    assert got == dict(expected)

@@ -1,0 +1,107 @@
+"""Event validation: each bad input kind gets its own reason; good input decodes exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from model.types import Event, Recommendation
+from stream.events import (
+    REASONS,
+    EventValidator,
+    Rejected,
+    decode_event,
+    decode_recommendation,
+    encode_event,
+    encode_recommendation,
+)
+
+NOW = 1_790_000_000_000
+KAFKA_TS = NOW - 5_000
+
+
+def _decode(key: bytes | None, value: object, **kw: object) -> Event | Rejected:
+    raw = value if isinstance(value, bytes) or value is None else json.dumps(value).encode()
+    return decode_event(key, raw, KAFKA_TS, EventValidator(max_payload_bytes=256), now_ms=NOW,
+                        **kw)
+
+
+GOOD = {"user_id": "u1", "item_id": "i9", "event": "cart", "ts": NOW - 1000}
+
+BAD_CASES = [
+    ("empty-key", None, GOOD),
+    ("empty-key", b"", GOOD),
+    ("empty-value", b"u1", None),
+    ("empty-value", b"u1", b""),
+    ("oversized", b"u1", {**GOOD, "pad": "x" * 300}),
+    ("not-utf8", b"u1", b"\xff\xfe{\"user_id\": 1}"),
+    ("not-json", b"u1", b"{user_id: u1"),
+    ("not-json", b"u1", b"[" * 200),
+    ("not-object", b"u1", [1, 2]),
+    ("not-object", b"u1", "u1"),
+    ("missing-field", b"u1", {"user_id": "u1", "event": "click"}),
+    ("missing-field", b"u1", {"user_id": "u1", "item_id": "i", "event": None}),
+    ("bad-type", b"u1", {**GOOD, "item_id": {"id": 1}}),
+    ("bad-type", b"u1", {**GOOD, "user_id": True}),
+    ("bad-type", b"u1", {**GOOD, "event": 3}),
+    ("bad-type", b"u1", {**GOOD, "ts": "yesterday"}),
+    ("bad-type", b"u1", {**GOOD, "ts": 1.5e12 + 0.5}),
+    ("bad-type", b"u1", {**GOOD, "category": ["a"]}),
+    ("unknown-event", b"u1", {**GOOD, "event": "hover"}),
+    ("bad-timestamp", b"u1", {**GOOD, "ts": 1_700_000_000}),  # seconds, not ms
+    ("bad-timestamp", b"u1", {**GOOD, "ts": NOW + 10 * 24 * 3600 * 1000}),
+    ("bad-timestamp", b"u1", {**GOOD, "ts": -1}),
+    ("key-mismatch", b"u2", GOOD),
+    ("key-mismatch", b"\xff", GOOD),
+]
+
+
+@pytest.mark.parametrize(("reason", "key", "value"), BAD_CASES)
+def test_bad_input_is_rejected_with_its_reason(reason, key, value):
+    got = _decode(key, value)
+    assert isinstance(got, Rejected)
+    assert got.reason == reason
+    assert got.reason in REASONS
+
+
+def test_every_reason_code_is_exercised():
+    assert {case[0] for case in BAD_CASES} == set(REASONS)
+
+
+def test_good_event_decodes_exactly():
+    assert _decode(b"u1", {**GOOD, "category": "shoes"}) == Event(
+        "u1", "i9", "cart", NOW - 1000, "shoes")
+
+
+def test_numeric_ids_and_category_become_strings():
+    got = _decode(b"42", {"user_id": 42, "item_id": 7, "event": "click", "ts": NOW,
+                          "category": 3})
+    assert got == Event("42", "7", "click", NOW, "3")
+
+
+def test_missing_ts_uses_the_kafka_timestamp():
+    got = _decode(b"u1", {"user_id": "u1", "item_id": "i", "event": "purchase"})
+    assert isinstance(got, Event) and got.ts == KAFKA_TS
+
+
+def test_integral_float_ts_is_accepted():
+    got = _decode(b"u1", {**GOOD, "ts": float(NOW)})
+    assert isinstance(got, Event) and got.ts == NOW
+
+
+def test_event_round_trip_through_the_wire_format():
+    ev = Event("u é", "i1", "favourite", NOW, "c")
+    key, value = encode_event(ev)
+    assert decode_event(key, value, None, now_ms=NOW) == ev
+
+
+def test_recommendation_wire_format():
+    rec = Recommendation("u1", (("a", 2.5), ("b", float("nan"))), "m-1", NOW - 3)
+    key, value = encode_recommendation(rec, NOW)
+    doc = decode_recommendation(value)
+    assert key == b"u1"
+    assert doc == {"user_id": "u1", "items": [{"item_id": "a", "score": 2.5},
+                                              {"item_id": "b", "score": 0.0}],
+                   "model_version": "m-1", "generated_at": NOW, "event_ts": NOW - 3}
+    assert b"NaN" not in value
