@@ -147,27 +147,30 @@ class InterestModel(BaseRanker):
         self.fine_tune = False
 
     # user context ---------------------------------------------------------------
-    def _context(self, states: Sequence[UserState]) -> _Context:
+    def _context(self, states: Sequence[UserState], training: bool = False) -> _Context:
         b, L, d = len(states), self.window, self.dim
         rows = np.zeros((b, L), dtype=np.int64)
-        mask = np.zeros((b, L), dtype=bool)
         types = np.zeros((b, L), dtype=np.int64)
         lt = np.zeros((b, d), dtype=np.float32)
         cold = np.empty(b, dtype=np.float32)
         index = self.vocab.index
         exclude = []
+        rows[:] = -1
         for i, st in enumerate(states):
-            hist = [(index[it], t) for it, t in zip(
-                st.recent_items[-L:], st.recent_types[-L:], strict=True) if it in index]
-            if hist:
-                n = len(hist)
-                rows[i, L - n:] = [r for r, _ in hist]
-                types[i, L - n:] = [t for _, t in hist]
-                mask[i, L - n:] = True
+            recent = st.recent_items[-L:]
+            if recent:
+                n = len(recent)
+                rows[i, L - n:] = [index.get(it, -1) for it in recent]
+                types[i, L - n:] = st.recent_types[-L:]
             if st.long_term.shape == (d,):
                 lt[i] = st.long_term
             cold[i] = 1.0 / (1.0 + st.n_events / 3.0)
-            exclude.append(self.excluded_rows(st))
+            if training:
+                exclude.append(self.excluded_rows(st))
+        # Items the model has not learnt yet (e.g. state restored elsewhere) are
+        # padding, but they still count for the age of older items.
+        mask = rows >= 0
+        rows[~mask] = 0
         ages = np.broadcast_to(np.arange(L - 1, -1, -1, dtype=np.float32), (b, L)).copy()
         return _Context(rows, mask, types, ages, lt, cold, exclude)
 
@@ -179,16 +182,10 @@ class InterestModel(BaseRanker):
         occ = self.pop_l.values(n).astype(np.float32)
         inv = 1.0 / np.sqrt(np.maximum(occ, 1.0))
         inv_c = inv if cols is None else inv[cols]
-        knn = np.zeros((b, 2, c), dtype=np.float32)
-        decays = np.asarray(self.knn_decay, dtype=np.float32)[:, None]
-        for i in range(b):
-            m = ctx.mask[i]
-            if not m.any():
-                continue
-            r = ctx.rows[i, m]
-            w = EVENT_WEIGHTS[ctx.types[i, m]] * np.power(decays, ctx.ages[i, m]) * inv[r]
-            block = self.cooc.rows(r, n)
-            knn[i] = w @ (block if cols is None else block[:, cols])
+        decays = np.asarray(self.knn_decay, dtype=np.float32)[None, :, None]
+        base = EVENT_WEIGHTS[ctx.types] * inv[ctx.rows] * ctx.mask           # [B, L]
+        w = base[:, None, :] * np.power(decays, ctx.ages[:, None, :])        # [B, 2, L]
+        knn = self.cooc.weighted_sum(ctx.rows, w, n, cols)                   # [B, 2, C]
         knn *= inv_c
         knn /= np.maximum(knn.max(axis=2, keepdims=True), 1e-9)
         cats = self.vocab.item_categories()
@@ -277,7 +274,7 @@ class InterestModel(BaseRanker):
         self._remember(events, rows, before)
 
     def _step(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
-        ctx = self._context(before)
+        ctx = self._context(before, training=True)
         targets = np.asarray([self.vocab.index[ev.item_id] for ev in events])
         n = len(self.vocab)
         if n <= self.max_full_softmax:

@@ -123,6 +123,38 @@ class CoOccurrence:
         out *= np.float32(math.exp(-self.rate * self.t))
         return out
 
+    def weighted_sum(
+        self, rows: np.ndarray, weights: np.ndarray, n: int, cols: np.ndarray | None = None,
+        max_cells: int = 4_000_000,
+    ) -> np.ndarray:
+        """float32[B, K, C]: ``sum_l weights[b, k, l] * C[rows[b, l], cols]``.
+
+        ``rows`` is int64[B, L], ``weights`` float32[B, K, L] (0 for padding);
+        ``cols`` defaults to all items ``0..n-1``. Batched gathers + matmuls,
+        chunked over B so the gathered block stays under ``max_cells`` floats.
+        """
+        b, k, L = weights.shape
+        size = self._m.shape[0]
+        width = min(n, size)
+        c = n if cols is None else len(cols)
+        out = np.zeros((b, k, c), dtype=np.float32)
+        if b == 0 or L == 0:
+            return out
+        tracked = rows < size
+        safe = np.where(tracked, rows, 0)
+        w = np.where(tracked[:, None, :], weights, 0.0).astype(np.float32)
+        if cols is None:
+            view, dest = self._m[:, :width], slice(0, width)
+        else:
+            ok = cols < size
+            view, dest = self._m[:, cols[ok]], np.flatnonzero(ok)
+        step = max(1, max_cells // max(L * view.shape[1], 1))
+        for lo in range(0, b, step):
+            block = view[safe[lo:lo + step]]            # [b', L, C']
+            out[lo:lo + step, :, dest] = w[lo:lo + step] @ block
+        out *= np.float32(math.exp(-self.rate * self.t))
+        return out
+
 
 def recent_window(
     rows: list[int], types: list[int], window: int, decay: float, type_weights: np.ndarray
