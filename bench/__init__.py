@@ -1,0 +1,3 @@
+"""Benchmarks that print figures (never asserted in tests)."""
+
+__all__: list[str] = []

@@ -1,0 +1,165 @@
+"""End-to-end throughput and freshness of one worker on a real broker.
+
+Two measurements, each on fresh topics:
+
+1. **throughput**: ``--events`` synthetic events are published first, then one
+   worker (at-least-once outputs, exactly-once state) drains the backlog;
+   events/s = events / (last batch done - first batch started).
+2. **latency**: the worker runs while a publisher sends ``--rate`` events/s for
+   ``--seconds``; event-to-list latency = list delivered - the event's Kafka
+   timestamp, reported as p50/p99 over every event.
+
+    python -m bench.throughput [--model interest] [--events 50000] [--rate 1000]
+
+Uses ``$INTEREST_KAFKA_BOOTSTRAP`` when set, else starts the embedded broker.
+No assertions: it prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from model.synthetic import SyntheticStream
+from stream.config import BOOTSTRAP_ENV, KafkaConfig, Settings, TopicsConfig, WorkerConfig
+from stream.metrics import STAGES
+from stream.publish import Publisher
+from stream.runtime import Worker
+from stream.topics import ensure_topics, topic_specs
+from stream.worker_cli import create_worker_model
+
+__all__ = ["main"]
+
+
+def _settings(bootstrap: str, state_dir: Path, args: argparse.Namespace) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    topics = TopicsConfig(events=f"bench{tag}.events",
+                          recommendations=f"bench{tag}.recommendations",
+                          dead_letter=f"bench{tag}.dead-letter", partitions=args.partitions)
+    worker = WorkerConfig(group=f"bench-{tag}", state_dir=state_dir, metrics_port=0,
+                          batch_max_events=args.batch_max_events,
+                          batch_max_ms=args.batch_max_ms)
+    return Settings(kafka=KafkaConfig(bootstrap_servers=bootstrap), topics=topics,
+                    worker=worker)
+
+
+def _start_worker(settings: Settings, model_name: str) -> tuple[Worker, threading.Thread,
+                                                                threading.Event]:
+    worker = Worker(settings, create_worker_model(model_name), registry=CollectorRegistry())
+    stop = threading.Event()
+    th = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    th.start()
+    return worker, th, stop
+
+
+def _wait(cond, timeout: float) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def measure_throughput(bootstrap: str, state_dir: Path, args: argparse.Namespace) -> dict:
+    settings = _settings(bootstrap, state_dir / "throughput", args)
+    ensure_topics(settings.kafka, topic_specs(settings.topics))
+    with Publisher(settings) as pub:
+        pub.publish(SyntheticStream(seed=1), limit=args.events)
+    worker, th, stop = _start_worker(settings, args.model)
+    _wait(lambda: worker.stats.consumed > 0, 120)
+    t0 = time.monotonic()
+    done = _wait(lambda: worker.stats.applied >= args.events, args.timeout)
+    elapsed = time.monotonic() - t0
+    stop.set()
+    th.join(60)
+    s = worker.stats.summary()
+    return {"events": s["applied"], "completed": done, "seconds": round(elapsed, 2),
+            "events_per_s": round(s["applied"] / elapsed, 1) if elapsed else None,
+            "batches": s["batches"], "lists": s["lists_published"],
+            "stage_seconds": _stage_seconds(worker)}
+
+
+def _stage_seconds(worker: Worker) -> dict[str, float]:
+    """Total seconds spent per stage (where the time goes)."""
+    reg = worker.metrics.registry
+    return {stage: round(reg.get_sample_value("interest_stage_seconds_sum",
+                                              {"stage": stage}) or 0.0, 3)
+            for stage in STAGES}
+
+
+def measure_latency(bootstrap: str, state_dir: Path, args: argparse.Namespace) -> dict:
+    settings = _settings(bootstrap, state_dir / "latency", args)
+    ensure_topics(settings.kafka, topic_specs(settings.topics))
+    worker, th, stop = _start_worker(settings, args.model)
+    # Warm up: the first batches pay for imports and lazy allocations.
+    with Publisher(settings) as pub:
+        pub.publish(SyntheticStream(seed=2), limit=200)
+        _wait(lambda: worker.stats.applied >= 200, 120)
+        worker.stats.latencies_s.clear()
+        n = int(args.rate * args.seconds)
+        pub.publish(SyntheticStream(seed=3), rate=args.rate, limit=n)
+        _wait(lambda: worker.stats.applied >= 200 + n, args.timeout)
+    stop.set()
+    th.join(60)
+    stats = worker.stats
+    p50, p90, p99 = stats.latency_ms(50), stats.latency_ms(90), stats.latency_ms(99)
+    return {"rate": args.rate, "events": len(stats.latencies_s),
+            "p50_ms": round(p50, 1) if p50 else None, "p90_ms": round(p90, 1) if p90 else None,
+            "p99_ms": round(p99, 1) if p99 else None,
+            "max_ms": round(max(stats.latencies_s) * 1000, 1) if stats.latencies_s else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="interest", help="model name for the factory")
+    p.add_argument("--events", type=int, default=50_000, help="backlog size for throughput")
+    p.add_argument("--rate", type=float, default=1000.0, help="events/s for the latency run")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the latency run")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--batch-max-events", type=int, default=WorkerConfig.batch_max_events)
+    p.add_argument("--batch-max-ms", type=int, default=WorkerConfig.batch_max_ms)
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--only", choices=("throughput", "latency"))
+    args = p.parse_args(argv)
+
+    broker = None
+    bootstrap = os.environ.get(BOOTSTRAP_ENV)
+    with tempfile.TemporaryDirectory(prefix="interest-bench-") as tmp:
+        if not bootstrap:
+            from stream.broker import EmbeddedBroker
+
+            broker = EmbeddedBroker(data_dir=Path(tmp) / "kafka").start(timeout=120)
+            bootstrap = broker.bootstrap
+        try:
+            report: dict = {"model": args.model, "partitions": args.partitions,
+                            "batch_max_events": args.batch_max_events,
+                            "batch_max_ms": args.batch_max_ms,
+                            "machine": f"{platform.machine()} {os.cpu_count()} cpu",
+                            "broker": "embedded" if broker else bootstrap}
+            if args.only in (None, "throughput"):
+                report["throughput"] = measure_throughput(bootstrap, Path(tmp), args)
+                print(f"throughput: {report['throughput']}", file=sys.stderr, flush=True)
+            if args.only in (None, "latency"):
+                report["latency"] = measure_latency(bootstrap, Path(tmp), args)
+                print(f"latency: {report['latency']}", file=sys.stderr, flush=True)
+        finally:
+            if broker is not None:
+                broker.stop()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
