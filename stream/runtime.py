@@ -74,6 +74,8 @@ log = logging.getLogger("interest_stream.worker")
 
 _CONNECT_TIMEOUT_S = 10.0
 _FLUSH_SLICE_S = 1.0
+_STOP_GRACE_S = 15.0  # how long a stopping worker waits for unacknowledged outputs
+_LAG_EVERY_S = 1.0
 
 
 def state_root(settings: Settings) -> Path:
@@ -144,6 +146,8 @@ class Worker:
         self._producer: Producer | None = None
         self._delivery_errors: list[str] = []
         self._last_generated = 0
+        self._stop = threading.Event()
+        self._lag_at = 0.0
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -157,6 +161,7 @@ class Worker:
         server = MetricsServer(self.metrics.registry, self.settings.worker.metrics_port).start()
         self.metrics_url = server.url
         self._consumer, self._producer = self._clients()
+        self._stop = stop
         self.stats.started()
         try:
             self._consumer.subscribe(
@@ -258,6 +263,8 @@ class Worker:
         m.stage_seconds.labels("poll").observe(t1 - t0)
         if not msgs:
             self._producer.poll(0)
+            if time.monotonic() - self._lag_at > _LAG_EVERY_S:
+                self._update_lag()
             return
         by_part: dict[tuple[str, int], list[Message]] = defaultdict(list)
         for msg in msgs:
@@ -378,8 +385,17 @@ class Worker:
 
     def _flush(self) -> None:
         assert self._producer is not None
-        while self._producer.flush(_FLUSH_SLICE_S) > 0:
-            log.warning("waiting for the broker to acknowledge outputs")
+        waited = 0.0
+        while (left := self._producer.flush(_FLUSH_SLICE_S)) > 0:
+            waited += _FLUSH_SLICE_S
+            if int(waited) % 10 == 1:
+                log.warning("waiting %.0fs for the broker to acknowledge %d output(s)",
+                            waited, left)
+            if self._stop.is_set() and waited >= _STOP_GRACE_S:
+                # State is not committed: after a restart this batch is processed again.
+                raise KafkaClientError(
+                    f"stopping with {left} output(s) the broker has not acknowledged; "
+                    "their batch was not committed and will be processed again on restart")
         if self._delivery_errors:
             first = self._delivery_errors[0]
             n = len(self._delivery_errors)
@@ -423,6 +439,7 @@ class Worker:
 
     def _update_lag(self) -> None:
         assert self._consumer is not None
+        self._lag_at = time.monotonic()
         for (topic, partition), part in self.store.partitions().items():
             try:
                 _, high = self._consumer.get_watermark_offsets(

@@ -45,6 +45,9 @@ def test_every_touched_user_gets_lists_without_purchased_items(
     worker = Worker(settings, TinyPopularity(), registry=registry)
     with running_worker(worker):
         wait_for(lambda: worker.stats.applied >= len(events), 90, "all events applied")
+        wait_for(lambda: all(registry.get_sample_value(
+            "interest_consumer_lag_messages", {"topic": topics.events, "partition": str(p)}) == 0
+            for p in range(4)), 30, "consumer lag 0 on every partition")
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     stats = worker.stats
     assert stats.consumed == stats.applied == len(events) and stats.dead_lettered == 0
@@ -128,3 +131,50 @@ def test_restart_resumes_after_the_stored_offset(kafka_bootstrap, unique_topics,
                 for _, st in store.open_partition(t, p).items())
     store.close()
     assert total == 700
+
+
+def _counts_in(root) -> list[dict[str, list[int]]]:
+    store = RocksDBStore(root)
+    try:
+        return [{u: st.counts for u, st in store.open_partition(t, p).items()}
+                for t, p in store.on_disk()]
+    finally:
+        store.close()
+
+
+def test_rebalance_hands_partitions_over_without_loss_or_double_apply(
+        kafka_bootstrap, unique_topics, tmp_path):
+    """A second worker joins mid-stream: partitions move, stores open and close with them,
+    and every event is applied to exactly one store."""
+    topics = unique_topics(partitions=4)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    a = Worker(make_settings(kafka_bootstrap, topics, tmp_path / "a", group,
+                             batch_max_events=50), TinyPopularity())
+    b = Worker(make_settings(kafka_bootstrap, topics, tmp_path / "b", group,
+                             batch_max_events=50), TinyPopularity())
+    ensure_topics(a.settings.kafka, topic_specs(topics))
+    first, second = make_events(1500, 150, seed=21), make_events(1500, 150, seed=22)
+    with running_worker(a):
+        with Publisher(a.settings) as pub:
+            pub.publish(first)
+        wait_for(lambda: a.stats.applied >= 1500, 60, "first wave on worker a")
+        assert len(a.store.partitions()) == 4
+        with running_worker(b):
+            wait_for(lambda: len(b.store.partitions()) >= 1 and len(a.store.partitions()) < 4,
+                     60, "worker b to take partitions")
+            assert set(a.store.partitions()).isdisjoint(b.store.partitions())
+            with Publisher(a.settings) as pub:
+                pub.publish(second)
+            wait_for(lambda: a.stats.applied + b.stats.applied >= 3000, 60, "second wave")
+            moved_to_b = b.stats.applied
+    assert moved_to_b > 0
+    assert a.stats.consumed + b.stats.consumed == 3000
+
+    expected: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for ev in first + second:
+        expected[ev.user_id][EVENT_INDEX[ev.event]] += 1
+    got: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for part in _counts_in(state_root(a.settings)) + _counts_in(state_root(b.settings)):
+        for user, counts in part.items():
+            got[user] = [x + y for x, y in zip(got[user], counts, strict=True)]
+    assert dict(got) == dict(expected)
