@@ -7,11 +7,13 @@ a learned blend of
 * ``emb``   — ``(q + g * lt) . (E_out[i] + C_out[cat i]) + b_i`` where the
   query ``q = sum_j a_j (E_in[r_j] + C_in[cat r_j])`` attends over recent items
   with ``a_j ∝ exp(w_type[t_j] - lambda * age_j)`` (learned type weights and decay);
-* ``knn_s``, ``knn_l`` — sequential item-kNN over the last few / last 20 items
+* ``knn_s``, ``knn_l`` — sequential item-kNN over the recent items
   (co-occurrence learnt from the stream, short and long recency decay);
 * ``cat``   — the recency-weighted share of recent events in item i's category
   (lets a brand-new item ride on its category at once);
-* ``pop_s``, ``pop_l`` — log trending (short half-life) and long-run popularity.
+* ``pop_s``, ``pop_l`` — log trending (short half-life) and long-run popularity;
+* ``pop_b`` — popularity among users at the same stage (0-4, 5-19, 20-79, 80+
+  events): newcomers tend to pick what other newcomers pick.
 
 Each feature has a weight ``alpha_f + beta_f * cold(user)`` with
 ``cold = 1 / (1 + n_events / 3)``: the cold-start blend is learnt, so users
@@ -36,9 +38,17 @@ from model.types import EVENT_INDEX, Event, UserState
 
 __all__ = ["InterestModel", "FEATURES", "EVENT_WEIGHTS"]
 
-FEATURES: tuple[str, ...] = ("emb", "knn_s", "knn_l", "cat", "pop_s", "pop_l")
+FEATURES: tuple[str, ...] = ("emb", "knn_s", "knn_l", "cat", "pop_s", "pop_l", "pop_b")
 # Training weight of each event type, in EVENT_TYPES order (click, favourite, cart, purchase).
 EVENT_WEIGHTS = np.array([1.0, 2.0, 1.5, 3.0], dtype=np.float32)
+
+
+N_STAGES = 4
+
+
+def _stage(n_events: int) -> int:
+    """Experience bucket: 0-4, 5-19, 20-79, 80+ events."""
+    return 0 if n_events < 5 else 1 if n_events < 20 else 2 if n_events < 80 else 3
 
 
 @dataclass(slots=True)
@@ -51,6 +61,7 @@ class _Context:
     ages: np.ndarray      # float32[B, L] 0 for the newest event
     lt: np.ndarray        # float32[B, d] long-term vectors
     cold: np.ndarray      # float32[B] cold-start factor in (0, 1]
+    stage: np.ndarray     # int64[B] experience bucket of the user (see _stage)
     exclude: list[list[int]]
 
 
@@ -67,25 +78,31 @@ class InterestModel(BaseRanker):
         self,
         seed: int = 0,
         dim: int = 48,
-        window: int = 20,
+        window: int = 30,
         lr: float = 0.01,
         short_half_life: float = 300.0,
-        knn_decay: tuple[float, float] = (0.5, 0.9),
+        knn_decay: tuple[float, float] = (0.6, 0.95),
         exclude_seen: bool = False,
         fine_tune: bool = True,
         max_full_softmax: int = 20000,
         n_negatives: int = 2048,
         max_items: int = 8192,
+        knn_norm: float = 0.5,
+        stage_half_life: float | None = 2000.0,
     ) -> None:
         super().__init__(exclude_seen)
         self.seed, self.dim, self.window, self.lr = seed, dim, window, lr
         self.knn_decay = knn_decay
+        self.knn_norm = knn_norm
         self.fine_tune = fine_tune
         self.max_full_softmax, self.n_negatives = max_full_softmax, n_negatives
         self._gen = torch.Generator().manual_seed(seed)
         self._rng = np.random.default_rng(seed)
         self.cooc = CoOccurrence(None, max_items)
         self.pop_s = DecayedCounts(short_half_life)
+        # Popularity among users at the same stage (how many events they have):
+        # newcomers pick from what other newcomers pick, not what regulars pick.
+        self.pop_b = [DecayedCounts(stage_half_life) for _ in range(N_STAGES)]
         self.pop_l = DecayedCounts(None)
         self._cap, self._cat_cap = 0, 0
         self.emb_in = nn.Parameter(torch.empty(0, dim))
@@ -97,7 +114,7 @@ class InterestModel(BaseRanker):
         self.decay = nn.Parameter(torch.tensor(0.3))
         self.lt_gain = nn.Parameter(torch.tensor(0.5))
         n_f = len(FEATURES)
-        self.alpha = nn.Parameter(torch.tensor([1.0, 3.0, 3.0, 1.0, 1.0, 1.0])[:n_f])
+        self.alpha = nn.Parameter(torch.tensor([1.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0])[:n_f])
         self.beta = nn.Parameter(torch.zeros(n_f))
         self._opt = torch.optim.Adam(self._params(), lr=lr)
         self._grow(256, 64)
@@ -153,6 +170,7 @@ class InterestModel(BaseRanker):
         types = np.zeros((b, L), dtype=np.int64)
         lt = np.zeros((b, d), dtype=np.float32)
         cold = np.empty(b, dtype=np.float32)
+        stage = np.empty(b, dtype=np.int64)
         index = self.vocab.index
         exclude = []
         rows[:] = -1
@@ -165,6 +183,7 @@ class InterestModel(BaseRanker):
             if st.long_term.shape == (d,):
                 lt[i] = st.long_term
             cold[i] = 1.0 / (1.0 + st.n_events / 3.0)
+            stage[i] = _stage(st.n_events)
             if training:
                 exclude.append(self.excluded_rows(st))
         # Items the model has not learnt yet (e.g. state restored elsewhere) are
@@ -172,7 +191,7 @@ class InterestModel(BaseRanker):
         mask = rows >= 0
         rows[~mask] = 0
         ages = np.broadcast_to(np.arange(L - 1, -1, -1, dtype=np.float32), (b, L)).copy()
-        return _Context(rows, mask, types, ages, lt, cold, exclude)
+        return _Context(rows, mask, types, ages, lt, cold, stage, exclude)
 
     def _count_features(self, ctx: _Context, cols: np.ndarray | None) -> torch.Tensor:
         """float32[B, C, 5]: knn_s, knn_l, cat, pop_s, pop_l (no gradient)."""
@@ -181,7 +200,8 @@ class InterestModel(BaseRanker):
         c = n if cols is None else len(cols)
         occ = self.pop_l.values(n).astype(np.float32)
         inv = 1.0 / np.sqrt(np.maximum(occ, 1.0))
-        inv_c = inv if cols is None else inv[cols]
+        inv_t = inv ** (2 * self.knn_norm)
+        inv_c = inv_t if cols is None else inv_t[cols]
         decays = np.asarray(self.knn_decay, dtype=np.float32)[None, :, None]
         base = EVENT_WEIGHTS[ctx.types] * inv[ctx.rows] * ctx.mask           # [B, L]
         w = base[:, None, :] * np.power(decays, ctx.ages[:, None, :])        # [B, 2, L]
@@ -190,6 +210,7 @@ class InterestModel(BaseRanker):
         knn /= np.maximum(knn.max(axis=2, keepdims=True), 1e-9)
         cats = self.vocab.item_categories()
         cat_c = cats if cols is None else cats[cols]
+        # Recency-weighted share of the user's recent events in each category.
         hist = np.zeros((b, self.vocab.n_categories), dtype=np.float32)
         w_cat = EVENT_WEIGHTS[ctx.types] * np.power(np.float32(0.7), ctx.ages) * ctx.mask
         np.add.at(hist, (np.repeat(np.arange(b), ctx.rows.shape[1]), cats[ctx.rows].ravel()),
@@ -202,6 +223,9 @@ class InterestModel(BaseRanker):
             p = np.log1p(counts.values(n).astype(np.float32))
             p /= max(float(p.max()), 1e-9)
             pops.append(np.broadcast_to(p if cols is None else p[cols], (b, c)))
+        by_stage = np.stack([np.log1p(st.values(n).astype(np.float32)) for st in self.pop_b])
+        by_stage /= np.maximum(by_stage.max(axis=1, keepdims=True), 1e-9)
+        pops.append(by_stage[ctx.stage] if cols is None else by_stage[ctx.stage][:, cols])
         feats = np.stack([knn[:, 0], knn[:, 1], cat, *pops], axis=2)
         return torch.from_numpy(np.ascontiguousarray(feats))
 
@@ -319,4 +343,8 @@ class InterestModel(BaseRanker):
             self.cooc.add(np.empty(0), np.empty(0), np.empty(0), len(events))
         weights = EVENT_WEIGHTS[[EVENT_INDEX[ev.event] for ev in events]]
         self.pop_s.add(rows, weights)
+        stages = np.asarray([_stage(st.n_events) for st in before])
+        for b, counts in enumerate(self.pop_b):
+            # Every bucket's clock advances with every event, so half-lives agree.
+            counts.add(rows, (stages == b).astype(np.float64))
         self.pop_l.add(rows)
