@@ -78,12 +78,22 @@ class EventValidator:
     max_future_ms: int = MAX_FUTURE_MS
 
 
+def _storable(text: str) -> bool:
+    # JSON may carry lone surrogates ("\ud800") that no UTF-8 store or key can hold.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return 0 < len(text) <= MAX_ID_CHARS
+
+
 def _as_id(value: Any) -> str | None:
     # bool is an int subclass but never a sensible id.
     if isinstance(value, str):
-        return value if 0 < len(value) <= MAX_ID_CHARS else None
+        return value if _storable(value) else None
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        text = str(value)
+        return text if len(text) <= MAX_ID_CHARS else None
     return None
 
 
@@ -136,7 +146,7 @@ def decode_event(
     if category is not None:
         if isinstance(category, int | float) and not isinstance(category, bool):
             category = str(category)
-        if not isinstance(category, str):
+        if not isinstance(category, str) or (category and not _storable(category)):
             return Rejected("bad-type", "category")
     raw_ts = doc.get("ts")
     if raw_ts is None:

@@ -13,6 +13,8 @@ Names (``interest_`` prefix):
 - ``stage_seconds{stage}``                      poll, decode, step, produce, commit
 - ``event_to_list_latency_seconds``             Kafka timestamp of an event -> its list delivered
 - ``lists_published_total``                     recommendation lists delivered
+- ``events_scored_total``, ``list_hits_total``  online hit rate: events whose item was in
+                                                the user's top-K just before the event
 - ``consumer_lag_messages{topic,partition}``    high watermark - next offset to process
 - ``users_in_state{partition}``                 users stored per assigned partition
 """
@@ -50,6 +52,8 @@ class WorkerMetrics:
     stage_seconds: Histogram
     latency: Histogram
     lists_published: Counter
+    events_scored: Counter
+    list_hits: Counter
     consumer_lag: Gauge
     users_in_state: Gauge
 
@@ -83,6 +87,12 @@ class WorkerMetrics:
                 buckets=_LATENCY_BUCKETS, registry=reg),
             lists_published=Counter(
                 "interest_lists_published", "Recommendation lists delivered",
+                registry=reg),
+            events_scored=Counter(
+                "interest_events_scored", "Events scored against the list before them",
+                registry=reg),
+            list_hits=Counter(
+                "interest_list_hits", "Scored events whose item was in the user's top-K",
                 registry=reg),
             consumer_lag=Gauge(
                 "interest_consumer_lag_messages",

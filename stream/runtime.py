@@ -114,7 +114,7 @@ def preflight(settings: Settings, store_root: Path | None = None) -> None:
 class _Batch:
     """What one partition contributes to the micro-batch in hand."""
 
-    __slots__ = ("part", "txn", "events", "kafka_ts", "recs")
+    __slots__ = ("part", "txn", "events", "kafka_ts", "recs", "scored", "hits")
 
     def __init__(self, part: StorePartition, txn: PartitionTransaction) -> None:
         self.part = part
@@ -122,6 +122,8 @@ class _Batch:
         self.events: list[Event] = []
         self.kafka_ts: list[int] = []
         self.recs: list[Recommendation] = []
+        self.scored = 0
+        self.hits = 0
 
 
 class Worker:
@@ -290,6 +292,8 @@ class Worker:
             if b.events:
                 result = process_batch(b.events, b.txn, self.model, w.k)
                 b.recs = result.recommendations
+                b.scored = result.scored
+                b.hits = sum(r is not None for r in result.ranks)
         t3 = time.perf_counter()
         m.stage_seconds.labels("step").observe(t3 - t2)
 
@@ -425,6 +429,10 @@ class Worker:
             m.events_applied.inc(n)
             s.lists_published += len(b.recs)
             m.lists_published.inc(len(b.recs))
+            s.scored += b.scored
+            s.hits += b.hits
+            m.events_scored.inc(b.scored)
+            m.list_hits.inc(b.hits)
             lat = [(delivered_ms - ts) / 1000.0 for ts in b.kafka_ts if ts > 0]
             for x in lat:
                 m.latency.observe(x)

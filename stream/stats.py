@@ -30,7 +30,8 @@ class WorkerStats:
     """What a worker has done so far.
 
     ``consumed == applied + dead_lettered`` holds after every batch.
-    ``latencies_s`` holds the newest event-to-list latencies in seconds.
+    ``latencies_s`` holds the newest event-to-list latencies in seconds;
+    ``hits / scored`` is the online hit rate (item in the list shown just before).
     """
 
     consumed: int = 0
@@ -38,6 +39,8 @@ class WorkerStats:
     dead_lettered: int = 0
     lists_published: int = 0
     batches: int = 0
+    scored: int = 0
+    hits: int = 0
     dead_letters_by_reason: Counter[str] = field(default_factory=Counter)
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=_MAX_SAMPLES))
     started_at: float | None = None
@@ -72,6 +75,7 @@ class WorkerStats:
             "dead_letters_by_reason": dict(self.dead_letters_by_reason),
             "lists_published": self.lists_published,
             "batches": self.batches,
+            "online_hit_rate": round(self.hits / self.scored, 4) if self.scored else None,
             "elapsed_s": round(self.elapsed_s, 3),
             "latency_p50_ms": None if p50 is None else round(p50, 1),
             "latency_p99_ms": None if p99 is None else round(p99, 1),

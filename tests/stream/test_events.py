@@ -23,8 +23,8 @@ KAFKA_TS = NOW - 5_000
 
 def _decode(key: bytes | None, value: object, **kw: object) -> Event | Rejected:
     raw = value if isinstance(value, bytes) or value is None else json.dumps(value).encode()
-    return decode_event(key, raw, KAFKA_TS, EventValidator(max_payload_bytes=256), now_ms=NOW,
-                        **kw)
+    return decode_event(key, raw, KAFKA_TS, EventValidator(max_payload_bytes=20_000),
+                        now_ms=NOW, **kw)
 
 
 GOOD = {"user_id": "u1", "item_id": "i9", "event": "cart", "ts": NOW - 1000}
@@ -34,7 +34,7 @@ BAD_CASES = [
     ("empty-key", b"", GOOD),
     ("empty-value", b"u1", None),
     ("empty-value", b"u1", b""),
-    ("oversized", b"u1", {**GOOD, "pad": "x" * 300}),
+    ("oversized", b"u1", {**GOOD, "pad": "x" * 20_000}),
     ("not-utf8", b"u1", b"\xff\xfe{\"user_id\": 1}"),
     ("not-json", b"u1", b"{user_id: u1"),
     ("not-json", b"u1", b"[" * 200),
@@ -48,6 +48,10 @@ BAD_CASES = [
     ("bad-type", b"u1", {**GOOD, "ts": "yesterday"}),
     ("bad-type", b"u1", {**GOOD, "ts": 1.5e12 + 0.5}),
     ("bad-type", b"u1", {**GOOD, "category": ["a"]}),
+    ("bad-type", b"u1", {**GOOD, "category": "c" * 10_000}),
+    ("bad-type", b"u1", b'{"user_id": "u1", "item_id": "\\ud800", "event": "click"}'),
+    ("bad-type", b"u1", {**GOOD, "item_id": "x" * 600}),
+    ("bad-type", b"u1", {**GOOD, "item_id": ""}),
     ("unknown-event", b"u1", {**GOOD, "event": "hover"}),
     ("bad-timestamp", b"u1", {**GOOD, "ts": 1_700_000_000}),  # seconds, not ms
     ("bad-timestamp", b"u1", {**GOOD, "ts": NOW + 10 * 24 * 3600 * 1000}),

@@ -57,6 +57,8 @@ def test_every_touched_user_gets_lists_without_purchased_items(
                  "interest_users_in_state", 'interest_stage_seconds_count{stage="step"}',
                  f"interest_lists_published_total {float(stats.lists_published)}"):
         assert name in metrics, name
+    assert stats.scored == len(events) and 0 < stats.hits <= stats.scored
+    assert registry.get_sample_value("interest_list_hits_total") == stats.hits
     kinds = Counter(ev.event for ev in events)
     for kind, n in kinds.items():
         assert f'interest_events_consumed_total{{event="{kind}"}} {float(n)}' in metrics
