@@ -109,3 +109,53 @@ def test_recommendation_wire_format():
                                               {"item_id": "b", "score": 0.0}],
                    "model_version": "m-1", "generated_at": NOW, "event_ts": NOW - 3}
     assert b"NaN" not in value
+
+
+def _random_value(rng, depth: int = 0):  # noqa: ANN001, ANN202
+    kind = rng.randrange(9 if depth < 2 else 6)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.choice([True, False])
+    if kind == 2:
+        return rng.choice([0, -1, 7, 2**63, -(2**63) - 1, NOW, NOW // 1000, 10**40])
+    if kind == 3:
+        return rng.choice([0.5, 1e308, float(NOW), -0.0, 1.7e12])
+    if kind == 4:
+        return "".join(rng.choice("ab\u00e9\u4e00\ud800\x00\"\\") for _ in range(rng.randrange(6)))
+    if kind == 5:
+        return rng.choice(list(REASONS) + ["click", "purchase", "u1", ""])
+    if kind == 6:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(3))]
+    return {rng.choice(["user_id", "item_id", "event", "ts", "category", "x"]):
+            _random_value(rng, depth + 1) for _ in range(rng.randrange(6))}
+
+
+def test_decoding_never_raises_and_accepted_events_are_storable():
+    """Random documents, keys and byte mutations: a reason or a clean event, nothing else."""
+    import random
+
+    rng = random.Random(1234)
+    accepted = 0
+    for _ in range(20_000):
+        doc = _random_value(rng)
+        if isinstance(doc, dict) and rng.random() < 0.5:
+            doc.update({"user_id": rng.choice(["u1", 1, "u\u00e9"]), "item_id": "i",
+                        "event": rng.choice(["click", "cart"])})
+        raw = json.dumps(doc).encode()
+        if rng.random() < 0.2 and raw:
+            pos = rng.randrange(len(raw))
+            raw = raw[:pos] + bytes([rng.randrange(256)]) + raw[pos + 1:]
+        key = rng.choice([b"u1", b"1", "u\u00e9".encode(), b"", None, b"\xff"])
+        got = decode_event(key, raw, rng.choice([None, 0, KAFKA_TS]), now_ms=NOW)
+        assert isinstance(got, Event | Rejected)
+        if isinstance(got, Rejected):
+            assert got.reason in REASONS
+            continue
+        accepted += 1
+        for text in (got.user_id, got.item_id, got.category or "x"):
+            text.encode("utf-8")
+        assert got.event in {"click", "favourite", "cart", "purchase"}
+        assert 631_152_000_000 <= got.ts <= NOW + 24 * 3600 * 1000
+        assert key is not None and key.decode() == got.user_id
+    assert accepted > 100
