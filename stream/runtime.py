@@ -8,6 +8,7 @@ Programmatic use (the demo and the benchmark do this)::
 
     worker = Worker(load_settings(), model, registry=CollectorRegistry())
     worker.on_publish = lambda recs: ...      # optional: every delivered batch of lists
+    # worker.assigned (threading.Event) is set once partitions are assigned
     stats = worker.run(stop)                  # stop: threading.Event; blocks until it is set
     stats.summary()                           # consumed, applied, dead-lettered, lists, p50/p99
 
@@ -150,6 +151,8 @@ class Worker:
         self._last_generated = 0
         self._stop = threading.Event()
         self._lag_at = 0.0
+        self._eager = False  # the user chose an eager assignor (range, roundrobin)
+        self.assigned = threading.Event()  # set once partitions have been assigned
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -180,7 +183,7 @@ class Worker:
 
     def _clients(self) -> tuple[Consumer, Producer]:
         kafka, w = self.settings.kafka, self.settings.worker
-        consumer = Consumer(kafka.client_config(**{
+        conf: dict[str, Any] = {
             "group.id": w.group,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -188,7 +191,13 @@ class Worker:
             # Incremental rebalances: partitions that stay keep their open stores.
             "partition.assignment.strategy": "cooperative-sticky",
             "error_cb": self._on_client_error,
-        } | dict(kafka.client)))
+        } | dict(kafka.client)
+        if str(conf.get("group.protocol", "classic")).lower() == "consumer":
+            # KIP-848 groups: the broker assigns, always incrementally.
+            conf.pop("partition.assignment.strategy", None)
+        else:
+            self._eager = "cooperative" not in str(conf["partition.assignment.strategy"])
+        consumer = Consumer(kafka.client_config(**conf))
         # Defaults first, the user's client settings win.
         producer = Producer(kafka.client_config(**{
             "enable.idempotence": True,
@@ -223,7 +232,11 @@ class Worker:
                 log.info("%s: no local state, starting from the group's committed offset",
                          part.name)
             self.metrics.users_in_state.labels(str(tp.partition)).set(part.user_count())
-        consumer.incremental_assign(partitions)
+        if self._eager:
+            consumer.assign(partitions)
+        else:
+            consumer.incremental_assign(partitions)
+        self.assigned.set()
         log.info("assigned %s", [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -243,7 +256,10 @@ class Worker:
             self.store.close_partition(tp.topic, tp.partition)
             self.metrics.forget_partition(tp.topic, tp.partition)
         try:
-            consumer.incremental_unassign(partitions)
+            if self._eager:
+                consumer.unassign()
+            else:
+                consumer.incremental_unassign(partitions)
         except KafkaException as exc:
             log.debug("incremental_unassign: %s", exc)
         log.info("released %s", [f"{tp.topic}[{tp.partition}]" for tp in partitions])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
+from dataclasses import replace
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -180,3 +181,24 @@ def test_rebalance_hands_partitions_over_without_loss_or_double_apply(
         for user, counts in part.items():
             got[user] = [x + y for x, y in zip(got[user], counts, strict=True)]
     assert dict(got) == dict(expected)
+
+
+@pytest.mark.parametrize("client", [
+    {"partition.assignment.strategy": "range"},
+    {"group.protocol": "consumer"},
+], ids=["eager-range", "kip848-consumer-protocol"])
+def test_other_group_protocols_resume_from_the_stored_offset(
+        kafka_bootstrap, unique_topics, tmp_path, client):
+    topics = unique_topics(partitions=2)
+    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
+                             f"g-{uuid.uuid4().hex[:8]}", batch_max_events=50)
+    settings = replace(settings, kafka=replace(settings.kafka, client=client))
+    ensure_topics(settings.kafka, topic_specs(topics))
+    for n, seed in ((200, 31), (100, 32)):
+        with Publisher(settings) as pub:
+            pub.publish(make_events(n, 20, seed=seed))
+        worker = Worker(settings, TinyPopularity())
+        with running_worker(worker):
+            wait_for(lambda w=worker, n=n: w.stats.applied >= n, 60, "events applied")
+            assert worker.assigned.is_set()
+        assert worker.stats.consumed == n
