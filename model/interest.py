@@ -43,12 +43,12 @@ FEATURES: tuple[str, ...] = ("emb", "knn_s", "knn_l", "cat", "pop_s", "pop_l", "
 EVENT_WEIGHTS = np.array([1.0, 2.0, 1.5, 3.0], dtype=np.float32)
 
 
-N_STAGES = 4
+N_STAGES = 8
 
 
 def _stage(n_events: int) -> int:
-    """Experience bucket: 0-4, 5-19, 20-79, 80+ events."""
-    return 0 if n_events < 5 else 1 if n_events < 20 else 2 if n_events < 80 else 3
+    """Experience bucket on a log scale: 0, 1, 2-3, 4-7, ..., 64+ events."""
+    return min(int(n_events).bit_length(), N_STAGES - 1)
 
 
 @dataclass(slots=True)
@@ -79,7 +79,7 @@ class InterestModel(BaseRanker):
         seed: int = 0,
         dim: int = 48,
         window: int = 30,
-        lr: float = 0.01,
+        lr: float = 0.003,
         short_half_life: float = 300.0,
         knn_decay: tuple[float, float] = (0.6, 0.95),
         exclude_seen: bool = False,
@@ -89,6 +89,7 @@ class InterestModel(BaseRanker):
         max_items: int = 8192,
         knn_norm: float = 0.5,
         stage_half_life: float | None = 2000.0,
+        blend_lr: float | None = 0.05,
     ) -> None:
         super().__init__(exclude_seen)
         self.seed, self.dim, self.window, self.lr = seed, dim, window, lr
@@ -116,7 +117,12 @@ class InterestModel(BaseRanker):
         n_f = len(FEATURES)
         self.alpha = nn.Parameter(torch.tensor([1.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0])[:n_f])
         self.beta = nn.Parameter(torch.zeros(n_f))
-        self._opt = torch.optim.Adam(self._params(), lr=lr)
+        params = self._params()
+        # Group 0 holds the growing tables (see _grow); the blend may learn at its own pace.
+        self._opt = torch.optim.Adam([
+            {"params": params[:5]},
+            {"params": params[5:], "lr": lr if blend_lr is None else blend_lr},
+        ], lr=lr)
         self._grow(256, 64)
 
     # parameters ---------------------------------------------------------------------
