@@ -237,6 +237,10 @@ class InterestModel(BaseRanker):
 
     def _logits(self, ctx: _Context, cols: np.ndarray | None) -> torch.Tensor:
         """float32[B, C] blended scores over items ``cols`` (all items when None)."""
+        return self._blend(ctx, cols, self._emb_scores(ctx, cols))
+
+    def _emb_scores(self, ctx: _Context, cols: np.ndarray | None) -> torch.Tensor:
+        """float32[B, C]: the embedding part alone (attention query . item vector + bias)."""
         n = len(self.vocab)
         cats = torch.from_numpy(self.vocab.item_categories())
         col_t = torch.arange(n) if cols is None else torch.from_numpy(cols)
@@ -248,7 +252,9 @@ class InterestModel(BaseRanker):
         ctx_vec = self.emb_in[rows] + self.cat_in[cats[rows]]              # [B, L, d]
         q = (att.unsqueeze(2) * ctx_vec).sum(1) + self.lt_gain * torch.from_numpy(ctx.lt)
         items = self.emb_out[col_t] + self.cat_out[cats[col_t]]            # [C, d]
-        emb = q @ items.T + self.bias[col_t]                               # [B, C]
+        return q @ items.T + self.bias[col_t]
+
+    def _blend(self, ctx: _Context, cols: np.ndarray | None, emb: torch.Tensor) -> torch.Tensor:
         feats = torch.cat([emb.unsqueeze(2), self._count_features(ctx, cols)], dim=2)
         cold = torch.from_numpy(ctx.cold).unsqueeze(1)
         weights = self.alpha + cold * self.beta                            # [B, F]
@@ -306,6 +312,7 @@ class InterestModel(BaseRanker):
     def _step(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
         ctx = self._context(before, training=True)
         targets = np.asarray([self.vocab.index[ev.item_id] for ev in events])
+        types = [EVENT_INDEX[ev.event] for ev in events]
         n = len(self.vocab)
         if n <= self.max_full_softmax:
             cols, tgt = None, targets
@@ -313,17 +320,9 @@ class InterestModel(BaseRanker):
             sampled = self._rng.integers(0, n, self.n_negatives)
             cols, tgt = np.unique(np.concatenate([targets, sampled]), return_inverse=True)
         logits = self._logits(ctx, cols)
-        bi = [i for i, rows in enumerate(ctx.exclude) for _ in rows]
-        if bi:
-            ri = [r for rows in ctx.exclude for r in rows]
-            if cols is None:
-                block = torch.zeros(logits.shape, dtype=torch.bool)
-                block[torch.tensor(bi), torch.tensor(ri)] = True
-                block[torch.arange(len(targets)), torch.from_numpy(tgt)] = False
-                logits = logits.masked_fill(block, -1e9)
-        weights = torch.from_numpy(EVENT_WEIGHTS[[EVENT_INDEX[ev.event] for ev in events]])
-        loss = nn.functional.cross_entropy(logits, torch.from_numpy(tgt), reduction="none")
-        loss = (loss * weights).sum() / weights.sum()
+        if cols is None:
+            logits = _mask(logits, ctx.exclude, tgt)
+        loss = _ce(logits, tgt, types)
         self._opt.zero_grad(set_to_none=True)
         loss.backward()
         self._opt.step()
@@ -354,3 +353,22 @@ class InterestModel(BaseRanker):
             # Every bucket's clock advances with every event, so half-lives agree.
             counts.add(rows, (stages == b).astype(np.float64))
         self.pop_l.add(rows)
+
+
+def _mask(logits: torch.Tensor, exclude: list[list[int]], tgt: np.ndarray) -> torch.Tensor:
+    """``logits`` with excluded items (except each row's target) pushed to -1e9."""
+    bi = [i for i, rows in enumerate(exclude) for _ in rows]
+    if not bi:
+        return logits
+    ri = [r for rows in exclude for r in rows]
+    block = torch.zeros(logits.shape, dtype=torch.bool)
+    block[torch.tensor(bi), torch.tensor(ri)] = True
+    block[torch.arange(len(tgt)), torch.from_numpy(tgt)] = False
+    return logits.masked_fill(block, -1e9)
+
+
+def _ce(logits: torch.Tensor, tgt: np.ndarray, types: Sequence[int]) -> torch.Tensor:
+    """Event-type-weighted mean cross-entropy of the targets (float32[B, C] logits)."""
+    weights = torch.from_numpy(EVENT_WEIGHTS[list(types)])
+    loss = nn.functional.cross_entropy(logits, torch.from_numpy(tgt), reduction="none")
+    return (loss * weights).sum() / weights.sum()
