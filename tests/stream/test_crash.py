@@ -18,10 +18,10 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from model.types import EVENT_INDEX
 from state.store import RocksDBStore
 from stream.config import KafkaConfig, TopicsConfig
-from stream.events import encode_event
+from stream.events import decode_recommendation, encode_event
 from stream.publish import Publisher
 from stream.topics import ensure_topics, topic_specs
-from tests.stream.helpers import make_events, make_settings, wait_for
+from tests.stream.helpers import make_events, make_settings, read_topic, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -147,3 +147,13 @@ def test_sigkill_mid_stream_never_loses_or_doubles_an_event(
         got.update({u: st.counts for u, st in part.items()})
     store.close()
     assert got == dict(expected)
+
+    # Outputs are at-least-once: nothing lost, duplicates allowed.
+    newest = {ev.user_id: ev.ts for ev in events}
+    latest_list: dict[str, int] = {}
+    for m in read_topic(settings.kafka, topics.recommendations):
+        doc = decode_recommendation(m.value())
+        latest_list[doc["user_id"]] = max(latest_list.get(doc["user_id"], 0), doc["event_ts"])
+    assert latest_list == newest
+    sources = {dict(m.headers())["source"] for m in read_topic(settings.kafka, topics.dead_letter)}
+    assert len(sources) == len(events) // 50
