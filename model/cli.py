@@ -24,6 +24,9 @@ from stream.errors import ConfigError, DataError, InterestStreamError
 __all__ = ["register", "run", "main"]
 
 FORMATS = ("recbole", "movielens", "csv", "synthetic")
+# Without a warm-up (prequential), interest-static fine-tunes on this share of
+# the stream (scored like every model) and is frozen for the rest.
+STATIC_TRAIN_SHARE = 0.1
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -95,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
         reports = evaluate_models(
             models, warmup, test, k=args.k, batch_size=args.batch_size,
             switches=switches, first_seq=len(events) - len(test),
-            static=[n for n in names if n == "interest-static"], progress=bar.update)
+            static=[n for n in names if n == "interest-static"],
+            freeze_after=0 if warmup else int(len(test) * STATIC_TRAIN_SHARE),
+            progress=bar.update)
     catalogue = len({ev.item_id for ev in events})
     result = {
         "protocol": args.protocol,

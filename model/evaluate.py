@@ -21,7 +21,8 @@ Recall@K (hit rate), NDCG@K, MRR@K (reciprocal rank, 0 beyond K), precision@K
 stream that appeared in at least one scored list) and, when the ground truth
 is known (synthetic stream), adaptation lag: after a user's interest switch,
 the number of that user's events until at least 60% of their top-K lie in the
-new interest (median and p90; switches never followed count as infinite).
+new interest (median and p90; switches never followed count as infinite and
+make a percentile null; ``lag_p90_followed`` is the p90 among followed ones).
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ class ModelReport:
             for name, q in (("lag_median", 50), ("lag_p90", 90)):
                 v = float(np.percentile(lags, q, method="lower")) if lags.size else math.inf
                 out[name] = v if math.isfinite(v) else None
+            # Among the switches the list did follow (the rest are null above).
+            done = lags[np.isfinite(lags)]
+            out["lag_p90_followed"] = (
+                float(np.percentile(done, 90, method="lower")) if done.size else None)
         return out
 
 
@@ -165,13 +170,15 @@ def evaluate_models(
     switches: Sequence[Switch] | None = None,
     first_seq: int = 0,
     static: Iterable[str] = (),
+    freeze_after: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, ModelReport]:
     """Replay ``warmup`` (learn only) then ``test`` (test-then-learn) through each model.
 
-    Models named in ``static`` stop fine-tuning after warm-up: ``freeze()`` is
-    called on them when they have it (their optimiser stops; count memories and
-    user states still move), otherwise they stop learning altogether.
+    Models named in ``static`` stop fine-tuning after warm-up plus the first
+    ``freeze_after`` test events: ``freeze()`` is called on them when they have
+    it (their optimiser stops; count memories and user states still move),
+    otherwise they stop learning altogether.
     ``switches`` (ground truth, with ``seq`` counted from ``first_seq`` = global
     index of ``test[0]``) enables adaptation lag.
     ``progress(n)`` is called with the number of events done.
@@ -192,14 +199,16 @@ def evaluate_models(
         if progress is not None:
             progress(len(batch))
     no_learning: set[str] = set()
-    for name in frozen & set(models):
-        freeze = getattr(models[name], "freeze", None)
-        if freeze is not None:
-            freeze()
-        else:
-            no_learning.add(name)
     seq = first_seq
     for batch in _batches(test, batch_size):
+        if frozen and seq - first_seq >= freeze_after:
+            for name in frozen & set(models):
+                freeze = getattr(models[name], "freeze", None)
+                if freeze is not None:
+                    freeze()
+                else:
+                    no_learning.add(name)
+            frozen = set()
         for name, model in models.items():
             t0 = time.perf_counter()
             res = process_batch(batch, views[name], model, k=k, keep_lists=True,

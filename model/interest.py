@@ -68,8 +68,10 @@ class _Context:
 class InterestModel(BaseRanker):
     """Online-trained interest model (see the module docstring).
 
-    ``fine_tune=False`` (or :meth:`freeze`) stops the optimiser but keeps the
-    count memories and user states moving — the ``interest-static`` baseline.
+    ``fine_tune=False`` stops the optimiser but keeps the count memories
+    (popularity, co-occurrence, vocabulary) learning; :meth:`freeze` stops
+    both — the ``interest-static`` baseline: a model trained once and deployed,
+    whose users' states still move.
     """
 
     version = "interest-1"
@@ -96,6 +98,7 @@ class InterestModel(BaseRanker):
         self.knn_decay = knn_decay
         self.knn_norm = knn_norm
         self.fine_tune = fine_tune
+        self.frozen = False
         self.max_full_softmax, self.n_negatives = max_full_softmax, n_negatives
         self._gen = torch.Generator().manual_seed(seed)
         self._rng = np.random.default_rng(seed)
@@ -165,9 +168,10 @@ class InterestModel(BaseRanker):
             setattr(self, name, new)
         self._cap, self._cat_cap = new_cap, new_cat
 
-    def freeze(self) -> None:
-        """Stop fine-tuning; memories and states keep updating."""
+    def freeze(self, keep_memories: bool = False) -> None:
+        """Stop learning from the stream (``keep_memories``: only the optimiser stops)."""
         self.fine_tune = False
+        self.frozen = not keep_memories
 
     # user context ---------------------------------------------------------------
     def _context(self, states: Sequence[UserState], training: bool = False) -> _Context:
@@ -301,6 +305,8 @@ class InterestModel(BaseRanker):
     # learning -------------------------------------------------------------------
     def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
         """One optimiser step on the batch's next-item softmax, then update memories."""
+        if self.frozen:
+            return
         known = [ev.item_id in self.vocab.index for ev in events]
         rows = self._add_items(events)
         self._grow(len(self.vocab), self.vocab.n_categories)

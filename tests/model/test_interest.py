@@ -79,3 +79,19 @@ def test_vocabulary_grows_past_initial_capacity_while_training() -> None:
     assert len(model.vocab) == 1200 and model.emb_out.shape[0] >= 1200
     assert model.vocab.n_categories == 301
     assert torch.isfinite(model.emb_out).all()
+
+
+def test_freeze_stops_learning_but_states_still_move() -> None:
+    events = list(SyntheticStream(seed=8, n_events=1200))
+    model, views = InterestModel(seed=0), MemoryStates()
+    process_batch(events[:800], views, model)
+    model.freeze()
+    before = [p.detach().clone() for p in model._params()]
+    n_items = len(model.vocab)
+    user = events[900].user_id
+    n_user = views.states[user].n_events if user in views.states else 0
+    for i in range(800, 1200, 100):
+        process_batch(events[i:i + 100], views, model)
+    assert len(model.vocab) == n_items
+    assert all(torch.equal(a, b) for a, b in zip(before, model._params(), strict=True))
+    assert views.states[user].n_events > n_user
