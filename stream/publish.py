@@ -29,6 +29,7 @@ from model.types import Event
 from stream.config import Settings
 from stream.errors import ConfigError, KafkaClientError
 from stream.events import encode_event
+from stream.runtime import make_client
 
 __all__ = ["Publisher", "PublishStats", "event_source", "FORMATS", "PRODUCER_DEFAULTS"]
 
@@ -77,7 +78,7 @@ class Publisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         conf = PRODUCER_DEFAULTS | dict(settings.kafka.client)
-        self._producer = Producer(settings.kafka.client_config(**conf))
+        self._producer = make_client(Producer, settings.kafka.client_config(**conf))
         self._stats = PublishStats()
         self._first_error: str | None = None
 

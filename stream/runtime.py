@@ -69,7 +69,7 @@ from stream.metrics import MetricsServer, WorkerMetrics
 from stream.stats import WorkerStats
 from stream.topics import ensure_topics, topic_specs
 
-__all__ = ["Worker", "WorkerStats", "state_root", "preflight"]
+__all__ = ["Worker", "WorkerStats", "state_root", "preflight", "make_client"]
 
 log = logging.getLogger("interest_stream.worker")
 
@@ -95,12 +95,22 @@ def _check_writable(root: Path) -> None:
         ) from None
 
 
+def make_client(cls: type, conf: dict[str, Any]) -> Any:
+    """A confluent-kafka client; a setting librdkafka rejects becomes one ConfigError."""
+    try:
+        return cls(conf)
+    except (KafkaException, ValueError, TypeError) as exc:
+        err = exc.args[0] if exc.args else exc
+        text = err.str() if isinstance(err, KafkaError) else str(err)
+        raise ConfigError(f"Kafka client setting rejected: {text}") from None
+
+
 def preflight(settings: Settings, store_root: Path | None = None) -> None:
     """Fail fast, with one clear line, on an unusable state dir or an unreachable broker;
     create missing topics. Cheap enough to call before loading a model."""
     _check_writable(store_root if store_root is not None else state_root(settings))
     kafka = settings.kafka
-    admin = AdminClient(kafka.client_config())
+    admin = make_client(AdminClient, kafka.client_config())
     try:
         existing = admin.list_topics(timeout=_CONNECT_TIMEOUT_S).topics
     except KafkaException as exc:
@@ -163,12 +173,13 @@ class Worker:
             preflight(self.settings, self.store.root)
         else:
             preflight(self.settings, Path(tempfile.gettempdir()))
-        server = MetricsServer(self.metrics.registry, self.settings.worker.metrics_port).start()
-        self.metrics_url = server.url
         self._consumer, self._producer = self._clients()
+        server = MetricsServer(self.metrics.registry, self.settings.worker.metrics_port)
+        self.metrics_url = None
         self._stop = stop
         self.stats.started()
         try:
+            self.metrics_url = server.start().url
             self._consumer.subscribe(
                 [self.settings.topics.events],
                 on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
@@ -197,9 +208,9 @@ class Worker:
             conf.pop("partition.assignment.strategy", None)
         else:
             self._eager = "cooperative" not in str(conf["partition.assignment.strategy"])
-        consumer = Consumer(kafka.client_config(**conf))
+        consumer = make_client(Consumer, kafka.client_config(**conf))
         # Defaults first, the user's client settings win.
-        producer = Producer(kafka.client_config(**{
+        producer = make_client(Producer, kafka.client_config(**{
             "enable.idempotence": True,
             "linger.ms": 2,
             "partitioner": "murmur2_random",

@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaException
 from stream.config import Settings
 from stream.errors import KafkaClientError
 from stream.events import decode_recommendation
+from stream.runtime import make_client
 
 __all__ = ["tail", "format_list"]
 
@@ -40,7 +41,7 @@ def tail(
 ) -> int:
     """Print (or hand to ``on_list``) every new list, until ``stop``; returns the count."""
     out = out if out is not None else sys.stdout
-    consumer = Consumer(settings.kafka.client_config(**{
+    consumer = make_client(Consumer, settings.kafka.client_config(**{
         "group.id": f"interest-tail-{uuid.uuid4().hex[:12]}",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest" if from_beginning else "latest",

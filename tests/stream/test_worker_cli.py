@@ -140,3 +140,11 @@ def test_tail_prints_lists_for_one_user(kafka_bootstrap, unique_topics):
     assert not th.is_alive()
     assert [(d["user_id"], d["event_ts"]) for d in got] == [("u2", 1), ("u2", 3)]
     assert decode_recommendation(read_topic(kafka, topics.recommendations)[0].value())
+
+
+@pytest.mark.parametrize("command", [["worker", "--metrics-port", "0"], ["tail"],
+                                     ["publish", "--format", "synthetic", "--limit", "1"]])
+def test_client_setting_librdkafka_rejects(command, tmp_path):
+    proc = _run(command + ["--bootstrap-servers", "127.0.0.1:9", "-X", "no.such.setting=1"],
+                env={"INTEREST_STATE_DIR": str(tmp_path)})
+    _one_clear_line(proc, "no.such.setting")
