@@ -20,7 +20,14 @@ SEEN_CAPACITY = 2000
 
 
 class RankingModel(Protocol):
-    """What the step needs from a model (see model/interest.py and baselines)."""
+    """What the step needs from a model (see model/interest.py and baselines).
+
+    Optional hooks the step uses when a model has them:
+    ``rank_many(user_ids, states, k)`` (one batched call instead of ``rank``
+    per user), ``update_state(state, event)`` (model-owned parts of the state,
+    e.g. the long-term vector, after :func:`apply_event`) and
+    ``explain_many(user_ids, states, lists)`` (the recent items behind each list).
+    """
 
     version: str
 
