@@ -29,7 +29,7 @@ from model.types import Event
 from stream.config import Settings
 from stream.errors import ConfigError, KafkaClientError
 from stream.events import encode_event
-from stream.runtime import make_client
+from stream.preflight import make_client
 
 __all__ = ["Publisher", "PublishStats", "event_source", "FORMATS", "PRODUCER_DEFAULTS"]
 

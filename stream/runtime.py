@@ -56,70 +56,26 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from model.step import RankingModel, process_batch
 from model.types import Event, Recommendation
 from state.store import PartitionTransaction, RocksDBStore, Store, StorePartition
 from stream.config import Settings
-from stream.errors import ConfigError, KafkaClientError
+from stream.errors import KafkaClientError
 from stream.events import EventValidator, Rejected, decode_event, encode_recommendation
 from stream.metrics import MetricsServer, WorkerMetrics
+from stream.preflight import make_client, preflight, state_root
 from stream.stats import WorkerStats
-from stream.topics import ensure_topics, topic_specs
 
-__all__ = ["Worker", "WorkerStats", "state_root", "preflight", "make_client"]
+# state_root and preflight are re-exported: callers know them from here.
+__all__ = ["Worker", "WorkerStats", "state_root", "preflight"]
 
 log = logging.getLogger("interest_stream.worker")
 
-_CONNECT_TIMEOUT_S = 10.0
 _FLUSH_SLICE_S = 1.0
 _STOP_GRACE_S = 15.0  # how long a stopping worker waits for unacknowledged outputs
 _LAG_EVERY_S = 1.0
-
-
-def state_root(settings: Settings) -> Path:
-    """Directory holding this consumer group's partition databases."""
-    return Path(settings.worker.state_dir) / settings.worker.group
-
-
-def _check_writable(root: Path) -> None:
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".probe-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(
-            f"state dir {root} is not writable: {exc.strerror or exc} (pass --state-dir)"
-        ) from None
-
-
-def make_client(cls: type, conf: dict[str, Any]) -> Any:
-    """A confluent-kafka client; a setting librdkafka rejects becomes one ConfigError."""
-    try:
-        return cls(conf)
-    except (KafkaException, ValueError, TypeError) as exc:
-        err = exc.args[0] if exc.args else exc
-        text = err.str() if isinstance(err, KafkaError) else str(err)
-        raise ConfigError(f"Kafka client setting rejected: {text}") from None
-
-
-def preflight(settings: Settings, store_root: Path | None = None) -> None:
-    """Fail fast, with one clear line, on an unusable state dir or an unreachable broker;
-    create missing topics. Cheap enough to call before loading a model."""
-    _check_writable(store_root if store_root is not None else state_root(settings))
-    kafka = settings.kafka
-    admin = make_client(AdminClient, kafka.client_config())
-    try:
-        existing = admin.list_topics(timeout=_CONNECT_TIMEOUT_S).topics
-    except KafkaException as exc:
-        raise KafkaClientError(
-            f"cannot reach Kafka at {kafka.bootstrap_servers}", exc.args[0].name()
-        ) from None
-    missing = [s for s in topic_specs(settings.topics) if s.name not in existing]
-    if missing:
-        ensure_topics(kafka, missing)
 
 
 class _Batch:
@@ -243,12 +199,30 @@ class Worker:
                 log.info("%s: no local state, starting from the group's committed offset",
                          part.name)
             self.metrics.users_in_state.labels(str(tp.partition)).set(part.user_count())
+        self._warn_if_stale(consumer, partitions)
         if self._eager:
             consumer.assign(partitions)
         else:
             consumer.incremental_assign(partitions)
         self.assigned.set()
         log.info("assigned %s", [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions])
+
+    def _warn_if_stale(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Say so when local state lags the group: another worker owned the partition
+        meanwhile. Replaying from the stored offset makes the state exact again; the
+        replayed events' lists are published once more (outputs are at-least-once)."""
+        ours = [tp for tp in partitions if tp.offset >= 0]
+        if not ours:
+            return
+        try:
+            committed = consumer.committed(
+                [TopicPartition(tp.topic, tp.partition) for tp in ours], timeout=5)
+        except KafkaException:
+            return  # diagnostics only: never block an assignment on them
+        for tp, c in zip(ours, committed, strict=True):
+            if c.offset > tp.offset:
+                log.warning("%s[%d]: local state is %d message(s) behind the group; "
+                            "replaying them", tp.topic, tp.partition, c.offset - tp.offset)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         parts = [p for tp in partitions

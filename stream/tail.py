@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaException
 from stream.config import Settings
 from stream.errors import KafkaClientError
 from stream.events import decode_recommendation
-from stream.runtime import make_client
+from stream.preflight import make_client
 
 __all__ = ["tail", "format_list"]
 
