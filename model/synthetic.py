@@ -55,7 +55,8 @@ class SyntheticStream:
 
     ``n_events=None`` makes the stream endless. ``switch_prob`` is the chance
     that a session starts with a new current interest; ``focus`` is the share
-    of events on the current interest.
+    of events on the current interest. :attr:`switches` keeps the newest
+    ``switch_log`` switches.
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class SyntheticStream:
         new_item_prob: float = 0.004,
         new_user_prob: float = 0.002,
         mean_gap_ms: float = 40.0,
+        switch_log: int = 200_000,
     ) -> None:
         if n_users < 1 or n_categories < 2 or items_per_category < 1:
             raise ValueError("need at least 1 user, 2 categories and 1 item per category")
@@ -88,7 +90,9 @@ class SyntheticStream:
         self.new_item_prob = new_item_prob
         self.new_user_prob = new_user_prob
         self.mean_gap_ms = mean_gap_ms
-        self.switches: list[Switch] = []
+        # Bounded so an endless demo stream does not grow without limit.
+        self.switch_log = switch_log
+        self.switches: deque[Switch] = deque(maxlen=switch_log)
         self._users: dict[str, _User] = {}
         self._item_cat: dict[str, str] = {}
 
@@ -105,7 +109,7 @@ class SyntheticStream:
     # generation -------------------------------------------------------------------
     def __iter__(self) -> Iterator[Event]:
         rng = random.Random(self.seed)
-        self.switches = []
+        self.switches = deque(maxlen=self.switch_log)
         self._users = {}
         self._item_cat = {}
         catalogue: list[list[str]] = [[] for _ in range(self.n_categories)]
