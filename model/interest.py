@@ -93,6 +93,8 @@ class InterestModel(BaseRanker):
         stage_half_life: float | None = 2000.0,
         blend_lr: float | None = 0.05,
     ) -> None:
+        # Constructor arguments as given, so the model can be cloned or snapshotted.
+        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__(exclude_seen)
         self.seed, self.dim, self.window, self.lr = seed, dim, window, lr
         self.knn_decay = knn_decay
