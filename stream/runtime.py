@@ -340,14 +340,16 @@ class Worker:
         if part is None:
             # Revoked during this poll: the new owner re-reads from its stored offset.
             return None
-        last = part.last_offset()
+        floor = part.last_offset()
         batch = _Batch(part, part.begin())
         newest = None
         for msg in plist:
             offset = msg.offset()
-            if last is not None and offset <= last:
-                continue  # already in state (redelivery after a seek race)
-            newest = offset
+            # Offsets must only move forward: a message at or below the floor is already
+            # in state, or was handed out twice when a rebalance re-seeked mid-poll.
+            if floor is not None and offset <= floor:
+                continue
+            floor = newest = offset
             self.stats.consumed += 1
             self.metrics.messages_consumed.inc()
             ts_type, kafka_ts = msg.timestamp()
