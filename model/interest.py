@@ -329,7 +329,8 @@ class InterestModel(BaseRanker):
             cols, tgt = None, targets
         else:
             sampled = self._rng.integers(0, n, self.n_negatives)
-            cols, tgt = np.unique(np.concatenate([targets, sampled]), return_inverse=True)
+            cols, inverse = np.unique(np.concatenate([targets, sampled]), return_inverse=True)
+            tgt = inverse[: len(targets)]
         logits = self._logits(ctx, cols)
         if cols is None:
             logits = _mask(logits, ctx.exclude, tgt)

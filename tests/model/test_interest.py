@@ -95,3 +95,15 @@ def test_freeze_stops_learning_but_states_still_move() -> None:
     assert len(model.vocab) == n_items
     assert all(torch.equal(a, b) for a, b in zip(before, model._params(), strict=True))
     assert views.states[user].n_events > n_user
+
+
+def test_sampled_softmax_path_for_large_catalogues_still_learns() -> None:
+    # max_full_softmax below the catalogue size forces sampled + in-batch negatives.
+    events = list(SyntheticStream(seed=12, n_users=150, n_categories=8,
+                                  items_per_category=25, n_events=5000))
+    models = {"sampled": InterestModel(seed=0, max_full_softmax=50, n_negatives=64),
+              "popular": create_model("popular")}
+    reports = evaluate_models(models, events[:1000], events[1000:], batch_size=32)
+    recall = {n: sum(r.hits) / len(r.hits) for n, r in reports.items()}
+    assert recall["sampled"] > 1.5 * recall["popular"]
+    assert torch.isfinite(models["sampled"].alpha).all()
