@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             static=[n for n in names if n == "interest-static"],
             freeze_after=0 if warmup else int(len(test) * STATIC_TRAIN_SHARE),
             progress=bar.update)
-    catalogue = len({ev.item_id for ev in events})
+    catalogue = len({ev.item_id for ev in [*warmup, *test]})
     result = {
         "protocol": args.protocol,
         "k": args.k,
