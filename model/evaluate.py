@@ -21,8 +21,10 @@ Recall@K (hit rate), NDCG@K, MRR@K (reciprocal rank, 0 beyond K), precision@K
 stream that appeared in at least one scored list) and, when the ground truth
 is known (synthetic stream), adaptation lag: after a user's interest switch,
 the number of that user's events until at least 60% of their top-K lie in the
-new interest (median and p90; switches never followed count as infinite and
-make a percentile null; ``lag_p90_followed`` is the p90 among followed ones).
+new interest (median and p90). A switch the list has not followed after 10 of
+the user's events counts as infinite (a null percentile); one whose user
+switched again or stopped sooner is censored (``lag_censored``) and left out;
+``lag_p90_followed`` is the p90 among followed switches.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
 PROTOCOLS: tuple[str, ...] = ("flurs", "prequential")
 FLURS_TRAIN, FLURS_UPDATE = 0.2, 0.1
 LAG_SHARE = 0.6
+LAG_HORIZON = 10
 
 
 class MemoryStates:
@@ -75,6 +78,7 @@ class ModelReport:
     recommended: set[str] = field(default_factory=set)
     seconds: float = 0.0
     lags: list[float] = field(default_factory=list)
+    lag_censored: int = 0
 
     def add(self, rank: int | None, listed: Sequence[str]) -> None:
         self.hits.append(0 if rank is None else 1)
@@ -100,6 +104,7 @@ class ModelReport:
         if with_lag:
             lags = np.asarray(self.lags, dtype=np.float64)
             out["lag_switches"] = int(lags.size)
+            out["lag_censored"] = self.lag_censored
             out["lag_followed"] = round(float(np.isfinite(lags).mean()), 4) if lags.size else None
             for name, q in (("lag_median", 50), ("lag_p90", 90)):
                 v = float(np.percentile(lags, q, method="lower")) if lags.size else math.inf
@@ -131,13 +136,14 @@ class _LagTracker:
         self.need = math.ceil(LAG_SHARE * k)
         self.open: dict[str, list] = {}  # user -> [new category, events so far]
         self.lags: list[float] = []
+        self.censored = 0
 
     def observe(self, seq: int, ev: Event, listed: Sequence[str]) -> None:
         while self.next < len(self.pending) and self.pending[self.next].seq <= seq:
             sw = self.pending[self.next]
             self.next += 1
-            if sw.user_id in self.open:  # switched again before following: never followed
-                self.lags.append(math.inf)
+            if sw.user_id in self.open:  # switched again before the list followed
+                self._unfinished(self.open[sw.user_id][1])
             self.open[sw.user_id] = [sw.new, 0]
         entry = self.open.get(ev.user_id)
         if entry is None:
@@ -149,8 +155,17 @@ class _LagTracker:
         else:
             entry[1] += 1
 
+    def _unfinished(self, observed: int) -> None:
+        # A user seen for LAG_HORIZON events without the list following is a
+        # failure (infinite lag); fewer events say nothing either way.
+        if observed >= LAG_HORIZON:
+            self.lags.append(math.inf)
+        else:
+            self.censored += 1
+
     def close(self) -> list[float]:
-        self.lags.extend(math.inf for _ in self.open)
+        for _, observed in self.open.values():
+            self._unfinished(observed)
         self.open.clear()
         return self.lags
 
@@ -226,4 +241,5 @@ def evaluate_models(
             progress(len(batch))
     for name, tracker in trackers.items():
         reports[name].lags = tracker.close()
+        reports[name].lag_censored = tracker.censored
     return reports

@@ -54,8 +54,19 @@ def test_lag_counts_user_events_until_the_list_follows() -> None:
     tracker.observe(1, _ev("u", "x"), old)      # 0 events since switch, list still old
     tracker.observe(2, _ev("u", "x"), old)
     tracker.observe(3, _ev("u", "x"), mixed)    # followed after 2 events
-    tracker.observe(4, _ev("v", "x"), old)      # v never follows
+    for seq in range(4, 14):                    # v never follows in 10 events
+        tracker.observe(seq, _ev("v", "x"), old)
+    tracker.observe(14, _ev("u", "x"), old)
     assert tracker.close() == [2.0, math.inf]
+    assert tracker.censored == 0
+
+
+def test_lag_leaves_out_switches_seen_too_briefly() -> None:
+    tracker = _LagTracker([Switch(0, "u", "a", "b"), Switch(2, "u", "b", "c")], {}, k=10)
+    tracker.observe(0, _ev("u", "x"), [])
+    tracker.observe(1, _ev("u", "x"), [])
+    tracker.observe(2, _ev("u", "x"), [])       # switched again after 2 events
+    assert tracker.close() == [] and tracker.censored == 2
 
 
 def _args(**kw: object) -> argparse.Namespace:
