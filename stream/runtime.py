@@ -469,4 +469,6 @@ class Worker:
         root = self.store.root if isinstance(self.store, RocksDBStore) else "memory"
         return {"group": w.group, "events": t.events, "recommendations": t.recommendations,
                 "dead_letter": t.dead_letter, "state": str(root), "pid": os.getpid(),
-                "model": getattr(self.model, "version", "?")}
+                "model": getattr(self.model, "version", "?"),
+                "metrics": (f"http://localhost:{w.metrics_port}/metrics" if w.metrics_port
+                            else "off")}

@@ -3,6 +3,8 @@
 Registered by :mod:`stream.cli`. Every failure a user can cause ends in one
 line on stderr and a non-zero exit; SIGINT/SIGTERM stop a worker cleanly
 (batch finished, outputs flushed, offsets committed, stores closed, exit 0).
+A worker prints a start line, a status line every 10 s and a summary on exit;
+``INTEREST_LOG_LEVEL=INFO`` adds partition assignments and revocations.
 """
 
 from __future__ import annotations
