@@ -21,10 +21,11 @@ Recall@K (hit rate), NDCG@K, MRR@K (reciprocal rank, 0 beyond K), precision@K
 stream that appeared in at least one scored list) and, when the ground truth
 is known (synthetic stream), adaptation lag: after a user's interest switch,
 the number of that user's events until at least 60% of their top-K lie in the
-new interest (median and p90). A switch the list has not followed after 10 of
-the user's events counts as infinite (a null percentile); one whose user
-switched again or stopped sooner is censored (``lag_censored``) and left out;
-``lag_p90_followed`` is the p90 among followed switches.
+new interest (median and p90). Only switches the user stays with for at least
+10 events are measured, the same ones for every model (the others are
+``lag_censored``); a list that has not followed within those 10 events counts
+as infinite (a null percentile); ``lag_p90_followed`` is the p90 among
+followed switches.
 """
 
 from __future__ import annotations
@@ -127,23 +128,45 @@ def split_flurs(events: Sequence[Event], ratings: Sequence[float] | None) -> tup
 
 
 class _LagTracker:
-    """Counts each switched user's events until their list follows the new interest."""
+    """Counts each switched user's events until their list follows the new interest.
 
-    def __init__(self, switches: Sequence[Switch], categories: dict[str, str], k: int) -> None:
-        self.pending = sorted(switches, key=lambda s: s.seq)
-        self.next = 0
+    Only switches the user stays with for at least ``LAG_HORIZON`` events (in
+    the scored part of the stream) are measured — the same set for every model;
+    shorter-lived ones are counted in ``censored``. A list that has not followed
+    within the horizon gives an infinite lag.
+    """
+
+    def __init__(self, switches: Sequence[Switch], categories: dict[str, str], k: int,
+                 events: Sequence[Event], first_seq: int) -> None:
         self.categories = categories
         self.need = math.ceil(LAG_SHARE * k)
+        self.pending = self._observable(sorted(switches, key=lambda s: s.seq), events, first_seq)
+        self.censored = len(switches) - len(self.pending)
+        self.next = 0
         self.open: dict[str, list] = {}  # user -> [new category, events so far]
         self.lags: list[float] = []
-        self.censored = 0
+
+    @staticmethod
+    def _observable(switches: list[Switch], events: Sequence[Event],
+                    first_seq: int) -> list[Switch]:
+        """The switches followed by >= LAG_HORIZON events of their user before the next."""
+        seen: dict[int, int] = {}   # switch index -> user events under it
+        current: dict[str, int] = {}
+        nxt = 0
+        for i, ev in enumerate(events):
+            while nxt < len(switches) and switches[nxt].seq <= first_seq + i:
+                current[switches[nxt].user_id] = nxt
+                seen[nxt] = 0
+                nxt += 1
+            idx = current.get(ev.user_id)
+            if idx is not None:
+                seen[idx] += 1
+        return [sw for i, sw in enumerate(switches) if seen.get(i, 0) >= LAG_HORIZON]
 
     def observe(self, seq: int, ev: Event, listed: Sequence[str]) -> None:
         while self.next < len(self.pending) and self.pending[self.next].seq <= seq:
             sw = self.pending[self.next]
             self.next += 1
-            if sw.user_id in self.open:  # switched again before the list followed
-                self._unfinished(self.open[sw.user_id][1])
             self.open[sw.user_id] = [sw.new, 0]
         entry = self.open.get(ev.user_id)
         if entry is None:
@@ -152,21 +175,13 @@ class _LagTracker:
         if hit >= self.need:
             self.lags.append(float(entry[1]))
             del self.open[ev.user_id]
+        elif entry[1] + 1 >= LAG_HORIZON:
+            self.lags.append(math.inf)
+            del self.open[ev.user_id]
         else:
             entry[1] += 1
 
-    def _unfinished(self, observed: int) -> None:
-        # A user seen for LAG_HORIZON events without the list following is a
-        # failure (infinite lag); fewer events say nothing either way.
-        if observed >= LAG_HORIZON:
-            self.lags.append(math.inf)
-        else:
-            self.censored += 1
-
     def close(self) -> list[float]:
-        for _, observed in self.open.values():
-            self._unfinished(observed)
-        self.open.clear()
         return self.lags
 
 
@@ -202,8 +217,8 @@ def evaluate_models(
     categories = {ev.item_id: ev.category for ev in [*warmup, *test] if ev.category}
     reports: dict[str, ModelReport] = {}
     views = {name: MemoryStates() for name in models}
-    trackers = {name: _LagTracker(switches, categories, k) for name in models} if switches \
-        else {}
+    trackers = {name: _LagTracker(switches, categories, k, test, first_seq)
+                for name in models} if switches else {}
     for name in models:
         reports[name] = ModelReport(k)
     for batch in _batches(warmup, batch_size):

@@ -46,27 +46,23 @@ def test_report_metrics_follow_their_definitions() -> None:
 
 def test_lag_counts_user_events_until_the_list_follows() -> None:
     cats = {f"n{i}": "new" for i in range(10)} | {f"o{i}": "old" for i in range(10)}
-    tracker = _LagTracker([Switch(1, "u", "old", "new"), Switch(3, "v", "old", "new")],
-                          cats, k=10)
     old = [f"o{i}" for i in range(10)]
     mixed = [f"n{i}" for i in range(6)] + old[:4]
-    tracker.observe(0, _ev("u", "x"), old)      # before the switch: not counted
-    tracker.observe(1, _ev("u", "x"), old)      # 0 events since switch, list still old
-    tracker.observe(2, _ev("u", "x"), old)
-    tracker.observe(3, _ev("u", "x"), mixed)    # followed after 2 events
-    for seq in range(4, 14):                    # v never follows in 10 events
-        tracker.observe(seq, _ev("v", "x"), old)
-    tracker.observe(14, _ev("u", "x"), old)
+    # u switches at seq 1, v at seq 2, w near the end: too few events to judge.
+    events = [_ev("u", "x")] + [_ev(u, "x") for _ in range(12) for u in ("u", "v")] + [
+        _ev("w", "x")] * 3
+    switches = [Switch(1, "u", "old", "new"), Switch(2, "v", "old", "new"),
+                Switch(len(events) - 3, "w", "old", "new")]
+    tracker = _LagTracker(switches, cats, k=10, events=events, first_seq=0)
+    assert tracker.censored == 1
+    u_seen = 0
+    for seq, ev in enumerate(events):
+        listed = old
+        if ev.user_id == "u" and seq >= 1:
+            listed = mixed if u_seen == 2 else old  # u's list follows after 2 events
+            u_seen += 1
+        tracker.observe(seq, ev, listed)        # v's list never follows
     assert tracker.close() == [2.0, math.inf]
-    assert tracker.censored == 0
-
-
-def test_lag_leaves_out_switches_seen_too_briefly() -> None:
-    tracker = _LagTracker([Switch(0, "u", "a", "b"), Switch(2, "u", "b", "c")], {}, k=10)
-    tracker.observe(0, _ev("u", "x"), [])
-    tracker.observe(1, _ev("u", "x"), [])
-    tracker.observe(2, _ev("u", "x"), [])       # switched again after 2 events
-    assert tracker.close() == [] and tracker.censored == 2
 
 
 def _args(**kw: object) -> argparse.Namespace:
