@@ -170,6 +170,11 @@ def test_rebalance_hands_partitions_over_without_loss_or_double_apply(
                 pub.publish(second)
             wait_for(lambda: a.stats.applied + b.stats.applied >= 3000, 60, "second wave")
             moved_to_b = b.stats.applied
+            # A forgets the gauges of the partitions it gave away.
+            a_lag = {int(s.labels["partition"]) for metric in a.metrics.registry.collect()
+                     if metric.name == "interest_consumer_lag_messages"
+                     for s in metric.samples}
+            assert a_lag <= {p for _, p in a.store.partitions()}
     assert moved_to_b > 0
     assert a.stats.consumed + b.stats.consumed == 3000
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -148,3 +149,31 @@ def test_client_setting_librdkafka_rejects(command, tmp_path):
     proc = _run(command + ["--bootstrap-servers", "127.0.0.1:9", "-X", "no.such.setting=1"],
                 env={"INTEREST_STATE_DIR": str(tmp_path)})
     _one_clear_line(proc, "no.such.setting")
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_worker_stops_cleanly_on_signal(kafka_bootstrap, unique_topics, tmp_path, sig):
+    topics = unique_topics(partitions=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTEREST_")} | {
+        "INTEREST_TOPIC_EVENTS": topics.events,
+        "INTEREST_TOPIC_RECOMMENDATIONS": topics.recommendations,
+        "INTEREST_TOPIC_DEAD_LETTER": topics.dead_letter,
+        "INTEREST_MODEL": "popular",
+        "INTEREST_LOG_LEVEL": "INFO",
+    }
+    proc = subprocess.Popen(
+        CLI + ["worker", "--bootstrap-servers", kafka_bootstrap, "--group", f"sig-{sig.name}",
+               "--state-dir", str(tmp_path), "--metrics-port", "0"],
+        env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:  # assignments are logged at INFO
+            if "assigned" in line:
+                break
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "worker stopped" in err and "Traceback" not in err
