@@ -18,7 +18,7 @@ import itertools
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -62,6 +62,8 @@ def event_source(fmt: str, data: str | Path | None = None, seed: int = 0) -> Ite
 
 @dataclass
 class PublishStats:
+    """Totals over a publisher's life (every ``publish`` and ``send`` call)."""
+
     sent: int = 0
     delivered: int = 0
     failed: int = 0
@@ -119,13 +121,16 @@ class Publisher:
         stop: threading.Event | None = None,
     ) -> PublishStats:
         """Send ``events`` (at most ``limit``, about ``rate`` per second); wait for delivery."""
-        if rate is not None and rate <= 0:
+        if rate is not None and not rate > 0:
             raise ConfigError("--rate must be a positive number of events per second")
+        if limit is not None and limit < 0:
+            raise ConfigError("--limit must not be negative")
         it: Iterator[Event] = iter(events)
         if limit is not None:
             it = itertools.islice(it, limit)
-        sized = hasattr(events, "__len__")
-        total = limit if limit is not None else (len(events) if sized else None)  # type: ignore[arg-type]
+        total = len(events) if isinstance(events, Sized) else None
+        if limit is not None:
+            total = limit if total is None else min(limit, total)
         bar = _progress(total) if progress else None
         t0 = time.monotonic()
         try:
@@ -134,7 +139,9 @@ class Publisher:
                     break
                 if rate is not None:
                     ahead = t0 + i / rate - time.monotonic()
-                    if ahead > 0.001:
+                    if ahead > 0.001 and stop is not None and stop.wait(ahead):
+                        break
+                    if ahead > 0.001 and stop is None:
                         time.sleep(ahead)
                 key, value = encode_event(ev)
                 self.send(key, value)
@@ -148,7 +155,7 @@ class Publisher:
         finally:
             if bar is not None:
                 bar.close()
-        self._stats.elapsed_s = time.monotonic() - t0
+        self._stats.elapsed_s += time.monotonic() - t0
         return self._stats
 
     def flush(self, timeout: float = 60.0) -> None:
