@@ -105,6 +105,10 @@ def _publish(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     settings.kafka.client_config()
+    if args.limit is not None and args.limit < 0:
+        raise ConfigError("--limit must not be negative")
+    if args.rate is not None and not args.rate > 0:
+        raise ConfigError("--rate must be a positive number of events per second")
     events = event_source(args.format, args.data)
     stop = threading.Event()
     _install_stop_handlers(stop)
