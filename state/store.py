@@ -9,6 +9,10 @@ in **one atomic write** (a rocksdict ``WriteBatch``). A crash therefore leaves
 state and offset in step: the runtime resumes at ``last_offset() + 1`` and no
 event is lost or applied twice.
 
+Writes go through RocksDB's write-ahead log without an fsync per batch: a killed
+process loses nothing, a power cut may lose the newest batches, but states and
+offset always go back together, so the worker replays exactly what was lost.
+
 Two stores share the contract (``tests/state/test_store_contract.py``):
 :class:`RocksDBStore` (one RocksDB under ``root/<topic>/<partition>``) and
 :class:`MemoryStore`, its in-memory twin for tests and offline runs.
