@@ -7,6 +7,7 @@ rejects), cheap enough to run before a model is loaded.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,15 @@ CONNECT_TIMEOUT_S = 10.0
 
 
 def state_root(settings: Settings) -> Path:
-    """Directory holding this consumer group's partition databases."""
-    return Path(settings.worker.state_dir) / settings.worker.group
+    """Directory holding this consumer group's partition databases.
+
+    The group name becomes one path component: characters a file name should not
+    hold are replaced, so a group like ``../x`` cannot point outside the state dir.
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", settings.worker.group)
+    if name.strip(".") == "":
+        name = name.replace(".", "_") or "_"
+    return Path(settings.worker.state_dir) / name
 
 
 def check_writable(root: Path) -> None:

@@ -44,3 +44,12 @@ def test_messages_of_a_partition_revoked_mid_poll_are_left_for_the_new_owner():
                     TinyPopularity(), store=MemoryStore())
     assert worker._decode_partition(("ev", 0), [_msg(0)]) is None
     assert worker.stats.consumed == 0
+
+
+def test_group_name_cannot_escape_the_state_dir(tmp_path):
+    from stream.config import WorkerConfig
+    from stream.preflight import state_root
+
+    for group in ("../../etc", "..", ".", "a/b", "interest-stream"):
+        root = state_root(Settings(worker=WorkerConfig(group=group, state_dir=tmp_path)))
+        assert root.parent == tmp_path and root.name not in ("", ".", "..")
