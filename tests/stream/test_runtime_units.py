@@ -1,4 +1,4 @@
-"""Offsets only move forward inside a batch, whatever the consumer hands out (no broker)."""
+"""Runtime rules that need no broker: offsets only move forward, state stays under its dir."""
 
 from __future__ import annotations
 
