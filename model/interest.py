@@ -12,8 +12,8 @@ a learned blend of
 * ``cat``   — the recency-weighted share of recent events in item i's category
   (lets a brand-new item ride on its category at once);
 * ``pop_s``, ``pop_l`` — log trending (short half-life) and long-run popularity;
-* ``pop_b`` — popularity among users at the same stage (0-4, 5-19, 20-79, 80+
-  events): newcomers tend to pick what other newcomers pick.
+* ``pop_b`` — popularity among users at the same stage (0, 1, 2-3, 4-7, ...,
+  64+ events): newcomers tend to pick what other newcomers pick.
 
 Each feature has a weight ``alpha_f + beta_f * cold(user)`` with
 ``cold = 1 / (1 + n_events / 3)``: the cold-start blend is learnt, so users
@@ -41,8 +41,6 @@ __all__ = ["InterestModel", "FEATURES", "EVENT_WEIGHTS"]
 FEATURES: tuple[str, ...] = ("emb", "knn_s", "knn_l", "cat", "pop_s", "pop_l", "pop_b")
 # Training weight of each event type, in EVENT_TYPES order (click, favourite, cart, purchase).
 EVENT_WEIGHTS = np.array([1.0, 2.0, 1.5, 3.0], dtype=np.float32)
-
-
 N_STAGES = 8
 # Per-event decay of the category-share feature. 0.7 -> 0.6 halves the synthetic
 # adaptation lag (median 3 -> 2 events) at no measurable cost in recall.
@@ -65,7 +63,7 @@ class _Context:
     lt: np.ndarray        # float32[B, d] long-term vectors
     cold: np.ndarray      # float32[B] cold-start factor in (0, 1]
     stage: np.ndarray     # int64[B] experience bucket of the user (see _stage)
-    exclude: list[list[int]]
+    exclude: list[list[int]]  # per user, item rows never to list (only when training)
 
 
 class InterestModel(BaseRanker):
@@ -77,7 +75,7 @@ class InterestModel(BaseRanker):
     whose users' states still move.
     """
 
-    version = "interest-1"
+    version = "interest-2"
 
     def __init__(
         self,
@@ -180,15 +178,15 @@ class InterestModel(BaseRanker):
 
     # user context ---------------------------------------------------------------
     def _context(self, states: Sequence[UserState], training: bool = False) -> _Context:
+        """Pack the users' recent windows into padded arrays (see :class:`_Context`)."""
         b, L, d = len(states), self.window, self.dim
-        rows = np.zeros((b, L), dtype=np.int64)
+        rows = np.full((b, L), -1, dtype=np.int64)
         types = np.zeros((b, L), dtype=np.int64)
         lt = np.zeros((b, d), dtype=np.float32)
         cold = np.empty(b, dtype=np.float32)
         stage = np.empty(b, dtype=np.int64)
         index = self.vocab.index
-        exclude = []
-        rows[:] = -1
+        exclude: list[list[int]] = []
         for i, st in enumerate(states):
             recent = st.recent_items[-L:]
             if recent:
