@@ -106,18 +106,19 @@ def measure_latency(bootstrap: str, state_dir: Path, args: argparse.Namespace) -
     with Publisher(settings) as pub:
         pub.publish(SyntheticStream(seed=2), limit=200)
         _wait(lambda: worker.stats.applied >= 200, 120)
-        worker.stats.latencies_s.clear()
+        worker.stats.clear_latencies()
         n = int(args.rate * args.seconds)
         pub.publish(SyntheticStream(seed=3), rate=args.rate, limit=n)
         _wait(lambda: worker.stats.applied >= 200 + n, args.timeout)
     stop.set()
     th.join(60)
     stats = worker.stats
+    samples = stats.latency_samples()
     p50, p90, p99 = stats.latency_ms(50), stats.latency_ms(90), stats.latency_ms(99)
-    return {"rate": args.rate, "events": len(stats.latencies_s),
+    return {"rate": args.rate, "events": len(samples),
             "p50_ms": round(p50, 1) if p50 else None, "p90_ms": round(p90, 1) if p90 else None,
             "p99_ms": round(p99, 1) if p99 else None,
-            "max_ms": round(max(stats.latencies_s) * 1000, 1) if stats.latencies_s else None}
+            "max_ms": round(max(samples) * 1000, 1) if samples else None}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,8 @@ latency samples are a bounded window so a long run does not grow without end.
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
@@ -21,7 +23,7 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100.0 * len(ordered) + 0.5) - 1))
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100.0 * len(ordered)) - 1))
     return ordered[rank]
 
 
@@ -45,6 +47,8 @@ class WorkerStats:
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=_MAX_SAMPLES))
     started_at: float | None = None
     finished_at: float | None = None
+    # The worker thread appends while a reader (demo screen, bench) copies.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def started(self) -> None:
         self.started_at = time.monotonic()
@@ -53,7 +57,18 @@ class WorkerStats:
         self.finished_at = time.monotonic()
 
     def add_latencies(self, values: Iterable[float]) -> None:
-        self.latencies_s.extend(values)
+        with self._lock:
+            self.latencies_s.extend(values)
+
+    def clear_latencies(self) -> None:
+        """Forget the samples so far (e.g. after a warm-up)."""
+        with self._lock:
+            self.latencies_s.clear()
+
+    def latency_samples(self) -> list[float]:
+        """A copy of the current latency window (seconds)."""
+        with self._lock:
+            return list(self.latencies_s)
 
     @property
     def elapsed_s(self) -> float:
@@ -63,7 +78,7 @@ class WorkerStats:
 
     def latency_ms(self, q: float) -> float | None:
         """Percentile ``q`` of the event-to-list latency in milliseconds."""
-        p = percentile(list(self.latencies_s), q)
+        p = percentile(self.latency_samples(), q)
         return None if p is None else p * 1000.0
 
     def summary(self) -> dict[str, float | int | None | dict[str, int]]:

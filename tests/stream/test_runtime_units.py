@@ -53,3 +53,19 @@ def test_group_name_cannot_escape_the_state_dir(tmp_path):
     for group in ("../../etc", "..", ".", "a/b", "interest-stream"):
         root = state_root(Settings(worker=WorkerConfig(group=group, state_dir=tmp_path)))
         assert root.parent == tmp_path and root.name not in ("", ".", "..")
+
+
+def test_latency_percentiles_and_summary():
+    from stream.stats import WorkerStats, percentile
+
+    assert percentile([], 50) is None
+    assert percentile([3.0], 99) == 3.0
+    values = [float(i) for i in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    stats = WorkerStats()
+    stats.add_latencies([0.010, 0.020, 0.030])
+    assert stats.latency_ms(50) == 20.0
+    stats.clear_latencies()
+    assert stats.summary()["latency_p50_ms"] is None
