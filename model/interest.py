@@ -65,6 +65,12 @@ class _Context:
     stage: np.ndarray     # int64[B] experience bucket of the user (see _stage)
     exclude: list[list[int]]  # per user, item rows never to list (only when training)
 
+    def take(self, idx: np.ndarray) -> _Context:
+        """The contexts of users ``idx`` only."""
+        return _Context(self.rows[idx], self.mask[idx], self.types[idx], self.ages[idx],
+                        self.lt[idx], self.cold[idx], self.stage[idx],
+                        [self.exclude[i] for i in idx] if self.exclude else [])
+
 
 class InterestModel(BaseRanker):
     """Online-trained interest model (see the module docstring).
@@ -279,10 +285,12 @@ class InterestModel(BaseRanker):
         row = self.vocab.index.get(ev.item_id)
         if row is None:  # unknown until learnt: never let an event shape its own score
             return
-        with torch.no_grad():
-            vec = (self.emb_in[row] + self.cat_in[int(self.vocab.item_categories()[row])])
+        # numpy views share memory with the parameters (Adam updates in place);
+        # a torch op per event would cost more than the whole update.
+        emb_in, cat_in = self.emb_in.detach().numpy(), self.cat_in.detach().numpy()
+        vec = emb_in[row] + cat_in[self.vocab.item_categories()[row]]
         rate = max(1.0 / max(state.n_events, 1), 0.02)
-        state.long_term += np.float32(rate) * (vec.numpy() - state.long_term)
+        state.long_term += np.float32(rate) * (vec - state.long_term)
 
     def explain_many(
         self, user_ids: Sequence[str], states: Sequence[UserState],
@@ -291,7 +299,6 @@ class InterestModel(BaseRanker):
         """Up to three recent items that contributed most (via co-occurrence) to each list."""
         out: list[tuple[str, ...]] = []
         index = self.vocab.index
-        n = len(self.vocab)
         for st, ranked in zip(states, lists, strict=True):
             recent = [i for i in dict.fromkeys(reversed(st.recent_items[-self.window:]))
                       if i in index]
@@ -300,7 +307,7 @@ class InterestModel(BaseRanker):
                 out.append(tuple(recent[:3]))
                 continue
             r = np.asarray([index[i] for i in recent])
-            contrib = self.cooc.rows(r, n)[:, listed].sum(axis=1)
+            contrib = self.cooc.block(r, np.asarray(listed)).sum(axis=1)
             order = np.argsort(-contrib, kind="stable")
             out.append(tuple(recent[j] for j in order[:3] if contrib[j] > 0) or (recent[0],))
         return out
@@ -310,18 +317,19 @@ class InterestModel(BaseRanker):
         """One optimiser step on the batch's next-item softmax, then update memories."""
         if self.frozen:
             return
-        known = [ev.item_id in self.vocab.index for ev in events]
+        index = self.vocab.index
+        known = np.fromiter((ev.item_id in index for ev in events), dtype=bool,
+                            count=len(events))
         rows = self._add_items(events)
         self._grow(len(self.vocab), self.vocab.n_categories)
-        if self.fine_tune and any(known):
-            self._step([ev for ev, k in zip(events, known, strict=True) if k],
-                       [st for st, k in zip(before, known, strict=True) if k])
-        self._remember(events, rows, before)
+        ctx = self._context(before, training=self.fine_tune)
+        if self.fine_tune and known.any():
+            # Items first seen in this batch have no trained row yet: no target.
+            idx = np.flatnonzero(known)
+            self._step(ctx.take(idx), rows[idx], [EVENT_INDEX[events[i].event] for i in idx])
+        self._remember(events, rows, before, ctx)
 
-    def _step(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
-        ctx = self._context(before, training=True)
-        targets = np.asarray([self.vocab.index[ev.item_id] for ev in events])
-        types = [EVENT_INDEX[ev.event] for ev in events]
+    def _step(self, ctx: _Context, targets: np.ndarray, types: list[int]) -> None:
         n = len(self.vocab)
         if n <= self.max_full_softmax:
             cols, tgt = None, targets
@@ -338,27 +346,16 @@ class InterestModel(BaseRanker):
         self._opt.step()
 
     def _remember(self, events: Sequence[Event], rows: np.ndarray,
-                  before: Sequence[UserState]) -> None:
-        src, dst, w = [], [], []
-        index = self.vocab.index
-        decay = self.knn_decay[1]
-        for j, st in zip(rows, before, strict=True):
-            hist = [index[i] for i in st.recent_items[-self.window:] if i in index]
-            for age, r in enumerate(reversed(hist)):
-                if r != j:
-                    src.append(r)
-                    dst.append(j)
-                    w.append(decay ** age)
-        if src:
-            s, d = np.asarray(src), np.asarray(dst)
-            ww = np.asarray(w, dtype=np.float32)
-            self.cooc.add(np.concatenate([s, d]), np.concatenate([d, s]),
-                          np.concatenate([ww, ww]), len(events))
-        else:
-            self.cooc.add(np.empty(0), np.empty(0), np.empty(0), len(events))
+                  before: Sequence[UserState], ctx: _Context) -> None:
+        # Pair each event's item with the user's recent items, weighted by age.
+        bi, li = np.nonzero(ctx.mask & (ctx.rows != rows[:, None]))
+        src, dst = ctx.rows[bi, li], rows[bi]
+        w = np.power(np.float32(self.knn_decay[1]), ctx.ages[bi, li])
+        self.cooc.add(np.concatenate([src, dst]), np.concatenate([dst, src]),
+                      np.concatenate([w, w]), len(events))
         weights = EVENT_WEIGHTS[[EVENT_INDEX[ev.event] for ev in events]]
         self.pop_s.add(rows, weights)
-        stages = np.asarray([_stage(st.n_events) for st in before])
+        stages = ctx.stage
         for b, counts in enumerate(self.pop_b):
             # Every bucket's clock advances with every event, so half-lives agree.
             counts.add(rows, (stages == b).astype(np.float64))
