@@ -234,3 +234,36 @@ def test_stale_local_state_is_replayed_to_exactness(
     for ev in waves[0] + waves[1] + waves[2]:
         expected[ev.user_id][EVENT_INDEX[ev.event]] += 1
     assert home_counts == dict(expected)
+
+
+@pytest.mark.parametrize("model_name", ["interest", "popular"])
+def test_served_models_never_list_a_purchased_item(
+        kafka_bootstrap, unique_topics, tmp_path, model_name):
+    """The same promise with the models the worker command serves (via the factory)."""
+    from stream.worker_cli import create_worker_model
+
+    topics = unique_topics(partitions=2)
+    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
+                             f"g-{uuid.uuid4().hex[:8]}", batch_max_events=100)
+    ensure_topics(settings.kafka, topic_specs(topics))
+    # Few items and many purchases, so exclusion is exercised hard.
+    events = make_events(1500, n_users=60, n_items=40, seed=61)
+    events = [replace(ev, event="purchase") if i % 5 == 0 else ev
+              for i, ev in enumerate(events)]
+    with Publisher(settings) as pub:
+        pub.publish(events)
+    worker = Worker(settings, create_worker_model(model_name))
+    with running_worker(worker):
+        wait_for(lambda: worker.stats.applied >= len(events), 90, "all events applied")
+    purchases = defaultdict(list)
+    for ev in events:
+        if ev.event == "purchase":
+            purchases[ev.user_id].append((ev.ts, ev.item_id))
+    users = set()
+    for m in read_topic(settings.kafka, topics.recommendations):
+        doc = decode_recommendation(m.value())
+        users.add(doc["user_id"])
+        bought = {item for ts, item in purchases[doc["user_id"]] if ts <= doc["event_ts"]}
+        assert not bought & {it["item_id"] for it in doc["items"]}
+        assert doc["items"], "an empty list"
+    assert users == {ev.user_id for ev in events}
