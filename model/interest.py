@@ -297,19 +297,28 @@ class InterestModel(BaseRanker):
         lists: Sequence[Sequence[tuple[str, float]]],
     ) -> list[tuple[str, ...]]:
         """Up to three recent items that contributed most (via co-occurrence) to each list."""
-        out: list[tuple[str, ...]] = []
+        if not states:
+            return []
+        ctx = self._context(states)
         index = self.vocab.index
-        for st, ranked in zip(states, lists, strict=True):
-            recent = [i for i in dict.fromkeys(reversed(st.recent_items[-self.window:]))
-                      if i in index]
-            listed = [index[i] for i, _ in ranked if i in index]
-            if not recent or not listed:
-                out.append(tuple(recent[:3]))
-                continue
-            r = np.asarray([index[i] for i in recent])
-            contrib = self.cooc.block(r, np.asarray(listed)).sum(axis=1)
-            order = np.argsort(-contrib, kind="stable")
-            out.append(tuple(recent[j] for j in order[:3] if contrib[j] > 0) or (recent[0],))
+        k = max((len(r) for r in lists), default=0)
+        listed = np.zeros((len(states), max(k, 1)), dtype=np.int64)
+        valid = np.zeros_like(listed, dtype=bool)
+        for i, ranked in enumerate(lists):
+            rows = [index[item] for item, _ in ranked if item in index]
+            listed[i, :len(rows)] = rows
+            valid[i, :len(rows)] = True
+        # contrib[u, l] = sum over u's listed items of the co-occurrence with recent item l
+        pair = self.cooc.pairs(ctx.rows[:, :, None], listed[:, None, :])      # [U, L, K]
+        contrib = (pair * valid[:, None, :]).sum(2) * ctx.mask                # [U, L]
+        ids = self.vocab.ids
+        out: list[tuple[str, ...]] = []
+        for i in range(len(states)):
+            order = np.argsort(-contrib[i], kind="stable")
+            picked = [ids[ctx.rows[i, j]] for j in order if contrib[i, j] > 0]
+            if not picked and ctx.mask[i].any():
+                picked = [ids[ctx.rows[i, np.flatnonzero(ctx.mask[i])[-1]]]]
+            out.append(tuple(dict.fromkeys(picked))[:3])
         return out
 
     # learning -------------------------------------------------------------------

@@ -123,17 +123,13 @@ class CoOccurrence:
         out *= np.float32(math.exp(-self.rate * self.t))
         return out
 
-    def block(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """float32[len(rows), len(cols)]: decayed counts of each (row, col) pair."""
-        rows = np.asarray(rows, dtype=np.int64)
-        cols = np.asarray(cols, dtype=np.int64)
+    def pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Decayed counts of pairs ``(rows, cols)`` (broadcast together); 0 if untracked."""
+        rows, cols = np.broadcast_arrays(np.asarray(rows), np.asarray(cols))
         size = self._m.shape[0]
-        out = np.zeros((rows.size, cols.size), dtype=np.float32)
-        r_ok, c_ok = np.flatnonzero(rows < size), np.flatnonzero(cols < size)
-        if r_ok.size and c_ok.size:
-            out[np.ix_(r_ok, c_ok)] = self._m[np.ix_(rows[r_ok], cols[c_ok])]
-        out *= np.float32(math.exp(-self.rate * self.t))
-        return out
+        ok = (rows < size) & (cols < size)
+        out = np.where(ok, self._m[np.where(ok, rows, 0), np.where(ok, cols, 0)], 0.0)
+        return out.astype(np.float32) * np.float32(math.exp(-self.rate * self.t))
 
     def weighted_sum(
         self, rows: np.ndarray, weights: np.ndarray, n: int, cols: np.ndarray | None = None,

@@ -107,3 +107,20 @@ def test_sampled_softmax_path_for_large_catalogues_still_learns() -> None:
     recall = {n: sum(r.hits) / len(r.hits) for n, r in reports.items()}
     assert recall["sampled"] > 1.5 * recall["popular"]
     assert torch.isfinite(models["sampled"].alpha).all()
+
+
+def test_explanation_names_the_recent_items_behind_the_list() -> None:
+    model, views = InterestModel(seed=0), MemoryStates()
+    t = 0
+    batch = []
+    for u in range(40):  # "a" is always followed by "b" and "c"; "z" is a loner
+        for item in ("a", "b", "c"):
+            t += 1
+            batch.append(Event(f"u{u}", item, "click", t, "x"))
+    batch.append(Event("loner", "z", "click", t + 1, "y"))
+    process_batch(batch, views, model, score=False)
+    res = process_batch([Event("me", "a", "click", t + 2, "x"),
+                         Event("me", "z", "click", t + 3, "y")], views, model)
+    rec = res.recommendations[0]
+    assert {"b", "c"} <= {i for i, _ in rec.items[:3]}
+    assert rec.explanation[0] == "a"
