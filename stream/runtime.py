@@ -19,7 +19,9 @@ then loops until ``stop`` is set; it finishes the batch in hand, commits and
 closes everything before returning. ``worker.stats`` can be read from another
 thread while it runs.
 
-One micro-batch (at most ``batch_max_events`` messages or ``batch_max_ms``):
+One micro-batch holds at most ``batch_max_events`` messages gathered within
+``batch_max_ms``, and closes early as soon as no more messages wait (a lightly
+loaded worker answers each event at once; a loaded one fills its batches):
 
 1. decode every message; bad ones are produced, bytes unchanged, to the
    dead-letter topic (headers ``error`` = reason code, ``source`` =
