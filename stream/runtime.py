@@ -25,7 +25,7 @@ loaded worker answers each event at once; a loaded one fills its batches):
 
 1. decode every message; bad ones are produced, bytes unchanged, to the
    dead-letter topic (headers ``error`` = reason code, ``source`` =
-   topic/partition/offset);
+   topic/partition/offset, and ``detail`` when there is one, e.g. the field);
 2. per input partition, call :func:`model.step.process_batch` with that
    partition's state transaction and produce one list per touched user;
 3. flush the producer: every list and dead letter of the batch is delivered
@@ -358,7 +358,7 @@ class Worker:
             kafka_ts = None if ts_type == TIMESTAMP_NOT_AVAILABLE else kafka_ts
             decoded = decode_event(msg.key(), msg.value(), kafka_ts, self._validator)
             if isinstance(decoded, Rejected):
-                self._dead_letter(msg, decoded.reason)
+                self._dead_letter(msg, decoded)
                 continue
             batch.events.append(decoded)
             batch.kafka_ts.append(kafka_ts or 0)
@@ -368,10 +368,13 @@ class Worker:
         batch.txn.set_offset(newest)
         return batch
 
-    def _dead_letter(self, msg: Message, reason: str) -> None:
+    def _dead_letter(self, msg: Message, rejected: Rejected) -> None:
+        reason = rejected.reason
         source = f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
-        self._produce(self.settings.topics.dead_letter, msg.key(), msg.value(),
-                      [("error", reason.encode()), ("source", source.encode())])
+        headers = [("error", reason.encode()), ("source", source.encode())]
+        if rejected.detail:  # e.g. which field is missing; helps whoever fixes the producer
+            headers.append(("detail", rejected.detail.encode("utf-8", "replace")))
+        self._produce(self.settings.topics.dead_letter, msg.key(), msg.value(), headers)
         self.stats.dead_lettered += 1
         self.stats.dead_letters_by_reason[reason] += 1
         self.metrics.dead_letters.labels(reason).inc()

@@ -86,6 +86,9 @@ def test_bad_input_is_dead_lettered_and_processing_goes_on(
     assert len(dead) == len(bad)
     got = sorted((dict(m.headers())["error"].decode(), m.key(), m.value()) for m in dead)
     assert got == sorted((r, k, v) for r, k, v in bad)
+    details = {dict(m.headers())["error"]: dict(m.headers()).get("detail") for m in dead}
+    assert details[b"missing-field"] == b"item_id"
+    assert details[b"unknown-event"] == b"hover"
     for m in dead:
         topic, partition, offset = dict(m.headers())["source"].decode().rsplit("/", 2)
         assert topic == topics.events and int(partition) >= 0 and int(offset) >= 0
