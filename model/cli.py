@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the ops are small; threads only contend)")
     p.add_argument("--strict", action="store_true", help="fail on the first bad row")
+    p.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
+                   help="never list items the user already touched "
+                        "(default: on for flurs, off for prequential)")
     p.set_defaults(func=run)
     return p
 
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     torch.use_deterministic_algorithms(True)
     events, ratings, stream = _load(args)
-    exclude_seen = args.protocol == "flurs"
+    exclude_seen = args.protocol == "flurs" if args.exclude_seen is None else args.exclude_seen
     if args.protocol == "flurs":
         train, update, test = split_flurs(events, ratings)
         warmup = [*train, *update]
