@@ -78,6 +78,7 @@ log = logging.getLogger("interest_stream.worker")
 _FLUSH_SLICE_S = 1.0
 _STOP_GRACE_S = 15.0  # how long a stopping worker waits for unacknowledged outputs
 _LAG_EVERY_S = 1.0
+_ERROR_WINDOW_S = 30.0  # repeats of one client error kind are logged once per window
 
 
 class _Batch:
@@ -121,6 +122,7 @@ class Worker:
         self._lag_at = 0.0
         self._eager = False  # the user chose an eager assignor (range, roundrobin)
         self.assigned = threading.Event()  # set once partitions have been assigned
+        self._client_errors: dict[str, tuple[float, int]] = {}  # kind -> (logged at, repeats)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -254,8 +256,17 @@ class Worker:
     def _on_client_error(self, err: KafkaError) -> None:
         if err.fatal():
             log.error("fatal Kafka client error: %s", err.str())
-        else:
-            log.warning("Kafka client: %s", err.str())
+            return
+        # An unreachable broker reports every reconnect attempt of every client:
+        # one line per error kind and window keeps the log readable.
+        now = time.monotonic()
+        last, repeats = self._client_errors.get(err.name(), (-_ERROR_WINDOW_S, 0))
+        if now - last < _ERROR_WINDOW_S:
+            self._client_errors[err.name()] = (last, repeats + 1)
+            return
+        self._client_errors[err.name()] = (now, 0)
+        more = f" (and {repeats} more like it)" if repeats else ""
+        log.warning("Kafka client: %s%s", err.str(), more)
 
     # --- one micro-batch ----------------------------------------------------------------
 

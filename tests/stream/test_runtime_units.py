@@ -69,3 +69,16 @@ def test_latency_percentiles_and_summary():
     assert stats.latency_ms(50) == 20.0
     stats.clear_latencies()
     assert stats.summary()["latency_p50_ms"] is None
+
+
+def test_repeated_client_errors_are_logged_once_per_window(caplog):
+    from confluent_kafka import KafkaError
+
+    worker = Worker(Settings(kafka=KafkaConfig(bootstrap_servers="unused:9092")),
+                    TinyPopularity(), store=MemoryStore())
+    with caplog.at_level("WARNING", logger="interest_stream.worker"):
+        for i in range(50):
+            worker._on_client_error(KafkaError(KafkaError._TRANSPORT, f"refused after {i}ms"))
+        worker._on_client_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["Kafka client: refused after 0ms", "Kafka client: 1/1 brokers are down"]
