@@ -257,16 +257,18 @@ class Worker:
         if err.fatal():
             log.error("fatal Kafka client error: %s", err.str())
             return
+        self._warn_throttled(err.name(), f"Kafka client: {err.str()}")
+
+    def _warn_throttled(self, kind: str, text: str) -> None:
         # An unreachable broker reports every reconnect attempt of every client:
         # one line per error kind and window keeps the log readable.
         now = time.monotonic()
-        last, repeats = self._client_errors.get(err.name(), (-_ERROR_WINDOW_S, 0))
+        last, repeats = self._client_errors.get(kind, (-_ERROR_WINDOW_S, 0))
         if now - last < _ERROR_WINDOW_S:
-            self._client_errors[err.name()] = (last, repeats + 1)
+            self._client_errors[kind] = (last, repeats + 1)
             return
-        self._client_errors[err.name()] = (now, 0)
-        more = f" (and {repeats} more like it)" if repeats else ""
-        log.warning("Kafka client: %s%s", err.str(), more)
+        self._client_errors[kind] = (now, 0)
+        log.warning("%s%s", text, f" (and {repeats} more like it)" if repeats else "")
 
     # --- one micro-batch ----------------------------------------------------------------
 
@@ -288,7 +290,7 @@ class Worker:
             if err is not None:
                 if err.fatal():
                     raise KafkaClientError(f"consumer failed: {err.str()}", err.name())
-                log.warning("consume: %s", err.str())
+                self._warn_throttled(f"consume {err.name()}", f"consume: {err.str()}")
                 continue
             by_part[(msg.topic(), msg.partition())].append(msg)
 
