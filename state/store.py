@@ -62,7 +62,7 @@ def _user_key(user_id: str) -> bytes:
 
 
 class _Backend(Protocol):
-    """The two primitives a partition database must offer."""
+    """What a partition database must offer: batched reads, one atomic write, a user scan."""
 
     def read_many(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
 
