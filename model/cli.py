@@ -12,9 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
 from model.datasets import load_events
 from model.evaluate import PROTOCOLS, evaluate_models, split_flurs
 from model.factory import MODEL_NAMES, create_model
@@ -77,6 +74,9 @@ def _load(args: argparse.Namespace) -> tuple[list, list | None, SyntheticStream 
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation described by ``args``; returns the exit code."""
+    import torch
+    from tqdm import tqdm
+
     if args.k < 1 or args.batch_size < 1:
         raise ConfigError("--k and --batch-size must be positive")
     names = [n.strip() for n in args.models.split(",") if n.strip()]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from model.baselines import IncrementalMF, SequentialItemKNN
-from model.interest import InterestModel
-from model.popular import MostPopular
-from model.step import RankingModel
 from stream.errors import ConfigError
+
+if TYPE_CHECKING:
+    from model.step import RankingModel
 
 __all__ = ["create_model", "MODEL_NAMES"]
 
@@ -22,6 +21,11 @@ def create_model(name: str = "interest", seed: int = 0, **kw: Any) -> RankingMod
     (useful only after some training, e.g. the evaluator's warm-up, which
     trains it and then calls ``freeze()``).
     """
+    # Imported here so that command-line parsing does not pay for torch.
+    from model.baselines import IncrementalMF, SequentialItemKNN
+    from model.interest import InterestModel
+    from model.popular import MostPopular
+
     if name == "interest":
         return InterestModel(seed=seed, **kw)
     if name == "interest-static":

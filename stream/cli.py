@@ -136,23 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument("--partitions", type=int, help="partitions for new topics (default 4)")
     topics.set_defaults(func=_topics_create)
 
-    for register in _extensions():
-        register(sub)
+    # Subcommands that live with the code they run (imported here: they use the
+    # helpers above); each imports torch and the Kafka clients only when it runs.
+    from model import cli as model_cli
+    from stream import demo, worker_cli
+
+    worker_cli.register(sub)
+    demo.register(sub)
+    model_cli.register(sub)
     return parser
-
-
-def _extensions() -> list:
-    """Subcommands that live with the code they run."""
-    regs = []
-    for module in ("stream.worker_cli", "stream.demo", "model.cli"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        regs.append(mod.register)
-    return regs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
