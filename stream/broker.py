@@ -32,6 +32,7 @@ __all__ = [
     "default_data_dir",
     "ensure_jars",
     "free_port",
+    "new_cluster_id",
     "read_running",
     "stop_pid",
 ]
@@ -97,6 +98,18 @@ def ensure_jars(quiet: bool = True) -> Path:
     tmp.rename(libs)
     marker.touch()
     return libs
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: 16 bytes, URL-safe base64, unpadded.
+
+    Like Kafka's own generator, never one starting with "-": the storage tool
+    would read it as an option.
+    """
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 @dataclass(frozen=True)
@@ -229,7 +242,7 @@ class EmbeddedBroker:
         props = self.data_dir / "server.properties"
         props.write_text(self._properties())
         if not (self.data_dir / "kraft" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = new_cluster_id()
             fmt = subprocess.run(
                 self._java(
                     libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)

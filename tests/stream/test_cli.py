@@ -78,3 +78,11 @@ def test_config_mistakes_exit_non_zero_without_traceback(args, monkeypatch):
     out = _run(args, env=env)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and out.stderr.startswith("interest-stream: error:")
+
+
+def test_cluster_ids_are_valid_for_the_storage_tool():
+    from stream.broker import new_cluster_id
+
+    ids = {new_cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(c) == 22 and not c.startswith("-") for c in ids)
