@@ -120,11 +120,18 @@ def _run(settings: Any, args: argparse.Namespace, stop: threading.Event) -> tupl
             failure.append(exc)
             stop.set()
 
+    # ``stop`` (time up, Ctrl-C, a failure) ends publishing first; the worker
+    # then drains what was published and stops on ``worker_stop``.
+    worker_stop = threading.Event()
     pub = Publisher(settings)
+    worker_thread = threading.Thread(target=guarded, args=(worker.run, worker_stop), daemon=True)
+    worker_thread.start()
     try:
-        worker_thread = threading.Thread(target=guarded, args=(worker.run, stop), daemon=True)
-        worker_thread.start()
         pub.check_connection()
+        # Publish once the worker owns its partitions, so the latency figures
+        # measure the service, not the consumer group's start-up.
+        while not worker.assigned.wait(0.2) and not stop.is_set():
+            pass
         threads = [
             threading.Thread(
                 target=guarded,
@@ -136,16 +143,26 @@ def _run(settings: Any, args: argparse.Namespace, stop: threading.Event) -> tupl
         for t in threads:
             t.start()
         t0 = time.monotonic()
-        while not stop.wait(1.0):
+        # A terminal is redrawn every second; a log (not a tty) gets a frame every 5 s.
+        every = 1.0 if screen.tty else 5.0
+        while not stop.wait(every):
             elapsed = time.monotonic() - t0
             screen.draw(worker.stats.summary(), pub.stats.sent, elapsed, worker.metrics_url)
             if not args.forever and elapsed >= args.seconds:
                 stop.set()
-        worker_thread.join(timeout=60)
         for t in threads:
             t.join(timeout=10)
+        drain_until = time.monotonic() + 10
+        while (
+            not failure
+            and worker.stats.consumed < pub.stats.delivered
+            and time.monotonic() < drain_until
+        ):
+            time.sleep(0.05)
     finally:
         stop.set()
+        worker_stop.set()
+        worker_thread.join(timeout=60)
         pub.close()
     if failure:
         exc = failure[0]
