@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import (
-    OFFSET_INVALID,
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
@@ -68,6 +67,7 @@ from stream.errors import KafkaClientError
 from stream.events import EventValidator, Rejected, decode_event, encode_recommendation
 from stream.metrics import MetricsServer, WorkerMetrics
 from stream.preflight import make_client, preflight, state_root
+from stream.rebalance import Rebalancer, commit_offsets
 from stream.stats import WorkerStats
 
 # state_root and preflight are re-exported: callers know them from here.
@@ -120,8 +120,8 @@ class Worker:
         self._last_generated = 0
         self._stop = threading.Event()
         self._lag_at = 0.0
-        self._eager = False  # the user chose an eager assignor (range, roundrobin)
-        self.assigned = threading.Event()  # set once partitions have been assigned
+        self._rebalancer = Rebalancer(self.store, self.metrics)
+        self.assigned = self._rebalancer.assigned  # set once partitions have been assigned
         self._client_errors: dict[str, tuple[float, int]] = {}  # kind -> (logged at, repeats)
 
     # --- lifecycle --------------------------------------------------------------------
@@ -142,7 +142,8 @@ class Worker:
             self.metrics_url = server.start().url
             self._consumer.subscribe(
                 [self.settings.topics.events],
-                on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
+                on_assign=self._rebalancer.on_assign, on_revoke=self._rebalancer.on_revoke,
+                on_lost=self._rebalancer.on_lost,
             )
             while not stop.is_set():
                 self._run_batch()
@@ -167,7 +168,8 @@ class Worker:
             # KIP-848 groups: the broker assigns, always incrementally.
             conf.pop("partition.assignment.strategy", None)
         else:
-            self._eager = "cooperative" not in str(conf["partition.assignment.strategy"])
+            self._rebalancer.eager = (
+                "cooperative" not in str(conf["partition.assignment.strategy"]))
         consumer = make_client(Consumer, kafka.client_config(**conf))
         # Defaults first, the user's client settings win.
         producer = make_client(Producer, kafka.client_config(**{
@@ -190,68 +192,6 @@ class Worker:
                 log.warning("consumer close: %s", exc)
         self.store.close()
         self._consumer = self._producer = None
-
-    # --- rebalance callbacks (run inside consume(), on this thread) -------------------
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            part = self.store.open_partition(tp.topic, tp.partition)
-            last = part.last_offset()
-            # Stored offset + 1: state and position can never disagree.
-            tp.offset = OFFSET_INVALID if last is None else last + 1
-            if last is None:
-                log.info("%s: no local state, starting from the group's committed offset",
-                         part.name)
-            self.metrics.users_in_state.labels(str(tp.partition)).set(part.user_count())
-        self._warn_if_stale(consumer, partitions)
-        if self._eager:
-            consumer.assign(partitions)
-        else:
-            consumer.incremental_assign(partitions)
-        self.assigned.set()
-        log.info("assigned %s", [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions])
-
-    def _warn_if_stale(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Say so when local state lags the group: another worker owned the partition
-        meanwhile. Replaying from the stored offset makes the state exact again; the
-        replayed events' lists are published once more (outputs are at-least-once)."""
-        ours = [tp for tp in partitions if tp.offset >= 0]
-        if not ours:
-            return
-        try:
-            committed = consumer.committed(
-                [TopicPartition(tp.topic, tp.partition) for tp in ours], timeout=5)
-        except KafkaException:
-            return  # diagnostics only: never block an assignment on them
-        for tp, c in zip(ours, committed, strict=True):
-            if c.offset > tp.offset:
-                log.warning("%s[%d]: local state is %d message(s) behind the group; "
-                            "replaying them", tp.topic, tp.partition, c.offset - tp.offset)
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        parts = [p for tp in partitions
-                 if (p := self.store.partitions().get((tp.topic, tp.partition))) is not None]
-        try:
-            self._commit_offsets(parts, asynchronous=False)
-        except KafkaException as exc:
-            log.warning("offset commit on revoke: %s", exc)
-        self._release(consumer, partitions)
-
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._release(consumer, partitions)
-
-    def _release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self.store.close_partition(tp.topic, tp.partition)
-            self.metrics.forget_partition(tp.topic, tp.partition)
-        try:
-            if self._eager:
-                consumer.unassign()
-            else:
-                consumer.incremental_unassign(partitions)
-        except KafkaException as exc:
-            log.debug("incremental_unassign: %s", exc)
-        log.info("released %s", [f"{tp.topic}[{tp.partition}]" for tp in partitions])
 
     def _on_client_error(self, err: KafkaError) -> None:
         if err.fatal():
@@ -429,18 +369,8 @@ class Worker:
             raise KafkaClientError(f"{n} output message(s) could not be delivered: {first}")
 
     def _commit_offsets(self, parts: list[StorePartition], asynchronous: bool) -> None:
-        if self._consumer is None:
-            return
-        offsets = [TopicPartition(p.topic, p.partition, last + 1)
-                   for p in parts if (last := p.last_offset()) is not None]
-        if not offsets:
-            return
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
-        except KafkaException as exc:
-            err = exc.args[0]
-            if err.code() != KafkaError._NO_OFFSET:
-                log.warning("offset commit: %s", err.str())
+        if self._consumer is not None:
+            commit_offsets(self._consumer, parts, asynchronous)
 
     def _account(self, batches: list[_Batch], delivered_ms: float) -> None:
         m, s = self.metrics, self.stats

@@ -1,0 +1,107 @@
+"""Rebalance callbacks: partition stores follow the partitions a worker owns.
+
+On assignment each partition's store is opened and the consumer is pointed at
+the store's last applied offset + 1, so state and position can never disagree.
+On revocation the stored offsets are committed (the next owner without local
+state starts there) and the stores are closed; on loss they are only closed.
+The callbacks run inside ``poll``/``consume`` on the worker's thread, between
+batches, so no batch is ever half-applied when a store closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+
+from state.store import Store, StorePartition
+from stream.metrics import WorkerMetrics
+
+__all__ = ["Rebalancer", "commit_offsets"]
+
+log = logging.getLogger("interest_stream.worker")
+
+
+def commit_offsets(consumer: Consumer, parts: list[StorePartition], asynchronous: bool) -> None:
+    """Commit stored offset + 1 of ``parts`` to the group (for lag tools and new owners)."""
+    offsets = [TopicPartition(p.topic, p.partition, last + 1)
+               for p in parts if (last := p.last_offset()) is not None]
+    if not offsets:
+        return
+    try:
+        consumer.commit(offsets=offsets, asynchronous=asynchronous)
+    except KafkaException as exc:
+        err = exc.args[0]
+        if err.code() != KafkaError._NO_OFFSET:
+            log.warning("offset commit: %s", err.str())
+
+
+class Rebalancer:
+    """The ``on_assign`` / ``on_revoke`` / ``on_lost`` callbacks of one worker.
+
+    ``eager`` is True for eager assignors (range, roundrobin): whole assignments
+    change at once instead of incrementally.
+    """
+
+    def __init__(self, store: Store, metrics: WorkerMetrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.eager = False
+        self.assigned = threading.Event()  # set once partitions have been assigned
+
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            part = self.store.open_partition(tp.topic, tp.partition)
+            last = part.last_offset()
+            tp.offset = OFFSET_INVALID if last is None else last + 1
+            if last is None:
+                log.info("%s: no local state, starting from the group's committed offset",
+                         part.name)
+            self.metrics.users_in_state.labels(str(tp.partition)).set(part.user_count())
+        self._warn_if_stale(consumer, partitions)
+        if self.eager:
+            consumer.assign(partitions)
+        else:
+            consumer.incremental_assign(partitions)
+        self.assigned.set()
+        log.info("assigned %s", [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions])
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        parts = [p for tp in partitions
+                 if (p := self.store.partitions().get((tp.topic, tp.partition))) is not None]
+        commit_offsets(consumer, parts, asynchronous=False)
+        self._release(consumer, partitions)
+
+    def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._release(consumer, partitions)
+
+    def _release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.store.close_partition(tp.topic, tp.partition)
+            self.metrics.forget_partition(tp.topic, tp.partition)
+        try:
+            if self.eager:
+                consumer.unassign()
+            else:
+                consumer.incremental_unassign(partitions)
+        except KafkaException as exc:
+            log.debug("unassign: %s", exc)
+        log.info("released %s", [f"{tp.topic}[{tp.partition}]" for tp in partitions])
+
+    def _warn_if_stale(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Say so when local state lags the group: another worker owned the partition
+        meanwhile. Replaying from the stored offset makes the state exact again; the
+        replayed events' lists are published once more (outputs are at-least-once)."""
+        ours = [tp for tp in partitions if tp.offset >= 0]
+        if not ours:
+            return
+        try:
+            committed = consumer.committed(
+                [TopicPartition(tp.topic, tp.partition) for tp in ours], timeout=5)
+        except KafkaException:
+            return  # diagnostics only: never block an assignment on them
+        for tp, c in zip(ours, committed, strict=True):
+            if c.offset > tp.offset:
+                log.warning("%s[%d]: local state is %d message(s) behind the group; "
+                            "replaying them", tp.topic, tp.partition, c.offset - tp.offset)
