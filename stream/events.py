@@ -30,6 +30,7 @@ from model.types import EVENT_TYPES, Event, Recommendation
 
 __all__ = [
     "REASONS",
+    "PROCESSING_ERROR",
     "Rejected",
     "EventValidator",
     "decode_event",
@@ -51,7 +52,9 @@ REASONS: dict[str, str] = {
     "unknown-event": "event is not click, favourite, cart or purchase",
     "bad-timestamp": "ts is outside the plausible range",
     "key-mismatch": "message key differs from user_id (state is partitioned by key)",
+    "processing-error": "a valid event the model failed on (detail: the exception type)",
 }
+PROCESSING_ERROR = "processing-error"
 
 _EVENT_SET = frozenset(EVENT_TYPES)
 # 1990-01-01: older than any public interaction log we replay (MovieLens starts

@@ -60,18 +60,24 @@ from confluent_kafka import (
 from prometheus_client import CollectorRegistry
 
 from model.step import RankingModel, process_batch
-from model.types import Event, Recommendation
+from model.types import BatchResult, Event, Recommendation
 from state.store import PartitionTransaction, RocksDBStore, Store, StorePartition
 from stream.config import Settings
-from stream.errors import KafkaClientError
-from stream.events import EventValidator, Rejected, decode_event, encode_recommendation
+from stream.errors import InterestStreamError, KafkaClientError
+from stream.events import (
+    PROCESSING_ERROR,
+    EventValidator,
+    Rejected,
+    decode_event,
+    encode_recommendation,
+)
 from stream.metrics import MetricsServer, WorkerMetrics
 from stream.preflight import make_client, preflight, state_root
 from stream.rebalance import Rebalancer, commit_offsets
 from stream.stats import WorkerStats
 
 # state_root and preflight are re-exported: callers know them from here.
-__all__ = ["Worker", "WorkerStats", "state_root", "preflight"]
+__all__ = ["Worker", "WorkerStats", "ModelError", "state_root", "preflight"]
 
 log = logging.getLogger("interest_stream.worker")
 
@@ -79,21 +85,34 @@ _FLUSH_SLICE_S = 1.0
 _STOP_GRACE_S = 15.0  # how long a stopping worker waits for unacknowledged outputs
 _LAG_EVERY_S = 1.0
 _ERROR_WINDOW_S = 30.0  # repeats of one client error kind are logged once per window
+_MAX_MODEL_FAILURES = 50  # valid events the model may fail on in a row before the worker stops
 
 
 class _Batch:
     """What one partition contributes to the micro-batch in hand."""
 
-    __slots__ = ("part", "txn", "events", "kafka_ts", "recs", "scored", "hits")
+    __slots__ = ("part", "txn", "offset", "events", "msgs", "kafka_ts", "recs", "scored",
+                 "hits")
 
     def __init__(self, part: StorePartition, txn: PartitionTransaction) -> None:
         self.part = part
         self.txn = txn
-        self.events: list[Event] = []
+        self.offset = -1  # last input offset this batch covers
+        self.events: list[Event] = []  # valid events, with their messages and Kafka times
+        self.msgs: list[Message] = []
         self.kafka_ts: list[int] = []
         self.recs: list[Recommendation] = []
         self.scored = 0
         self.hits = 0
+
+    def take(self, result: BatchResult) -> None:
+        self.recs.extend(result.recommendations)
+        self.scored += result.scored
+        self.hits += sum(r is not None for r in result.ranks)
+
+
+class ModelError(InterestStreamError):
+    """The model keeps failing on valid events: stopping beats dead-lettering everything."""
 
 
 class Worker:
@@ -123,6 +142,7 @@ class Worker:
         self._rebalancer = Rebalancer(self.store, self.metrics)
         self.assigned = self._rebalancer.assigned  # set once partitions have been assigned
         self._client_errors: dict[str, tuple[float, int]] = {}  # kind -> (logged at, repeats)
+        self._failures_in_a_row = 0
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -199,7 +219,8 @@ class Worker:
             return
         self._warn_throttled(err.name(), f"Kafka client: {err.str()}")
 
-    def _warn_throttled(self, kind: str, text: str) -> None:
+    def _warn_throttled(self, kind: str, text: str,
+                        exc_info: BaseException | None = None) -> None:
         # An unreachable broker reports every reconnect attempt of every client:
         # one line per error kind and window keeps the log readable.
         now = time.monotonic()
@@ -208,7 +229,8 @@ class Worker:
             self._client_errors[kind] = (last, repeats + 1)
             return
         self._client_errors[kind] = (now, 0)
-        log.warning("%s%s", text, f" (and {repeats} more like it)" if repeats else "")
+        log.warning("%s%s", text, f" (and {repeats} more like it)" if repeats else "",
+                    exc_info=exc_info)
 
     # --- one micro-batch ----------------------------------------------------------------
 
@@ -246,10 +268,7 @@ class Worker:
         self._last_generated = generated_at
         for b in batches:
             if b.events:
-                result = process_batch(b.events, b.txn, self.model, w.k)
-                b.recs = result.recommendations
-                b.scored = result.scored
-                b.hits = sum(r is not None for r in result.ranks)
+                self._step(b)
         t3 = time.perf_counter()
         m.stage_seconds.labels("step").observe(t3 - t2)
 
@@ -268,6 +287,43 @@ class Worker:
         t5 = time.perf_counter()
         m.stage_seconds.labels("commit").observe(t5 - t4)
         self._account(batches, delivered_ms)
+
+    def _step(self, b: _Batch) -> None:
+        """The pure step on one partition's events; a model failure is isolated to the
+        events that cause it, which go to the dead-letter topic like bad input."""
+        try:
+            b.take(process_batch(b.events, b.txn, self.model, self.settings.worker.k))
+            self._failures_in_a_row = 0
+            return
+        except Exception as exc:  # any model bug: the events are retried one by one below
+            self._warn_throttled(f"model {type(exc).__name__}",
+                                 f"model failed on a batch of {b.part.name} "
+                                 f"({type(exc).__name__}: {exc}); retrying event by event",
+                                 exc_info=exc)
+        b.txn.discard()
+        b.txn = b.part.begin()
+        b.txn.set_offset(b.offset)
+        events, msgs, stamps = b.events, b.msgs, b.kafka_ts
+        b.events, b.msgs, b.kafka_ts = [], [], []
+        latest: dict[str, Recommendation] = {}
+        for ev, msg, ts in zip(events, msgs, stamps, strict=True):
+            try:
+                result = process_batch([ev], b.txn, self.model, self.settings.worker.k)
+            except Exception as exc:  # this event is what the model cannot take
+                self._failures_in_a_row += 1
+                if self._failures_in_a_row >= _MAX_MODEL_FAILURES:
+                    raise ModelError(f"the model failed on {self._failures_in_a_row} events "
+                                     f"in a row; last: {type(exc).__name__}: {exc}") from exc
+                self._dead_letter(msg, Rejected(PROCESSING_ERROR, type(exc).__name__))
+                continue
+            self._failures_in_a_row = 0
+            b.events.append(ev)
+            b.msgs.append(msg)
+            b.kafka_ts.append(ts)
+            b.scored += result.scored
+            b.hits += sum(r is not None for r in result.ranks)
+            latest.update((rec.user_id, rec) for rec in result.recommendations)
+        b.recs = list(latest.values())  # still one list per touched user
 
     def _poll(self, max_events: int, max_s: float) -> list[Message]:
         """Up to ``max_events`` messages within ``max_s``, returning early once none wait.
@@ -314,11 +370,13 @@ class Worker:
                 self._dead_letter(msg, decoded)
                 continue
             batch.events.append(decoded)
+            batch.msgs.append(msg)
             batch.kafka_ts.append(kafka_ts or 0)
             self.metrics.events_consumed.labels(decoded.event).inc()
         if newest is None:
             return None
         batch.txn.set_offset(newest)
+        batch.offset = newest
         return batch
 
     def _dead_letter(self, msg: Message, rejected: Rejected) -> None:

@@ -1,0 +1,96 @@
+"""A model that fails on some valid events: those are dead-lettered, the rest flow on."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import replace
+
+import pytest
+
+from model.types import EVENT_INDEX
+from state.store import RocksDBStore
+from stream.events import decode_recommendation
+from stream.publish import Publisher
+from stream.runtime import ModelError, Worker, state_root
+from stream.topics import ensure_topics, topic_specs
+from tests.stream.helpers import (
+    TinyPopularity,
+    make_events,
+    make_settings,
+    read_topic,
+    running_worker,
+    wait_for,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+class FragileModel(TinyPopularity):
+    """Raises whenever it meets the item ``boom`` (or every item, when ``always``)."""
+
+    version = "fragile-1"
+
+    def __init__(self, always: bool = False) -> None:
+        super().__init__()
+        self.always = always
+
+    def learn_many(self, events, before) -> None:  # noqa: ANN001
+        if self.always or any(ev.item_id == "boom" for ev in events):
+            raise RuntimeError("cannot learn this")
+        super().learn_many(events, before)
+
+
+def test_events_the_model_fails_on_are_dead_lettered(kafka_bootstrap, unique_topics, tmp_path):
+    topics = unique_topics(partitions=2)
+    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
+                             f"g-{uuid.uuid4().hex[:8]}", batch_max_events=100)
+    ensure_topics(settings.kafka, topic_specs(topics))
+    events = make_events(600, n_users=40, seed=71)
+    events = [replace(ev, item_id="boom") if i % 97 == 13 else ev
+              for i, ev in enumerate(events)]
+    booms = sum(ev.item_id == "boom" for ev in events)
+    with Publisher(settings) as pub:
+        pub.publish(events)
+    worker = Worker(settings, FragileModel())
+    with running_worker(worker):
+        wait_for(lambda: worker.stats.consumed >= len(events), 60, "all consumed")
+    s = worker.stats
+    assert s.dead_lettered == booms and s.applied == len(events) - booms
+    assert s.dead_letters_by_reason == Counter({"processing-error": booms})
+
+    dead = read_topic(settings.kafka, topics.dead_letter)
+    assert {dict(m.headers())["detail"] for m in dead} == {b"RuntimeError"}
+    assert all(b'"boom"' in m.value() for m in dead)
+
+    lists = [decode_recommendation(m.value())
+             for m in read_topic(settings.kafka, topics.recommendations)]
+    assert max(Counter((d["user_id"], d["generated_at"]) for d in lists).values()) == 1
+    assert {d["user_id"] for d in lists} == {ev.user_id for ev in events if ev.item_id != "boom"}
+
+    expected: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for ev in events:
+        if ev.item_id != "boom":
+            expected[ev.user_id][EVENT_INDEX[ev.event]] += 1
+    store = RocksDBStore(state_root(settings))
+    got = {u: st.counts for t, p in store.on_disk()
+           for u, st in store.open_partition(t, p).items()}
+    store.close()
+    assert got == dict(expected)
+
+
+def test_a_model_that_always_fails_stops_the_worker(kafka_bootstrap, unique_topics, tmp_path):
+    topics = unique_topics(partitions=1)
+    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
+                             f"g-{uuid.uuid4().hex[:8]}")
+    ensure_topics(settings.kafka, topic_specs(topics))
+    with Publisher(settings) as pub:
+        pub.publish(make_events(200, n_users=10, seed=72))
+    worker = Worker(settings, FragileModel(always=True))
+    with pytest.raises(ModelError, match="failed on 50 events in a row"):
+        worker.run(threading.Event())  # returns only by giving up
+    assert worker.stats.applied == 0
+    store = RocksDBStore(state_root(settings))
+    assert store.open_partition(topics.events, 0).last_offset() is None  # nothing committed
+    store.close()
