@@ -27,7 +27,9 @@ loaded worker answers each event at once; a loaded one fills its batches):
    dead-letter topic (headers ``error`` = reason code, ``source`` =
    topic/partition/offset, and ``detail`` when there is one, e.g. the field);
 2. per input partition, call :func:`model.step.process_batch` with that
-   partition's state transaction and produce one list per touched user;
+   partition's state transaction and produce one list per touched user (if the
+   model raises, the batch is retried event by event and the events it fails on
+   are dead-lettered as ``processing-error``; 50 in a row raise :class:`ModelError`);
 3. flush the producer: every list and dead letter of the batch is delivered
    (at-least-once for outputs);
 4. commit each partition's state transaction: user states + last processed
