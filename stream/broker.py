@@ -32,6 +32,7 @@ __all__ = [
     "default_data_dir",
     "ensure_jars",
     "free_port",
+    "free_ports",
     "new_cluster_id",
     "read_running",
     "stop_pid",
@@ -53,10 +54,23 @@ def default_data_dir() -> Path:
     return cache_dir() / "broker"
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free right now (all held open while picking,
+    so the kernel cannot hand the same port out twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def _require(tool: str, hint: str) -> str:
@@ -169,8 +183,11 @@ class EmbeddedBroker:
 
     def __init__(self, data_dir: Path | None = None, port: int | None = None) -> None:
         self.data_dir = Path(data_dir or default_data_dir()).resolve()
-        self.port = port or free_port()
-        self.controller_port = free_port()
+        if port is None:
+            self.port, self.controller_port = free_ports(2)
+        else:
+            self.port = port
+            self.controller_port = next(p for p in free_ports(2) if p != port)
         self._proc: subprocess.Popen | None = None
 
     @property
