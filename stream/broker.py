@@ -254,8 +254,17 @@ class EmbeddedBroker:
                 f"a broker is already running from {self.data_dir} at {running.bootstrap} "
                 f"(pid {running.pid}); stop it first"
             )
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", self.port))
+            except OSError:
+                raise BrokerError(f"port {self.port} on 127.0.0.1 is in use; "
+                                  "choose another with --port") from None
         libs = ensure_jars()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BrokerError(f"cannot create {self.data_dir}: {exc.strerror}") from None
         props = self.data_dir / "server.properties"
         props.write_text(self._properties())
         if not (self.data_dir / "kraft" / "meta.properties").exists():

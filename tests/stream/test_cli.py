@@ -86,3 +86,17 @@ def test_cluster_ids_are_valid_for_the_storage_tool():
     ids = {new_cluster_id() for _ in range(2000)}
     assert len(ids) == 2000
     assert all(len(c) == 22 and not c.startswith("-") for c in ids)
+
+
+def test_broker_port_in_use_is_one_clear_line(tmp_path: Path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = _run(["broker", "start", "--port", str(port), "--data-dir", str(tmp_path)])
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == [
+        f"interest-stream: error: port {port} on 127.0.0.1 is in use; choose another with --port"
+    ]
