@@ -1,8 +1,7 @@
 """Typed settings, loaded from CLI flags > environment > TOML file > defaults.
 
 Each component has a frozen dataclass; every field names its environment
-variable in its metadata, so ``interest-stream config`` and the README can list
-them. librdkafka client settings (SASL, SSL, ...) pass through unchanged from
+variable in its metadata (the README lists them). librdkafka client settings (SASL, SSL, ...) pass through unchanged from
 ``[kafka.client]`` in the TOML file, ``INTEREST_KAFKA_CLIENT_<NAME>`` variables
 or ``-X name=value`` flags; values whose name looks secret are never printed.
 """
@@ -123,40 +122,49 @@ def parse_client_overrides(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _convert(cls: type, f: dataclasses.Field, raw: Any, origin: str) -> Any:
+def _convert(section: str, f: dataclasses.Field, raw: Any, origin: str) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    try:
-        if kind == "int":
-            value = int(raw)
-            if value < 0 or (value == 0 and f.name != "metrics_port"):
+    name = f"{section}.{f.name}"
+    if kind == "int":
+        lowest = 0 if f.name == "metrics_port" else 1
+        highest = 65535 if f.name == "metrics_port" else None
+        try:
+            if isinstance(raw, bool) or isinstance(raw, float):
                 raise ValueError
-            return value
-        if kind == "Path":
-            return Path(str(raw))
-        return None if raw is None else str(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"{origin}: {cls.__name__.removesuffix('Config').lower()}.{f.name} "
-            f"must be a positive integer, got {raw!r}"
-        ) from None
+            value = int(raw)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or value < lowest or (highest is not None and value > highest):
+            bounds = f"from {lowest} to {highest}" if highest else "a positive integer"
+            raise ConfigError(f"{origin}: {name} must be {bounds}, got {raw!r}")
+        return value
+    if isinstance(raw, (dict, list)):
+        raise ConfigError(f"{origin}: {name} must be a single value, got {raw!r}")
+    if kind == "Path":
+        return Path(str(raw))
+    return None if raw is None else str(raw)
 
 
-def _build(cls: type, flags: Mapping[str, Any], env: Mapping[str, str], table: Mapping) -> Any:
+def _build(
+    cls: type, section: str, flags: Mapping[str, Any], env: Mapping[str, str], table: Any
+) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file: [{section}] must be a table of settings")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(table) - known - {"client"}
     if unknown:
-        raise ConfigError(f"config file: unknown setting(s) {sorted(unknown)} in [{cls.__name__}]")
+        raise ConfigError(f"config file: unknown setting(s) {sorted(unknown)} in [{section}]")
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name == "client":
             continue
         env_name = f.metadata.get("env")
         if flags.get(f.name) is not None:
-            values[f.name] = _convert(cls, f, flags[f.name], "flag")
+            values[f.name] = _convert(section, f, flags[f.name], "flag")
         elif env_name and env.get(env_name):
-            values[f.name] = _convert(cls, f, env[env_name], env_name)
+            values[f.name] = _convert(section, f, env[env_name], env_name)
         elif f.name in table:
-            values[f.name] = _convert(cls, f, table[f.name], "config file")
+            values[f.name] = _convert(section, f, table[f.name], "config file")
     return values
 
 
@@ -190,14 +198,17 @@ def load_settings(
         raise ConfigError(f"config file: unknown section(s) {sorted(unknown)}")
 
     kafka_table = doc.get("kafka", {})
-    client: dict[str, str] = {str(k): str(v) for k, v in kafka_table.get("client", {}).items()}
+    client_table = kafka_table.get("client", {}) if isinstance(kafka_table, dict) else {}
+    if not isinstance(client_table, dict):
+        raise ConfigError("config file: [kafka.client] must be a table of librdkafka settings")
+    client: dict[str, str] = {str(k): str(v) for k, v in client_table.items()}
     for name, value in env.items():
         if name.startswith(CLIENT_ENV_PREFIX):
             client[name[len(CLIENT_ENV_PREFIX) :].lower().replace("_", ".")] = value
     client.update(flags.get("client") or {})
 
     return Settings(
-        kafka=KafkaConfig(client=client, **_build(KafkaConfig, flags, env, kafka_table)),
-        topics=TopicsConfig(**_build(TopicsConfig, flags, env, doc.get("topics", {}))),
-        worker=WorkerConfig(**_build(WorkerConfig, flags, env, doc.get("worker", {}))),
+        kafka=KafkaConfig(client=client, **_build(KafkaConfig, "kafka", flags, env, kafka_table)),
+        topics=TopicsConfig(**_build(TopicsConfig, "topics", flags, env, doc.get("topics", {}))),
+        worker=WorkerConfig(**_build(WorkerConfig, "worker", flags, env, doc.get("worker", {}))),
     )
