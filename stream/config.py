@@ -1,9 +1,10 @@
 """Typed settings, loaded from CLI flags > environment > TOML file > defaults.
 
 Each component has a frozen dataclass; every field names its environment
-variable in its metadata (the README lists them). librdkafka client settings (SASL, SSL, ...) pass through unchanged from
-``[kafka.client]`` in the TOML file, ``INTEREST_KAFKA_CLIENT_<NAME>`` variables
-or ``-X name=value`` flags; values whose name looks secret are never printed.
+variable in its metadata (the README lists them). librdkafka client settings
+(SASL, SSL, ...) pass through unchanged from ``[kafka.client]`` in the TOML
+file, ``INTEREST_KAFKA_CLIENT_<NAME>`` variables or ``-X name=value`` flags;
+values whose name looks secret are never printed.
 """
 
 from __future__ import annotations
