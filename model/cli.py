@@ -1,24 +1,25 @@
 """``interest-stream evaluate``: replay a data set through every model, print metrics.
 
-The lead's console script calls :func:`register`; ``python -m model.cli
-evaluate ...`` works on its own too.
+The ``interest-stream`` console script calls :func:`register`;
+``python -m model.cli evaluate ...`` works on its own too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from model.datasets import load_events
+from model.datasets import DEFAULT_COLUMNS, bad_rows_message, load_events, parse_mapping
 from model.evaluate import PROTOCOLS, evaluate_models, split_flurs
 from model.factory import MODEL_NAMES, create_model
 from model.synthetic import SyntheticStream
 from stream.errors import ConfigError, DataError, InterestStreamError
 
-__all__ = ["register", "run", "main"]
+__all__ = ["register", "run", "main", "add_csv_flags", "load_args"]
 
 FORMATS = ("recbole", "movielens", "csv", "synthetic")
 # Without a warm-up (prequential), interest-static fine-tunes on this share of
@@ -49,11 +50,39 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the ops are small; threads only contend)")
     p.add_argument("--strict", action="store_true", help="fail on the first bad row")
+    add_csv_flags(p)
     p.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
                    help="never list items the user already touched "
                         "(default: on for flurs, off for prequential)")
     p.set_defaults(func=run)
     return p
+
+
+def add_csv_flags(p: argparse.ArgumentParser) -> None:
+    """``--columns`` and ``--event-map`` for ``--format csv`` (evaluate and publish)."""
+    p.add_argument("--columns", metavar="FIELD=COLUMN,...",
+                   help=f"CSV column names of our fields {', '.join(DEFAULT_COLUMNS)}, "
+                        "e.g. user=uid,item=iid,type=behavior,ts=time")
+    p.add_argument("--event-map", dest="event_map", metavar="NAME=EVENT,...",
+                   help="behaviour names to click/favourite/cart/purchase, "
+                        "e.g. pv=click,buy=purchase")
+
+
+def load_args(args: argparse.Namespace) -> list:
+    """Load ``--data`` in ``--format`` with the CSV mappings; report skipped rows."""
+    if args.data is None:
+        raise ConfigError(f"--data PATH is required for --format {args.format}")
+    loaded = load_events(
+        args.data, args.format, strict=getattr(args, "strict", False),
+        column_map=parse_mapping(args.columns, "--columns", tuple(DEFAULT_COLUMNS)),
+        event_map=parse_mapping(args.event_map, "--event-map"),
+    )
+    report = bad_rows_message(loaded, args.data)
+    if report:
+        print(report, file=sys.stderr)
+    if not loaded.events:
+        raise DataError(f"{args.data}: no usable events")
+    return loaded
 
 
 def _load(args: argparse.Namespace) -> tuple[list, list | None, SyntheticStream | None]:
@@ -62,13 +91,7 @@ def _load(args: argparse.Namespace) -> tuple[list, list | None, SyntheticStream 
             raise ConfigError("--events must be at least 10")
         stream = SyntheticStream(seed=args.seed, n_events=args.events)
         return list(stream), None, stream
-    if args.data is None:
-        raise ConfigError(f"--data is required for --format {args.format}")
-    loaded = load_events(args.data, args.format, strict=args.strict)
-    if loaded.bad_rows:
-        print(f"skipped {loaded.bad_rows} bad rows, e.g. {loaded.examples[0]}", file=sys.stderr)
-    if not loaded.events:
-        raise DataError(f"{args.data}: no usable events")
+    loaded = load_args(args)
     return loaded.events, loaded.ratings, None
 
 
@@ -84,6 +107,16 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not names:
         raise ConfigError(f"unknown model {unknown[0] if unknown else ''!r} "
                           f"(choose from {', '.join(MODEL_NAMES)})")
+    for out in (args.json, args.plot):
+        if out is not None and not _writable_dir(out.parent):
+            raise ConfigError(f"cannot write {out}: {out.parent} is not a writable directory")
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "--plot needs matplotlib: pip install 'interest-stream[plot]'"
+            ) from None
     torch.set_num_threads(max(1, args.threads))
     torch.use_deterministic_algorithms(True)
     events, ratings, stream = _load(args)
@@ -119,6 +152,10 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         _plot(args.plot, {n: r.hits for n, r in reports.items()}, args)
     return 0
+
+
+def _writable_dir(path: Path) -> bool:
+    return path.resolve().is_dir() and os.access(path.resolve(), os.W_OK)
 
 
 def _write(path: Path, text: str) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +30,8 @@ __all__ = [
     "DEFAULT_COLUMNS",
     "DEFAULT_EVENT_MAP",
     "FORMATS",
+    "parse_mapping",
+    "bad_rows_message",
 ]
 
 FORMATS: tuple[str, ...] = ("recbole", "movielens", "csv")
@@ -324,6 +326,34 @@ def _load_csv(path: Path, strict: bool, column_map: Mapping[str, str] | None,
         cat = row[idx["category"]].strip() if "category" in idx else ""
         col.add(Event(user, item, kind, ts, cat or None))
     return col.result()
+
+
+def parse_mapping(text: str | None, what: str, keys: Sequence[str] | None = None) -> dict[str, str]:
+    """``"user=uid,item=iid"`` -> ``{"user": "uid", "item": "iid"}`` (CLI flags).
+
+    ``keys`` limits the left-hand names; a malformed pair is a :class:`DataError`.
+    """
+    out: dict[str, str] = {}
+    for pair in (text or "").split(","):
+        if not pair.strip():
+            continue
+        name, sep, value = pair.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise DataError(f"{what}: {pair.strip()!r} is not of the form name=value")
+        if keys is not None and name not in keys:
+            raise DataError(f"{what}: unknown name {name!r} (choose from {', '.join(keys)})")
+        out[name] = value
+    return out
+
+
+def bad_rows_message(result: LoadResult, path: str | Path) -> str | None:
+    """One report of the rows a load skipped: their count and first examples."""
+    if not result.bad_rows:
+        return None
+    lines = [f"skipped {result.bad_rows} unreadable row(s) in {path}; first ones:"]
+    lines += [f"  {ex}" for ex in result.examples]
+    return "\n".join(lines)
 
 
 def load_events(
