@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,21 @@ def _run(settings: Any, args: argparse.Namespace, stop: threading.Event) -> tupl
     return worker, pub
 
 
+def _delete_topics(settings: Any) -> None:
+    """Remove the demo's own topics from a cluster it did not start."""
+    from confluent_kafka.admin import AdminClient
+
+    t = settings.topics
+    admin = AdminClient(settings.kafka.client_config())
+    for name, future in admin.delete_topics(
+        [t.events, t.recommendations, t.dead_letter], operation_timeout=10
+    ).items():
+        try:
+            future.result()
+        except Exception as exc:  # cleanup only: say so, never fail the demo for it
+            print(f"could not delete demo topic {name}: {exc}", file=sys.stderr)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from stream.broker import EmbeddedBroker
     from stream.cli import settings_from_args
@@ -187,7 +203,16 @@ def run_demo(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="interest-demo-"))
     settings = settings_from_args(args, state_dir=str(workdir / "state"))
     broker = None
-    if not settings.kafka.bootstrap_servers:
+    if settings.kafka.bootstrap_servers:
+        # Someone's cluster: never join their group or write into their topics.
+        tag = f"interest-demo-{uuid.uuid4().hex[:8]}"
+        settings = settings_from_args(
+            args, state_dir=str(workdir / "state"), group=tag, events=f"{tag}.events",
+            recommendations=f"{tag}.recommendations", dead_letter=f"{tag}.dead-letter",
+        )
+        print(f"using {settings.kafka.bootstrap_servers} with topics {tag}.* and group {tag}",
+              file=sys.stderr)
+    else:
         print("starting the embedded Kafka broker ...", file=sys.stderr, flush=True)
         broker = EmbeddedBroker(data_dir=workdir / "kafka").start()
         settings = settings_from_args(
@@ -200,6 +225,8 @@ def run_demo(args: argparse.Namespace) -> int:
         if broker is not None:
             print("stopping the Kafka broker ...", file=sys.stderr, flush=True)
             broker.stop()
+        else:
+            _delete_topics(settings)
     shutil.rmtree(workdir, ignore_errors=True)
     s = worker.stats.summary()
     print(

@@ -38,3 +38,24 @@ def test_demo_runs_its_own_broker_and_every_event_is_accounted_for(tmp_path):
     assert 0 < lists <= applied
     # The followed users are on screen with their lists.
     assert re.search(r"interest now: c\d+\s+list: \d+/10 in it", out.stdout)
+
+
+def test_demo_on_a_given_cluster_keeps_to_its_own_topics_and_group(kafka_bootstrap, tmp_path):
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    before = set(admin.list_topics(timeout=10).topics)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTEREST_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "demo", "--seconds", "5", "--metrics-port", "0",
+         "--bootstrap-servers", kafka_bootstrap],
+        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "starting the embedded Kafka broker" not in out.stderr
+    tag = re.search(r"with topics (interest-demo-[0-9a-f]{8})\.\* and group \1", out.stderr)
+    assert tag, out.stderr
+    assert re.search(r"summary: \d+ events published", out.stdout)
+    after = set(admin.list_topics(timeout=10).topics)
+    assert "interest.events" not in after - before
+    assert not {t for t in after if t.startswith(tag.group(1))}
