@@ -295,7 +295,10 @@ class _RocksBackend:
     def read_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []
-        return self.db.get(list(keys))
+        try:
+            return self.db.get(list(keys))
+        except Exception as exc:  # rocksdict raises plain Exception
+            raise StateStoreError(f"state read failed: {exc}") from None
 
     def write_atomic(self, puts: dict[bytes, bytes]) -> None:
         wb = WriteBatch(raw_mode=True)

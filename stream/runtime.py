@@ -29,7 +29,8 @@ loaded worker answers each event at once; a loaded one fills its batches):
 2. per input partition, call :func:`model.step.process_batch` with that
    partition's state transaction and produce one list per touched user (if the
    model raises, the batch is retried event by event and the events it fails on
-   are dead-lettered as ``processing-error``; 50 in a row raise :class:`ModelError`);
+   are dead-lettered as ``processing-error``; 50 in a row raise :class:`ModelError`;
+   state-store errors stop the worker instead, see :mod:`stream.isolation`);
 3. flush the producer: every list and dead letter of the batch is delivered
    (at-least-once for outputs);
 4. commit each partition's state transaction: user states + last processed
@@ -61,18 +62,13 @@ from confluent_kafka import (
 )
 from prometheus_client import CollectorRegistry
 
-from model.step import RankingModel, process_batch
+from model.step import RankingModel
 from model.types import BatchResult, Event, Recommendation
 from state.store import PartitionTransaction, RocksDBStore, Store, StorePartition
 from stream.config import Settings
-from stream.errors import InterestStreamError, KafkaClientError
-from stream.events import (
-    PROCESSING_ERROR,
-    EventValidator,
-    Rejected,
-    decode_event,
-    encode_recommendation,
-)
+from stream.errors import KafkaClientError
+from stream.events import EventValidator, Rejected, decode_event, encode_recommendation
+from stream.isolation import ModelError, ModelGuard
 from stream.metrics import MetricsServer, WorkerMetrics
 from stream.preflight import make_client, preflight, state_root
 from stream.rebalance import Rebalancer, commit_offsets
@@ -113,10 +109,6 @@ class _Batch:
         self.hits += sum(r is not None for r in result.ranks)
 
 
-class ModelError(InterestStreamError):
-    """The model keeps failing on valid events: stopping beats dead-lettering everything."""
-
-
 class Worker:
     """Consumes events, keeps per-partition user state, publishes refreshed lists."""
 
@@ -144,7 +136,8 @@ class Worker:
         self._rebalancer = Rebalancer(self.store, self.metrics)
         self.assigned = self._rebalancer.assigned  # set once partitions have been assigned
         self._client_errors: dict[str, tuple[float, int]] = {}  # kind -> (logged at, repeats)
-        self._failures_in_a_row = 0
+        self._guard = ModelGuard(settings.worker.k, self._warn_model, self._dead_letter,
+                                 _MAX_MODEL_FAILURES)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -234,6 +227,9 @@ class Worker:
         log.warning("%s%s", text, f" (and {repeats} more like it)" if repeats else "",
                     exc_info=exc_info)
 
+    def _warn_model(self, kind: str, text: str, exc: BaseException) -> None:
+        self._warn_throttled(kind, text, exc_info=exc)
+
     # --- one micro-batch ----------------------------------------------------------------
 
     def _run_batch(self) -> None:
@@ -270,7 +266,7 @@ class Worker:
         self._last_generated = generated_at
         for b in batches:
             if b.events:
-                self._step(b)
+                self._guard.step(b, self.model)
         t3 = time.perf_counter()
         m.stage_seconds.labels("step").observe(t3 - t2)
 
@@ -289,43 +285,6 @@ class Worker:
         t5 = time.perf_counter()
         m.stage_seconds.labels("commit").observe(t5 - t4)
         self._account(batches, delivered_ms)
-
-    def _step(self, b: _Batch) -> None:
-        """The pure step on one partition's events; a model failure is isolated to the
-        events that cause it, which go to the dead-letter topic like bad input."""
-        try:
-            b.take(process_batch(b.events, b.txn, self.model, self.settings.worker.k))
-            self._failures_in_a_row = 0
-            return
-        except Exception as exc:  # any model bug: the events are retried one by one below
-            self._warn_throttled(f"model {type(exc).__name__}",
-                                 f"model failed on a batch of {b.part.name} "
-                                 f"({type(exc).__name__}: {exc}); retrying event by event",
-                                 exc_info=exc)
-        b.txn.discard()
-        b.txn = b.part.begin()
-        b.txn.set_offset(b.offset)
-        events, msgs, stamps = b.events, b.msgs, b.kafka_ts
-        b.events, b.msgs, b.kafka_ts = [], [], []
-        latest: dict[str, Recommendation] = {}
-        for ev, msg, ts in zip(events, msgs, stamps, strict=True):
-            try:
-                result = process_batch([ev], b.txn, self.model, self.settings.worker.k)
-            except Exception as exc:  # this event is what the model cannot take
-                self._failures_in_a_row += 1
-                if self._failures_in_a_row >= _MAX_MODEL_FAILURES:
-                    raise ModelError(f"the model failed on {self._failures_in_a_row} events "
-                                     f"in a row; last: {type(exc).__name__}: {exc}") from exc
-                self._dead_letter(msg, Rejected(PROCESSING_ERROR, type(exc).__name__))
-                continue
-            self._failures_in_a_row = 0
-            b.events.append(ev)
-            b.msgs.append(msg)
-            b.kafka_ts.append(ts)
-            b.scored += result.scored
-            b.hits += sum(r is not None for r in result.ranks)
-            latest.update((rec.user_id, rec) for rec in result.recommendations)
-        b.recs = list(latest.values())  # still one list per touched user
 
     def _poll(self, max_events: int, max_s: float) -> list[Message]:
         """Up to ``max_events`` messages within ``max_s``, returning early once none wait.

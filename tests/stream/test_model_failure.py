@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from model.types import EVENT_INDEX
-from state.store import RocksDBStore
+from state.store import MemoryStore, RocksDBStore, StateStoreError
 from stream.events import decode_recommendation
 from stream.publish import Publisher
 from stream.runtime import ModelError, Worker, state_root
@@ -94,3 +94,28 @@ def test_a_model_that_always_fails_stops_the_worker(kafka_bootstrap, unique_topi
     store = RocksDBStore(state_root(settings))
     assert store.open_partition(topics.events, 0).last_offset() is None  # nothing committed
     store.close()
+
+
+def test_an_unreadable_user_state_stops_the_worker_instead_of_dead_lettering(
+        kafka_bootstrap, unique_topics, tmp_path):
+    topics = unique_topics(partitions=1)
+    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
+                             f"g-{uuid.uuid4().hex[:8]}")
+    ensure_topics(settings.kafka, topic_specs(topics))
+    events = make_events(200, n_users=10, seed=73)
+    with Publisher(settings) as pub:
+        pub.publish(events)
+    store = MemoryStore()
+    store.open_partition(topics.events, 0)
+    store._data[(topics.events, 0)][b"u" + events[0].user_id.encode()] = b"not a state"
+    worker = Worker(settings, TinyPopularity(), store=store)
+    stop = threading.Event()
+    guard = threading.Timer(30, stop.set)  # before the fix the worker ran on
+    guard.start()
+    try:
+        with pytest.raises(StateStoreError, match="unreadable"):
+            worker.run(stop)
+    finally:
+        guard.cancel()
+    assert worker.stats.dead_lettered == 0
+    assert read_topic(settings.kafka, topics.dead_letter) == []
