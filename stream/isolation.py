@@ -5,26 +5,76 @@ micro-batch. When the model raises, the batch is retried event by event and
 the events it still fails on are dead-lettered as ``processing-error``;
 ``max_in_a_row`` failures in a row raise :class:`ModelError`.
 
-An :class:`~stream.errors.InterestStreamError` (e.g. a
-:class:`~state.store.StateStoreError`: unreadable user state, a RocksDB read
-that failed) is never isolated: it is about the worker, not the event, so it
-stops the worker with one clear line instead of dead-lettering valid events.
+Two kinds of error are never isolated:
+
+* an :class:`~stream.errors.InterestStreamError` (e.g. a
+  :class:`~state.store.StateStoreError`: unreadable user state, a RocksDB read
+  that failed) is about the worker, not the event: it stops the worker with
+  one clear line instead of dead-lettering valid events;
+* a retry never learns twice: if the failed call got as far as learning (the
+  model's ``learn_many`` returned, or a torch optimiser stepped inside it), the
+  events are retried with learning off. A failure before learning started is
+  retried with learning on, so an event the model cannot learn from is still
+  found and dead-lettered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from model.step import RankingModel, process_batch
-from model.types import Recommendation
+from model.types import Event, Recommendation, UserState
 from stream.errors import InterestStreamError
 from stream.events import PROCESSING_ERROR, Rejected
 
 __all__ = ["ModelError", "ModelGuard"]
 
+_steps = threading.local()  # optimiser steps taken on this thread (see _install_step_hook)
+_hooked = False
+_hook_lock = threading.Lock()
+
+
 class ModelError(InterestStreamError):
     """The model keeps failing on valid events: stopping beats dead-lettering everything."""
+
+
+def _install_step_hook() -> None:
+    # A global post-step hook sees every torch optimiser, whatever the model calls it;
+    # the count is per thread, so workers sharing a process do not see each other's.
+    global _hooked
+    if "torch" not in sys.modules or _hooked:
+        return  # without torch imported no model can hold a torch optimiser
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    with _hook_lock:
+        if not _hooked:
+            def count(optimizer: Any, args: Any, kwargs: Any) -> None:
+                _steps.n = getattr(_steps, "n", 0) + 1
+
+            register_optimizer_step_post_hook(count)
+            _hooked = True
+
+
+class _Watched:
+    """The model as the pure step sees it, remembering how far ``learn_many`` got."""
+
+    def __init__(self, model: RankingModel) -> None:
+        self._model = model
+        self.learned = False  # learn_many returned, or an optimiser stepped inside it
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
+        start = getattr(_steps, "n", 0)
+        try:
+            self._model.learn_many(events, before)
+        finally:
+            self.learned = getattr(_steps, "n", 0) > start
+        self.learned = True
 
 
 class ModelGuard:
@@ -42,19 +92,23 @@ class ModelGuard:
         self._warn = warn
         self._dead_letter = dead_letter
         self.failures_in_a_row = 0
+        _install_step_hook()
 
     def step(self, b: Any, model: RankingModel) -> None:
         """The pure step on ``b`` (the runtime's per-partition batch), in place."""
+        watched = _Watched(model)
         try:
-            b.take(process_batch(b.events, b.txn, model, self.k))
+            b.take(process_batch(b.events, b.txn, watched, self.k))
             self.failures_in_a_row = 0
             return
         except InterestStreamError:
             raise  # the worker's own trouble (state store, ...): not the events' fault
         except Exception as exc:  # any model bug: the events are retried one by one below
+            learn = not watched.learned
             self._warn(f"model {type(exc).__name__}",
                        f"model failed on a batch of {b.part.name} ({type(exc).__name__}: "
-                       f"{exc}); retrying event by event", exc)
+                       f"{exc}); retrying event by event"
+                       f"{'' if learn else ' without learning (the batch was learnt)'}", exc)
         b.txn.discard()
         b.txn = b.part.begin()
         b.txn.set_offset(b.offset)
@@ -63,7 +117,7 @@ class ModelGuard:
         latest: dict[str, Recommendation] = {}
         for ev, msg, ts in zip(events, msgs, stamps, strict=True):
             try:
-                result = process_batch([ev], b.txn, model, self.k)
+                result = process_batch([ev], b.txn, model, self.k, learn=learn)
             except InterestStreamError:
                 raise
             except Exception as exc:  # this event is what the model cannot take

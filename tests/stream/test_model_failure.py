@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 from dataclasses import replace
 
 import pytest
+import torch
 
 from model.types import EVENT_INDEX
 from state.store import MemoryStore, RocksDBStore, StateStoreError
@@ -119,3 +120,43 @@ def test_an_unreadable_user_state_stops_the_worker_instead_of_dead_lettering(
         guard.cancel()
     assert worker.stats.dead_lettered == 0
     assert read_topic(settings.kafka, topics.dead_letter) == []
+
+
+class StepsThenFails(TinyPopularity):
+    """Takes a torch optimiser step on every batch, then fails on batches holding ``boom``."""
+
+    version = "steps-then-fails-1"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self._opt = torch.optim.SGD([self.weight], lr=0.1)
+        self.learnt: Counter = Counter()
+
+    def learn_many(self, events, before) -> None:  # noqa: ANN001
+        self._opt.zero_grad()
+        (self.weight * len(events)).sum().backward()
+        self._opt.step()
+        self.learnt.update((ev.user_id, ev.ts) for ev in events)
+        super().learn_many(events, before)
+        if len(events) > 1 and any(ev.item_id == "boom" for ev in events):
+            raise RuntimeError("failed after the optimiser step")
+
+
+def test_a_batch_that_failed_after_learning_is_not_learnt_again(
+        kafka_bootstrap, unique_topics, tmp_path):
+    topics = unique_topics(partitions=1)
+    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
+                             f"g-{uuid.uuid4().hex[:8]}", batch_max_events=50)
+    ensure_topics(settings.kafka, topic_specs(topics))
+    events = make_events(400, n_users=30, seed=74)
+    events = [replace(ev, item_id="boom") if i % 61 == 7 else ev
+              for i, ev in enumerate(events)]
+    with Publisher(settings) as pub:
+        pub.publish(events)
+    model = StepsThenFails()
+    worker = Worker(settings, model)
+    with running_worker(worker):
+        wait_for(lambda: worker.stats.consumed >= len(events), 60, "all consumed")
+    assert worker.stats.applied == len(events) and worker.stats.dead_lettered == 0
+    assert max(model.learnt.values()) == 1  # never learnt twice
