@@ -55,11 +55,8 @@ class Rebalancer:
             part = self.store.open_partition(tp.topic, tp.partition)
             last = part.last_offset()
             tp.offset = OFFSET_INVALID if last is None else last + 1
-            if last is None:
-                log.info("%s: no local state, starting from the group's committed offset",
-                         part.name)
             self.metrics.users_in_state.labels(str(tp.partition)).set(part.user_count())
-        self._warn_if_stale(consumer, partitions)
+        self._compare_with_group(consumer, partitions)
         if self.eager:
             consumer.assign(partitions)
         else:
@@ -89,19 +86,32 @@ class Rebalancer:
             log.debug("unassign: %s", exc)
         log.info("released %s", [f"{tp.topic}[{tp.partition}]" for tp in partitions])
 
-    def _warn_if_stale(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Say so when local state lags the group: another worker owned the partition
-        meanwhile. Replaying from the stored offset makes the state exact again; the
-        replayed events' lists are published once more (outputs are at-least-once)."""
-        ours = [tp for tp in partitions if tp.offset >= 0]
-        if not ours:
+    def _compare_with_group(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Say so when local state and the group's committed offsets disagree.
+
+        Local state behind the group: another worker owned the partition meanwhile;
+        replaying from the stored offset makes the state exact again (the replayed
+        events' lists are published once more: outputs are at-least-once). No local
+        state but a committed offset: this worker starts at the group's offset with
+        empty user states for the partition (no restore from a changelog yet).
+        """
+        if not partitions:
             return
         try:
             committed = consumer.committed(
-                [TopicPartition(tp.topic, tp.partition) for tp in ours], timeout=5)
+                [TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=5)
         except KafkaException:
             return  # diagnostics only: never block an assignment on them
-        for tp, c in zip(ours, committed, strict=True):
-            if c.offset > tp.offset:
+        for tp, c in zip(partitions, committed, strict=True):
+            if tp.offset < 0:
+                if c.offset >= 0:
+                    log.warning("%s[%d]: no local state, but the group has processed it up to "
+                                "offset %d: user state for this partition starts empty "
+                                "(restoring state from a changelog is not built yet)",
+                                tp.topic, tp.partition, c.offset)
+                else:
+                    log.info("%s[%d]: no local state and no committed offset: starting at "
+                             "the beginning", tp.topic, tp.partition)
+            elif c.offset > tp.offset:
                 log.warning("%s[%d]: local state is %d message(s) behind the group; "
                             "replaying them", tp.topic, tp.partition, c.offset - tp.offset)

@@ -229,6 +229,9 @@ def test_stale_local_state_is_replayed_to_exactness(
                 wait_for(lambda w=worker, n=n: w.stats.applied >= n, 60, "wave applied")
         assert worker.stats.applied == n
     assert "local state is 200 message(s) behind the group; replaying them" in caplog.text
+    # The away worker had no store: it says its user states start empty.
+    assert (f"{topics.events}[0]: no local state, but the group has processed it up to offset "
+            "200: user state for this partition starts empty") in caplog.text
     (home_counts,) = _counts_in(state_root(home))
     expected: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for ev in waves[0] + waves[1] + waves[2]:
