@@ -174,6 +174,15 @@ class StorePartition:
     def user_count(self) -> int:
         return self._users
 
+    def reset_offset(self, offset: int) -> None:
+        """Make ``offset`` the last applied one, also backwards (-1: none of the log).
+
+        Only for an input log whose offsets started over (topic recreated or
+        truncated); user states are left as they are.
+        """
+        self.backend.write_atomic({_OFFSET_KEY: _I64.pack(offset)})
+        self._offset = offset
+
     def begin(self) -> PartitionTransaction:
         return PartitionTransaction(self)
 

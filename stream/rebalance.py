@@ -1,7 +1,9 @@
 """Rebalance callbacks: partition stores follow the partitions a worker owns.
 
 On assignment each partition's store is opened and the consumer is pointed at
-the store's last applied offset + 1, so state and position can never disagree.
+the store's last applied offset + 1, so state and position can never disagree
+(unless the log itself moved: a recreated topic or expired messages, each said
+in a WARNING, see :meth:`Rebalancer._start_offset`).
 On revocation the stored offsets are committed (the next owner without local
 state starts there) and the stores are closed; on loss they are only closed.
 The callbacks run inside ``poll``/``consume`` on the worker's thread, between
@@ -53,8 +55,7 @@ class Rebalancer:
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             part = self.store.open_partition(tp.topic, tp.partition)
-            last = part.last_offset()
-            tp.offset = OFFSET_INVALID if last is None else last + 1
+            tp.offset = self._start_offset(consumer, part)
             self.metrics.users_in_state.labels(str(tp.partition)).set(part.user_count())
         self._compare_with_group(consumer, partitions)
         if self.eager:
@@ -85,6 +86,39 @@ class Rebalancer:
         except KafkaException as exc:
             log.debug("unassign: %s", exc)
         log.info("released %s", [f"{tp.topic}[{tp.partition}]" for tp in partitions])
+
+    def _start_offset(self, consumer: Consumer, part: StorePartition) -> int:
+        """Stored offset + 1, unless the log moved under the store.
+
+        Past the log's end: the topic was recreated (or truncated), its offsets
+        start over; the stored offset is reset so the new messages are applied
+        instead of being skipped as already seen (user states are kept). Before the
+        log's start: retention removed messages this store never applied; they are
+        gone, reading resumes at the first one left.
+        """
+        last = part.last_offset()
+        if last is None:
+            return OFFSET_INVALID
+        nxt = last + 1
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(part.topic, part.partition), timeout=5)
+        except KafkaException as exc:
+            log.warning("%s: cannot read the log's offsets (%s); resuming at offset %d",
+                        part.name, exc.args[0].str() if exc.args else exc, nxt)
+            return nxt
+        if nxt > high:
+            log.warning("%s: the stored offset %d is past the end of the log (%d): the topic "
+                        "was recreated or truncated; applying it again from offset %d "
+                        "(user states are kept)", part.name, last, high, low)
+            part.reset_offset(low - 1)
+            return low
+        if nxt < low:
+            log.warning("%s: %d message(s) (offsets %d to %d) were removed by retention before "
+                        "this worker applied them; they are lost, resuming at offset %d",
+                        part.name, low - nxt, nxt, low - 1, low)
+            return low
+        return nxt
 
     def _compare_with_group(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Say so when local state and the group's committed offsets disagree.

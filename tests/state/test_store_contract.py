@@ -172,3 +172,19 @@ def test_rocksdb_lists_partitions_on_disk(tmp_path):
     store.open_partition("other.topic", 0)
     store.close()
     assert RocksDBStore(tmp_path).on_disk() == [("events", 2), ("other.topic", 0)]
+
+
+def test_offset_can_be_reset_backwards_for_a_recreated_log(reopenable):
+    part = reopenable().open_partition("events", 0)
+    txn = part.begin()
+    txn.put("u1", _state(1))
+    txn.set_offset(41)
+    txn.commit()
+    part.reset_offset(-1)
+    part = reopenable().open_partition("events", 0)
+    assert part.last_offset() == -1
+    assert part.get("u1") == _state(1)  # user states are kept
+    txn = part.begin()
+    txn.set_offset(0)  # the recreated log's first message is new again
+    txn.commit()
+    assert part.last_offset() == 0
