@@ -199,9 +199,16 @@ def encode_recommendation(rec: Recommendation, generated_at_ms: int) -> tuple[by
     return rec.user_id.encode("utf-8"), json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
 
+def _is_item(entry: Any) -> bool:
+    score = entry.get("score") if isinstance(entry, dict) else None
+    return (isinstance(entry, dict) and isinstance(entry.get("item_id"), str)
+            and isinstance(score, int | float) and not isinstance(score, bool))
+
+
 def decode_recommendation(value: bytes) -> dict[str, Any]:
     """Parse a recommendation message value (raises ValueError when malformed)."""
     doc = json.loads(value)
-    if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
+    if (not isinstance(doc, dict) or not isinstance(doc.get("items"), list)
+            or not all(_is_item(entry) for entry in doc["items"])):
         raise ValueError("not a recommendation message")
     return doc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ from stream.config import KafkaConfig, Settings
 from stream.events import decode_recommendation, encode_recommendation
 from stream.tail import tail
 from stream.topics import ensure_topics, topic_specs
-from tests.stream.helpers import read_topic
+from tests.stream.helpers import read_topic, wait_for
 
 CLI = [sys.executable, "-m", "stream.cli"]
 
@@ -177,3 +178,35 @@ def test_worker_stops_cleanly_on_signal(kafka_bootstrap, unique_topics, tmp_path
             proc.kill()
     assert proc.returncode == 0, err
     assert "worker stopped" in err and "Traceback" not in err
+
+
+@pytest.mark.kafka
+def test_tail_survives_malformed_lists(kafka_bootstrap, unique_topics):
+    topics = unique_topics(partitions=1)
+    kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap)
+    ensure_topics(kafka, topic_specs(topics))
+    p = Producer(kafka.client_config())
+    for value in (b'{"items":[1,2]}', b'{"items":[{"item_id":"a"}]}', b'{"items":{}}', b"[]"):
+        p.produce(topics.recommendations, value, b"u1")
+    key, value = encode_recommendation(Recommendation("u9", (("a", 1.0),), "m", 5), 1000)
+    p.produce(topics.recommendations, value, key)
+    p.flush(10)
+    out, stop, errors = io.StringIO(), threading.Event(), []
+
+    def run() -> None:
+        try:
+            tail(Settings(kafka=kafka, topics=topics), out=out, stop=stop, from_beginning=True)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    th = threading.Thread(target=run)
+    th.start()
+    try:
+        wait_for(lambda: " u9 " in out.getvalue() or not th.is_alive(), 30, "the good list")
+    finally:
+        stop.set()
+        th.join(30)
+    assert not errors, errors
+    lines = out.getvalue().splitlines()
+    assert lines[:4] == [f"(unreadable list at offset {i})" for i in range(4)]
+    assert " u9 [m] a:1" in lines[4]
