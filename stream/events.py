@@ -15,7 +15,12 @@ messages, bytes unchanged, to the dead-letter topic with that code in the
 Recommendation (value on the recommendations topic, key = user id)::
 
     {"user_id": str, "items": [{"item_id": str, "score": float}, ...],
-     "model_version": str, "generated_at": int ms, "event_ts": int ms}
+     "model_version": str, "generated_at": int ms, "event_ts": int ms,
+     "explanation": [str, ...] (optional)}
+
+``explanation`` names the user's recent items that drove the list, most
+influential first; it is present only when the model explains its lists
+(the interest model does, the baselines do not).
 """
 
 from __future__ import annotations
@@ -188,14 +193,16 @@ def _finite(score: float) -> float:
 
 
 def encode_recommendation(rec: Recommendation, generated_at_ms: int) -> tuple[bytes, bytes]:
-    """(key, value) of a refreshed list."""
-    doc = {
+    """(key, value) of a refreshed list (``explanation`` only when the model gave one)."""
+    doc: dict[str, Any] = {
         "user_id": rec.user_id,
         "items": [{"item_id": item, "score": _finite(score)} for item, score in rec.items],
         "model_version": rec.model_version,
         "generated_at": generated_at_ms,
         "event_ts": rec.event_ts,
     }
+    if rec.explanation:
+        doc["explanation"] = list(rec.explanation)
     return rec.user_id.encode("utf-8"), json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
 
@@ -211,4 +218,7 @@ def decode_recommendation(value: bytes) -> dict[str, Any]:
     if (not isinstance(doc, dict) or not isinstance(doc.get("items"), list)
             or not all(_is_item(entry) for entry in doc["items"])):
         raise ValueError("not a recommendation message")
+    why = doc.get("explanation", [])
+    if not isinstance(why, list) or not all(isinstance(item, str) for item in why):
+        raise ValueError("explanation is not a list of item ids")
     return doc

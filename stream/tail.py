@@ -24,11 +24,13 @@ __all__ = ["tail", "format_list"]
 
 
 def format_list(doc: dict[str, Any], width: int = 10) -> str:
-    """One line: time, user, model, then item:score best first."""
+    """One line: time, user, model, item:score best first, then what drove the list."""
     at = datetime.fromtimestamp(doc.get("generated_at", 0) / 1000, tz=UTC)
     items = " ".join(f"{it['item_id']}:{float(it['score']):.3g}" for it in doc["items"][:width])
+    why = doc.get("explanation")
+    because = f" (because of {', '.join(why)})" if why else ""
     return (f"{at:%H:%M:%S}.{at.microsecond // 1000:03d} {doc.get('user_id')} "
-            f"[{doc.get('model_version')}] {items}")
+            f"[{doc.get('model_version')}] {items}{because}")
 
 
 def tail(

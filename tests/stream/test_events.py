@@ -17,6 +17,7 @@ from stream.events import (
     encode_event,
     encode_recommendation,
 )
+from stream.tail import format_list
 
 NOW = 1_790_000_000_000
 KAFKA_TS = NOW - 5_000
@@ -110,6 +111,17 @@ def test_recommendation_wire_format():
                                               {"item_id": "b", "score": 0.0}],
                    "model_version": "m-1", "generated_at": NOW, "event_ts": NOW - 3}
     assert b"NaN" not in value
+
+
+def test_recommendation_carries_its_explanation_when_there_is_one():
+    rec = Recommendation("u1", (("a", 2.5),), "m-1", NOW - 3, ("x", "y"))
+    doc = decode_recommendation(encode_recommendation(rec, NOW)[1])
+    assert doc == {"user_id": "u1", "items": [{"item_id": "a", "score": 2.5}],
+                   "model_version": "m-1", "generated_at": NOW, "event_ts": NOW - 3,
+                   "explanation": ["x", "y"]}
+    assert format_list(doc).endswith("[m-1] a:2.5 (because of x, y)")
+    with pytest.raises(ValueError):
+        decode_recommendation(b'{"items":[],"explanation":[1]}')
 
 
 def _random_value(rng, depth: int = 0):  # noqa: ANN001, ANN202

@@ -259,7 +259,9 @@ def test_served_models_never_list_a_purchased_item(
     with running_worker(worker):
         wait_for(lambda: worker.stats.applied >= len(events), 90, "all events applied")
     purchases = defaultdict(list)
+    seen = defaultdict(set)
     for ev in events:
+        seen[ev.user_id].add(ev.item_id)
         if ev.event == "purchase":
             purchases[ev.user_id].append((ev.ts, ev.item_id))
     users = set()
@@ -269,4 +271,8 @@ def test_served_models_never_list_a_purchased_item(
         bought = {item for ts, item in purchases[doc["user_id"]] if ts <= doc["event_ts"]}
         assert not bought & {it["item_id"] for it in doc["items"]}
         assert doc["items"], "an empty list"
+        if model_name == "interest":  # it names the recent items behind each list
+            assert doc["explanation"] and set(doc["explanation"]) <= seen[doc["user_id"]]
+        else:
+            assert "explanation" not in doc
     assert users == {ev.user_id for ev in events}
