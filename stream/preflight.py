@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from stream.clients import make_client
 from stream.config import Settings
 from stream.errors import ConfigError, KafkaClientError
 from stream.topics import ensure_topics, topic_specs
@@ -47,28 +47,17 @@ def check_writable(root: Path) -> None:
         ) from None
 
 
-def make_client(cls: type, conf: dict[str, Any]) -> Any:
-    """A confluent-kafka client; a setting librdkafka rejects becomes one ConfigError."""
-    try:
-        return cls(conf)
-    except (KafkaException, ValueError, TypeError) as exc:
-        err = exc.args[0] if exc.args else exc
-        text = err.str() if isinstance(err, KafkaError) else str(err)
-        raise ConfigError(f"Kafka client setting rejected: {text}") from None
-
-
 def preflight(settings: Settings, store_root: Path | None = None) -> None:
     """Fail fast, with one clear line, on an unusable state dir or an unreachable broker;
-    create missing topics. Cheap enough to call before loading a model."""
+    create missing topics (existing ones are used as they are, with a WARNING where
+    they differ from the configuration). Cheap enough to call before loading a model."""
     check_writable(store_root if store_root is not None else state_root(settings))
     kafka = settings.kafka
     admin = make_client(AdminClient, kafka.client_config())
     try:
-        existing = admin.list_topics(timeout=CONNECT_TIMEOUT_S).topics
+        admin.list_topics(timeout=CONNECT_TIMEOUT_S)
     except KafkaException as exc:
         raise KafkaClientError(
             f"cannot reach Kafka at {kafka.bootstrap_servers}", exc.args[0].name()
         ) from None
-    missing = [s for s in topic_specs(settings.topics) if s.name not in existing]
-    if missing:
-        ensure_topics(kafka, missing)
+    ensure_topics(kafka, topic_specs(settings.topics))

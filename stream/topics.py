@@ -1,16 +1,26 @@
-"""Idempotent creation of the service's topics."""
+"""Idempotent creation of the service's topics.
+
+Existing topics always win: they are used as they are, and a partition count
+or cleanup policy that differs from the configuration is a WARNING (logger
+``interest_stream.topics``), never an error and never changed.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from stream.clients import make_client
 from stream.config import KafkaConfig, TopicsConfig
 from stream.errors import KafkaClientError
 
 __all__ = ["TopicSpec", "topic_specs", "ensure_topics"]
+
+log = logging.getLogger("interest_stream.topics")
+_warned: set[tuple[str, str, str]] = set()  # (servers, topic, what): each said once a process
 
 
 @dataclass(frozen=True)
@@ -45,10 +55,12 @@ def ensure_topics(
 ) -> dict[str, bool]:
     """Create the topics that do not exist yet; return ``{name: created}``.
 
-    Existing topics are left as they are (a partition count that differs is
-    reported, never changed: repartitioning would move users between stores).
+    Existing topics are left as they are: a partition count that differs from
+    the spec is a WARNING (repartitioning would move users between stores), and
+    so is a cleanup policy other than the spec's (e.g. a recommendations topic
+    that is not compacted keeps every list ever published).
     """
-    admin = AdminClient(kafka.client_config())
+    admin = make_client(AdminClient, kafka.client_config())
     try:
         existing = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
@@ -62,10 +74,9 @@ def ensure_topics(
         if spec.name in existing:
             have = len(existing[spec.name].partitions)
             if have != spec.partitions:
-                raise KafkaClientError(
-                    f"topic {spec.name} exists with {have} partitions, config asks for "
-                    f"{spec.partitions}; use the existing count or a new topic name"
-                )
+                _warn_once(kafka, spec.name, "partitions",
+                           f"topic {spec.name} exists with {have} partitions, the "
+                           f"configuration says {spec.partitions}; using the existing topic")
             result[spec.name] = False
         else:
             missing.append(
@@ -73,6 +84,7 @@ def ensure_topics(
                     spec.name, spec.partitions, spec.replication_factor, config=dict(spec.config)
                 )
             )
+    _check_policies(admin, kafka, [s for s in specs if s.name in existing])
     if not missing:
         return result
     for name, future in admin.create_topics(missing, request_timeout=timeout).items():
@@ -88,3 +100,34 @@ def ensure_topics(
                     f"creating topic {name} failed: {err.str()}", err.name()
                 ) from None
     return result
+
+
+def _warn_once(kafka: KafkaConfig, topic: str, what: str, text: str) -> None:
+    # Worker start-up checks the topics twice (preflight, then run): say it once.
+    key = (str(kafka.bootstrap_servers), topic, what)
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("%s", text)
+
+
+def _check_policies(admin: AdminClient, kafka: KafkaConfig, specs: list[TopicSpec]) -> None:
+    """Warn when an existing topic's cleanup.policy differs from what its spec asks."""
+    wanted = {s.name: s.config["cleanup.policy"] for s in specs if "cleanup.policy" in s.config}
+    if not wanted:
+        return
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in wanted]
+    try:
+        futures = admin.describe_configs(resources, request_timeout=10)
+    except KafkaException:
+        return  # diagnostics only
+    for res, future in futures.items():
+        try:
+            entry = future.result().get("cleanup.policy")
+        except KafkaException:
+            continue  # e.g. not authorised to describe: diagnostics only
+        have = entry.value if entry is not None else "delete"
+        want = wanted[res.name]
+        if set(want.split(",")) - set((have or "").split(",")):
+            _warn_once(kafka, res.name, "cleanup.policy",
+                       f"topic {res.name} exists with cleanup.policy={have}, expected {want} "
+                       f"(a recommendations topic should keep only each user's newest list)")

@@ -144,7 +144,7 @@ def test_tail_prints_lists_for_one_user(kafka_bootstrap, unique_topics):
     assert decode_recommendation(read_topic(kafka, topics.recommendations)[0].value())
 
 
-@pytest.mark.parametrize("command", [["worker", "--metrics-port", "0"], ["tail"],
+@pytest.mark.parametrize("command", [["worker", "--metrics-port", "0"], ["tail"], ["topics"],
                                      ["publish", "--format", "synthetic", "--limit", "1"]])
 def test_client_setting_librdkafka_rejects(command, tmp_path):
     proc = _run(command + ["--bootstrap-servers", "127.0.0.1:9", "-X", "no.such.setting=1"],
@@ -210,3 +210,21 @@ def test_tail_survives_malformed_lists(kafka_bootstrap, unique_topics):
     lines = out.getvalue().splitlines()
     assert lines[:4] == [f"(unreadable list at offset {i})" for i in range(4)]
     assert " u9 [m] a:1" in lines[4]
+
+
+@pytest.mark.kafka
+def test_publish_uses_an_existing_topic_with_another_partition_count(
+        kafka_bootstrap, unique_topics):
+    topics = unique_topics(partitions=3)
+    kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap)
+    ensure_topics(kafka, topic_specs(topics))
+    env = {"INTEREST_TOPIC_EVENTS": topics.events,
+           "INTEREST_TOPIC_RECOMMENDATIONS": topics.recommendations,
+           "INTEREST_TOPIC_DEAD_LETTER": topics.dead_letter}  # partitions: the default 4
+    proc = _run(["publish", "--bootstrap-servers", kafka_bootstrap, "--format", "synthetic",
+                 "--limit", "20"], env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"topic {topics.events} exists with 3 partitions, the configuration says 4" \
+        in proc.stderr
+    assert "published 20 event(s)" in proc.stderr
+    assert len(read_topic(kafka, topics.events)) == 20
