@@ -37,6 +37,10 @@ loaded worker answers each event at once; a loaded one fills its batches):
    offset in one RocksDB write (exactly-once for state);
 5. commit the consumer offsets (informational: on assignment the worker seeks
    to its stored offset + 1, so state stays right even if this commit is lost).
+
+The interest model is saved under the state dir after committed batches (every
+60 s by default) and on a clean stop, and loaded on start: see
+:mod:`stream.snapshots`.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ from stream.isolation import ModelError, ModelGuard
 from stream.metrics import MetricsServer, WorkerMetrics
 from stream.preflight import make_client, preflight, state_root
 from stream.rebalance import Rebalancer, commit_offsets
+from stream.snapshots import ModelSnapshots, SnapshotPolicy
 from stream.stats import WorkerStats
 
 # state_root and preflight are re-exported: callers know them from here.
@@ -118,12 +123,17 @@ class Worker:
         model: RankingModel,
         registry: CollectorRegistry | None = None,
         store: Store | None = None,
+        snapshots: SnapshotPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.model = model
         self.metrics = WorkerMetrics.create(registry)
         self.stats = WorkerStats()
         self.store: Store = store if store is not None else RocksDBStore(state_root(settings))
+        # The model is saved next to the state it matches (a memory store keeps neither).
+        self.snapshots = (ModelSnapshots(self.store.root / "model",
+                                         snapshots or SnapshotPolicy.from_env())
+                          if isinstance(self.store, RocksDBStore) else None)
         self.on_publish: Callable[[list[Recommendation]], None] | None = None
         self.metrics_url: str | None = None
         self._validator = EventValidator(max_payload_bytes=settings.worker.max_payload_bytes)
@@ -149,10 +159,13 @@ class Worker:
         else:
             preflight(self.settings, Path(tempfile.gettempdir()))
         self._consumer, self._producer = self._clients()
+        if self.snapshots is not None:
+            self.model = self.snapshots.restore(self.model)
         server = MetricsServer(self.metrics.registry, self.settings.worker.metrics_port)
         self.metrics_url = None
         self._stop = stop
         self.stats.started()
+        clean = False
         try:
             self.metrics_url = server.start().url
             self._consumer.subscribe(
@@ -161,11 +174,18 @@ class Worker:
                 on_lost=self._rebalancer.on_lost,
             )
             while not stop.is_set():
-                self._run_batch()
+                committed = self._run_batch()
+                if self.snapshots is not None:
+                    self.snapshots.after_batch(self.model, committed)
+            clean = True
         finally:
-            self._shutdown()
-            server.stop()
-            self.stats.finished()
+            try:
+                self._shutdown()
+            finally:
+                if self.snapshots is not None:  # after every batch's state commit
+                    self.snapshots.close(self.model, clean)
+                server.stop()
+                self.stats.finished()
         return self.stats
 
     def _clients(self) -> tuple[Consumer, Producer]:
@@ -232,7 +252,8 @@ class Worker:
 
     # --- one micro-batch ----------------------------------------------------------------
 
-    def _run_batch(self) -> None:
+    def _run_batch(self) -> bool:
+        """One micro-batch; True when it applied and committed something."""
         w, m = self.settings.worker, self.metrics
         assert self._consumer is not None and self._producer is not None
         t0 = time.perf_counter()
@@ -243,7 +264,7 @@ class Worker:
             self._producer.poll(0)
             if time.monotonic() - self._lag_at > _LAG_EVERY_S:
                 self._update_lag()
-            return
+            return False
         by_part: dict[tuple[str, int], list[Message]] = defaultdict(list)
         for msg in msgs:
             err = msg.error()
@@ -259,7 +280,7 @@ class Worker:
         t2 = time.perf_counter()
         m.stage_seconds.labels("decode").observe(t2 - t1)
         if not batches:
-            return
+            return False
         m.batch_size.observe(sum(len(v) for v in by_part.values()))
 
         generated_at = max(int(time.time() * 1000), self._last_generated + 1)
@@ -285,6 +306,7 @@ class Worker:
         t5 = time.perf_counter()
         m.stage_seconds.labels("commit").observe(t5 - t4)
         self._account(batches, delivered_ms)
+        return True
 
     def _poll(self, max_events: int, max_s: float) -> list[Message]:
         """Up to ``max_events`` messages within ``max_s``, returning early once none wait.

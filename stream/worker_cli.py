@@ -22,6 +22,7 @@ from confluent_kafka import KafkaException
 
 from stream.cli import add_kafka_flags, settings_from_args
 from stream.errors import ConfigError, KafkaClientError
+from stream.snapshots import EVERY_BATCHES_ENV, EVERY_S_ENV
 
 __all__ = ["register", "create_worker_model"]
 
@@ -139,7 +140,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``worker``, ``publish`` and ``tail`` to the ``interest-stream`` parser."""
     w = sub.add_parser("worker", help="consume events, keep user state, publish lists",
                        epilog=f"The model is chosen by ${MODEL_ENV} (default: the factory's); "
-                       f"torch threads by ${THREADS_ENV} (default 1).")
+                       f"torch threads by ${THREADS_ENV} (default 1). The interest model is "
+                       f"saved under the state dir every ${EVERY_S_ENV} seconds (default 60) "
+                       f"or ${EVERY_BATCHES_ENV} batches (default 0: off) and on stop.")
     add_kafka_flags(w)
     w.add_argument("--group", help="consumer group (default interest-stream)")
     w.add_argument("--state-dir", dest="state_dir",

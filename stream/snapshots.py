@@ -1,0 +1,164 @@
+"""The worker's model survives restarts: snapshots under the state dir.
+
+Where: ``<state_dir>/<group>/model/snapshot.safetensors``, in the format of
+:mod:`model.snapshot` (parameters, optimiser moments, co-occurrence,
+popularity, vocabulary; safetensors, never pickle). Only the interest model
+has a snapshot format; a worker serving another model saves and loads nothing.
+
+When: after the state commits of the batches it covers, every
+``$INTEREST_SNAPSHOT_EVERY_S`` seconds (default 60; 0 = never by time) or every
+``$INTEREST_SNAPSHOT_EVERY_BATCHES`` batches (default 0 = never by count),
+whichever comes first, and once more on a clean stop. Because a snapshot never
+holds learning from a batch whose state could still be lost, a restart never
+learns an event twice; after a crash the model misses at most the batches since
+the last snapshot (their user states are kept).
+
+Cost: the model is copied on the worker's thread (a consistent point between
+batches); the copy is written on a background thread, so the hot path pays
+only the copy (see ``bench/snapshot_cost.py``). A snapshot that falls due while
+the previous one is still being written is skipped. Writing is atomic (temp
+file, fsync, rename): a crash mid-write leaves the previous snapshot intact.
+
+On start a snapshot is loaded if present. One that cannot be read (corrupt,
+or from an incompatible model version) is moved aside to
+``snapshot.safetensors.bad`` with one WARNING, and the worker starts with a
+fresh model, as it would without a snapshot.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stream.errors import ConfigError
+
+__all__ = ["SnapshotPolicy", "ModelSnapshots", "EVERY_S_ENV", "EVERY_BATCHES_ENV"]
+
+log = logging.getLogger("interest_stream.worker")
+
+EVERY_S_ENV = "INTEREST_SNAPSHOT_EVERY_S"
+EVERY_BATCHES_ENV = "INTEREST_SNAPSHOT_EVERY_BATCHES"
+FILE_NAME = "snapshot.safetensors"
+
+
+@dataclass(frozen=True)
+class SnapshotPolicy:
+    """How often a worker saves its model (0 turns a trigger off)."""
+
+    every_s: float = 60.0
+    every_batches: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SnapshotPolicy:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, field, kind in ((EVERY_S_ENV, "every_s", float),
+                                  (EVERY_BATCHES_ENV, "every_batches", int)):
+            raw = env.get(name)
+            if not raw:
+                continue
+            try:
+                values[field] = kind(raw)
+            except ValueError:
+                values[field] = -1
+            if values[field] < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {raw!r}")
+        return cls(**values)
+
+
+def _supported(model: Any) -> bool:
+    # Without model.interest imported the model cannot be an InterestModel (and
+    # the check costs no torch import for the baselines).
+    module = sys.modules.get("model.interest")
+    return module is not None and isinstance(model, module.InterestModel)
+
+
+class ModelSnapshots:
+    """Loads and saves one worker's model under ``directory``."""
+
+    def __init__(self, directory: Path, policy: SnapshotPolicy) -> None:
+        self.path = Path(directory) / FILE_NAME
+        self.policy = policy
+        self.saved = 0  # snapshots written
+        self.copy_seconds = 0.0  # the last snapshot's pause on the worker thread
+        self.write_seconds = 0.0  # the last snapshot's write (background)
+        self._thread: threading.Thread | None = None
+        self._batches = 0  # batches since the last snapshot
+        self._last = time.monotonic()
+
+    def restore(self, model: Any) -> Any:
+        """The model saved here, or ``model`` itself when there is none (or it is unreadable)."""
+        if not _supported(model) or not self.path.exists():
+            return model
+        from model.snapshot import load_snapshot
+
+        try:
+            loaded = load_snapshot(self.path)
+        except Exception as exc:  # corrupt, truncated, or saved by an incompatible model
+            bad = self.path.with_name(FILE_NAME + ".bad")
+            os.replace(self.path, bad)
+            log.warning("model snapshot %s is unreadable (%s); moved to %s, starting with a "
+                        "fresh model", self.path, exc, bad.name)
+            return model
+        log.info("model restored from %s (%d items)", self.path, len(loaded.vocab))
+        return loaded
+
+    def after_batch(self, model: Any, committed: bool) -> None:
+        """Called between batches; ``committed``: a batch was just applied and committed."""
+        if committed:
+            self._batches += 1
+        if not self._batches or not _supported(model):
+            return
+        p = self.policy
+        due = ((p.every_batches and self._batches >= p.every_batches)
+               or (p.every_s and time.monotonic() - self._last >= p.every_s))
+        if not due or (self._thread is not None and self._thread.is_alive()):
+            return
+        t0 = time.perf_counter()
+        frozen = copy.deepcopy(model)  # a consistent copy; the worker trains on meanwhile
+        self.copy_seconds = time.perf_counter() - t0
+        self._batches, self._last = 0, time.monotonic()
+        self._thread = threading.Thread(target=self._write, args=(frozen,),
+                                        name="model-snapshot", daemon=True)
+        self._thread.start()
+
+    def close(self, model: Any, clean: bool) -> None:
+        """Wait for a write in progress; on a clean stop save ``model`` once more."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if clean and _supported(model):
+            self._write(model)
+
+    def _write(self, model: Any) -> None:
+        from model.snapshot import save_snapshot
+
+        t0 = time.perf_counter()
+        tmp = self.path.with_name(FILE_NAME + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_snapshot(model, tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the rename itself survives a power cut
+            finally:
+                os.close(fd)
+        except Exception as exc:  # a full disk must not stop the worker: state is safe
+            log.warning("model snapshot %s could not be written: %s", self.path, exc)
+            return
+        self.write_seconds = time.perf_counter() - t0
+        self.saved += 1

@@ -1,0 +1,84 @@
+"""The worker's model survives a restart: snapshots under the state dir."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from model.factory import create_model
+from state.store import RocksDBStore
+from stream.errors import ConfigError
+from stream.publish import Publisher
+from stream.runtime import Worker, state_root
+from stream.snapshots import ModelSnapshots, SnapshotPolicy
+from stream.topics import ensure_topics, topic_specs
+from tests.stream.helpers import make_events, make_settings, running_worker, wait_for
+
+
+def _lists(model, settings, users):  # noqa: ANN001, ANN202
+    store = RocksDBStore(state_root(settings))
+    try:
+        states = {u: st for t, p in store.on_disk()
+                  for u, st in store.open_partition(t, p).items() if u in users}
+    finally:
+        store.close()
+    return {u: model.rank(u, states[u], 10) for u in sorted(users)}
+
+
+@pytest.mark.kafka
+def test_a_restarted_worker_continues_with_the_learnt_model(
+        kafka_bootstrap, unique_topics, tmp_path):
+    topics = unique_topics(partitions=2)
+    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
+                             f"g-{uuid.uuid4().hex[:8]}", batch_max_events=100)
+    ensure_topics(settings.kafka, topic_specs(topics))
+    events = make_events(1200, n_users=40, n_items=150, seed=91)
+    with Publisher(settings) as pub:
+        pub.publish(events)
+    first = Worker(settings, create_model("interest"),
+                   snapshots=SnapshotPolicy(every_s=0, every_batches=3))
+    with running_worker(first):
+        wait_for(lambda: first.stats.applied >= len(events), 90, "all events applied")
+        wait_for(lambda: first.snapshots.saved >= 1, 30, "a periodic snapshot")
+    path = state_root(settings) / "model" / "snapshot.safetensors"
+    assert path.exists() and not path.with_name(path.name + ".tmp").exists()
+    learnt = first.model
+    users = {ev.user_id for ev in events[-50:]}
+    before = _lists(learnt, settings, users)
+
+    second = Worker(settings, create_model("interest"))  # a fresh model, as after a restart
+    with running_worker(second):
+        wait_for(second.assigned.is_set, 60, "assignment")
+    assert second.stats.consumed == 0
+    restored = second.model
+    assert restored is not learnt
+    assert restored.vocab.ids == learnt.vocab.ids
+    assert np.array_equal(restored.pop_l.values(len(learnt.vocab)),
+                          learnt.pop_l.values(len(learnt.vocab)))
+    assert torch.equal(restored.emb_in, learnt.emb_in)
+    assert _lists(restored, settings, users) == before
+
+
+def test_an_unreadable_snapshot_is_moved_aside_and_the_worker_starts_fresh(tmp_path, caplog):
+    snaps = ModelSnapshots(tmp_path / "model", SnapshotPolicy())
+    snaps.path.parent.mkdir(parents=True)
+    snaps.path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    fresh = create_model("interest")
+    with caplog.at_level("WARNING", logger="interest_stream.worker"):
+        assert snaps.restore(fresh) is fresh
+    assert Counter(r.levelname for r in caplog.records) == Counter({"WARNING": 1})
+    assert "is unreadable" in caplog.text and "starting with a fresh model" in caplog.text
+    assert not snaps.path.exists() and snaps.path.with_name("snapshot.safetensors.bad").exists()
+
+
+def test_snapshot_policy_from_the_environment():
+    assert SnapshotPolicy.from_env({}) == SnapshotPolicy(60.0, 0)
+    assert SnapshotPolicy.from_env({"INTEREST_SNAPSHOT_EVERY_S": "5",
+                                    "INTEREST_SNAPSHOT_EVERY_BATCHES": "100"}) == \
+        SnapshotPolicy(5.0, 100)
+    with pytest.raises(ConfigError, match="INTEREST_SNAPSHOT_EVERY_BATCHES"):
+        SnapshotPolicy.from_env({"INTEREST_SNAPSHOT_EVERY_BATCHES": "often"})
