@@ -22,7 +22,7 @@ from confluent_kafka import KafkaException
 
 from stream.cli import add_kafka_flags, settings_from_args
 from stream.errors import ConfigError, KafkaClientError
-from stream.snapshots import EVERY_BATCHES_ENV, EVERY_S_ENV
+from stream.snapshots import EVERY_BATCHES_ENV, EVERY_S_ENV, SnapshotPolicy
 
 __all__ = ["register", "create_worker_model"]
 
@@ -82,10 +82,12 @@ def _worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=os.environ.get("INTEREST_LOG_LEVEL", "WARNING").upper(),
                         format="interest-stream: %(name)s: %(message)s", stream=sys.stderr)
     settings = settings_from_args(args)
+    snapshots = SnapshotPolicy.from_env()
     preflight(settings)  # before loading the model: a mistake shows in a second, not ten
     stop = threading.Event()
     _install_stop_handlers(stop)
-    worker = Worker(settings, create_worker_model(), registry=CollectorRegistry())
+    worker = Worker(settings, create_worker_model(), registry=CollectorRegistry(),
+                    snapshots=snapshots)
     status = threading.Thread(target=_status_loop, args=(worker, stop), daemon=True)
     status.start()
     info = worker.describe()

@@ -59,6 +59,13 @@ def test_worker_with_bad_config(tmp_path):
                 env={"INTEREST_BATCH_MAX_EVENTS": "many"})
     _one_clear_line(proc, "batch_max_events")
     assert proc.returncode == 2
+
+
+def test_worker_with_bad_snapshot_setting(tmp_path):
+    proc = _run(["worker", "--bootstrap-servers", "127.0.0.1:9", "--state-dir", str(tmp_path)],
+                env={"INTEREST_SNAPSHOT_EVERY_S": "often"})
+    _one_clear_line(proc, "INTEREST_SNAPSHOT_EVERY_S")
+    assert proc.returncode == 2
     bad_toml = tmp_path / "bad.toml"
     bad_toml.write_text("[worker]\nbatch_max_ms = \n")
     _one_clear_line(_run(["worker", "--config", str(bad_toml)]), "TOML")
