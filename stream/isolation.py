@@ -5,7 +5,7 @@ micro-batch. When the model raises, the batch is retried event by event and
 the events it still fails on are dead-lettered as ``processing-error``;
 ``max_in_a_row`` failures in a row raise :class:`ModelError`.
 
-Two kinds of error are never isolated:
+Two rules keep the isolation honest:
 
 * an :class:`~stream.errors.InterestStreamError` (e.g. a
   :class:`~state.store.StateStoreError`: unreadable user state, a RocksDB read
@@ -15,7 +15,8 @@ Two kinds of error are never isolated:
   model's ``learn_many`` returned, or a torch optimiser stepped inside it), the
   events are retried with learning off. A failure before learning started is
   retried with learning on, so an event the model cannot learn from is still
-  found and dead-lettered.
+  found and dead-lettered. (A model without a torch optimiser that fails half
+  way through ``learn_many`` cannot be told apart from one that failed first.)
 """
 
 from __future__ import annotations
@@ -92,10 +93,10 @@ class ModelGuard:
         self._warn = warn
         self._dead_letter = dead_letter
         self.failures_in_a_row = 0
-        _install_step_hook()
 
     def step(self, b: Any, model: RankingModel) -> None:
         """The pure step on ``b`` (the runtime's per-partition batch), in place."""
+        _install_step_hook()
         watched = _Watched(model)
         try:
             b.take(process_batch(b.events, b.txn, watched, self.k))
