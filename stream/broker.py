@@ -255,6 +255,9 @@ class EmbeddedBroker:
                 f"(pid {running.pid}); stop it first"
             )
         with socket.socket() as probe:
+            # As the broker binds: connections of a previous broker lingering in
+            # TIME_WAIT must not count as "in use".
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", self.port))
             except OSError:
