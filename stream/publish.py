@@ -18,7 +18,7 @@ import itertools
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -41,8 +41,18 @@ PRODUCER_DEFAULTS: dict[str, object] = {
 }
 
 
-def event_source(fmt: str, data: str | Path | None = None, seed: int = 0) -> Iterable[Event]:
-    """Events of a file (time order) or the endless synthetic drift stream."""
+def event_source(
+    fmt: str,
+    data: str | Path | None = None,
+    seed: int = 0,
+    column_map: Mapping[str, str] | None = None,
+    event_map: Mapping[str, str] | None = None,
+) -> Iterable[Event]:
+    """Events of a file (time order) or the endless synthetic drift stream.
+
+    ``column_map``/``event_map`` rename CSV columns and behaviour names
+    (see :func:`model.datasets.load_events`); skipped rows are reported on stderr.
+    """
     if fmt == "synthetic":
         from model.synthetic import SyntheticStream
 
@@ -51,12 +61,12 @@ def event_source(fmt: str, data: str | Path | None = None, seed: int = 0) -> Ite
         raise ConfigError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if data is None:
         raise ConfigError(f"--data PATH is required for --format {fmt}")
-    from model.datasets import load_events
+    from model.datasets import bad_rows_message, load_events
 
-    result = load_events(data, fmt)
-    if result.bad_rows:
-        print(f"interest-stream: skipped {result.bad_rows} unreadable row(s) in {data}, e.g. "
-              f"{result.examples[0] if result.examples else ''}", file=sys.stderr)
+    result = load_events(data, fmt, column_map=column_map, event_map=event_map)
+    report = bad_rows_message(result, data)
+    if report:
+        print(f"interest-stream: {report}", file=sys.stderr)
     return result.events
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
+from model.cli import add_csv_flags
 from stream.cli import add_kafka_flags, settings_from_args
 from stream.errors import ConfigError, KafkaClientError
 from stream.snapshots import EVERY_BATCHES_ENV, EVERY_S_ENV, SnapshotPolicy
@@ -112,7 +113,13 @@ def _publish(args: argparse.Namespace) -> int:
         raise ConfigError("--limit must not be negative")
     if args.rate is not None and not args.rate > 0:
         raise ConfigError("--rate must be a positive number of events per second")
-    events = event_source(args.format, args.data)
+    from model.datasets import DEFAULT_COLUMNS, parse_mapping
+
+    events = event_source(
+        args.format, args.data,
+        column_map=parse_mapping(args.columns, "--columns", tuple(DEFAULT_COLUMNS)),
+        event_map=parse_mapping(args.event_map, "--event-map"),
+    )
     stop = threading.Event()
     _install_stop_handlers(stop)
     with Publisher(settings) as pub:
@@ -161,6 +168,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, metavar="EV_PER_S",
                    help="events per second (default: as fast as the broker takes them)")
     p.add_argument("--limit", type=int, metavar="N", help="stop after N events")
+    add_csv_flags(p)
     p.set_defaults(func=_publish)
 
     t = sub.add_parser("tail", help="print recommendation lists as they arrive")
