@@ -91,11 +91,20 @@ class WorkerConfig:
 
     group: str = field(default="interest-stream", metadata=_env("INTEREST_GROUP"))
     state_dir: Path = field(default=Path("state-data"), metadata=_env("INTEREST_STATE_DIR"))
-    metrics_port: int = field(default=9464, metadata=_env("INTEREST_METRICS_PORT"))
+    metrics_port: int = field(
+        default=9464, metadata={**_env("INTEREST_METRICS_PORT"), "min": 0, "max": 65535}
+    )
     batch_max_events: int = field(default=500, metadata=_env("INTEREST_BATCH_MAX_EVENTS"))
     batch_max_ms: int = field(default=50, metadata=_env("INTEREST_BATCH_MAX_MS"))
     k: int = field(default=10, metadata=_env("INTEREST_K"))
     max_payload_bytes: int = field(default=64 * 1024, metadata=_env("INTEREST_MAX_PAYLOAD_BYTES"))
+    # Model snapshots (0 turns a trigger off; a clean stop always saves).
+    snapshot_every_s: int = field(
+        default=60, metadata={**_env("INTEREST_SNAPSHOT_EVERY_S"), "min": 0}
+    )
+    snapshot_every_batches: int = field(
+        default=0, metadata={**_env("INTEREST_SNAPSHOT_EVERY_BATCHES"), "min": 0}
+    )
 
 
 @dataclass(frozen=True)
@@ -127,8 +136,8 @@ def _convert(section: str, f: dataclasses.Field, raw: Any, origin: str) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     name = f"{section}.{f.name}"
     if kind == "int":
-        lowest = 0 if f.name == "metrics_port" else 1
-        highest = 65535 if f.name == "metrics_port" else None
+        lowest = f.metadata.get("min", 1)
+        highest = f.metadata.get("max")
         try:
             if isinstance(raw, bool) or isinstance(raw, float):
                 raise ValueError
@@ -136,7 +145,8 @@ def _convert(section: str, f: dataclasses.Field, raw: Any, origin: str) -> Any:
         except (TypeError, ValueError):
             value = None
         if value is None or value < lowest or (highest is not None and value > highest):
-            bounds = f"from {lowest} to {highest}" if highest else "a positive integer"
+            bounds = (f"from {lowest} to {highest}" if highest
+                      else "a positive integer" if lowest else "an integer >= 0")
             raise ConfigError(f"{origin}: {name} must be {bounds}, got {raw!r}")
         return value
     if isinstance(raw, (dict, list)):

@@ -132,7 +132,7 @@ class Worker:
         self.store: Store = store if store is not None else RocksDBStore(state_root(settings))
         # The model is saved next to the state it matches (a memory store keeps neither).
         self.snapshots = (ModelSnapshots(self.store.root / "model",
-                                         snapshots or SnapshotPolicy.from_env())
+                                         snapshots or SnapshotPolicy.from_config(settings.worker))
                           if isinstance(self.store, RocksDBStore) else None)
         self.on_publish: Callable[[list[Recommendation]], None] | None = None
         self.metrics_url: str | None = None

@@ -33,19 +33,16 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream.errors import ConfigError
+from stream.config import WorkerConfig
 
-__all__ = ["SnapshotPolicy", "ModelSnapshots", "EVERY_S_ENV", "EVERY_BATCHES_ENV"]
+__all__ = ["SnapshotPolicy", "ModelSnapshots"]
 
 log = logging.getLogger("interest_stream.worker")
 
-EVERY_S_ENV = "INTEREST_SNAPSHOT_EVERY_S"
-EVERY_BATCHES_ENV = "INTEREST_SNAPSHOT_EVERY_BATCHES"
 FILE_NAME = "snapshot.safetensors"
 
 
@@ -57,21 +54,8 @@ class SnapshotPolicy:
     every_batches: int = 0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SnapshotPolicy:
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for name, field, kind in ((EVERY_S_ENV, "every_s", float),
-                                  (EVERY_BATCHES_ENV, "every_batches", int)):
-            raw = env.get(name)
-            if not raw:
-                continue
-            try:
-                values[field] = kind(raw)
-            except ValueError:
-                values[field] = -1
-            if values[field] < 0:
-                raise ConfigError(f"{name} must be a number >= 0, got {raw!r}")
-        return cls(**values)
+    def from_config(cls, worker: WorkerConfig) -> SnapshotPolicy:
+        return cls(float(worker.snapshot_every_s), worker.snapshot_every_batches)
 
 
 def _supported(model: Any) -> bool:

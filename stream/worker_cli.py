@@ -23,7 +23,6 @@ from confluent_kafka import KafkaException
 from model.cli import add_csv_flags
 from stream.cli import add_kafka_flags, settings_from_args
 from stream.errors import ConfigError, KafkaClientError
-from stream.snapshots import EVERY_BATCHES_ENV, EVERY_S_ENV, SnapshotPolicy
 
 __all__ = ["register", "create_worker_model"]
 
@@ -83,12 +82,10 @@ def _worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=os.environ.get("INTEREST_LOG_LEVEL", "WARNING").upper(),
                         format="interest-stream: %(name)s: %(message)s", stream=sys.stderr)
     settings = settings_from_args(args)
-    snapshots = SnapshotPolicy.from_env()
     preflight(settings)  # before loading the model: a mistake shows in a second, not ten
     stop = threading.Event()
     _install_stop_handlers(stop)
-    worker = Worker(settings, create_worker_model(), registry=CollectorRegistry(),
-                    snapshots=snapshots)
+    worker = Worker(settings, create_worker_model(), registry=CollectorRegistry())
     status = threading.Thread(target=_status_loop, args=(worker, stop), daemon=True)
     status.start()
     info = worker.describe()
@@ -150,8 +147,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("worker", help="consume events, keep user state, publish lists",
                        epilog=f"The model is chosen by ${MODEL_ENV} (default: the factory's); "
                        f"torch threads by ${THREADS_ENV} (default 1). The interest model is "
-                       f"saved under the state dir every ${EVERY_S_ENV} seconds (default 60) "
-                       f"or ${EVERY_BATCHES_ENV} batches (default 0: off) and on stop.")
+                       "saved under the state dir every $INTEREST_SNAPSHOT_EVERY_S seconds "
+                       "(default 60) or $INTEREST_SNAPSHOT_EVERY_BATCHES batches (default 0: "
+                       "off) and on stop; [worker] snapshot_every_s/_batches in the TOML file.")
     add_kafka_flags(w)
     w.add_argument("--group", help="consumer group (default interest-stream)")
     w.add_argument("--state-dir", dest="state_dir",

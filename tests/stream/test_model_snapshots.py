@@ -75,10 +75,17 @@ def test_an_unreadable_snapshot_is_moved_aside_and_the_worker_starts_fresh(tmp_p
     assert not snaps.path.exists() and snaps.path.with_name("snapshot.safetensors.bad").exists()
 
 
-def test_snapshot_policy_from_the_environment():
-    assert SnapshotPolicy.from_env({}) == SnapshotPolicy(60.0, 0)
-    assert SnapshotPolicy.from_env({"INTEREST_SNAPSHOT_EVERY_S": "5",
-                                    "INTEREST_SNAPSHOT_EVERY_BATCHES": "100"}) == \
-        SnapshotPolicy(5.0, 100)
+def test_snapshot_policy_from_settings(tmp_path):
+    from stream.config import load_settings
+
+    assert SnapshotPolicy.from_config(load_settings({}, env={}).worker) == SnapshotPolicy(60.0, 0)
+    env = {"INTEREST_SNAPSHOT_EVERY_S": "5", "INTEREST_SNAPSHOT_EVERY_BATCHES": "100"}
+    assert SnapshotPolicy.from_config(load_settings({}, env=env).worker) == SnapshotPolicy(5.0, 100)
+    toml = tmp_path / "c.toml"
+    toml.write_text("[worker]\nsnapshot_every_s = 0\nsnapshot_every_batches = 7\n")
+    from_file = load_settings({}, env={}, config_file=toml).worker
+    assert SnapshotPolicy.from_config(from_file) == SnapshotPolicy(0.0, 7)
     with pytest.raises(ConfigError, match="INTEREST_SNAPSHOT_EVERY_BATCHES"):
-        SnapshotPolicy.from_env({"INTEREST_SNAPSHOT_EVERY_BATCHES": "often"})
+        load_settings({}, env={"INTEREST_SNAPSHOT_EVERY_BATCHES": "often"})
+    with pytest.raises(ConfigError, match="snapshot_every_s must be an integer >= 0"):
+        load_settings({}, env={"INTEREST_SNAPSHOT_EVERY_S": "-1"})
