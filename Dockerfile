@@ -2,9 +2,10 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY stream ./stream
-COPY model ./model
+COPY core ./core
 COPY state ./state
+COPY model ./model
+COPY stream ./stream
 RUN pip install --no-cache-dir . && useradd --system --create-home interest \
     && mkdir -p /var/lib/interest-stream && chown interest /var/lib/interest-stream
 USER interest

@@ -44,8 +44,12 @@ test: $(STAMP) jars tools
 demo: $(STAMP) jars
 	$(BIN)/interest-stream demo $(ARGS)
 
+# Style, formatting, the import layers (pyproject: [tool.importlinter]) and types.
 lint: $(STAMP)
-	$(BIN)/ruff check stream model state tests bench
+	$(BIN)/ruff check core state model stream bench tests
+	$(BIN)/ruff format --check core state model stream bench tests
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 bench: $(STAMP) jars
 	$(BIN)/python -m bench.throughput $(ARGS)

@@ -30,32 +30,39 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from model.factory import create_serving_model
 from model.synthetic import SyntheticStream
 from stream.config import BOOTSTRAP_ENV, KafkaConfig, Settings, TopicsConfig, WorkerConfig
 from stream.metrics import STAGES
 from stream.publish import Publisher
 from stream.runtime import Worker
 from stream.topics import ensure_topics, topic_specs
-from stream.worker_cli import create_worker_model
 
 __all__ = ["main"]
 
 
 def _settings(bootstrap: str, state_dir: Path, args: argparse.Namespace) -> Settings:
     tag = uuid.uuid4().hex[:8]
-    topics = TopicsConfig(events=f"bench{tag}.events",
-                          recommendations=f"bench{tag}.recommendations",
-                          dead_letter=f"bench{tag}.dead-letter", partitions=args.partitions)
-    worker = WorkerConfig(group=f"bench-{tag}", state_dir=state_dir, metrics_port=0,
-                          batch_max_events=args.batch_max_events,
-                          batch_max_ms=args.batch_max_ms)
-    return Settings(kafka=KafkaConfig(bootstrap_servers=bootstrap), topics=topics,
-                    worker=worker)
+    topics = TopicsConfig(
+        events=f"bench{tag}.events",
+        recommendations=f"bench{tag}.recommendations",
+        dead_letter=f"bench{tag}.dead-letter",
+        partitions=args.partitions,
+    )
+    worker = WorkerConfig(
+        group=f"bench-{tag}",
+        state_dir=state_dir,
+        metrics_port=0,
+        batch_max_events=args.batch_max_events,
+        batch_max_ms=args.batch_max_ms,
+    )
+    return Settings(kafka=KafkaConfig(bootstrap_servers=bootstrap), topics=topics, worker=worker)
 
 
-def _start_worker(settings: Settings, model_name: str) -> tuple[Worker, threading.Thread,
-                                                                threading.Event]:
-    worker = Worker(settings, create_worker_model(model_name), registry=CollectorRegistry())
+def _start_worker(
+    settings: Settings, model_name: str
+) -> tuple[Worker, threading.Thread, threading.Event]:
+    worker = Worker(settings, create_serving_model(model_name), registry=CollectorRegistry())
     stop = threading.Event()
     th = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     th.start()
@@ -84,18 +91,24 @@ def measure_throughput(bootstrap: str, state_dir: Path, args: argparse.Namespace
     stop.set()
     th.join(60)
     s = worker.stats.summary()
-    return {"events": s["applied"], "completed": done, "seconds": round(elapsed, 2),
-            "events_per_s": round(s["applied"] / elapsed, 1) if elapsed else None,
-            "batches": s["batches"], "lists": s["lists_published"],
-            "stage_seconds": _stage_seconds(worker)}
+    return {
+        "events": s["applied"],
+        "completed": done,
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(s["applied"] / elapsed, 1) if elapsed else None,
+        "batches": s["batches"],
+        "lists": s["lists_published"],
+        "stage_seconds": _stage_seconds(worker),
+    }
 
 
 def _stage_seconds(worker: Worker) -> dict[str, float]:
     """Total seconds spent per stage (where the time goes)."""
     reg = worker.metrics.registry
-    return {stage: round(reg.get_sample_value("interest_stage_seconds_sum",
-                                              {"stage": stage}) or 0.0, 3)
-            for stage in STAGES}
+    return {
+        stage: round(reg.get_sample_value("interest_stage_seconds_sum", {"stage": stage}) or 0.0, 3)
+        for stage in STAGES
+    }
 
 
 def measure_latency(bootstrap: str, state_dir: Path, args: argparse.Namespace) -> dict:
@@ -115,15 +128,22 @@ def measure_latency(bootstrap: str, state_dir: Path, args: argparse.Namespace) -
     stats = worker.stats
     samples = stats.latency_samples()
     p50, p90, p99 = stats.latency_ms(50), stats.latency_ms(90), stats.latency_ms(99)
-    return {"rate": args.rate, "events": len(samples),
-            "p50_ms": round(p50, 1) if p50 else None, "p90_ms": round(p90, 1) if p90 else None,
-            "p99_ms": round(p99, 1) if p99 else None,
-            "max_ms": round(max(samples) * 1000, 1) if samples else None}
+    return {
+        "rate": args.rate,
+        "events": len(samples),
+        "p50_ms": round(p50, 1) if p50 else None,
+        "p90_ms": round(p90, 1) if p90 else None,
+        "p99_ms": round(p99, 1) if p99 else None,
+        "max_ms": round(max(samples) * 1000, 1) if samples else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.throughput",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", default="interest", help="model name for the factory")
     p.add_argument("--events", type=int, default=50_000, help="backlog size for throughput")
     p.add_argument("--rate", type=float, default=1000.0, help="events/s for the latency run")
@@ -144,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
             broker = EmbeddedBroker(data_dir=Path(tmp) / "kafka").start(timeout=120)
             bootstrap = broker.bootstrap
         try:
-            report: dict = {"model": args.model, "partitions": args.partitions,
-                            "batch_max_events": args.batch_max_events,
-                            "batch_max_ms": args.batch_max_ms,
-                            "machine": f"{platform.machine()} {os.cpu_count()} cpu",
-                            "broker": "embedded" if broker else bootstrap}
+            report: dict = {
+                "model": args.model,
+                "partitions": args.partitions,
+                "batch_max_events": args.batch_max_events,
+                "batch_max_ms": args.batch_max_ms,
+                "machine": f"{platform.machine()} {os.cpu_count()} cpu",
+                "broker": "embedded" if broker else bootstrap,
+            }
             if args.only in (None, "throughput"):
                 report["throughput"] = measure_throughput(bootstrap, Path(tmp), args)
                 print(f"throughput: {report['throughput']}", file=sys.stderr, flush=True)

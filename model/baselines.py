@@ -11,9 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from core.types import Event, UserState
+from model.persist import ModelState
 from model.retrieval import BaseRanker
 from model.signals import CoOccurrence, DecayedCounts, recent_window
-from model.types import Event, UserState
 
 __all__ = ["IncrementalMF", "SequentialItemKNN"]
 
@@ -26,10 +27,18 @@ class IncrementalMF(BaseRanker):
     User vectors live in the model (a baseline needs no state store).
     """
 
+    name = "imf"
     version = "imf-1"
 
-    def __init__(self, dim: int = 32, lr: float = 0.05, reg: float = 0.01, seed: int = 0,
-                 exclude_seen: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int = 32,
+        lr: float = 0.05,
+        reg: float = 0.01,
+        seed: int = 0,
+        exclude_seen: bool = False,
+    ) -> None:
+        self.config = {"dim": dim, "lr": lr, "reg": reg, "seed": seed, "exclude_seen": exclude_seen}
         super().__init__(exclude_seen)
         self.dim, self.lr, self.reg = dim, lr, reg
         self._rng = np.random.default_rng(seed)
@@ -54,6 +63,24 @@ class IncrementalMF(BaseRanker):
             self._q[i] = q + self.lr * (err * p - self.reg * q)
             self._p[ev.user_id] = p_new
 
+    def state_dict(self) -> ModelState:
+        state = super().state_dict()
+        users = list(self._p)
+        p = np.stack([self._p[u] for u in users]) if users else np.zeros((0, self.dim))
+        state.arrays.update({"q": self._q.copy(), "p": p})
+        state.meta.update({"users": users, "rng": self._rng.bit_generator.state})
+        return state
+
+    def load_state_dict(self, state: ModelState) -> None:
+        super().load_state_dict(state)
+        q, p = state.arrays["q"], state.arrays["p"]
+        users = [str(u) for u in state.meta["users"]]
+        if q.shape[1:] != (self.dim,) or p.shape != (len(users), self.dim):
+            raise ValueError("factor shapes do not match the model")
+        self._q = np.array(q, dtype=np.float64)
+        self._p = {u: np.array(row, dtype=np.float64) for u, row in zip(users, p, strict=True)}
+        self._rng.bit_generator.state = state.meta["rng"]
+
     def scores(self, user_ids: Sequence[str], states: Sequence[UserState]) -> torch.Tensor:
         zero = np.zeros(self.dim)
         p = np.stack([self._p.get(u, zero) for u in user_ids])
@@ -70,10 +97,24 @@ class SequentialItemKNN(BaseRanker):
     popularity term breaks ties (and ranks for users with no history).
     """
 
+    name = "itemknn"
     version = "itemknn-1"
 
-    def __init__(self, window: int = 20, decay: float = 0.9, half_life: float | None = None,
-                 exclude_seen: bool = False, max_items: int = 8192) -> None:
+    def __init__(
+        self,
+        window: int = 20,
+        decay: float = 0.9,
+        half_life: float | None = None,
+        exclude_seen: bool = False,
+        max_items: int = 8192,
+    ) -> None:
+        self.config = {
+            "window": window,
+            "decay": decay,
+            "half_life": half_life,
+            "exclude_seen": exclude_seen,
+            "max_items": max_items,
+        }
         super().__init__(exclude_seen)
         self.window, self.decay = window, decay
         self.cooc = CoOccurrence(half_life, max_items)
@@ -82,8 +123,11 @@ class SequentialItemKNN(BaseRanker):
 
     def _history(self, state: UserState) -> tuple[list[int], list[int]]:
         index = self.vocab.index
-        pairs = [(index[i], t) for i, t in zip(state.recent_items, state.recent_types,
-                                               strict=True) if i in index]
+        pairs = [
+            (index[i], t)
+            for i, t in zip(state.recent_items, state.recent_types, strict=True)
+            if i in index
+        ]
         return [r for r, _ in pairs], [t for _, t in pairs]
 
     def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
@@ -99,9 +143,24 @@ class SequentialItemKNN(BaseRanker):
         if src:
             s, d, ww = np.concatenate(src), np.concatenate(dst), np.concatenate(w)
             # Symmetric: "watched together" matters as much as "watched after" here.
-            self.cooc.add(np.concatenate([s, d]), np.concatenate([d, s]),
-                          np.concatenate([ww, ww]), len(events))
+            self.cooc.add(
+                np.concatenate([s, d]),
+                np.concatenate([d, s]),
+                np.concatenate([ww, ww]),
+                len(events),
+            )
         self.counts.add(rows)
+
+    def state_dict(self) -> ModelState:
+        state = super().state_dict()
+        state.add("cooc", self.cooc.state_dict())
+        state.add("counts", self.counts.state_dict())
+        return state
+
+    def load_state_dict(self, state: ModelState) -> None:
+        super().load_state_dict(state)
+        self.cooc.load_state_dict(state.part("cooc"))
+        self.counts.load_state_dict(state.part("counts"))
 
     def scores(self, user_ids: Sequence[str], states: Sequence[UserState]) -> torch.Tensor:
         n = len(self.vocab)

@@ -12,16 +12,23 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from model.datasets import DEFAULT_COLUMNS, bad_rows_message, load_events, parse_mapping
+from core.cliargs import add_csv_flags
+from core.errors import ConfigError, DataError, InterestStreamError
+from model.datasets import (
+    DEFAULT_COLUMNS,
+    SOURCES,
+    LoadResult,
+    bad_rows_message,
+    load_events,
+    parse_mapping,
+)
 from model.evaluate import PROTOCOLS, evaluate_models, split_flurs
-from model.factory import MODEL_NAMES, create_model
-from model.synthetic import SyntheticStream
-from stream.errors import ConfigError, DataError, InterestStreamError
+from model.factory import MODEL_NAMES, create_model, model_spec
 
-__all__ = ["register", "run", "main", "add_csv_flags", "load_args"]
+__all__ = ["register", "run", "main", "load_args"]
 
-FORMATS = ("recbole", "movielens", "csv", "synthetic")
 # Without a warm-up (prequential), interest-static fine-tunes on this share of
 # the stream (scored like every model) and is frozen for the rest.
 STATIC_TRAIN_SHARE = 0.1
@@ -30,50 +37,61 @@ STATIC_TRAIN_SHARE = 0.1
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``evaluate`` subcommand (handler: :func:`run`)."""
     p = subparsers.add_parser(
-        "evaluate", help="prequential evaluation of the interest model against baselines",
+        "evaluate",
+        help="prequential evaluation of the interest model against baselines",
         description="Replay events test-then-learn through the interest model and the "
-                    "baselines (same events, same step as the worker) and report metrics.")
+        "baselines (same events, same step as the worker) and report metrics.",
+    )
     p.add_argument("--data", type=Path, help="data file or directory (not for synthetic)")
-    p.add_argument("--format", choices=FORMATS, default="synthetic")
+    p.add_argument("--format", choices=SOURCES, default="synthetic")
     p.add_argument("--protocol", choices=PROTOCOLS, default="prequential")
     p.add_argument("--k", type=int, default=10, help="list length (default 10)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the results here")
-    p.add_argument("--plot", type=Path, metavar="OUT.png",
-                   help="moving-average recall per model along the stream")
-    p.add_argument("--models", default=",".join(MODEL_NAMES),
-                   help="comma-separated subset of: " + ", ".join(MODEL_NAMES))
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="OUT.png",
+        help="moving-average recall per model along the stream",
+    )
+    p.add_argument(
+        "--models",
+        default=",".join(MODEL_NAMES),
+        help="comma-separated subset of: " + ", ".join(MODEL_NAMES),
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--events", type=int, default=50000,
-                   help="synthetic stream length (default 50000)")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="micro-batch size of the replay (default 32)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: the ops are small; threads only contend)")
+    p.add_argument(
+        "--events", type=int, default=50000, help="synthetic stream length (default 50000)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="micro-batch size of the replay (default 32)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the ops are small; threads only contend)",
+    )
     p.add_argument("--strict", action="store_true", help="fail on the first bad row")
     add_csv_flags(p)
-    p.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=None,
-                   help="never list items the user already touched "
-                        "(default: on for flurs, off for prequential)")
+    p.add_argument(
+        "--exclude-seen",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="never list items the user already touched "
+        "(default: on for flurs, off for prequential)",
+    )
     p.set_defaults(func=run)
     return p
 
 
-def add_csv_flags(p: argparse.ArgumentParser) -> None:
-    """``--columns`` and ``--event-map`` for ``--format csv`` (evaluate and publish)."""
-    p.add_argument("--columns", metavar="FIELD=COLUMN,...",
-                   help=f"CSV column names of our fields {', '.join(DEFAULT_COLUMNS)}, "
-                        "e.g. user=uid,item=iid,type=behavior,ts=time")
-    p.add_argument("--event-map", dest="event_map", metavar="NAME=EVENT,...",
-                   help="behaviour names to click/favourite/cart/purchase, "
-                        "e.g. pv=click,buy=purchase")
-
-
-def load_args(args: argparse.Namespace) -> list:
+def load_args(args: argparse.Namespace) -> LoadResult:
     """Load ``--data`` in ``--format`` with the CSV mappings; report skipped rows."""
     if args.data is None:
         raise ConfigError(f"--data PATH is required for --format {args.format}")
     loaded = load_events(
-        args.data, args.format, strict=getattr(args, "strict", False),
+        args.data,
+        args.format,
+        strict=getattr(args, "strict", False),
         column_map=parse_mapping(args.columns, "--columns", tuple(DEFAULT_COLUMNS)),
         event_map=parse_mapping(args.event_map, "--event-map"),
     )
@@ -85,8 +103,10 @@ def load_args(args: argparse.Namespace) -> list:
     return loaded
 
 
-def _load(args: argparse.Namespace) -> tuple[list, list | None, SyntheticStream | None]:
+def _load(args: argparse.Namespace) -> tuple[list, list | None, Any]:
     if args.format == "synthetic":
+        from model.synthetic import SyntheticStream
+
         if args.events < 10:
             raise ConfigError("--events must be at least 10")
         stream = SyntheticStream(seed=args.seed, n_events=args.events)
@@ -105,8 +125,10 @@ def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODEL_NAMES]
     if unknown or not names:
-        raise ConfigError(f"unknown model {unknown[0] if unknown else ''!r} "
-                          f"(choose from {', '.join(MODEL_NAMES)})")
+        raise ConfigError(
+            f"unknown model {unknown[0] if unknown else ''!r} "
+            f"(choose from {', '.join(MODEL_NAMES)})"
+        )
     for out in (args.json, args.plot):
         if out is not None and not _writable_dir(out.parent):
             raise ConfigError(f"cannot write {out}: {out.parent} is not a writable directory")
@@ -129,14 +151,21 @@ def run(args: argparse.Namespace) -> int:
     models = {n: create_model(n, seed=args.seed, exclude_seen=exclude_seen) for n in names}
     switches = stream.switches if stream is not None else None
     t0 = time.perf_counter()
-    with tqdm(total=len(warmup) + len(test), unit="ev", file=sys.stderr,
-              desc=f"evaluate {args.protocol}") as bar:
+    with tqdm(
+        total=len(warmup) + len(test), unit="ev", file=sys.stderr, desc=f"evaluate {args.protocol}"
+    ) as bar:
         reports = evaluate_models(
-            models, warmup, test, k=args.k, batch_size=args.batch_size,
-            switches=switches, first_seq=len(events) - len(test),
-            static=[n for n in names if n == "interest-static"],
+            models,
+            warmup,
+            test,
+            k=args.k,
+            batch_size=args.batch_size,
+            switches=switches,
+            first_seq=len(events) - len(test),
+            static=[n for n in names if model_spec(n).static],
             freeze_after=0 if warmup else int(len(test) * STATIC_TRAIN_SHARE),
-            progress=bar.update)
+            progress=bar.update,
+        )
     catalogue = len({ev.item_id for ev in [*warmup, *test]})
     result = {
         "protocol": args.protocol,

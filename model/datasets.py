@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from model.types import EVENT_TYPES, Event
-from stream.errors import DataError
+from core.errors import DataError
+from core.types import EVENT_TYPES, Event
 
 __all__ = [
     "LoadResult",
@@ -30,11 +30,14 @@ __all__ = [
     "DEFAULT_COLUMNS",
     "DEFAULT_EVENT_MAP",
     "FORMATS",
+    "SOURCES",
     "parse_mapping",
     "bad_rows_message",
 ]
 
 FORMATS: tuple[str, ...] = ("recbole", "movielens", "csv")
+# Where events can come from on the command line: a file format, or the built-in stream.
+SOURCES: tuple[str, ...] = (*FORMATS, "synthetic")
 MAX_EXAMPLES = 5
 
 # Our field -> CSV column name. ``category`` is optional in the file.
@@ -49,18 +52,41 @@ DEFAULT_COLUMNS: dict[str, str] = {
 # Behaviour names seen in public e-commerce logs -> our four event types.
 DEFAULT_EVENT_MAP: dict[str, str] = {
     **{name: name for name in EVENT_TYPES},
-    "pv": "click", "view": "click", "click": "click",
-    "fav": "favourite", "favorite": "favourite", "like": "favourite",
-    "addtocart": "cart", "add_to_cart": "cart",
-    "buy": "purchase", "order": "purchase", "transaction": "purchase",
+    "pv": "click",
+    "view": "click",
+    "click": "click",
+    "fav": "favourite",
+    "favorite": "favourite",
+    "like": "favourite",
+    "addtocart": "cart",
+    "add_to_cart": "cart",
+    "buy": "purchase",
+    "order": "purchase",
+    "transaction": "purchase",
 }
 
 # ML genre flags in u.item, in the order GroupLens documents them (used when
 # u.genre is absent).
 _ML_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 
 
@@ -158,8 +184,9 @@ def _recbole_categories(item_path: Path) -> dict[str, str]:
     if "item_id" not in header:
         return {}
     id_col = header.index("item_id")
-    cat_col = next((header.index(n) for n in ("class", "genre", "categories", "category")
-                    if n in header), None)
+    cat_col = next(
+        (header.index(n) for n in ("class", "genre", "categories", "category") if n in header), None
+    )
     if cat_col is None:
         return {}
     out: dict[str, str] = {}
@@ -182,8 +209,9 @@ def _load_recbole(path: Path, strict: bool, event_map: Mapping[str, str]) -> Loa
         raise DataError(f"{inter}: not a RecBole .inter file (missing column {missing[0]})")
     iu, ii, it = names.index("user_id"), names.index("item_id"), names.index("timestamp")
     ir = names.index("rating") if "rating" in names else None
-    ib = next((names.index(n) for n in ("event", "behavior", "behaviour", "type")
-               if n in names), None)
+    ib = next(
+        (names.index(n) for n in ("event", "behavior", "behaviour", "type") if n in names), None
+    )
     cats = _recbole_categories(inter.with_suffix(".item"))
     col = _Collector(inter, strict, with_ratings=ir is not None)
     width = max(x for x in (iu, ii, it, ir, ib) if x is not None) + 1
@@ -253,8 +281,10 @@ def _load_movielens(path: Path, strict: bool) -> LoadResult:
         parts = raw.split("\t")
         if len(parts) != 4:
             if not seen_any and line_no == 1:
-                raise DataError(f"{data}: not a GroupLens u.data file (want 4 tab-separated "
-                                f"columns user, item, rating, timestamp)")
+                raise DataError(
+                    f"{data}: not a GroupLens u.data file (want 4 tab-separated "
+                    f"columns user, item, rating, timestamp)"
+                )
             col.reject(line_no, f"expected 4 columns, got {len(parts)}", raw)
             continue
         seen_any = True
@@ -285,8 +315,9 @@ def _parse_ts(text: str) -> int:
     return int(round(value * 1000)) if value < 1e11 else int(value)
 
 
-def _load_csv(path: Path, strict: bool, column_map: Mapping[str, str] | None,
-              event_map: Mapping[str, str]) -> LoadResult:
+def _load_csv(
+    path: Path, strict: bool, column_map: Mapping[str, str] | None, event_map: Mapping[str, str]
+) -> LoadResult:
     if path.is_dir():
         raise DataError(f"{path} is a directory; --format csv wants a file")
     columns = {**DEFAULT_COLUMNS, **(column_map or {})}

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.types import Event, UserState
 from model.step import RankingModel, process_batch
 from model.synthetic import Switch
-from model.types import Event, UserState
 
 __all__ = [
     "MemoryStates",
@@ -56,13 +56,17 @@ LAG_HORIZON = 10
 
 
 class MemoryStates:
-    """A dict-backed :class:`model.types.StateView` for offline replay."""
+    """A dict-backed :class:`core.types.StateView` for offline replay.
+
+    ``get_many`` hands out copies (the view's ownership contract), so a step
+    that fails half way leaves ``states`` as it was.
+    """
 
     def __init__(self) -> None:
         self.states: dict[str, UserState] = {}
 
     def get_many(self, user_ids: Sequence[str]) -> dict[str, UserState]:
-        return {u: self.states[u] for u in user_ids if u in self.states}
+        return {u: self.states[u].copy() for u in user_ids if u in self.states}
 
     def put(self, user_id: str, state: UserState) -> None:
         self.states[user_id] = state
@@ -113,15 +117,20 @@ class ModelReport:
             # Among the switches the list did follow (the rest are null above).
             done = lags[np.isfinite(lags)]
             out["lag_p90_followed"] = (
-                float(np.percentile(done, 90, method="lower")) if done.size else None)
+                float(np.percentile(done, 90, method="lower")) if done.size else None
+            )
         return out
 
 
-def split_flurs(events: Sequence[Event], ratings: Sequence[float] | None) -> tuple[
-        list[Event], list[Event], list[Event]]:
+def split_flurs(
+    events: Sequence[Event], ratings: Sequence[float] | None
+) -> tuple[list[Event], list[Event], list[Event]]:
     """(train, update, test) under the FluRS protocol; ratings None keeps every event."""
-    pos = list(events) if ratings is None else [
-        ev for ev, r in zip(events, ratings, strict=True) if r == 5]
+    pos = (
+        list(events)
+        if ratings is None
+        else [ev for ev, r in zip(events, ratings, strict=True) if r == 5]
+    )
     n = len(pos)
     a, b = int(n * FLURS_TRAIN), int(n * (FLURS_TRAIN + FLURS_UPDATE))
     return pos[:a], pos[a:b], pos[b:]
@@ -136,8 +145,14 @@ class _LagTracker:
     within the horizon gives an infinite lag.
     """
 
-    def __init__(self, switches: Sequence[Switch], categories: dict[str, str], k: int,
-                 events: Sequence[Event], first_seq: int) -> None:
+    def __init__(
+        self,
+        switches: Sequence[Switch],
+        categories: dict[str, str],
+        k: int,
+        events: Sequence[Event],
+        first_seq: int,
+    ) -> None:
         self.categories = categories
         self.need = math.ceil(LAG_SHARE * k)
         self.pending = self._observable(sorted(switches, key=lambda s: s.seq), events, first_seq)
@@ -147,10 +162,11 @@ class _LagTracker:
         self.lags: list[float] = []
 
     @staticmethod
-    def _observable(switches: list[Switch], events: Sequence[Event],
-                    first_seq: int) -> list[Switch]:
+    def _observable(
+        switches: list[Switch], events: Sequence[Event], first_seq: int
+    ) -> list[Switch]:
         """The switches followed by >= LAG_HORIZON events of their user before the next."""
-        seen: dict[int, int] = {}   # switch index -> user events under it
+        seen: dict[int, int] = {}  # switch index -> user events under it
         current: dict[str, int] = {}
         nxt = 0
         for i, ev in enumerate(events):
@@ -187,7 +203,7 @@ class _LagTracker:
 
 def _batches(events: Sequence[Event], size: int) -> Iterable[Sequence[Event]]:
     for i in range(0, len(events), size):
-        yield events[i:i + size]
+        yield events[i : i + size]
 
 
 def evaluate_models(
@@ -201,7 +217,7 @@ def evaluate_models(
     first_seq: int = 0,
     static: Iterable[str] = (),
     freeze_after: int = 0,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> dict[str, ModelReport]:
     """Replay ``warmup`` (learn only) then ``test`` (test-then-learn) through each model.
 
@@ -217,8 +233,11 @@ def evaluate_models(
     categories = {ev.item_id: ev.category for ev in [*warmup, *test] if ev.category}
     reports: dict[str, ModelReport] = {}
     views = {name: MemoryStates() for name in models}
-    trackers = {name: _LagTracker(switches, categories, k, test, first_seq)
-                for name in models} if switches else {}
+    trackers = (
+        {name: _LagTracker(switches, categories, k, test, first_seq) for name in models}
+        if switches
+        else {}
+    )
     for name in models:
         reports[name] = ModelReport(k)
     for batch in _batches(warmup, batch_size):
@@ -241,13 +260,13 @@ def evaluate_models(
             frozen = set()
         for name, model in models.items():
             t0 = time.perf_counter()
-            res = process_batch(batch, views[name], model, k=k, keep_lists=True,
-                                learn=name not in no_learning)
+            res = process_batch(
+                batch, views[name], model, k=k, keep_lists=True, learn=name not in no_learning
+            )
             reports[name].seconds += time.perf_counter() - t0
             rep = reports[name]
             tracker = trackers.get(name)
-            for i, (ev, rank, listed) in enumerate(zip(batch, res.ranks, res.lists,
-                                                       strict=True)):
+            for i, (ev, rank, listed) in enumerate(zip(batch, res.ranks, res.lists, strict=True)):
                 rep.add(rank, listed)
                 if tracker is not None:
                     tracker.observe(seq + i, ev, listed)

@@ -27,14 +27,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from core.types import EVENT_INDEX, Event, UserState
+from model.persist import ModelState
 from model.retrieval import BaseRanker
 from model.signals import CoOccurrence, DecayedCounts
-from model.types import EVENT_INDEX, Event, UserState
 
 __all__ = ["InterestModel", "FEATURES", "EVENT_WEIGHTS"]
 
@@ -42,6 +44,18 @@ FEATURES: tuple[str, ...] = ("emb", "knn_s", "knn_l", "cat", "pop_s", "pop_l", "
 # Training weight of each event type, in EVENT_TYPES order (click, favourite, cart, purchase).
 EVENT_WEIGHTS = np.array([1.0, 2.0, 1.5, 3.0], dtype=np.float32)
 N_STAGES = 8
+_PARAM_NAMES = (
+    "emb_in",
+    "emb_out",
+    "bias",
+    "cat_in",
+    "cat_out",
+    "type_w",
+    "decay",
+    "lt_gain",
+    "alpha",
+    "beta",
+)
 # Per-event decay of the category-share feature. 0.7 -> 0.6 halves the synthetic
 # adaptation lag (median 3 -> 2 events) at no measurable cost in recall.
 CAT_DECAY = 0.6
@@ -56,20 +70,27 @@ def _stage(n_events: int) -> int:
 class _Context:
     """A batch of user contexts; B users, L recent slots (padded on the left)."""
 
-    rows: np.ndarray      # int64[B, L] item rows (0 where padded)
-    mask: np.ndarray      # bool[B, L] True for real items
-    types: np.ndarray     # int64[B, L] event type index
-    ages: np.ndarray      # float32[B, L] 0 for the newest event
-    lt: np.ndarray        # float32[B, d] long-term vectors
-    cold: np.ndarray      # float32[B] cold-start factor in (0, 1]
-    stage: np.ndarray     # int64[B] experience bucket of the user (see _stage)
+    rows: np.ndarray  # int64[B, L] item rows (0 where padded)
+    mask: np.ndarray  # bool[B, L] True for real items
+    types: np.ndarray  # int64[B, L] event type index
+    ages: np.ndarray  # float32[B, L] 0 for the newest event
+    lt: np.ndarray  # float32[B, d] long-term vectors
+    cold: np.ndarray  # float32[B] cold-start factor in (0, 1]
+    stage: np.ndarray  # int64[B] experience bucket of the user (see _stage)
     exclude: list[list[int]]  # per user, item rows never to list (only when training)
 
     def take(self, idx: np.ndarray) -> _Context:
         """The contexts of users ``idx`` only."""
-        return _Context(self.rows[idx], self.mask[idx], self.types[idx], self.ages[idx],
-                        self.lt[idx], self.cold[idx], self.stage[idx],
-                        [self.exclude[i] for i in idx] if self.exclude else [])
+        return _Context(
+            self.rows[idx],
+            self.mask[idx],
+            self.types[idx],
+            self.ages[idx],
+            self.lt[idx],
+            self.cold[idx],
+            self.stage[idx],
+            [self.exclude[i] for i in idx] if self.exclude else [],
+        )
 
 
 class InterestModel(BaseRanker):
@@ -81,6 +102,7 @@ class InterestModel(BaseRanker):
     whose users' states still move.
     """
 
+    name = "interest"
     version = "interest-2"
 
     def __init__(
@@ -102,9 +124,10 @@ class InterestModel(BaseRanker):
     ) -> None:
         # Constructor arguments as given, so the model can be cloned or snapshotted.
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.config["knn_decay"] = list(knn_decay)  # JSON-able, as a snapshot stores it
         super().__init__(exclude_seen)
         self.seed, self.dim, self.window, self.lr = seed, dim, window, lr
-        self.knn_decay = knn_decay
+        self.knn_decay = tuple(knn_decay)
         self.knn_norm = knn_norm
         self.fine_tune = fine_tune
         self.frozen = False
@@ -131,22 +154,35 @@ class InterestModel(BaseRanker):
         self.beta = nn.Parameter(torch.zeros(n_f))
         params = self._params()
         # Group 0 holds the growing tables (see _grow); the blend may learn at its own pace.
-        self._opt = torch.optim.Adam([
+        groups: list[dict[str, Any]] = [
             {"params": params[:5]},
             {"params": params[5:], "lr": lr if blend_lr is None else blend_lr},
-        ], lr=lr)
+        ]
+        self._opt = torch.optim.Adam(groups, lr=lr)
         self._grow(256, 64)
 
     # parameters ---------------------------------------------------------------------
     def _params(self) -> list[nn.Parameter]:
-        return [self.emb_in, self.emb_out, self.bias, self.cat_in, self.cat_out,
-                self.type_w, self.decay, self.lt_gain, self.alpha, self.beta]
+        """The trained parameters, in :data:`_PARAM_NAMES` order."""
+        return [
+            self.emb_in,
+            self.emb_out,
+            self.bias,
+            self.cat_in,
+            self.cat_out,
+            self.type_w,
+            self.decay,
+            self.lt_gain,
+            self.alpha,
+            self.beta,
+        ]
 
     def _grow(self, n_items: int, n_cats: int) -> None:
         """Make room for ``n_items`` item rows and ``n_cats`` category rows.
 
         Tables double; Adam's moments are padded with zeros so training goes on.
         """
+
         def bigger(cur: int, need: int) -> int:
             size = max(cur, 1)
             while size < need:
@@ -157,8 +193,13 @@ class InterestModel(BaseRanker):
         if new_cap == self._cap and new_cat == self._cat_cap:
             return
         scale = 0.1 / np.sqrt(self.dim)
-        plan = [("emb_in", new_cap, scale), ("emb_out", new_cap, scale), ("bias", new_cap, 0.0),
-                ("cat_in", new_cat, scale), ("cat_out", new_cat, scale)]
+        plan = [
+            ("emb_in", new_cap, scale),
+            ("emb_out", new_cap, scale),
+            ("bias", new_cap, 0.0),
+            ("cat_in", new_cat, scale),
+            ("cat_out", new_cat, scale),
+        ]
         for name, rows, std in plan:
             old: nn.Parameter = getattr(self, name)
             extra = rows - old.shape[0]
@@ -182,6 +223,60 @@ class InterestModel(BaseRanker):
         self.fine_tune = False
         self.frozen = not keep_memories
 
+    # persistence (see model.persist) ------------------------------------------------
+    def _count_memories(self) -> dict[str, DecayedCounts]:
+        return {
+            "pop_s": self.pop_s,
+            "pop_l": self.pop_l,
+            **{f"pop_b{i}": c for i, c in enumerate(self.pop_b)},
+        }
+
+    def state_dict(self) -> ModelState:
+        """Parameters, Adam moments, count memories, vocabulary and random states."""
+        state = super().state_dict()
+        for name, param in zip(_PARAM_NAMES, self._params(), strict=True):
+            state.arrays[f"param.{name}"] = param.detach().numpy().copy()
+            for key, value in self._opt.state.get(param, {}).items():
+                state.arrays[f"adam.{name}.{key}"] = value.detach().numpy().copy()
+        state.add("cooc", self.cooc.state_dict())
+        for name, counts in self._count_memories().items():
+            state.add(name, counts.state_dict())
+        state.arrays["rng.torch"] = self._gen.get_state().numpy().copy()
+        state.meta.update(
+            {
+                "fine_tune": self.fine_tune,
+                "frozen": self.frozen,
+                "rng.numpy": self._rng.bit_generator.state,
+            }
+        )
+        return state
+
+    def load_state_dict(self, state: ModelState) -> None:
+        super().load_state_dict(state)
+        arrays = state.arrays
+        self._grow(arrays["param.emb_in"].shape[0], arrays["param.cat_in"].shape[0])
+        for name, param in zip(_PARAM_NAMES, self._params(), strict=True):
+            value = torch.from_numpy(np.array(arrays[f"param.{name}"]))
+            if value.shape != param.shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(value.shape)}, the model {tuple(param.shape)}"
+                )
+            with torch.no_grad():
+                param.copy_(value)
+            moments = {
+                key: torch.from_numpy(np.array(arrays[f"adam.{name}.{key}"]))
+                for key in ("exp_avg", "exp_avg_sq", "step")
+                if f"adam.{name}.{key}" in arrays
+            }
+            if moments:
+                self._opt.state[param] = moments
+        self.cooc.load_state_dict(state.part("cooc"))
+        for name, counts in self._count_memories().items():
+            counts.load_state_dict(state.part(name))
+        self._gen.set_state(torch.from_numpy(np.array(arrays["rng.torch"])))
+        self._rng.bit_generator.state = state.meta["rng.numpy"]
+        self.fine_tune, self.frozen = bool(state.meta["fine_tune"]), bool(state.meta["frozen"])
+
     # user context ---------------------------------------------------------------
     def _context(self, states: Sequence[UserState], training: bool = False) -> _Context:
         """Pack the users' recent windows into padded arrays (see :class:`_Context`)."""
@@ -197,8 +292,8 @@ class InterestModel(BaseRanker):
             recent = st.recent_items[-L:]
             if recent:
                 n = len(recent)
-                rows[i, L - n:] = [index.get(it, -1) for it in recent]
-                types[i, L - n:] = st.recent_types[-L:]
+                rows[i, L - n :] = [index.get(it, -1) for it in recent]
+                types[i, L - n :] = st.recent_types[-L:]
             if st.long_term.shape == (d,):
                 lt[i] = st.long_term
             cold[i] = 1.0 / (1.0 + st.n_events / 3.0)
@@ -222,9 +317,9 @@ class InterestModel(BaseRanker):
         inv_t = inv ** (2 * self.knn_norm)
         inv_c = inv_t if cols is None else inv_t[cols]
         decays = np.asarray(self.knn_decay, dtype=np.float32)[None, :, None]
-        base = EVENT_WEIGHTS[ctx.types] * inv[ctx.rows] * ctx.mask           # [B, L]
-        w = base[:, None, :] * np.power(decays, ctx.ages[:, None, :])        # [B, 2, L]
-        knn = self.cooc.weighted_sum(ctx.rows, w, n, cols)                   # [B, 2, C]
+        base = EVENT_WEIGHTS[ctx.types] * inv[ctx.rows] * ctx.mask  # [B, L]
+        w = base[:, None, :] * np.power(decays, ctx.ages[:, None, :])  # [B, 2, L]
+        knn = self.cooc.weighted_sum(ctx.rows, w, n, cols)  # [B, 2, C]
         knn *= inv_c
         knn /= np.maximum(knn.max(axis=2, keepdims=True), 1e-9)
         cats = self.vocab.item_categories()
@@ -232,8 +327,11 @@ class InterestModel(BaseRanker):
         # Recency-weighted share of the user's recent events in each category.
         hist = np.zeros((b, self.vocab.n_categories), dtype=np.float32)
         w_cat = EVENT_WEIGHTS[ctx.types] * np.power(np.float32(CAT_DECAY), ctx.ages) * ctx.mask
-        np.add.at(hist, (np.repeat(np.arange(b), ctx.rows.shape[1]), cats[ctx.rows].ravel()),
-                  w_cat.ravel())
+        np.add.at(
+            hist,
+            (np.repeat(np.arange(b), ctx.rows.shape[1]), cats[ctx.rows].ravel()),
+            w_cat.ravel(),
+        )
         hist[:, 0] = 0.0  # "unknown category" is no evidence of interest
         hist /= np.maximum(hist.sum(axis=1, keepdims=True), 1e-9)
         cat = hist[:, cat_c]
@@ -260,17 +358,18 @@ class InterestModel(BaseRanker):
         rows = torch.from_numpy(ctx.rows)
         mask = torch.from_numpy(ctx.mask)
         att = self.type_w[torch.from_numpy(ctx.types)] - nn.functional.softplus(
-            self.decay) * torch.from_numpy(ctx.ages)
+            self.decay
+        ) * torch.from_numpy(ctx.ages)
         att = torch.softmax(att.masked_fill(~mask, -1e9), dim=1) * mask  # [B, L]
-        ctx_vec = self.emb_in[rows] + self.cat_in[cats[rows]]              # [B, L, d]
+        ctx_vec = self.emb_in[rows] + self.cat_in[cats[rows]]  # [B, L, d]
         q = (att.unsqueeze(2) * ctx_vec).sum(1) + self.lt_gain * torch.from_numpy(ctx.lt)
-        items = self.emb_out[col_t] + self.cat_out[cats[col_t]]            # [C, d]
+        items = self.emb_out[col_t] + self.cat_out[cats[col_t]]  # [C, d]
         return q @ items.T + self.bias[col_t]
 
     def _blend(self, ctx: _Context, cols: np.ndarray | None, emb: torch.Tensor) -> torch.Tensor:
         feats = torch.cat([emb.unsqueeze(2), self._count_features(ctx, cols)], dim=2)
         cold = torch.from_numpy(ctx.cold).unsqueeze(1)
-        weights = self.alpha + cold * self.beta                            # [B, F]
+        weights = self.alpha + cold * self.beta  # [B, F]
         return (feats * weights.unsqueeze(1)).sum(2)
 
     # ranking --------------------------------------------------------------------
@@ -293,7 +392,9 @@ class InterestModel(BaseRanker):
         state.long_term += np.float32(rate) * (vec - state.long_term)
 
     def explain_many(
-        self, user_ids: Sequence[str], states: Sequence[UserState],
+        self,
+        user_ids: Sequence[str],
+        states: Sequence[UserState],
         lists: Sequence[Sequence[tuple[str, float]]],
     ) -> list[tuple[str, ...]]:
         """Up to three recent items that contributed most (via co-occurrence) to each list."""
@@ -306,11 +407,11 @@ class InterestModel(BaseRanker):
         valid = np.zeros_like(listed, dtype=bool)
         for i, ranked in enumerate(lists):
             rows = [index[item] for item, _ in ranked if item in index]
-            listed[i, :len(rows)] = rows
-            valid[i, :len(rows)] = True
+            listed[i, : len(rows)] = rows
+            valid[i, : len(rows)] = True
         # contrib[u, l] = sum over u's listed items of the co-occurrence with recent item l
-        pair = self.cooc.pairs(ctx.rows[:, :, None], listed[:, None, :])      # [U, L, K]
-        contrib = (pair * valid[:, None, :]).sum(2) * ctx.mask                # [U, L]
+        pair = self.cooc.pairs(ctx.rows[:, :, None], listed[:, None, :])  # [U, L, K]
+        contrib = (pair * valid[:, None, :]).sum(2) * ctx.mask  # [U, L]
         ids = self.vocab.ids
         out: list[tuple[str, ...]] = []
         for i in range(len(states)):
@@ -327,15 +428,14 @@ class InterestModel(BaseRanker):
         if self.frozen:
             return
         index = self.vocab.index
-        known = np.fromiter((ev.item_id in index for ev in events), dtype=bool,
-                            count=len(events))
+        known = np.fromiter((ev.item_id in index for ev in events), dtype=bool, count=len(events))
         rows = self._add_items(events)
         self._grow(len(self.vocab), self.vocab.n_categories)
         ctx = self._context(before, training=self.fine_tune)
         if self.fine_tune and known.any():
             # Items first seen in this batch have no trained row yet: no target.
             idx = np.flatnonzero(known)
-            self._step(ctx.take(idx), rows[idx], [EVENT_INDEX[events[i].event] for i in idx])
+            self._step(ctx.take(idx), rows[idx], [EVENT_INDEX[events[int(i)].event] for i in idx])
         self._remember(events, rows, before, ctx)
 
     def _step(self, ctx: _Context, targets: np.ndarray, types: list[int]) -> None:
@@ -354,14 +454,19 @@ class InterestModel(BaseRanker):
         loss.backward()
         self._opt.step()
 
-    def _remember(self, events: Sequence[Event], rows: np.ndarray,
-                  before: Sequence[UserState], ctx: _Context) -> None:
+    def _remember(
+        self, events: Sequence[Event], rows: np.ndarray, before: Sequence[UserState], ctx: _Context
+    ) -> None:
         # Pair each event's item with the user's recent items, weighted by age.
         bi, li = np.nonzero(ctx.mask & (ctx.rows != rows[:, None]))
         src, dst = ctx.rows[bi, li], rows[bi]
         w = np.power(np.float32(self.knn_decay[1]), ctx.ages[bi, li])
-        self.cooc.add(np.concatenate([src, dst]), np.concatenate([dst, src]),
-                      np.concatenate([w, w]), len(events))
+        self.cooc.add(
+            np.concatenate([src, dst]),
+            np.concatenate([dst, src]),
+            np.concatenate([w, w]),
+            len(events),
+        )
         weights = EVENT_WEIGHTS[[EVENT_INDEX[ev.event] for ev in events]]
         self.pop_s.add(rows, weights)
         stages = ctx.stage

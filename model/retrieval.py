@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from model.types import UserState
+from core.types import UserState
+from model.persist import ModelState
 from model.vocab import ItemVocab
 
 __all__ = ["BaseRanker", "top_k"]
@@ -49,11 +50,21 @@ class BaseRanker:
     protocol); otherwise only purchased items are dropped.
     """
 
+    name = "base"
     version = "base-1"
 
     def __init__(self, exclude_seen: bool = False) -> None:
         self.exclude_seen = exclude_seen
         self.vocab = ItemVocab()
+
+    def state_dict(self) -> ModelState:
+        """The vocabulary; subclasses add what they learnt (see :mod:`model.persist`)."""
+        state = ModelState()
+        state.add("vocab", self.vocab.state_dict())
+        return state
+
+    def load_state_dict(self, state: ModelState) -> None:
+        self.vocab.load_state_dict(state.part("vocab"))
 
     def scores(self, user_ids: Sequence[str], states: Sequence[UserState]) -> torch.Tensor:
         """float32[B, V] scores of every vocabulary item for each user."""
@@ -82,5 +93,6 @@ class BaseRanker:
         """Rows (int64[n]) of the events' items, adding new ones to the vocabulary."""
         return np.fromiter(
             (self.vocab.add(ev.item_id, ev.category) for ev in events),
-            dtype=np.int64, count=len(events),
+            dtype=np.int64,
+            count=len(events),
         )

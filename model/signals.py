@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from model.persist import ModelState
+
 __all__ = ["DecayedCounts", "CoOccurrence", "recent_window"]
 
 _RESCALE_AT = 30.0  # exp(30) ~ 1e13: far from float32/float64 limits
@@ -63,6 +65,13 @@ class DecayedCounts:
         self._grow(n)
         return self._values[:n] * math.exp(-self.rate * self.t)
 
+    def state_dict(self) -> ModelState:
+        return ModelState({"values": self._values.copy()}, {"t": self.t})
+
+    def load_state_dict(self, state: ModelState) -> None:
+        self._values = np.array(state.arrays["values"], dtype=np.float64)
+        self.t = float(state.meta["t"])
+
 
 class CoOccurrence:
     """Dense float32[cap, cap] decayed co-occurrence counts, growing with the vocabulary.
@@ -79,6 +88,16 @@ class CoOccurrence:
     @property
     def size(self) -> int:
         return self._m.shape[0]
+
+    def state_dict(self) -> ModelState:
+        return ModelState({"m": self._m.copy()}, {"t": self.t})
+
+    def load_state_dict(self, state: ModelState) -> None:
+        m = np.array(state.arrays["m"], dtype=np.float32)
+        if m.ndim != 2 or m.shape[0] != m.shape[1]:
+            raise ValueError(f"co-occurrence matrix of shape {m.shape}")
+        self._m = m
+        self.t = float(state.meta["t"])
 
     def _grow(self, n: int) -> None:
         n = min(n, self.max_items)
@@ -132,7 +151,11 @@ class CoOccurrence:
         return out.astype(np.float32) * np.float32(math.exp(-self.rate * self.t))
 
     def weighted_sum(
-        self, rows: np.ndarray, weights: np.ndarray, n: int, cols: np.ndarray | None = None,
+        self,
+        rows: np.ndarray,
+        weights: np.ndarray,
+        n: int,
+        cols: np.ndarray | None = None,
         max_cells: int = 4_000_000,
     ) -> np.ndarray:
         """float32[B, K, C]: ``sum_l weights[b, k, l] * C[rows[b, l], cols]``.
@@ -151,6 +174,7 @@ class CoOccurrence:
         tracked = rows < size
         safe = np.where(tracked, rows, 0)
         w = np.where(tracked[:, None, :], weights, 0.0).astype(np.float32)
+        dest: slice | np.ndarray
         if cols is None:
             view, dest = self._m[:, :width], slice(0, width)
         else:
@@ -158,8 +182,8 @@ class CoOccurrence:
             view, dest = self._m[:, cols[ok]], np.flatnonzero(ok)
         step = max(1, max_cells // max(L * view.shape[1], 1))
         for lo in range(0, b, step):
-            block = view[safe[lo:lo + step]]            # [b', L, C']
-            out[lo:lo + step, :, dest] = w[lo:lo + step] @ block
+            block = view[safe[lo : lo + step]]  # [b', L, C']
+            out[lo : lo + step, :, dest] = w[lo : lo + step] @ block
         out *= np.float32(math.exp(-self.rate * self.t))
         return out
 

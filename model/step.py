@@ -4,6 +4,20 @@
 user's state *before* it (so the online hit-rate is honest), lets the model
 learn from the batch, updates the user states and returns one refreshed list
 per touched user. It never imports Kafka.
+
+Purity contract (who owns what; ``tests/model/test_step.py`` checks it):
+
+* the step reads the batch's users once with ``state_view.get_many`` and owns
+  the states it gets (see :class:`core.types.StateView`): it changes them in
+  place and hands each one back with ``state_view.put`` at the very end, after
+  the model has learnt and ranked;
+* if the model raises, nothing has been put: the view is as it was before the
+  call, so a caller may retry the batch (the model may have learnt, though:
+  see :mod:`stream.isolation` for how the worker avoids learning twice);
+* apart from the view, only the model changes (``learn_many``; and
+  ``update_state`` for model-owned parts of a state). ``events`` are never
+  changed; the returned :class:`core.types.BatchResult` shares nothing with the
+  view.
 """
 
 from __future__ import annotations
@@ -11,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from model.types import EVENT_INDEX, BatchResult, Event, Recommendation, StateView, UserState
+from core.types import EVENT_INDEX, BatchResult, Event, Recommendation, StateView, UserState
 
 __all__ = ["RankingModel", "process_batch", "apply_event", "RECENT_CAPACITY"]
 
@@ -69,15 +83,6 @@ def apply_event(state: UserState, ev: Event) -> None:
             del state.purchased[0]
 
 
-def _copy(state: UserState) -> UserState:
-    return UserState(
-        counts=list(state.counts), last_ts=state.last_ts, long_term=state.long_term.copy(),
-        recent_items=list(state.recent_items), recent_ts=list(state.recent_ts),
-        recent_types=list(state.recent_types), seen=list(state.seen),
-        purchased=list(state.purchased), last_list=list(state.last_list),
-    )
-
-
 def process_batch(
     events: Sequence[Event],
     state_view: StateView,
@@ -95,6 +100,22 @@ def process_batch(
     learns from the batch (``learn=False`` skips that), the states move on and
     every touched user gets a fresh list. ``keep_lists`` also returns the
     scored lists (for adaptation metrics).
+
+    >>> from core.types import Event
+    >>> from model.evaluate import MemoryStates
+    >>> from model.popular import MostPopular
+    >>> view, model = MemoryStates(), MostPopular()
+    >>> t = 1767225600000
+    >>> first = [Event("u1", "i1", "click", t), Event("u2", "i1", "click", t + 1),
+    ...          Event("u2", "i2", "purchase", t + 2)]
+    >>> result = process_batch(first, view, model, k=2)
+    >>> [(rec.user_id, [item for item, _ in rec.items]) for rec in result.recommendations]
+    [('u1', ['i1', 'i2']), ('u2', ['i1'])]
+    >>> view.states["u2"].purchased
+    ['i2']
+    >>> result = process_batch([Event("u1", "i2", "click", t + 3)], view, model, k=2)
+    >>> result.ranks  # i2 was second in u1's list before this event
+    [1]
     """
     users = list(dict.fromkeys(ev.user_id for ev in events))
     states = state_view.get_many(users)
@@ -105,7 +126,7 @@ def process_batch(
         st = states.get(ev.user_id)
         if st is None:
             st = states[ev.user_id] = UserState()
-        before.append(_copy(st))
+        before.append(st.copy())
         apply_event(st, ev)
         if update_state is not None:
             update_state(st, ev)

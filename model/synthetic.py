@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from model.types import Event
+from core.types import Event
 
 __all__ = ["SyntheticStream", "Switch", "EVENT_RATES"]
 
@@ -142,8 +142,9 @@ class SyntheticStream:
             if rng.random() < self.switch_prob:
                 # Mostly back to a long-term favourite, sometimes somewhere new.
                 options = [c for c in user.taste if c != user.current]
-                new = rng.choice(options) if rng.random() < 0.7 else rng.randrange(
-                    self.n_categories)
+                new = (
+                    rng.choice(options) if rng.random() < 0.7 else rng.randrange(self.n_categories)
+                )
                 if new != user.current:
                     self.switches.append(Switch(seq, uid, _cat(user.current), _cat(new)))
                     user.current = new
@@ -160,8 +161,10 @@ class SyntheticStream:
                 new_item(rng.randrange(self.n_categories))
             if rng.random() < self.new_user_prob:
                 uid = new_user()
-                sessions[rng.randrange(len(sessions))] = [uid, 1 + int(
-                    rng.expovariate(1.0 / self.session_mean))]
+                sessions[rng.randrange(len(sessions))] = [
+                    uid,
+                    1 + int(rng.expovariate(1.0 / self.session_mean)),
+                ]
             slot = rng.randrange(len(sessions))
             uid, left = sessions[slot]
             user = self._users[uid]

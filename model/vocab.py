@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from model.persist import ModelState
+
 __all__ = ["ItemVocab"]
 
 
@@ -58,3 +60,24 @@ class ItemVocab:
     def item_categories(self) -> np.ndarray:
         """int64[n_items]: category row of every item (0 = unknown)."""
         return self._item_cat[: len(self.ids)]
+
+    def state_dict(self) -> ModelState:
+        return ModelState(
+            {"item_cat": self.item_categories().copy()},
+            {"items": list(self.ids), "categories": list(self.categories)},
+        )
+
+    def load_state_dict(self, state: ModelState) -> None:
+        ids = [str(i) for i in state.meta["items"]]
+        cats = state.meta["categories"]
+        item_cat = np.asarray(state.arrays["item_cat"], dtype=np.int64)
+        if len(item_cat) != len(ids) or not cats or cats[0] is not None:
+            raise ValueError("vocabulary arrays do not match its ids")
+        if len(item_cat) and (item_cat.min() < 0 or item_cat.max() >= len(cats)):
+            raise ValueError("item category out of range")
+        self.ids = ids
+        self.index = {item: row for row, item in enumerate(ids)}
+        self.categories = [None, *[str(c) for c in cats[1:]]]
+        self._cat_index = {c: i for i, c in enumerate(self.categories) if c is not None}
+        self._item_cat = np.zeros(max(64, len(ids)), dtype=np.int64)
+        self._item_cat[: len(ids)] = item_cat

@@ -11,16 +11,31 @@ Layout of version 1 (little endian)::
 
 where ``str`` is ``u16 length`` + UTF-8 bytes. Decoding refuses unknown
 versions and truncated or trailing bytes with :class:`CodecError`.
+
+>>> from core.types import UserState
+>>> state = UserState(counts=[2, 0, 0, 1], last_ts=1767225600000,
+...                   recent_items=["i1", "i2"], recent_ts=[1767225599000, 1767225600000],
+...                   recent_types=[0, 3], seen=["i1", "i2"], purchased=["i2"])
+>>> raw = encode_state(state)
+>>> raw[:1], raw[1]  # magic byte, codec version
+(b'U', 1)
+>>> decode_state(raw) == state
+True
+>>> decode_state(raw[:-1])
+Traceback (most recent call last):
+...
+state.codec.CodecError: truncated user state
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["UserState", "CodecError", "encode_state", "decode_state", "CODEC_VERSION"]
+from core.types import UserState
+
+__all__ = ["CodecError", "encode_state", "decode_state", "CODEC_VERSION"]
 
 CODEC_VERSION = 1
 _HEAD = struct.Struct("<cB4Iq")
@@ -31,44 +46,6 @@ _MAX_STR = 0xFFFF
 
 class CodecError(ValueError):
     """Bytes that are not a user state this code can read."""
-
-
-@dataclass(slots=True)
-class UserState:
-    """Everything the model keeps about one user between batches.
-
-    ``recent_*`` are parallel lists, oldest first (the model bounds their
-    length); ``long_term`` is float32[d] (d may be 0 when unused).
-    """
-
-    counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
-    last_ts: int = 0
-    long_term: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
-    recent_items: list[str] = field(default_factory=list)
-    recent_ts: list[int] = field(default_factory=list)
-    recent_types: list[int] = field(default_factory=list)
-    seen: list[str] = field(default_factory=list)
-    purchased: list[str] = field(default_factory=list)
-    last_list: list[str] = field(default_factory=list)
-
-    @property
-    def n_events(self) -> int:
-        return sum(self.counts)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, UserState):
-            return NotImplemented
-        return (
-            self.counts == other.counts
-            and self.last_ts == other.last_ts
-            and np.array_equal(self.long_term, other.long_term)
-            and self.recent_items == other.recent_items
-            and self.recent_ts == other.recent_ts
-            and self.recent_types == other.recent_types
-            and self.seen == other.seen
-            and self.purchased == other.purchased
-            and self.last_list == other.last_list
-        )
 
 
 def _pack_strs(out: list[bytes], items: list[str], count_fmt: struct.Struct | None) -> None:
@@ -114,7 +91,7 @@ class _Reader:
         end = self.pos + n
         if end > len(self.buf):
             raise CodecError("truncated user state")
-        view = self.buf[self.pos:end]
+        view = self.buf[self.pos : end]
         self.pos = end
         return view
 

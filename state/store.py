@@ -2,7 +2,7 @@
 
 A *store* owns one database per input partition (``open_partition``); a
 *partition* knows the last input offset it has applied and hands out
-*transactions*; a transaction is the :class:`~model.types.StateView` the pure
+*transactions*; a transaction is the :class:`~core.types.StateView` the pure
 step reads and writes, and its :meth:`PartitionTransaction.commit` writes the
 batch's user states, the partition's last processed offset and its user count
 in **one atomic write** (a rocksdict ``WriteBatch``). A crash therefore leaves
@@ -26,7 +26,6 @@ Key layout inside a partition database::
 
 from __future__ import annotations
 
-import shutil
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,8 +33,9 @@ from typing import Protocol
 
 from rocksdict import Options, Rdict, WriteBatch
 
-from state.codec import CodecError, UserState, decode_state, encode_state
-from stream.errors import InterestStreamError
+from core.errors import InterestStreamError
+from core.types import UserState
+from state.codec import CodecError, decode_state, encode_state
 
 __all__ = [
     "StateStoreError",
@@ -193,15 +193,16 @@ class StorePartition:
     def items(self) -> Iterator[tuple[str, UserState]]:
         """Every (user id, state) of this partition, in key order."""
         for key, raw in self.backend.iter_users():
-            user = key[len(_USER):].decode("utf-8")
+            user = key[len(_USER) :].decode("utf-8")
             yield user, self.decode(user, raw)
 
     def decode(self, user_id: str, raw: bytes) -> UserState:
         try:
             return decode_state(raw)
         except CodecError as exc:
-            raise StateStoreError(f"{self.name}: state of user {user_id!r} is unreadable: "
-                                  f"{exc}") from None
+            raise StateStoreError(
+                f"{self.name}: state of user {user_id!r} is unreadable: {exc}"
+            ) from None
 
     def after_commit(self, offset: int | None, users: int) -> None:
         if offset is not None:
@@ -213,7 +214,15 @@ class StorePartition:
 
 
 class Store(Protocol):
-    """Opens and closes the partition databases of one consumer."""
+    """Opens and closes the partition databases of one consumer.
+
+    ``location`` is the directory the store keeps its data in, or None when it
+    keeps nothing on disk (things that belong next to the state, e.g. model
+    snapshots, are saved only when there is a location).
+    """
+
+    @property
+    def location(self) -> Path | None: ...
 
     def open_partition(self, topic: str, partition: int) -> StorePartition: ...
 
@@ -275,6 +284,10 @@ class MemoryStore(_Registry):
         super().__init__()
         self._data: dict[tuple[str, int], dict[bytes, bytes]] = {}
 
+    @property
+    def location(self) -> Path | None:
+        return None
+
     def open_partition(self, topic: str, partition: int) -> StorePartition:
         if (topic, partition) in self._open:
             return self._open[(topic, partition)]
@@ -305,9 +318,12 @@ class _RocksBackend:
         if not keys:
             return []
         try:
-            return self.db.get(list(keys))
+            found = self.db.get(list(keys))
         except Exception as exc:  # rocksdict raises plain Exception
             raise StateStoreError(f"state read failed: {exc}") from None
+        if not isinstance(found, list):
+            raise StateStoreError(f"state read returned {type(found).__name__}, not a list")
+        return found
 
     def write_atomic(self, puts: dict[bytes, bytes]) -> None:
         wb = WriteBatch(raw_mode=True)
@@ -320,6 +336,7 @@ class _RocksBackend:
 
     def iter_users(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.db.items(from_key=_USER):
+            assert isinstance(key, bytes)  # raw mode: keys are bytes
             if key >= _USER_END:
                 break
             yield key, value
@@ -337,6 +354,10 @@ class RocksDBStore(_Registry):
     def __init__(self, root: str | Path) -> None:
         super().__init__()
         self.root = Path(root)
+
+    @property
+    def location(self) -> Path | None:
+        return self.root
 
     def path_of(self, topic: str, partition: int) -> Path:
         return self.root / topic / str(partition)
@@ -357,8 +378,3 @@ class RocksDBStore(_Registry):
                 if part_dir.name.isdigit() and (part_dir / "CURRENT").exists():
                     found.append((topic_dir.name, int(part_dir.name)))
         return sorted(found)
-
-    def destroy_partition(self, topic: str, partition: int) -> None:
-        """Close and delete one partition database (its state is rebuilt from scratch)."""
-        self.close_partition(topic, partition)
-        shutil.rmtree(self.path_of(topic, partition), ignore_errors=True)

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream.errors import BrokerError
+from core.errors import BrokerError
 
 __all__ = [
     "KAFKA_VERSION",
@@ -261,8 +261,9 @@ class EmbeddedBroker:
             try:
                 probe.bind(("127.0.0.1", self.port))
             except OSError:
-                raise BrokerError(f"port {self.port} on 127.0.0.1 is in use; "
-                                  "choose another with --port") from None
+                raise BrokerError(
+                    f"port {self.port} on 127.0.0.1 is in use; choose another with --port"
+                ) from None
         libs = ensure_jars()
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)

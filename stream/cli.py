@@ -10,41 +10,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from stream.errors import InterestStreamError
+from core.cliargs import add_kafka_flags
+from core.errors import InterestStreamError
+from model import cli as model_cli
+from stream import demo, worker_cli
 
-__all__ = ["main", "build_parser", "add_kafka_flags", "settings_from_args"]
-
-
-def add_kafka_flags(p: argparse.ArgumentParser) -> None:
-    """Flags every Kafka-facing command shares."""
-    p.add_argument(
-        "--bootstrap-servers",
-        dest="bootstrap_servers",
-        metavar="HOST:PORT[,...]",
-        help="Kafka bootstrap servers (default: $INTEREST_KAFKA_BOOTSTRAP)",
-    )
-    p.add_argument(
-        "--config", metavar="FILE.toml", help="TOML settings file (default: $INTEREST_CONFIG)"
-    )
-    p.add_argument(
-        "-X",
-        dest="client",
-        action="append",
-        metavar="NAME=VALUE",
-        help="librdkafka client setting, e.g. -X security.protocol=SASL_SSL (repeatable)",
-    )
-
-
-def settings_from_args(args: argparse.Namespace, **extra: Any):
-    """Settings from parsed flags > env > TOML > defaults."""
-    from stream.config import load_settings, parse_client_overrides
-
-    flags = {k: v for k, v in vars(args).items() if v is not None}
-    flags["client"] = parse_client_overrides(getattr(args, "client", None))
-    flags.update({k: v for k, v in extra.items() if v is not None})
-    return load_settings(flags, config_file=getattr(args, "config", None))
+__all__ = ["main", "build_parser"]
 
 
 def _broker_start(args: argparse.Namespace) -> int:
@@ -96,6 +68,7 @@ def _broker_fetch(args: argparse.Namespace) -> int:
 
 
 def _topics_create(args: argparse.Namespace) -> int:
+    from stream.config import settings_from_args
     from stream.topics import ensure_topics, topic_specs
 
     settings = settings_from_args(args)
@@ -136,11 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument("--partitions", type=int, help="partitions for new topics (default 4)")
     topics.set_defaults(func=_topics_create)
 
-    # Subcommands that live with the code they run (imported here: they use the
-    # helpers above); each imports torch and the Kafka clients only when it runs.
-    from model import cli as model_cli
-    from stream import demo, worker_cli
-
+    # Subcommands that live with the code they run. Building the parser imports
+    # neither torch nor the Kafka client (tests/stream/test_cli.py checks it):
+    # each command imports them when it runs.
     worker_cli.register(sub)
     demo.register(sub)
     model_cli.register(sub)

@@ -6,7 +6,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from stream.errors import ConfigError
+from core.errors import ConfigError
 
 __all__ = ["make_client"]
 

@@ -9,6 +9,7 @@ values whose name looks secret are never printed.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stream.errors import ConfigError
+from core.errors import ConfigError
 
 __all__ = [
     "KafkaConfig",
@@ -26,6 +27,7 @@ __all__ = [
     "WorkerConfig",
     "Settings",
     "load_settings",
+    "settings_from_args",
     "parse_client_overrides",
     "redact",
     "CONFIG_ENV",
@@ -145,8 +147,13 @@ def _convert(section: str, f: dataclasses.Field, raw: Any, origin: str) -> Any:
         except (TypeError, ValueError):
             value = None
         if value is None or value < lowest or (highest is not None and value > highest):
-            bounds = (f"from {lowest} to {highest}" if highest
-                      else "a positive integer" if lowest else "an integer >= 0")
+            bounds = (
+                f"from {lowest} to {highest}"
+                if highest
+                else "a positive integer"
+                if lowest
+                else "an integer >= 0"
+            )
             raise ConfigError(f"{origin}: {name} must be {bounds}, got {raw!r}")
         return value
     if isinstance(raw, (dict, list)):
@@ -223,3 +230,14 @@ def load_settings(
         topics=TopicsConfig(**_build(TopicsConfig, "topics", flags, env, doc.get("topics", {}))),
         worker=WorkerConfig(**_build(WorkerConfig, "worker", flags, env, doc.get("worker", {}))),
     )
+
+
+def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
+    """Settings from parsed flags (see :mod:`core.cliargs`) > env > TOML > defaults.
+
+    ``extra`` overrides flags (a command's own choices, e.g. the demo's state dir).
+    """
+    flags = {k: v for k, v in vars(args).items() if v is not None}
+    flags["client"] = parse_client_overrides(getattr(args, "client", None))
+    flags.update({k: v for k, v in extra.items() if v is not None})
+    return load_settings(flags, config_file=getattr(args, "config", None))

@@ -25,7 +25,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from stream.errors import InterestStreamError
+from core.cliargs import add_kafka_flags
+from core.errors import InterestStreamError
 
 __all__ = ["register", "run_demo"]
 
@@ -101,16 +102,15 @@ def _run(settings: Any, args: argparse.Namespace, stop: threading.Event) -> tupl
     """Worker, publisher and screen until ``stop`` is set or the time is up."""
     from prometheus_client import CollectorRegistry
 
+    from model.factory import create_serving_model
     from model.synthetic import SyntheticStream
     from stream.publish import Publisher
     from stream.runtime import Worker
-    from stream.topics import ensure_topics, topic_specs
-    from stream.worker_cli import create_worker_model
 
-    ensure_topics(settings.kafka, topic_specs(settings.topics))
     stream = SyntheticStream(seed=args.seed)
     screen = _Screen(stream)
-    worker = Worker(settings, create_worker_model(), registry=CollectorRegistry())
+    # The worker creates the topics before it is assigned; publishing waits for that.
+    worker = Worker(settings, build_model=create_serving_model, registry=CollectorRegistry())
     worker.on_publish = screen.on_publish
     failure: list[BaseException] = []
 
@@ -190,7 +190,7 @@ def _delete_topics(settings: Any) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from stream.broker import EmbeddedBroker
-    from stream.cli import settings_from_args
+    from stream.config import settings_from_args
 
     stop = threading.Event()
 
@@ -207,11 +207,17 @@ def run_demo(args: argparse.Namespace) -> int:
         # Someone's cluster: never join their group or write into their topics.
         tag = f"interest-demo-{uuid.uuid4().hex[:8]}"
         settings = settings_from_args(
-            args, state_dir=str(workdir / "state"), group=tag, events=f"{tag}.events",
-            recommendations=f"{tag}.recommendations", dead_letter=f"{tag}.dead-letter",
+            args,
+            state_dir=str(workdir / "state"),
+            group=tag,
+            events=f"{tag}.events",
+            recommendations=f"{tag}.recommendations",
+            dead_letter=f"{tag}.dead-letter",
         )
-        print(f"using {settings.kafka.bootstrap_servers} with topics {tag}.* and group {tag}",
-              file=sys.stderr)
+        print(
+            f"using {settings.kafka.bootstrap_servers} with topics {tag}.* and group {tag}",
+            file=sys.stderr,
+        )
     else:
         print("starting the embedded Kafka broker ...", file=sys.stderr, flush=True)
         broker = EmbeddedBroker(data_dir=workdir / "kafka").start()
@@ -239,8 +245,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``demo`` to the ``interest-stream`` parser."""
-    from stream.cli import add_kafka_flags
-
     p = sub.add_parser("demo", help="broker + worker + synthetic events, live lists on screen")
     add_kafka_flags(p)
     p.add_argument("--seconds", type=float, default=60.0, help="run time (default 60)")

@@ -7,7 +7,7 @@ Event (value on the events topic, key = user id, UTF-8 JSON)::
      "category": str (optional)}
 
 Numeric ids are accepted and turned into strings. :func:`decode_event`
-returns either an :class:`~model.types.Event` or a :class:`Rejected` carrying
+returns either an :class:`~core.types.Event` or a :class:`Rejected` carrying
 one of the short reason codes in :data:`REASONS`; the runtime sends rejected
 messages, bytes unchanged, to the dead-letter topic with that code in the
 ``error`` header.
@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from model.types import EVENT_TYPES, Event, Recommendation
+from core.types import EVENT_TYPES, Event, Recommendation
 
 __all__ = [
     "REASONS",
@@ -122,7 +122,17 @@ def decode_event(
     validator: EventValidator | None = None,
     now_ms: int | None = None,
 ) -> Event | Rejected:
-    """Validate one message; never raises for bad input."""
+    """Validate one message; never raises for bad input.
+
+    >>> decode_event(b"u7", b'{"user_id": "u7", "item_id": 161, "event": "click",'
+    ...              b' "ts": 1767225600000}', None)
+    Event(user_id='u7', item_id='161', event='click', ts=1767225600000, category=None)
+    >>> decode_event(b"u7", b'{"user_id": "u7", "event": "click"}', None)
+    Rejected(reason='missing-field', detail='item_id')
+    >>> decode_event(b"u8", b'{"user_id": "u7", "item_id": "i1", "event": "click"}',
+    ...              1767225600000).reason
+    'key-mismatch'
+    """
     v = validator or EventValidator()
     if not key:
         return Rejected("empty-key")
@@ -179,8 +189,12 @@ def decode_event(
 
 def encode_event(ev: Event) -> tuple[bytes, bytes]:
     """(key, value) of an event as a producer should send it."""
-    doc: dict[str, Any] = {"user_id": ev.user_id, "item_id": ev.item_id,
-                           "event": ev.event, "ts": ev.ts}
+    doc: dict[str, Any] = {
+        "user_id": ev.user_id,
+        "item_id": ev.item_id,
+        "event": ev.event,
+        "ts": ev.ts,
+    }
     if ev.category is not None:
         doc["category"] = ev.category
     return ev.user_id.encode("utf-8"), json.dumps(doc, separators=(",", ":")).encode("utf-8")
@@ -208,15 +222,22 @@ def encode_recommendation(rec: Recommendation, generated_at_ms: int) -> tuple[by
 
 def _is_item(entry: Any) -> bool:
     score = entry.get("score") if isinstance(entry, dict) else None
-    return (isinstance(entry, dict) and isinstance(entry.get("item_id"), str)
-            and isinstance(score, int | float) and not isinstance(score, bool))
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("item_id"), str)
+        and isinstance(score, int | float)
+        and not isinstance(score, bool)
+    )
 
 
 def decode_recommendation(value: bytes) -> dict[str, Any]:
     """Parse a recommendation message value (raises ValueError when malformed)."""
     doc = json.loads(value)
-    if (not isinstance(doc, dict) or not isinstance(doc.get("items"), list)
-            or not all(_is_item(entry) for entry in doc["items"])):
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("items"), list)
+        or not all(_is_item(entry) for entry in doc["items"])
+    ):
         raise ValueError("not a recommendation message")
     why = doc.get("explanation", [])
     if not isinstance(why, list) or not all(isinstance(item, str) for item in why):

@@ -3,11 +3,11 @@
 The runtime calls :meth:`ModelGuard.step` for each partition's part of a
 micro-batch. When the model raises, the batch is retried event by event and
 the events it still fails on are dead-lettered as ``processing-error``;
-``max_in_a_row`` failures in a row raise :class:`ModelError`.
+:data:`MAX_MODEL_FAILURES` failures in a row raise :class:`ModelError`.
 
 Two rules keep the isolation honest:
 
-* an :class:`~stream.errors.InterestStreamError` (e.g. a
+* an :class:`~core.errors.InterestStreamError` (e.g. a
   :class:`~state.store.StateStoreError`: unreadable user state, a RocksDB read
   that failed) is about the worker, not the event: it stops the worker with
   one clear line instead of dead-lettering valid events;
@@ -26,12 +26,16 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from core.errors import InterestStreamError
+from core.types import Event, Recommendation, UserState
 from model.step import RankingModel, process_batch
-from model.types import Event, Recommendation, UserState
-from stream.errors import InterestStreamError
+from state.store import PartitionTransaction, StorePartition
+from stream.batch import PartitionBatch, StepOutcome
 from stream.events import PROCESSING_ERROR, Rejected
 
-__all__ = ["ModelError", "ModelGuard"]
+__all__ = ["ModelError", "ModelGuard", "MAX_MODEL_FAILURES"]
+
+MAX_MODEL_FAILURES = 50  # valid events the model may fail on in a row before the worker stops
 
 _steps = threading.local()  # optimiser steps taken on this thread (see _install_step_hook)
 _hooked = False
@@ -52,6 +56,7 @@ def _install_step_hook() -> None:
 
     with _hook_lock:
         if not _hooked:
+
             def count(optimizer: Any, args: Any, kwargs: Any) -> None:
                 _steps.n = getattr(_steps, "n", 0) + 1
 
@@ -81,58 +86,75 @@ class _Watched:
 class ModelGuard:
     """Runs the pure step on one partition's batch, isolating model failures.
 
-    ``warn(kind, text, exc)`` logs (throttled by the caller); ``dead_letter(msg,
-    rejected)`` sends one message aside.
+    ``warn(kind, text, exc)`` logs (throttled by the caller). Failed events
+    come back in :attr:`StepOutcome.failed` for the checkpoint to dead-letter.
     """
 
-    def __init__(self, k: int, warn: Callable[[str, str, BaseException], None],
-                 dead_letter: Callable[[Any, Rejected], None],
-                 max_in_a_row: int = 50) -> None:
+    def __init__(
+        self,
+        k: int,
+        warn: Callable[[str, str, BaseException], None],
+        max_in_a_row: int = MAX_MODEL_FAILURES,
+    ) -> None:
         self.k = k
         self.max_in_a_row = max_in_a_row
         self._warn = warn
-        self._dead_letter = dead_letter
         self.failures_in_a_row = 0
 
-    def step(self, b: Any, model: RankingModel) -> None:
-        """The pure step on ``b`` (the runtime's per-partition batch), in place."""
+    def step(self, batch: PartitionBatch, part: StorePartition, model: RankingModel) -> StepOutcome:
+        """The pure step on ``batch`` against ``part``'s state; nothing is committed here."""
         _install_step_hook()
+        out = StepOutcome(self._begin(part, batch))
+        if not batch.events:
+            return out
         watched = _Watched(model)
         try:
-            b.take(process_batch(b.events, b.txn, watched, self.k))
-            self.failures_in_a_row = 0
-            return
+            result = process_batch(batch.events, out.txn, watched, self.k)
         except InterestStreamError:
             raise  # the worker's own trouble (state store, ...): not the events' fault
         except Exception as exc:  # any model bug: the events are retried one by one below
             learn = not watched.learned
-            self._warn(f"model {type(exc).__name__}",
-                       f"model failed on a batch of {b.part.name} ({type(exc).__name__}: "
-                       f"{exc}); retrying event by event"
-                       f"{'' if learn else ' without learning (the batch was learnt)'}", exc)
-        b.txn.discard()
-        b.txn = b.part.begin()
-        b.txn.set_offset(b.offset)
-        events, msgs, stamps = b.events, b.msgs, b.kafka_ts
-        b.events, b.msgs, b.kafka_ts = [], [], []
+            self._warn(
+                f"model {type(exc).__name__}",
+                f"model failed on a batch of {batch.name} ({type(exc).__name__}: "
+                f"{exc}); retrying event by event"
+                f"{'' if learn else ' without learning (the batch was learnt)'}",
+                exc,
+            )
+        else:
+            self.failures_in_a_row = 0
+            out.recommendations = result.recommendations
+            out.applied = list(batch.sources)
+            out.scored = result.scored
+            out.hits = sum(r is not None for r in result.ranks)
+            return out
+        out.txn.discard()
+        out.txn = self._begin(part, batch)
         latest: dict[str, Recommendation] = {}
-        for ev, msg, ts in zip(events, msgs, stamps, strict=True):
+        for ev, src in zip(batch.events, batch.sources, strict=True):
             try:
-                result = process_batch([ev], b.txn, model, self.k, learn=learn)
+                result = process_batch([ev], out.txn, model, self.k, learn=learn)
             except InterestStreamError:
                 raise
             except Exception as exc:  # this event is what the model cannot take
                 self.failures_in_a_row += 1
                 if self.failures_in_a_row >= self.max_in_a_row:
-                    raise ModelError(f"the model failed on {self.failures_in_a_row} events "
-                                     f"in a row; last: {type(exc).__name__}: {exc}") from exc
-                self._dead_letter(msg, Rejected(PROCESSING_ERROR, type(exc).__name__))
+                    raise ModelError(
+                        f"the model failed on {self.failures_in_a_row} events "
+                        f"in a row; last: {type(exc).__name__}: {exc}"
+                    ) from exc
+                out.failed.append((src, Rejected(PROCESSING_ERROR, type(exc).__name__)))
                 continue
             self.failures_in_a_row = 0
-            b.events.append(ev)
-            b.msgs.append(msg)
-            b.kafka_ts.append(ts)
-            b.scored += result.scored
-            b.hits += sum(r is not None for r in result.ranks)
+            out.applied.append(src)
+            out.scored += result.scored
+            out.hits += sum(r is not None for r in result.ranks)
             latest.update((rec.user_id, rec) for rec in result.recommendations)
-        b.recs = list(latest.values())  # still one list per touched user
+        out.recommendations = list(latest.values())  # still one list per touched user
+        return out
+
+    @staticmethod
+    def _begin(part: StorePartition, batch: PartitionBatch) -> PartitionTransaction:
+        txn = part.begin()
+        txn.set_offset(batch.last_offset)
+        return txn

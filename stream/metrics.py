@@ -9,6 +9,7 @@ Names (``interest_`` prefix):
 - ``events_consumed_total{event}``              valid events by type
 - ``events_applied_total``                      valid events folded into state
 - ``dead_letters_total{reason}``                messages sent to the dead-letter topic
+- ``batches_total``                             micro-batches committed
 - ``batch_size_events``                         histogram of messages per micro-batch
 - ``stage_seconds{stage}``                      poll, decode, step, produce, commit
 - ``event_to_list_latency_seconds``             Kafka timestamp of an event -> its list delivered
@@ -27,11 +28,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from model.types import EVENT_TYPES
-from stream.errors import ConfigError
+from core.errors import ConfigError
+from core.types import EVENT_TYPES
 from stream.events import REASONS
 
-__all__ = ["WorkerMetrics", "MetricsServer", "STAGES"]
+__all__ = ["WorkerMetrics", "MetricsServer", "STAGES", "sample_total"]
 
 STAGES = ("poll", "decode", "step", "produce", "commit")
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -48,6 +49,7 @@ class WorkerMetrics:
     events_consumed: Counter
     events_applied: Counter
     dead_letters: Counter
+    batches: Counter
     batch_size: Histogram
     stage_seconds: Histogram
     latency: Histogram
@@ -64,43 +66,66 @@ class WorkerMetrics:
         m = cls(
             registry=reg,
             messages_consumed=Counter(
-                "interest_messages_consumed", "Messages read from the events topic",
-                registry=reg),
+                "interest_messages_consumed", "Messages read from the events topic", registry=reg
+            ),
             events_consumed=Counter(
-                "interest_events_consumed", "Valid events consumed, by event type",
-                ["event"], registry=reg),
+                "interest_events_consumed",
+                "Valid events consumed, by event type",
+                ["event"],
+                registry=reg,
+            ),
             events_applied=Counter(
-                "interest_events_applied", "Valid events folded into user state",
-                registry=reg),
+                "interest_events_applied", "Valid events folded into user state", registry=reg
+            ),
             dead_letters=Counter(
-                "interest_dead_letters", "Messages sent to the dead-letter topic, by reason",
-                ["reason"], registry=reg),
+                "interest_dead_letters",
+                "Messages sent to the dead-letter topic, by reason",
+                ["reason"],
+                registry=reg,
+            ),
+            batches=Counter("interest_batches", "Micro-batches committed", registry=reg),
             batch_size=Histogram(
-                "interest_batch_size_events", "Messages per micro-batch",
-                buckets=_BATCH_BUCKETS, registry=reg),
+                "interest_batch_size_events",
+                "Messages per micro-batch",
+                buckets=_BATCH_BUCKETS,
+                registry=reg,
+            ),
             stage_seconds=Histogram(
-                "interest_stage_seconds", "Seconds per micro-batch stage",
-                ["stage"], buckets=_STAGE_BUCKETS, registry=reg),
+                "interest_stage_seconds",
+                "Seconds per micro-batch stage",
+                ["stage"],
+                buckets=_STAGE_BUCKETS,
+                registry=reg,
+            ),
             latency=Histogram(
                 "interest_event_to_list_latency_seconds",
                 "From an event's Kafka timestamp to the delivery of the list that includes it",
-                buckets=_LATENCY_BUCKETS, registry=reg),
+                buckets=_LATENCY_BUCKETS,
+                registry=reg,
+            ),
             lists_published=Counter(
-                "interest_lists_published", "Recommendation lists delivered",
-                registry=reg),
+                "interest_lists_published", "Recommendation lists delivered", registry=reg
+            ),
             events_scored=Counter(
-                "interest_events_scored", "Events scored against the list before them",
-                registry=reg),
+                "interest_events_scored", "Events scored against the list before them", registry=reg
+            ),
             list_hits=Counter(
-                "interest_list_hits", "Scored events whose item was in the user's top-K",
-                registry=reg),
+                "interest_list_hits",
+                "Scored events whose item was in the user's top-K",
+                registry=reg,
+            ),
             consumer_lag=Gauge(
                 "interest_consumer_lag_messages",
                 "Messages behind the high watermark, per assigned partition",
-                ["topic", "partition"], registry=reg),
+                ["topic", "partition"],
+                registry=reg,
+            ),
             users_in_state=Gauge(
-                "interest_users_in_state", "Users stored, per assigned partition",
-                ["partition"], registry=reg),
+                "interest_users_in_state",
+                "Users stored, per assigned partition",
+                ["partition"],
+                registry=reg,
+            ),
         )
         # Touch every label value so dashboards see zeros instead of gaps.
         for kind in EVENT_TYPES:
@@ -113,12 +138,34 @@ class WorkerMetrics:
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop the per-partition gauges of a partition this worker no longer owns."""
-        for gauge, labels in ((self.consumer_lag, (topic, str(partition))),
-                              (self.users_in_state, (str(partition),))):
+        for gauge, labels in (
+            (self.consumer_lag, (topic, str(partition))),
+            (self.users_in_state, (str(partition),)),
+        ):
             try:
                 gauge.remove(*labels)
             except KeyError:
                 pass
+
+
+def sample_total(metric: Counter, by: str | None = None) -> Any:
+    """A counter's current value, summed over its labels (or per value of label ``by``).
+
+    Reads the metric itself (public ``collect``), never the whole registry.
+    """
+    totals: dict[str, float] = {}
+    total = 0.0
+    for family in metric.collect():
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            total += sample.value
+            if by is not None:
+                key = sample.labels.get(by, "")
+                totals[key] = totals.get(key, 0.0) + sample.value
+    if by is not None:
+        return {k: int(v) for k, v in totals.items()}
+    return int(total)
 
 
 class MetricsServer:
@@ -136,7 +183,8 @@ class MetricsServer:
             return self
         try:
             self._server, self._thread = start_http_server(
-                self.port, addr=self.addr, registry=self.registry)
+                self.port, addr=self.addr, registry=self.registry
+            )
         except OSError as exc:
             raise ConfigError(
                 f"cannot serve metrics on port {self.port}: {exc.strerror} "

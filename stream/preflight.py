@@ -1,6 +1,6 @@
-"""Checks a worker runs before it starts, and client construction with one clear error.
+"""Checks a worker runs before it starts.
 
-Everything here fails with a one-line :class:`~stream.errors.InterestStreamError`
+Everything here fails with a one-line :class:`~core.errors.InterestStreamError`
 (an unwritable state dir, an unreachable broker, a client setting librdkafka
 rejects), cheap enough to run before a model is loaded.
 """
@@ -14,12 +14,12 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from core.errors import ConfigError, KafkaClientError
 from stream.clients import make_client
 from stream.config import Settings
-from stream.errors import ConfigError, KafkaClientError
 from stream.topics import ensure_topics, topic_specs
 
-__all__ = ["state_root", "check_writable", "make_client", "preflight", "CONNECT_TIMEOUT_S"]
+__all__ = ["state_root", "check_writable", "preflight", "CONNECT_TIMEOUT_S"]
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -47,11 +47,15 @@ def check_writable(root: Path) -> None:
         ) from None
 
 
-def preflight(settings: Settings, store_root: Path | None = None) -> None:
+def preflight(settings: Settings, state_dir: Path | None) -> None:
     """Fail fast, with one clear line, on an unusable state dir or an unreachable broker;
     create missing topics (existing ones are used as they are, with a WARNING where
-    they differ from the configuration). Cheap enough to call before loading a model."""
-    check_writable(store_root if store_root is not None else state_root(settings))
+    they differ from the configuration). Cheap enough to call before loading a model.
+
+    ``state_dir`` None: the state is not kept on disk, nothing to check there.
+    """
+    if state_dir is not None:
+        check_writable(state_dir)
     kafka = settings.kafka
     admin = make_client(AdminClient, kafka.client_config())
     try:

@@ -25,15 +25,15 @@ from types import TracebackType
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from model.types import Event
+from core.errors import ConfigError, KafkaClientError
+from core.types import Event
+from model.datasets import SOURCES
+from stream.clients import make_client
 from stream.config import Settings
-from stream.errors import ConfigError, KafkaClientError
 from stream.events import encode_event
-from stream.preflight import make_client
 
-__all__ = ["Publisher", "PublishStats", "event_source", "FORMATS", "PRODUCER_DEFAULTS"]
+__all__ = ["Publisher", "PublishStats", "event_source", "PRODUCER_DEFAULTS"]
 
-FORMATS = ("recbole", "movielens", "csv", "synthetic")
 PRODUCER_DEFAULTS: dict[str, object] = {
     "partitioner": "murmur2_random",
     "enable.idempotence": True,
@@ -57,8 +57,8 @@ def event_source(
         from model.synthetic import SyntheticStream
 
         return SyntheticStream(seed=seed)
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if fmt not in SOURCES:
+        raise ConfigError(f"unknown format {fmt!r} (choose from {', '.join(SOURCES)})")
     if data is None:
         raise ConfigError(f"--data PATH is required for --format {fmt}")
     from model.datasets import bad_rows_message, load_events
@@ -97,8 +97,9 @@ class Publisher:
     def __enter__(self) -> Publisher:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def check_connection(self, timeout: float = 10.0) -> None:
@@ -107,16 +108,22 @@ class Publisher:
             self._producer.list_topics(self.settings.topics.events, timeout=timeout)
         except KafkaException as exc:
             raise KafkaClientError(
-                f"cannot reach Kafka at {self.settings.kafka.bootstrap_servers}",
-                exc.args[0].name()) from None
+                f"cannot reach Kafka at {self.settings.kafka.bootstrap_servers}", exc.args[0].name()
+            ) from None
 
-    def send(self, key: bytes | None, value: bytes | None,
-             headers: list[tuple[str, bytes]] | None = None) -> None:
+    def send(
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         """Produce raw bytes (tests use this for malformed input)."""
         while True:
             try:
-                self._producer.produce(self.settings.topics.events, value, key,
-                                       headers=headers, on_delivery=self._on_delivery)
+                self._producer.produce(
+                    self.settings.topics.events,
+                    value,
+                    key,
+                    headers=headers,
+                    on_delivery=self._on_delivery,
+                )
                 self._stats.sent += 1
                 return
             except BufferError:
@@ -174,7 +181,8 @@ class Publisher:
             raise KafkaClientError(f"{left} event(s) not acknowledged by the broker in {timeout}s")
         if self._first_error is not None:
             raise KafkaClientError(
-                f"{self._stats.failed} event(s) could not be delivered: {self._first_error}")
+                f"{self._stats.failed} event(s) could not be delivered: {self._first_error}"
+            )
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
@@ -194,5 +202,11 @@ class Publisher:
 def _progress(total: int | None):  # noqa: ANN202 - tqdm's type is private
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="ev", unit_scale=True, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5)
+    return tqdm(
+        total=total,
+        unit="ev",
+        unit_scale=True,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )

@@ -27,8 +27,11 @@ log = logging.getLogger("interest_stream.worker")
 
 def commit_offsets(consumer: Consumer, parts: list[StorePartition], asynchronous: bool) -> None:
     """Commit stored offset + 1 of ``parts`` to the group (for lag tools and new owners)."""
-    offsets = [TopicPartition(p.topic, p.partition, last + 1)
-               for p in parts if (last := p.last_offset()) is not None]
+    offsets = [
+        TopicPartition(p.topic, p.partition, last + 1)
+        for p in parts
+        if (last := p.last_offset()) is not None
+    ]
     if not offsets:
         return
     try:
@@ -66,8 +69,11 @@ class Rebalancer:
         log.info("assigned %s", [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions])
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        parts = [p for tp in partitions
-                 if (p := self.store.partitions().get((tp.topic, tp.partition))) is not None]
+        parts = [
+            p
+            for tp in partitions
+            if (p := self.store.partitions().get((tp.topic, tp.partition))) is not None
+        ]
         commit_offsets(consumer, parts, asynchronous=False)
         self._release(consumer, partitions)
 
@@ -102,21 +108,38 @@ class Rebalancer:
         nxt = last + 1
         try:
             low, high = consumer.get_watermark_offsets(
-                TopicPartition(part.topic, part.partition), timeout=5)
+                TopicPartition(part.topic, part.partition), timeout=5
+            )
         except KafkaException as exc:
-            log.warning("%s: cannot read the log's offsets (%s); resuming at offset %d",
-                        part.name, exc.args[0].str() if exc.args else exc, nxt)
+            log.warning(
+                "%s: cannot read the log's offsets (%s); resuming at offset %d",
+                part.name,
+                exc.args[0].str() if exc.args else exc,
+                nxt,
+            )
             return nxt
         if nxt > high:
-            log.warning("%s: the stored offset %d is past the end of the log (%d): the topic "
-                        "was recreated or truncated; applying it again from offset %d "
-                        "(user states are kept)", part.name, last, high, low)
+            log.warning(
+                "%s: the stored offset %d is past the end of the log (%d): the topic "
+                "was recreated or truncated; applying it again from offset %d "
+                "(user states are kept)",
+                part.name,
+                last,
+                high,
+                low,
+            )
             part.reset_offset(low - 1)
             return low
         if nxt < low:
-            log.warning("%s: %d message(s) (offsets %d to %d) were removed by retention before "
-                        "this worker applied them; they are lost, resuming at offset %d",
-                        part.name, low - nxt, nxt, low - 1, low)
+            log.warning(
+                "%s: %d message(s) (offsets %d to %d) were removed by retention before "
+                "this worker applied them; they are lost, resuming at offset %d",
+                part.name,
+                low - nxt,
+                nxt,
+                low - 1,
+                low,
+            )
             return low
         return nxt
 
@@ -133,19 +156,31 @@ class Rebalancer:
             return
         try:
             committed = consumer.committed(
-                [TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=5)
+                [TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=5
+            )
         except KafkaException:
             return  # diagnostics only: never block an assignment on them
         for tp, c in zip(partitions, committed, strict=True):
             if tp.offset < 0:
                 if c.offset >= 0:
-                    log.warning("%s[%d]: no local state, but the group has processed it up to "
-                                "offset %d: user state for this partition starts empty "
-                                "(restoring state from a changelog is not built yet)",
-                                tp.topic, tp.partition, c.offset)
+                    log.warning(
+                        "%s[%d]: no local state, but the group has processed it up to "
+                        "offset %d: user state for this partition starts empty "
+                        "(restoring state from a changelog is not built yet)",
+                        tp.topic,
+                        tp.partition,
+                        c.offset,
+                    )
                 else:
-                    log.info("%s[%d]: no local state and no committed offset: starting at "
-                             "the beginning", tp.topic, tp.partition)
+                    log.info(
+                        "%s[%d]: no local state and no committed offset: starting at the beginning",
+                        tp.topic,
+                        tp.partition,
+                    )
             elif c.offset > tp.offset:
-                log.warning("%s[%d]: local state is %d message(s) behind the group; "
-                            "replaying them", tp.topic, tp.partition, c.offset - tp.offset)
+                log.warning(
+                    "%s[%d]: local state is %d message(s) behind the group; replaying them",
+                    tp.topic,
+                    tp.partition,
+                    c.offset - tp.offset,
+                )

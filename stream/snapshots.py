@@ -1,9 +1,11 @@
 """The worker's model survives restarts: snapshots under the state dir.
 
 Where: ``<state_dir>/<group>/model/snapshot.safetensors``, in the format of
-:mod:`model.snapshot` (parameters, optimiser moments, co-occurrence,
-popularity, vocabulary; safetensors, never pickle). Only the interest model
-has a snapshot format; a worker serving another model saves and loads nothing.
+:mod:`model.persist` (whatever the model says it learnt: for the interest model
+parameters, optimiser moments, co-occurrence, popularity, vocabulary;
+safetensors, never pickle). Any model that saves itself
+(:class:`model.persist.Persistent`) is snapshotted; one that does not is
+served without snapshots.
 
 When: after the state commits of the batches it covers, every
 ``$INTEREST_SNAPSHOT_EVERY_S`` seconds (default 60; 0 = never by time) or every
@@ -13,10 +15,11 @@ holds learning from a batch whose state could still be lost, a restart never
 learns an event twice; after a crash the model misses at most the batches since
 the last snapshot (their user states are kept).
 
-Cost: the model is copied on the worker's thread (a consistent point between
-batches); the copy is written on a background thread, so the hot path pays
-only the copy (see ``bench/snapshot_cost.py``). A snapshot that falls due while
-the previous one is still being written is skipped. Writing is atomic (temp
+Cost: the model's ``state_dict()`` (a copy) is taken on the worker's thread (a
+consistent point between batches); it is encoded and written on a background
+thread, so the hot path pays only the copy (see ``bench/snapshot_cost.py``).
+A snapshot that falls due while the previous one is still being written is
+skipped. Writing is atomic (temp
 file, fsync, rename): a crash mid-write leaves the previous snapshot intact.
 
 On start a snapshot is loaded if present. One that cannot be read (corrupt,
@@ -27,16 +30,16 @@ fresh model, as it would without a snapshot.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model.persist import ModelState, Persistent, snapshot_bytes
+from model.snapshot import load_snapshot, write_atomic
 from stream.config import WorkerConfig
 
 __all__ = ["SnapshotPolicy", "ModelSnapshots"]
@@ -58,13 +61,6 @@ class SnapshotPolicy:
         return cls(float(worker.snapshot_every_s), worker.snapshot_every_batches)
 
 
-def _supported(model: Any) -> bool:
-    # Without model.interest imported the model cannot be an InterestModel (and
-    # the check costs no torch import for the baselines).
-    module = sys.modules.get("model.interest")
-    return module is not None and isinstance(model, module.InterestModel)
-
-
 class ModelSnapshots:
     """Loads and saves one worker's model under ``directory``."""
 
@@ -80,38 +76,42 @@ class ModelSnapshots:
 
     def restore(self, model: Any) -> Any:
         """The model saved here, or ``model`` itself when there is none (or it is unreadable)."""
-        if not _supported(model) or not self.path.exists():
+        if not isinstance(model, Persistent) or not self.path.exists():
             return model
-        from model.snapshot import load_snapshot
-
         try:
             loaded = load_snapshot(self.path)
         except Exception as exc:  # corrupt, truncated, or saved by an incompatible model
             bad = self.path.with_name(FILE_NAME + ".bad")
             os.replace(self.path, bad)
-            log.warning("model snapshot %s is unreadable (%s); moved to %s, starting with a "
-                        "fresh model", self.path, exc, bad.name)
+            log.warning(
+                "model snapshot %s is unreadable (%s); moved to %s, starting with a fresh model",
+                self.path,
+                exc,
+                bad.name,
+            )
             return model
-        log.info("model restored from %s (%d items)", self.path, len(loaded.vocab))
+        log.info("model %s restored from %s", loaded.version, self.path)
         return loaded
 
     def after_batch(self, model: Any, committed: bool) -> None:
         """Called between batches; ``committed``: a batch was just applied and committed."""
         if committed:
             self._batches += 1
-        if not self._batches or not _supported(model):
+        if not self._batches or not isinstance(model, Persistent):
             return
         p = self.policy
-        due = ((p.every_batches and self._batches >= p.every_batches)
-               or (p.every_s and time.monotonic() - self._last >= p.every_s))
+        due = (p.every_batches and self._batches >= p.every_batches) or (
+            p.every_s and time.monotonic() - self._last >= p.every_s
+        )
         if not due or (self._thread is not None and self._thread.is_alive()):
             return
         t0 = time.perf_counter()
-        frozen = copy.deepcopy(model)  # a consistent copy; the worker trains on meanwhile
+        frozen = _Frozen(model)  # a consistent copy; the worker trains on meanwhile
         self.copy_seconds = time.perf_counter() - t0
         self._batches, self._last = 0, time.monotonic()
-        self._thread = threading.Thread(target=self._write, args=(frozen,),
-                                        name="model-snapshot", daemon=True)
+        self._thread = threading.Thread(
+            target=self._write, args=(frozen,), name="model-snapshot", daemon=True
+        )
         self._thread.start()
 
     def close(self, model: Any, clean: bool) -> None:
@@ -119,30 +119,37 @@ class ModelSnapshots:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if clean and _supported(model):
-            self._write(model)
+        if clean:
+            self.save(model)
 
-    def _write(self, model: Any) -> None:
-        from model.snapshot import save_snapshot
-
+    def save(self, model: Any) -> None:
+        """Save ``model`` now, on this thread (``copy_seconds``/``write_seconds`` say how long)."""
+        if not isinstance(model, Persistent):
+            return
         t0 = time.perf_counter()
-        tmp = self.path.with_name(FILE_NAME + ".tmp")
+        frozen = _Frozen(model)
+        self.copy_seconds = time.perf_counter() - t0
+        self._write(frozen)
+
+    def _write(self, frozen: _Frozen) -> None:
+        t0 = time.perf_counter()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            save_snapshot(model, tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)  # the rename itself survives a power cut
-            finally:
-                os.close(fd)
+            write_atomic(self.path, frozen.to_bytes())
         except Exception as exc:  # a full disk must not stop the worker: state is safe
             log.warning("model snapshot %s could not be written: %s", self.path, exc)
             return
         self.write_seconds = time.perf_counter() - t0
         self.saved += 1
+
+
+class _Frozen:
+    """What a model had learnt at one point, to be encoded later on another thread."""
+
+    def __init__(self, model: Persistent) -> None:
+        self.name, self.version = model.name, model.version
+        self.config = dict(model.config)
+        self.state: ModelState = model.state_dict()
+
+    def to_bytes(self) -> bytes:
+        return snapshot_bytes(self.name, self.version, self.config, self.state)

@@ -1,7 +1,9 @@
-"""Counters a running worker keeps for its caller (the demo, tests, the benchmark).
+"""What a running worker has done, for its caller (the demo, tests, the benchmark).
 
-Plain integers updated by the worker thread and read from any thread; the
-latency samples are a bounded window so a long run does not grow without end.
+Every count is read from the worker's Prometheus metrics, the one place the
+worker counts anything; this adds only what Prometheus cannot give exactly:
+a bounded window of event-to-list latencies for percentiles, and the run's
+start and end. Read from any thread.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+
+from stream.metrics import WorkerMetrics, sample_total
 
 __all__ = ["WorkerStats", "percentile"]
 
@@ -27,29 +30,55 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[rank]
 
 
-@dataclass
 class WorkerStats:
-    """What a worker has done so far.
+    """A view of one worker's metrics plus its latency window.
 
-    ``consumed == applied + dead_lettered`` holds after every batch.
-    ``latencies_s`` holds the newest event-to-list latencies in seconds;
+    ``consumed == applied + dead_lettered`` holds after every committed batch;
     ``hits / scored`` is the online hit rate (item in the list shown just before).
     """
 
-    consumed: int = 0
-    applied: int = 0
-    dead_lettered: int = 0
-    lists_published: int = 0
-    batches: int = 0
-    scored: int = 0
-    hits: int = 0
-    dead_letters_by_reason: Counter[str] = field(default_factory=Counter)
-    latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=_MAX_SAMPLES))
-    started_at: float | None = None
-    finished_at: float | None = None
-    # The worker thread appends while a reader (demo screen, bench) copies.
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    def __init__(self, metrics: WorkerMetrics | None = None) -> None:
+        self.metrics = metrics if metrics is not None else WorkerMetrics.create()
+        self._latencies: deque[float] = deque(maxlen=_MAX_SAMPLES)
+        self._lock = threading.Lock()  # the worker thread appends while a reader copies
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
 
+    # counts (from the metrics) ---------------------------------------------------------
+    @property
+    def consumed(self) -> int:
+        return sample_total(self.metrics.messages_consumed)
+
+    @property
+    def applied(self) -> int:
+        return sample_total(self.metrics.events_applied)
+
+    @property
+    def dead_lettered(self) -> int:
+        return sample_total(self.metrics.dead_letters)
+
+    @property
+    def dead_letters_by_reason(self) -> dict[str, int]:
+        by = sample_total(self.metrics.dead_letters, by="reason")
+        return {reason: n for reason, n in by.items() if n}
+
+    @property
+    def lists_published(self) -> int:
+        return sample_total(self.metrics.lists_published)
+
+    @property
+    def batches(self) -> int:
+        return sample_total(self.metrics.batches)
+
+    @property
+    def scored(self) -> int:
+        return sample_total(self.metrics.events_scored)
+
+    @property
+    def hits(self) -> int:
+        return sample_total(self.metrics.list_hits)
+
+    # run time and latency ----------------------------------------------------------------
     def started(self) -> None:
         self.started_at = time.monotonic()
 
@@ -58,17 +87,17 @@ class WorkerStats:
 
     def add_latencies(self, values: Iterable[float]) -> None:
         with self._lock:
-            self.latencies_s.extend(values)
+            self._latencies.extend(values)
 
     def clear_latencies(self) -> None:
         """Forget the samples so far (e.g. after a warm-up)."""
         with self._lock:
-            self.latencies_s.clear()
+            self._latencies.clear()
 
     def latency_samples(self) -> list[float]:
         """A copy of the current latency window (seconds)."""
         with self._lock:
-            return list(self.latencies_s)
+            return list(self._latencies)
 
     @property
     def elapsed_s(self) -> float:
@@ -83,14 +112,15 @@ class WorkerStats:
 
     def summary(self) -> dict[str, float | int | None | dict[str, int]]:
         p50, p99 = self.latency_ms(50), self.latency_ms(99)
+        scored = self.scored
         return {
             "consumed": self.consumed,
             "applied": self.applied,
             "dead_lettered": self.dead_lettered,
-            "dead_letters_by_reason": dict(self.dead_letters_by_reason),
+            "dead_letters_by_reason": self.dead_letters_by_reason,
             "lists_published": self.lists_published,
             "batches": self.batches,
-            "online_hit_rate": round(self.hits / self.scored, 4) if self.scored else None,
+            "online_hit_rate": round(self.hits / scored, 4) if scored else None,
             "elapsed_s": round(self.elapsed_s, 3),
             "latency_p50_ms": None if p50 is None else round(p50, 1),
             "latency_p99_ms": None if p99 is None else round(p99, 1),

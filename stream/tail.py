@@ -15,10 +15,10 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaException
 
+from core.errors import KafkaClientError
+from stream.clients import make_client
 from stream.config import Settings
-from stream.errors import KafkaClientError
 from stream.events import decode_recommendation
-from stream.preflight import make_client
 
 __all__ = ["tail", "format_list"]
 
@@ -29,8 +29,10 @@ def format_list(doc: dict[str, Any], width: int = 10) -> str:
     items = " ".join(f"{it['item_id']}:{float(it['score']):.3g}" for it in doc["items"][:width])
     why = doc.get("explanation")
     because = f" (because of {', '.join(why)})" if why else ""
-    return (f"{at:%H:%M:%S}.{at.microsecond // 1000:03d} {doc.get('user_id')} "
-            f"[{doc.get('model_version')}] {items}{because}")
+    return (
+        f"{at:%H:%M:%S}.{at.microsecond // 1000:03d} {doc.get('user_id')} "
+        f"[{doc.get('model_version')}] {items}{because}"
+    )
 
 
 def tail(
@@ -43,18 +45,23 @@ def tail(
 ) -> int:
     """Print (or hand to ``on_list``) every new list, until ``stop``; returns the count."""
     out = out if out is not None else sys.stdout
-    consumer = make_client(Consumer, settings.kafka.client_config(**{
-        "group.id": f"interest-tail-{uuid.uuid4().hex[:12]}",
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest" if from_beginning else "latest",
-    }))
+    consumer = make_client(
+        Consumer,
+        settings.kafka.client_config(
+            **{
+                "group.id": f"interest-tail-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest" if from_beginning else "latest",
+            }
+        ),
+    )
     try:
         try:
             consumer.list_topics(settings.topics.recommendations, timeout=10)
         except KafkaException as exc:
             raise KafkaClientError(
-                f"cannot reach Kafka at {settings.kafka.bootstrap_servers}",
-                exc.args[0].name()) from None
+                f"cannot reach Kafka at {settings.kafka.bootstrap_servers}", exc.args[0].name()
+            ) from None
         consumer.subscribe([settings.topics.recommendations])
         seen = 0
         while stop is None or not stop.is_set():

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from core.errors import KafkaClientError
 from stream.clients import make_client
 from stream.config import KafkaConfig, TopicsConfig
-from stream.errors import KafkaClientError
 
 __all__ = ["TopicSpec", "topic_specs", "ensure_topics"]
 
 log = logging.getLogger("interest_stream.topics")
-_warned: set[tuple[str, str, str]] = set()  # (servers, topic, what): each said once a process
 
 
 @dataclass(frozen=True)
@@ -74,9 +73,13 @@ def ensure_topics(
         if spec.name in existing:
             have = len(existing[spec.name].partitions)
             if have != spec.partitions:
-                _warn_once(kafka, spec.name, "partitions",
-                           f"topic {spec.name} exists with {have} partitions, the "
-                           f"configuration says {spec.partitions}; using the existing topic")
+                log.warning(
+                    "topic %s exists with %d partitions, the configuration says %d; "
+                    "using the existing topic",
+                    spec.name,
+                    have,
+                    spec.partitions,
+                )
             result[spec.name] = False
         else:
             missing.append(
@@ -84,7 +87,7 @@ def ensure_topics(
                     spec.name, spec.partitions, spec.replication_factor, config=dict(spec.config)
                 )
             )
-    _check_policies(admin, kafka, [s for s in specs if s.name in existing])
+    _check_policies(admin, [s for s in specs if s.name in existing])
     if not missing:
         return result
     for name, future in admin.create_topics(missing, request_timeout=timeout).items():
@@ -102,15 +105,7 @@ def ensure_topics(
     return result
 
 
-def _warn_once(kafka: KafkaConfig, topic: str, what: str, text: str) -> None:
-    # Worker start-up checks the topics twice (preflight, then run): say it once.
-    key = (str(kafka.bootstrap_servers), topic, what)
-    if key not in _warned:
-        _warned.add(key)
-        log.warning("%s", text)
-
-
-def _check_policies(admin: AdminClient, kafka: KafkaConfig, specs: list[TopicSpec]) -> None:
+def _check_policies(admin: AdminClient, specs: list[TopicSpec]) -> None:
     """Warn when an existing topic's cleanup.policy differs from what its spec asks."""
     wanted = {s.name: s.config["cleanup.policy"] for s in specs if "cleanup.policy" in s.config}
     if not wanted:
@@ -128,6 +123,10 @@ def _check_policies(admin: AdminClient, kafka: KafkaConfig, specs: list[TopicSpe
         have = entry.value if entry is not None else "delete"
         want = wanted[res.name]
         if set(want.split(",")) - set((have or "").split(",")):
-            _warn_once(kafka, res.name, "cleanup.policy",
-                       f"topic {res.name} exists with cleanup.policy={have}, expected {want} "
-                       f"(a recommendations topic should keep only each user's newest list)")
+            log.warning(
+                "topic %s exists with cleanup.policy=%s, expected %s (a recommendations "
+                "topic should keep only each user's newest list)",
+                res.name,
+                have,
+                want,
+            )

@@ -18,47 +18,24 @@ import sys
 import threading
 from typing import Any
 
-from confluent_kafka import KafkaException
+from core.cliargs import add_csv_flags, add_kafka_flags
+from core.errors import ConfigError, KafkaClientError
+from model.factory import MODEL_ENV, THREADS_ENV
+from stream.config import settings_from_args
 
-from model.cli import add_csv_flags
-from stream.cli import add_kafka_flags, settings_from_args
-from stream.errors import ConfigError, KafkaClientError
+__all__ = ["register"]
 
-__all__ = ["register", "create_worker_model"]
-
-MODEL_ENV = "INTEREST_MODEL"
-THREADS_ENV = "INTEREST_TORCH_THREADS"
 _STATUS_EVERY_S = 10.0
-
-
-def create_worker_model(name: str | None = None) -> Any:
-    """The model a worker serves (``$INTEREST_MODEL``, default: the factory's default).
-
-    Torch gets one intra-op thread unless ``$INTEREST_TORCH_THREADS`` says
-    otherwise: per-batch tensors are small, and on a small box a second thread
-    only fights librdkafka's threads (2 cores, 20k events: 1,270 -> 7,200 events/s).
-    """
-    from model.factory import create_model
-
-    name = name or os.environ.get(MODEL_ENV) or None
-    model = create_model(name) if name else create_model()
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        threads = os.environ.get(THREADS_ENV, "1")
-        try:
-            torch.set_num_threads(max(1, int(threads)))
-        except ValueError:
-            raise ConfigError(
-                f"{THREADS_ENV} must be a positive integer, got {threads!r}") from None
-    return model
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
     def handler(signum: int, frame: object) -> None:
         if stop.is_set():
             raise KeyboardInterrupt  # second signal: give up waiting
-        print(f"interest-stream: {signal.Signals(signum).name} received, finishing the batch",
-              file=sys.stderr)
+        print(
+            f"interest-stream: {signal.Signals(signum).name} received, finishing the batch",
+            file=sys.stderr,
+        )
         stop.set()
 
     signal.signal(signal.SIGINT, handler)
@@ -68,28 +45,38 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 def _status_loop(worker: Any, stop: threading.Event) -> None:
     while not stop.wait(_STATUS_EVERY_S):
         s = worker.stats.summary()
-        print(f"interest-stream: consumed={s['consumed']} applied={s['applied']} "
-              f"dead_lettered={s['dead_lettered']} lists={s['lists_published']} "
-              f"latency_p50_ms={s['latency_p50_ms']} p99_ms={s['latency_p99_ms']}",
-              file=sys.stderr, flush=True)
+        print(
+            f"interest-stream: consumed={s['consumed']} applied={s['applied']} "
+            f"dead_lettered={s['dead_lettered']} lists={s['lists_published']} "
+            f"latency_p50_ms={s['latency_p50_ms']} p99_ms={s['latency_p99_ms']}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from confluent_kafka import KafkaException
     from prometheus_client import CollectorRegistry
 
-    from stream.runtime import Worker, preflight
+    from model.factory import create_serving_model
+    from stream.runtime import Worker
 
-    logging.basicConfig(level=os.environ.get("INTEREST_LOG_LEVEL", "WARNING").upper(),
-                        format="interest-stream: %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=os.environ.get("INTEREST_LOG_LEVEL", "WARNING").upper(),
+        format="interest-stream: %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     settings = settings_from_args(args)
-    preflight(settings)  # before loading the model: a mistake shows in a second, not ten
     stop = threading.Event()
     _install_stop_handlers(stop)
-    worker = Worker(settings, create_worker_model(), registry=CollectorRegistry())
+    # The worker checks the state dir and the broker before it builds the model:
+    # a mistake shows in a second, not ten.
+    worker = Worker(settings, build_model=create_serving_model, registry=CollectorRegistry())
+    worker.on_start = lambda info: print(
+        f"interest-stream: worker starting: {json.dumps(info)}", file=sys.stderr, flush=True
+    )
     status = threading.Thread(target=_status_loop, args=(worker, stop), daemon=True)
     status.start()
-    info = worker.describe()
-    print(f"interest-stream: worker starting: {json.dumps(info)}", file=sys.stderr, flush=True)
     try:
         stats = worker.run(stop)
     except KafkaException as exc:
@@ -113,7 +100,8 @@ def _publish(args: argparse.Namespace) -> int:
     from model.datasets import DEFAULT_COLUMNS, parse_mapping
 
     events = event_source(
-        args.format, args.data,
+        args.format,
+        args.data,
         column_map=parse_mapping(args.columns, "--columns", tuple(DEFAULT_COLUMNS)),
         event_map=parse_mapping(args.event_map, "--event-map"),
     )
@@ -124,10 +112,12 @@ def _publish(args: argparse.Namespace) -> int:
         from stream.topics import ensure_topics, topic_specs
 
         ensure_topics(settings.kafka, topic_specs(settings.topics))
-        stats = pub.publish(events, rate=args.rate, limit=args.limit,
-                            progress=True, stop=stop)
-    print(f"interest-stream: published {stats.delivered} event(s) to {settings.topics.events} "
-          f"in {stats.elapsed_s:.1f}s ({stats.rate:.0f}/s)", file=sys.stderr)
+        stats = pub.publish(events, rate=args.rate, limit=args.limit, progress=True, stop=stop)
+    print(
+        f"interest-stream: published {stats.delivered} event(s) to {settings.topics.events} "
+        f"in {stats.elapsed_s:.1f}s ({stats.rate:.0f}/s)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -144,27 +134,40 @@ def _tail(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``worker``, ``publish`` and ``tail`` to the ``interest-stream`` parser."""
-    w = sub.add_parser("worker", help="consume events, keep user state, publish lists",
-                       epilog=f"The model is chosen by ${MODEL_ENV} (default: the factory's); "
-                       f"torch threads by ${THREADS_ENV} (default 1). The interest model is "
-                       "saved under the state dir every $INTEREST_SNAPSHOT_EVERY_S seconds "
-                       "(default 60) or $INTEREST_SNAPSHOT_EVERY_BATCHES batches (default 0: "
-                       "off) and on stop; [worker] snapshot_every_s/_batches in the TOML file.")
+    w = sub.add_parser(
+        "worker",
+        help="consume events, keep user state, publish lists",
+        epilog=f"The model is chosen by ${MODEL_ENV} (default: the factory's); "
+        f"torch threads by ${THREADS_ENV} (default 1). The interest model is "
+        "saved under the state dir every $INTEREST_SNAPSHOT_EVERY_S seconds "
+        "(default 60) or $INTEREST_SNAPSHOT_EVERY_BATCHES batches (default 0: "
+        "off) and on stop; [worker] snapshot_every_s/_batches in the TOML file.",
+    )
     add_kafka_flags(w)
     w.add_argument("--group", help="consumer group (default interest-stream)")
-    w.add_argument("--state-dir", dest="state_dir",
-                   help="directory for the per-partition RocksDB stores (default ./state-data)")
-    w.add_argument("--metrics-port", dest="metrics_port", type=int,
-                   help="Prometheus endpoint port (default 9464; 0 disables it)")
+    w.add_argument(
+        "--state-dir",
+        dest="state_dir",
+        help="directory for the per-partition RocksDB stores (default ./state-data)",
+    )
+    w.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        help="Prometheus endpoint port (default 9464; 0 disables it)",
+    )
     w.set_defaults(func=_worker)
 
     p = sub.add_parser("publish", help="replay a file or the synthetic stream as events")
     add_kafka_flags(p)
     p.add_argument("--data", metavar="PATH", help="event file or directory (not for synthetic)")
-    p.add_argument("--format", required=True,
-                   choices=("recbole", "movielens", "csv", "synthetic"))
-    p.add_argument("--rate", type=float, metavar="EV_PER_S",
-                   help="events per second (default: as fast as the broker takes them)")
+    p.add_argument("--format", required=True, choices=("recbole", "movielens", "csv", "synthetic"))
+    p.add_argument(
+        "--rate",
+        type=float,
+        metavar="EV_PER_S",
+        help="events per second (default: as fast as the broker takes them)",
+    )
     p.add_argument("--limit", type=int, metavar="N", help="stop after N events")
     add_csv_flags(p)
     p.set_defaults(func=_publish)

@@ -3,7 +3,8 @@
 ``INTEREST_KAFKA_BOOTSTRAP`` points the tests at an existing cluster;
 otherwise the embedded broker is started once (in a temporary data dir) and
 stopped at the end. A broker that fails to start fails the tests that need it
-(an error, never a skip).
+(an error, never a skip). Every test that uses the broker is marked ``kafka``
+automatically (``pytest -m "not kafka"`` runs the rest).
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from stream.config import BOOTSTRAP_ENV, KafkaConfig, TopicsConfig
+
+
+@pytest.hookimpl(tryfirst=True)  # before "-m" deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kafka)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -65,8 +66,31 @@ def test_grafana_has_prometheus_provisioned():
     assert prom and prom[0]["url"] == "http://prometheus:9090"
 
 
-def test_worker_image_installs_the_package_and_runs_the_worker():
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "pip install" in dockerfile
-    assert 'ENTRYPOINT ["interest-stream"]' in dockerfile
-    assert _compose()["services"]["worker"]["build"] == "."
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_worker_image_installs_every_package_and_runs_the_worker():
+    steps = _dockerfile()
+    copied = {args.split()[0] for word, args in steps if word == "COPY"}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    # Every package the wheel is built from (and the build's own inputs) is in the image.
+    assert packages | {"pyproject.toml"} <= copied
+    runs = [args for word, args in steps if word == "RUN"]
+    assert any(re.search(r"pip install (--no-cache-dir )?\.( |$)", run) for run in runs)
+    assert ("ENTRYPOINT", '["interest-stream"]') in steps
+    assert ("CMD", '["worker"]') in steps
+    worker = _compose()["services"]["worker"]
+    assert worker["build"] == "."
+    # The state directory the worker is told to use is the volume that outlives it.
+    state_dir = _env(worker)["INTEREST_STATE_DIR"]
+    assert any(v.endswith(":" + state_dir) for v in worker["volumes"])

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from core.types import Event, UserState
 from model.baselines import IncrementalMF, SequentialItemKNN
 from model.evaluate import MemoryStates
 from model.popular import DecayedPopularity, MostPopular
 from model.step import process_batch
-from model.types import Event, UserState
 
 
 def _ev(user: str, item: str, ts: int, kind: str = "click") -> Event:
@@ -16,8 +16,15 @@ def _ev(user: str, item: str, ts: int, kind: str = "click") -> Event:
 def test_most_popular_ranks_by_count_and_excludes_purchases() -> None:
     model = MostPopular()
     views = MemoryStates()
-    stream = [_ev("a", "x", 1), _ev("b", "x", 2), _ev("c", "x", 3), _ev("a", "y", 4),
-              _ev("b", "y", 5), _ev("c", "z", 6), _ev("d", "x", 7, "purchase")]
+    stream = [
+        _ev("a", "x", 1),
+        _ev("b", "x", 2),
+        _ev("c", "x", 3),
+        _ev("a", "y", 4),
+        _ev("b", "y", 5),
+        _ev("c", "z", 6),
+        _ev("d", "x", 7, "purchase"),
+    ]
     res = process_batch(stream, views, model, k=3)
     lists = {r.user_id: [i for i, _ in r.items] for r in res.recommendations}
     assert lists["a"] == ["x", "y", "z"]
@@ -27,7 +34,8 @@ def test_most_popular_ranks_by_count_and_excludes_purchases() -> None:
 def test_decayed_popularity_prefers_what_is_trending() -> None:
     model = DecayedPopularity(half_life=3)
     stream = [_ev(f"u{i}", "old", i) for i in range(10)] + [
-        _ev(f"v{i}", "new", 20 + i) for i in range(4)]
+        _ev(f"v{i}", "new", 20 + i) for i in range(4)
+    ]
     process_batch(stream, MemoryStates(), model, k=2)
     assert model.rank("anyone", UserState(), 2)[0][0] == "new"
 

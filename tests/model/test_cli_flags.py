@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import DataError
 from model.datasets import bad_rows_message, load_events, parse_mapping
 from stream.cli import main
-from stream.errors import DataError
 
 CSV = (
     "uid,iid,behavior,time\n"
@@ -35,8 +35,9 @@ def test_parse_mapping():
 
 
 def test_bad_rows_message_gives_count_and_every_example(csv_file: Path):
-    loaded = load_events(csv_file, "csv", column_map={"user": "uid", "item": "iid",
-                                                      "type": "behavior", "ts": "time"})
+    loaded = load_events(
+        csv_file, "csv", column_map={"user": "uid", "item": "iid", "type": "behavior", "ts": "time"}
+    )
     msg = bad_rows_message(loaded, csv_file)
     assert msg is not None and msg.startswith("skipped 2 unreadable row(s)")
     assert len(msg.splitlines()) == 3  # the header line and both examples
@@ -44,9 +45,23 @@ def test_bad_rows_message_gives_count_and_every_example(csv_file: Path):
 
 def test_evaluate_reads_a_csv_through_column_and_event_maps(csv_file, tmp_path, capsys):
     out = tmp_path / "r.json"
-    code = main(["evaluate", "--data", str(csv_file), "--format", "csv", "--models", "popular",
-                 "--columns", "user=uid,item=iid,type=behavior,ts=time",
-                 "--event-map", "zzz=cart", "--json", str(out)])
+    code = main(
+        [
+            "evaluate",
+            "--data",
+            str(csv_file),
+            "--format",
+            "csv",
+            "--models",
+            "popular",
+            "--columns",
+            "user=uid,item=iid,type=behavior,ts=time",
+            "--event-map",
+            "zzz=cart",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
     # "bad,row" is the only row left out: zzz is now a known behaviour.

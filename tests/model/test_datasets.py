@@ -6,17 +6,19 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import DataError
 from model.datasets import load_events, rating_to_event
-from stream.errors import DataError
 
 
 def _recbole(tmp_path: Path, rows: list[str]) -> Path:
     inter = tmp_path / "toy.inter"
     inter.write_text(
-        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "\n".join(rows) + "\n")
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "\n".join(rows) + "\n"
+    )
     (tmp_path / "toy.item").write_text(
         "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
-        "10\tA\t1995\tComedy Drama\n20\tB\t1996\tAction\n")
+        "10\tA\t1995\tComedy Drama\n20\tB\t1996\tAction\n"
+    )
     return inter
 
 
@@ -61,7 +63,8 @@ def test_movielens_udata_with_uitem(tmp_path: Path) -> None:
     horror[11] = "1"
     (tmp_path / "u.item").write_text(
         "7|Film|01-Jan-1995||http://x|" + "|".join(horror) + "\n"
-        "8|Other|01-Jan-1995||http://x|" + "|".join(flags) + "\n")
+        "8|Other|01-Jan-1995||http://x|" + "|".join(flags) + "\n"
+    )
     res = load_events(tmp_path, "movielens")
     assert [(e.user_id, e.item_id) for e in res.events] == [("2", "8"), ("1", "7")]
     assert res.events[1].category == "Horror"
@@ -85,9 +88,19 @@ def test_csv_with_column_and_behaviour_maps(tmp_path: Path) -> None:
         "u1,a,buy,1700000001000,shoes\n"
         "u2,b,fav,2024-01-01T00:00:00Z,\n"
         "u2,b,teleport,1700000002,\n"
-        "u3,c,pv\n")
-    res = load_events(path, "csv", column_map={
-        "user": "uid", "item": "sku", "type": "behavior", "ts": "time", "category": "cat"})
+        "u3,c,pv\n"
+    )
+    res = load_events(
+        path,
+        "csv",
+        column_map={
+            "user": "uid",
+            "item": "sku",
+            "type": "behavior",
+            "ts": "time",
+            "category": "cat",
+        },
+    )
     assert [e.event for e in res.events] == ["click", "purchase", "favourite"]
     assert res.events[0].ts == 1_700_000_000_000  # seconds became ms
     assert res.events[1].ts == 1_700_000_001_000  # ms stayed ms
@@ -106,12 +119,3 @@ def test_csv_custom_event_map_and_errors(tmp_path: Path) -> None:
         load_events(path, "csv", column_map={"ts": "when"})
     with pytest.raises(DataError, match="unknown data format"):
         load_events(path, "parquet")
-
-
-def test_shared_movielens_copy_loads_if_present() -> None:
-    data = Path(__file__).resolve().parents[3] / "shared" / "data" / "movielens-100k"
-    if not data.exists():
-        pytest.skip("shared MovieLens copy not available")
-    res = load_events(data, "recbole")
-    assert len(res.events) == 100_000 and res.bad_rows == 0
-    assert all(a.ts <= b.ts for a, b in zip(res.events, res.events[1:], strict=False))

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from core.types import Event
 from model import cli
 from model.evaluate import ModelReport, _LagTracker, split_flurs
 from model.synthetic import Switch
-from model.types import Event
 
 
 def _ev(user: str, item: str, ts: int = 0) -> Event:
@@ -49,10 +49,14 @@ def test_lag_counts_user_events_until_the_list_follows() -> None:
     old = [f"o{i}" for i in range(10)]
     mixed = [f"n{i}" for i in range(6)] + old[:4]
     # u switches at seq 1, v at seq 2, w near the end: too few events to judge.
-    events = [_ev("u", "x")] + [_ev(u, "x") for _ in range(12) for u in ("u", "v")] + [
-        _ev("w", "x")] * 3
-    switches = [Switch(1, "u", "old", "new"), Switch(2, "v", "old", "new"),
-                Switch(len(events) - 3, "w", "old", "new")]
+    events = (
+        [_ev("u", "x")] + [_ev(u, "x") for _ in range(12) for u in ("u", "v")] + [_ev("w", "x")] * 3
+    )
+    switches = [
+        Switch(1, "u", "old", "new"),
+        Switch(2, "v", "old", "new"),
+        Switch(len(events) - 3, "w", "old", "new"),
+    ]
     tracker = _LagTracker(switches, cats, k=10, events=events, first_seq=0)
     assert tracker.censored == 1
     u_seen = 0
@@ -61,7 +65,7 @@ def test_lag_counts_user_events_until_the_list_follows() -> None:
         if ev.user_id == "u" and seq >= 1:
             listed = mixed if u_seen == 2 else old  # u's list follows after 2 events
             u_seen += 1
-        tracker.observe(seq, ev, listed)        # v's list never follows
+        tracker.observe(seq, ev, listed)  # v's list never follows
     assert tracker.close() == [2.0, math.inf]
 
 
@@ -83,18 +87,38 @@ def test_cli_synthetic_writes_json_with_all_models_and_plot(tmp_path: Path) -> N
     assert set(result["models"]) == {"interest", "interest-static", "popular", "imf", "itemknn"}
     assert result["events_tested"] == 1500
     for metrics in result["models"].values():
-        assert {"recall", "ndcg", "mrr", "precision", "f1", "coverage", "lag_median",
-                "lag_p90"} <= set(metrics)
+        assert {
+            "recall",
+            "ndcg",
+            "mrr",
+            "precision",
+            "f1",
+            "coverage",
+            "lag_median",
+            "lag_p90",
+        } <= set(metrics)
         assert 0.0 <= metrics["recall"] <= 1.0
     assert png.stat().st_size > 1000
 
 
 def test_cli_flurs_on_a_csv(tmp_path: Path) -> None:
     path = tmp_path / "ev.csv"
-    rows = [f"u{i % 7},i{(i * 3) % 11},click,{1000 + i}" for i in range(300)]
+    # 20 users one after the other, each walking 15 steps along a ring of 60 items
+    # from its own start: the next item always follows the current one.
+    rows = [
+        f"u{u},i{(u * 17 + j) % 60},click,{1000 + 15 * u + j}" for u in range(20) for j in range(15)
+    ]
     path.write_text("user,item,type,ts\n" + "\n".join(rows) + "\n")
-    args = _args(data=path, format="csv", protocol="flurs", models="popular,itemknn", k=5)
+    out = tmp_path / "r.json"
+    args = _args(data=path, format="csv", protocol="flurs", models="popular,itemknn", k=5, json=out)
     assert args.func(args) == 0
+    result = json.loads(out.read_text())
+    # No ratings: every event is positive; 30% warm up (train + update), 70% are scored.
+    assert (result["protocol"], result["k"], result["events_tested"]) == ("flurs", 5, 210)
+    assert set(result["models"]) == {"popular", "itemknn"}
+    # Item-kNN learns "after i comes i+1" from earlier users; popularity ignores order.
+    assert result["models"]["itemknn"]["recall"] > result["models"]["popular"]["recall"]
+    assert result["models"]["popular"]["coverage"] > 0
 
 
 def test_cli_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

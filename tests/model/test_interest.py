@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import torch
 
+from core.types import Event, UserState
 from model.evaluate import MemoryStates, evaluate_models
 from model.factory import create_model
 from model.interest import InterestModel
 from model.step import process_batch
 from model.synthetic import SyntheticStream
-from model.types import Event, UserState
 
 
 def test_learns_planted_interests_clearly_above_popular() -> None:
-    events = list(SyntheticStream(seed=11, n_users=150, n_categories=8,
-                                  items_per_category=25, n_events=6000))
-    models = {"interest": create_model("interest", seed=0),
-              "popular": create_model("popular")}
+    events = list(
+        SyntheticStream(seed=11, n_users=150, n_categories=8, items_per_category=25, n_events=6000)
+    )
+    models = {"interest": create_model("interest", seed=0), "popular": create_model("popular")}
     reports = evaluate_models(models, events[:1000], events[1000:], batch_size=32)
     recall = {n: sum(r.hits) / len(r.hits) for n, r in reports.items()}
     assert recall["interest"] > 1.5 * recall["popular"]
@@ -30,7 +30,7 @@ def test_same_seed_same_lists() -> None:
         model, views = create_model("interest", seed=9), MemoryStates()
         out = []
         for i in range(0, len(events), 64):
-            out += process_batch(events[i:i + 64], views, model, keep_lists=True).lists
+            out += process_batch(events[i : i + 64], views, model, keep_lists=True).lists
         return out
 
     assert run() == run()
@@ -58,8 +58,15 @@ def test_new_item_rides_on_its_category() -> None:
             batch.append(Event(f"u{u}", f"b{j}", "click", t, "books"))
     process_batch(batch, views, model, score=False)
     # A brand-new shoe and a brand-new book appear once each.
-    process_batch([Event("x", "s-new", "click", t + 1, "shoes"),
-                   Event("y", "b-new", "click", t + 2, "books")], views, model, score=False)
+    process_batch(
+        [
+            Event("x", "s-new", "click", t + 1, "shoes"),
+            Event("y", "b-new", "click", t + 2, "books"),
+        ],
+        views,
+        model,
+        score=False,
+    )
     fan = UserState()
     for j in range(5):
         fan.recent_items.append(f"s{j}")
@@ -75,7 +82,7 @@ def test_vocabulary_grows_past_initial_capacity_while_training() -> None:
     views = MemoryStates()
     events = [Event(f"u{i % 37}", f"i{i}", "click", i, f"c{i % 300}") for i in range(1200)]
     for i in range(0, len(events), 100):
-        process_batch(events[i:i + 100], views, model)
+        process_batch(events[i : i + 100], views, model)
     assert len(model.vocab) == 1200 and model.emb_out.shape[0] >= 1200
     assert model.vocab.n_categories == 301
     assert torch.isfinite(model.emb_out).all()
@@ -91,7 +98,7 @@ def test_freeze_stops_learning_but_states_still_move() -> None:
     user = events[900].user_id
     n_user = views.states[user].n_events if user in views.states else 0
     for i in range(800, 1200, 100):
-        process_batch(events[i:i + 100], views, model)
+        process_batch(events[i : i + 100], views, model)
     assert len(model.vocab) == n_items
     assert all(torch.equal(a, b) for a, b in zip(before, model._params(), strict=True))
     assert views.states[user].n_events > n_user
@@ -99,10 +106,13 @@ def test_freeze_stops_learning_but_states_still_move() -> None:
 
 def test_sampled_softmax_path_for_large_catalogues_still_learns() -> None:
     # max_full_softmax below the catalogue size forces sampled + in-batch negatives.
-    events = list(SyntheticStream(seed=12, n_users=150, n_categories=8,
-                                  items_per_category=25, n_events=5000))
-    models = {"sampled": InterestModel(seed=0, max_full_softmax=50, n_negatives=64),
-              "popular": create_model("popular")}
+    events = list(
+        SyntheticStream(seed=12, n_users=150, n_categories=8, items_per_category=25, n_events=5000)
+    )
+    models = {
+        "sampled": InterestModel(seed=0, max_full_softmax=50, n_negatives=64),
+        "popular": create_model("popular"),
+    }
     reports = evaluate_models(models, events[:1000], events[1000:], batch_size=32)
     recall = {n: sum(r.hits) / len(r.hits) for n, r in reports.items()}
     assert recall["sampled"] > 1.5 * recall["popular"]
@@ -119,8 +129,9 @@ def test_explanation_names_the_recent_items_behind_the_list() -> None:
             batch.append(Event(f"u{u}", item, "click", t, "x"))
     batch.append(Event("loner", "z", "click", t + 1, "y"))
     process_batch(batch, views, model, score=False)
-    res = process_batch([Event("me", "a", "click", t + 2, "x"),
-                         Event("me", "z", "click", t + 3, "y")], views, model)
+    res = process_batch(
+        [Event("me", "a", "click", t + 2, "x"), Event("me", "z", "click", t + 3, "y")], views, model
+    )
     rec = res.recommendations[0]
     assert {"b", "c"} <= {i for i, _ in rec.items[:3]}
     assert rec.explanation[0] == "a"

@@ -1,45 +1,75 @@
-"""Snapshots: a restored model ranks and keeps learning exactly like the original."""
+"""Models save and load themselves: a restored model ranks and learns exactly like the original."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 
+from core.errors import ConfigError, DataError
 from model.evaluate import MemoryStates
-from model.interest import InterestModel
+from model.factory import _REGISTRY, create_model, model_spec
+from model.persist import Persistent, model_from_bytes, model_to_bytes, read_header
 from model.snapshot import load_snapshot, save_snapshot
 from model.step import process_batch
 from model.synthetic import SyntheticStream
-from stream.errors import DataError
 
 
-def test_restored_model_continues_identically(tmp_path: Path) -> None:
+def _continue(model, views: MemoryStates, events, lo: int, hi: int) -> list[list[str]]:
+    lists = []
+    for i in range(lo, hi, 100):
+        lists += process_batch(events[i : i + 100], views, model, keep_lists=True).lists
+    return lists
+
+
+@pytest.mark.parametrize("name", list(_REGISTRY))
+def test_every_registered_model_continues_identically_after_a_round_trip(name: str) -> None:
     events = list(SyntheticStream(seed=6, n_events=2400))
-    model, views = InterestModel(seed=3, dim=16), MemoryStates()
-    for i in range(0, 1200, 100):  # 1200 events: the tables have grown past 256 rows
-        process_batch(events[i:i + 100], views, model)
+    model, views = create_model(name, seed=3), MemoryStates()
+    assert isinstance(model, Persistent) and model.name == model_spec(name).build().name
+    _continue(model, views, events, 0, 1200)  # past 256 rows: the tables have grown
+    clone = model_from_bytes(model_to_bytes(model))
+    assert type(clone) is type(model) and clone.config == model.config
+    assert clone.vocab.ids == model.vocab.ids
+    views2 = MemoryStates()
+    views2.states = {u: st.copy() for u, st in views.states.items()}
+    assert _continue(model, views, events, 1200, 2400) == _continue(
+        clone, views2, events, 1200, 2400
+    )
+
+
+def test_snapshot_files_are_written_and_read_back(tmp_path: Path) -> None:
+    model = create_model("interest", seed=1, dim=8)
+    process_batch(list(SyntheticStream(seed=2, n_events=300)), MemoryStates(), model)
     path = tmp_path / "model.safetensors"
     save_snapshot(model, path)
-    clone = load_snapshot(path)
-    assert clone.vocab.ids == model.vocab.ids and clone.config == model.config
-    # Both continue on the same events, each with its own copy of the states.
-    views2 = MemoryStates()
-    views2.states = copy.deepcopy(views.states)
-    out = []
-    for m, v in ((model, views), (clone, views2)):
-        lists = []
-        for i in range(1200, 2400, 100):
-            lists += process_batch(events[i:i + 100], v, m, keep_lists=True).lists
-        out.append(lists)
-    assert out[0] == out[1]
+    assert not path.with_name(path.name + ".tmp").exists()
+    header = read_header(path.read_bytes())
+    assert header["model"] == "interest" and header["version"] == model.version
+    assert load_snapshot(path).vocab.ids == model.vocab.ids
 
 
-def test_unreadable_snapshot_is_one_clear_error(tmp_path: Path) -> None:
+def test_unreadable_snapshots_are_one_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "junk.safetensors"
     bad.write_bytes(b"not a snapshot")
     with pytest.raises(DataError, match="cannot read model snapshot"):
         load_snapshot(bad)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="cannot read model snapshot"):
         load_snapshot(tmp_path / "missing.safetensors")
+    data = model_to_bytes(create_model("popular"))
+    with pytest.raises(DataError):
+        model_from_bytes(data[: len(data) // 2])
+    # A snapshot of another version of the model is refused, not half loaded.
+    older = data.replace(b"popular-nodecay-1", b"popular-nodecay-0")
+    assert older != data
+    with pytest.raises(DataError, match="cannot be loaded into"):
+        model_from_bytes(older)
+
+
+def test_the_registry_builds_every_model_by_name() -> None:
+    for name, spec in _REGISTRY.items():
+        model = create_model(name, seed=1)
+        assert hasattr(model, "learn_many") and spec.name == name
+    assert model_spec("interest-static").static and not model_spec("interest").static
+    with pytest.raises(ConfigError, match="unknown model 'magic'"):
+        create_model("magic")

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
+from core.types import Event, UserState
 from model.evaluate import MemoryStates
 from model.factory import MODEL_NAMES, create_model
+from model.popular import MostPopular
 from model.step import RECENT_CAPACITY, apply_event, process_batch
 from model.synthetic import SyntheticStream
-from model.types import Event, UserState
+
+T0 = 1_767_225_600_000
 
 
 def _warm(name: str, events: list[Event]) -> tuple[object, MemoryStates]:
     model = create_model(name, seed=0)
     views = MemoryStates()
     for i in range(0, len(events), 50):
-        process_batch(events[i:i + 50], views, model, score=False)
+        process_batch(events[i : i + 50], views, model, score=False)
     return model, views
 
 
@@ -73,3 +78,33 @@ def test_long_term_vector_is_kept_in_the_state() -> None:
     vecs = [st.long_term for st in views.states.values() if st.n_events > 5]
     assert vecs and all(v.dtype == np.float32 and v.shape == (model.dim,) for v in vecs)
     assert any(np.abs(v).sum() > 0 for v in vecs)
+
+
+class _FailsWhileLearning:
+    """A model that ranks, then fails half way through learning."""
+
+    version = "fails-1"
+
+    def rank(self, user_id: str, state: UserState, k: int) -> list[tuple[str, float]]:
+        return [("x", 1.0)]
+
+    def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
+        raise RuntimeError("model bug")
+
+
+def test_a_failed_step_leaves_the_view_and_events_as_they_were() -> None:
+    view = MemoryStates()
+    good = MostPopular()
+    first = [Event("u1", "i1", "click", T0), Event("u2", "i2", "purchase", T0 + 1)]
+    process_batch(first, view, good)
+    before = {u: st.copy() for u, st in view.states.items()}
+    batch = [Event("u1", "i3", "cart", T0 + 2), Event("u3", "i1", "click", T0 + 3)]
+    kept = list(batch)
+    with pytest.raises(RuntimeError, match="model bug"):
+        process_batch(batch, view, _FailsWhileLearning())
+    assert view.states == before  # u1 unchanged, u3 not created
+    assert batch == kept
+    # The same batch then goes through as if the failure never happened.
+    result = process_batch(batch, view, good)
+    assert [r.user_id for r in result.recommendations] == ["u1", "u3"]
+    assert view.states["u1"].counts == [1, 0, 1, 0]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
+from core.types import EVENT_TYPES
 from model.synthetic import EVENT_RATES, SyntheticStream
-from model.types import EVENT_TYPES
 
 
 def test_same_seed_same_stream_and_other_seed_differs() -> None:
@@ -26,8 +26,14 @@ def test_events_are_well_formed_and_time_increases() -> None:
 
 
 def test_new_items_and_users_keep_arriving() -> None:
-    stream = SyntheticStream(seed=2, n_users=50, items_per_category=10, n_events=20000,
-                             new_item_prob=0.01, new_user_prob=0.01)
+    stream = SyntheticStream(
+        seed=2,
+        n_users=50,
+        items_per_category=10,
+        n_events=20000,
+        new_item_prob=0.01,
+        new_user_prob=0.01,
+    )
     events = list(stream)
     first_items = {e.item_id for e in events[:2000]}
     late_items = {e.item_id for e in events[-2000:]}
@@ -47,7 +53,7 @@ def test_switch_log_matches_current_interest_and_events_follow_it() -> None:
     for user, cat in last.items():
         assert stream.current_interest(user) == cat
     # Most of a user's events after their last switch are in the new interest.
-    after = [e for e in events[stream.switches[-1].seq:] if e.user_id in last]
+    after = [e for e in events[stream.switches[-1].seq :] if e.user_id in last]
     on_topic = sum(e.category == last[e.user_id] for e in after)
     assert on_topic > 0.6 * len(after)
 

@@ -5,15 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from state.codec import CODEC_VERSION, CodecError, UserState, decode_state, encode_state
+from core.types import UserState
+from state.codec import CODEC_VERSION, CodecError, decode_state, encode_state
 
 
 def _state() -> UserState:
     return UserState(
-        counts=[3, 1, 2, 1], last_ts=1_767_225_600_123,
+        counts=[3, 1, 2, 1],
+        last_ts=1_767_225_600_123,
         long_term=np.arange(8, dtype=np.float32) / 7,
-        recent_items=["a", "bé", "ç"], recent_ts=[1, 2, 3], recent_types=[0, 3, 2],
-        seen=["a", "bé", "ç", "d"], purchased=["bé"], last_list=["x", "y"],
+        recent_items=["a", "bé", "ç"],
+        recent_ts=[1, 2, 3],
+        recent_types=[0, 3, 2],
+        seen=["a", "bé", "ç", "d"],
+        purchased=["bé"],
+        last_list=["x", "y"],
     )
 
 

@@ -7,15 +7,22 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from state.codec import UserState
+from core.types import UserState
 from state.store import MemoryStore, RocksDBStore, StateStoreError, Store
 
 
 def _state(n: int, item: str = "i1") -> UserState:
-    return UserState(counts=[n, 0, 0, 1], last_ts=1_700_000_000_000 + n,
-                     long_term=np.arange(4, dtype=np.float32) * n,
-                     recent_items=[item], recent_ts=[1_700_000_000_000], recent_types=[0],
-                     seen=[item], purchased=["p"], last_list=["a", "b"])
+    return UserState(
+        counts=[n, 0, 0, 1],
+        last_ts=1_700_000_000_000 + n,
+        long_term=np.arange(4, dtype=np.float32) * n,
+        recent_items=[item],
+        recent_ts=[1_700_000_000_000],
+        recent_types=[0],
+        seen=[item],
+        purchased=["p"],
+        last_list=["a", "b"],
+    )
 
 
 @pytest.fixture(params=["rocksdb", "memory"])
@@ -153,7 +160,9 @@ def test_unicode_user_ids_round_trip(reopenable):
     txn.put("", _state(4))
     txn.commit()
     assert dict(reopenable().open_partition("events", 0).items()) == {
-        "": _state(4), "ユーザー/1": _state(3)}
+        "": _state(4),
+        "ユーザー/1": _state(3),
+    }
 
 
 def test_rocksdb_database_is_private_to_one_worker(tmp_path):
@@ -188,3 +197,37 @@ def test_offset_can_be_reset_backwards_for_a_recreated_log(reopenable):
     txn.set_offset(0)  # the recreated log's first message is new again
     txn.commit()
     assert part.last_offset() == 0
+
+
+@pytest.fixture(params=["rocksdb", "memory", "evaluator"])
+def state_view(request: pytest.FixtureRequest, tmp_path) -> Iterator[object]:
+    """Every StateView this project has, each holding u1 = _state(1)."""
+    if request.param == "evaluator":
+        from model.evaluate import MemoryStates
+
+        view = MemoryStates()
+        view.put("u1", _state(1))
+        yield view
+        return
+    store = RocksDBStore(tmp_path / "state") if request.param == "rocksdb" else MemoryStore()
+    part = store.open_partition("events", 0)
+    txn = part.begin()
+    txn.put("u1", _state(1))
+    txn.commit()
+    yield part.begin()
+    store.close()
+
+
+def test_get_many_hands_out_states_the_caller_owns(state_view):
+    got = state_view.get_many(["u1", "nobody"])
+    assert set(got) == {"u1"}
+    st = got["u1"]
+    st.counts[0] += 10
+    st.last_list.append("changed")
+    st.long_term += 1.0
+    st.seen.clear()
+    # Nothing changed in the view until put: a failed step can be retried as it was.
+    again = state_view.get_many(["u1"])["u1"]
+    assert again == _state(1) and again is not st
+    state_view.put("u1", st)
+    assert state_view.get_many(["u1"])["u1"] == st

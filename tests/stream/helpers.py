@@ -5,13 +5,14 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from model.types import Event, UserState
+from core.types import Event, UserState
 from stream.config import KafkaConfig, Settings, TopicsConfig, WorkerConfig
 from stream.runtime import Worker
 
@@ -25,16 +26,24 @@ __all__ = [
 ]
 
 
-def make_events(n: int, n_users: int, n_items: int = 120, seed: int = 1,
-                start_ms: int | None = None) -> list[Event]:
+def make_events(
+    n: int, n_users: int, n_items: int = 120, seed: int = 1, start_ms: int | None = None
+) -> list[Event]:
     """``n`` events, ts strictly increasing, about 6% purchases."""
     rng = random.Random(seed)
     t = start_ms if start_ms is not None else int(time.time() * 1000) - 3_600_000
     kinds = ["click"] * 80 + ["favourite"] * 6 + ["cart"] * 8 + ["purchase"] * 6
     out = []
     for i in range(n):
-        out.append(Event(f"u{rng.randrange(n_users)}", f"i{rng.randrange(n_items)}",
-                         rng.choice(kinds), t + i, None))
+        out.append(
+            Event(
+                f"u{rng.randrange(n_users)}",
+                f"i{rng.randrange(n_items)}",
+                rng.choice(kinds),
+                t + i,
+                None,
+            )
+        )
     return out
 
 
@@ -56,8 +65,15 @@ class TinyPopularity:
         return [(item, float(c)) for item, c in ranked if item not in bought][:k]
 
 
-def make_settings(bootstrap: str, topics: TopicsConfig, state_dir: object, group: str,
-                  **worker: object) -> Settings:
+def make_settings(
+    bootstrap: str,
+    topics: TopicsConfig,
+    state_dir: object,
+    group: str | None = None,
+    **worker: object,
+) -> Settings:
+    """Settings for a test worker; ``group`` None: a consumer group no other test uses."""
+    group = group or f"g-{uuid.uuid4().hex[:8]}"
     w = replace(WorkerConfig(group=group, state_dir=state_dir, metrics_port=0), **worker)
     return Settings(kafka=KafkaConfig(bootstrap_servers=bootstrap), topics=topics, worker=w)
 

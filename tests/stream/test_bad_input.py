@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from stream.events import encode_event
@@ -21,8 +19,6 @@ from tests.stream.helpers import (
     running_worker,
     wait_for,
 )
-
-pytestmark = pytest.mark.kafka
 
 
 def _bad_messages(now_ms: int) -> list[tuple[str, bytes | None, bytes | None]]:
@@ -50,11 +46,16 @@ def _bad_messages(now_ms: int) -> list[tuple[str, bytes | None, bytes | None]]:
 
 
 def test_bad_input_is_dead_lettered_and_processing_goes_on(
-        kafka_bootstrap, unique_topics, tmp_path):
+    kafka_bootstrap, unique_topics, tmp_path
+):
     topics = unique_topics(partitions=3)
-    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
-                             f"g-{uuid.uuid4().hex[:8]}", batch_max_events=40,
-                             max_payload_bytes=1024)
+    settings = make_settings(
+        kafka_bootstrap,
+        topics,
+        tmp_path / "state",
+        batch_max_events=40,
+        max_payload_bytes=1024,
+    )
     ensure_topics(settings.kafka, topic_specs(topics))
     now = int(time.time() * 1000)
     valid = make_events(600, n_users=60, seed=5)
@@ -89,9 +90,16 @@ def test_bad_input_is_dead_lettered_and_processing_goes_on(
     details = {dict(m.headers())["error"]: dict(m.headers()).get("detail") for m in dead}
     assert details[b"missing-field"] == b"item_id"
     assert details[b"unknown-event"] == b"hover"
+    # ``source`` names the very message that was dead-lettered: the same bytes are there.
+    originals = {(m.partition(), m.offset()): m for m in read_topic(settings.kafka, topics.events)}
+    sources = set()
     for m in dead:
         topic, partition, offset = dict(m.headers())["source"].decode().rsplit("/", 2)
-        assert topic == topics.events and int(partition) >= 0 and int(offset) >= 0
+        assert topic == topics.events
+        original = originals[(int(partition), int(offset))]
+        assert (original.key(), original.value()) == (m.key(), m.value())
+        sources.add((int(partition), int(offset)))
+    assert len(sources) == len(bad)
 
     expected = {}
     for reason, _, _ in bad:

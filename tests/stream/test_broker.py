@@ -133,33 +133,37 @@ def test_topic_creation_is_idempotent_and_applies_configs(kafka_config, unique_t
     assert cfg["cleanup.policy"].value == "compact"
 
 
-def test_existing_topic_with_other_partition_count_is_reported(
-        kafka_config, unique_topics, caplog):
+def test_existing_topic_with_other_partition_count_is_reported(kafka_config, unique_topics, caplog):
     """The existing topic wins: a WARNING, no error, the partition count unchanged."""
     topics = unique_topics(partitions=2)
     ensure_topics(kafka_config, [TopicSpec(topics.events, 2, 1)])
     with caplog.at_level("WARNING", logger="interest_stream.topics"):
         assert ensure_topics(kafka_config, [TopicSpec(topics.events, 5, 1)]) == {
-            topics.events: False}
+            topics.events: False
+        }
     assert [r.levelname for r in caplog.records] == ["WARNING"]
-    assert (f"topic {topics.events} exists with 2 partitions, the configuration says 5; "
-            "using the existing topic") in caplog.text
+    assert (
+        f"topic {topics.events} exists with 2 partitions, the configuration says 5; "
+        "using the existing topic"
+    ) in caplog.text
     admin = AdminClient(kafka_config.client_config())
     assert len(admin.list_topics(timeout=10).topics[topics.events].partitions) == 2
 
 
 def test_existing_recommendations_topic_that_is_not_compacted_is_reported(
-        kafka_config, unique_topics, caplog):
+    kafka_config, unique_topics, caplog
+):
     topics = unique_topics(partitions=1)
     ensure_topics(kafka_config, [TopicSpec(topics.recommendations, 1, 1)])  # delete policy
     with caplog.at_level("WARNING", logger="interest_stream.topics"):
         ensure_topics(kafka_config, topic_specs(topics))
-    assert (f"topic {topics.recommendations} exists with cleanup.policy=delete, expected "
-            "compact") in caplog.text
+    assert (
+        f"topic {topics.recommendations} exists with cleanup.policy=delete, expected compact"
+    ) in caplog.text
 
 
 def test_unreachable_broker_is_one_clear_error():
-    from stream.errors import KafkaClientError
+    from core.errors import KafkaClientError
 
     with pytest.raises(KafkaClientError, match="cannot reach Kafka at 127.0.0.1:9"):
         ensure_topics(KafkaConfig(bootstrap_servers="127.0.0.1:9"), [], timeout=2)

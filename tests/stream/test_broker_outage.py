@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections import defaultdict
 
 import pytest
 
-from model.types import EVENT_INDEX
+from core.types import EVENT_INDEX
 from state.store import RocksDBStore
 from stream.broker import EmbeddedBroker
 from stream.publish import Publisher
@@ -26,22 +25,26 @@ from tests.stream.helpers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.kafka
 
-
+@pytest.mark.kafka  # starts a broker of its own
 def test_worker_rides_out_a_broker_restart(unique_topics, tmp_path):
     broker = EmbeddedBroker(data_dir=tmp_path / "kafka").start(timeout=120)
     try:
         topics = unique_topics(partitions=2)
-        settings = make_settings(broker.bootstrap, topics, tmp_path / "state",
-                                 f"g-{uuid.uuid4().hex[:8]}", batch_max_events=50)
+        settings = make_settings(
+            broker.bootstrap,
+            topics,
+            tmp_path / "state",
+            batch_max_events=50,
+        )
         ensure_topics(settings.kafka, topic_specs(topics))
         events = make_events(1500, n_users=80, seed=41)
         worker = Worker(settings, TinyPopularity())
         with running_worker(worker), Publisher(settings) as pub:
             wait_for(worker.assigned.is_set, 60, "assignment")
-            sender = threading.Thread(target=pub.publish, args=(events,),
-                                      kwargs={"rate": 300.0}, daemon=True)
+            sender = threading.Thread(
+                target=pub.publish, args=(events,), kwargs={"rate": 300.0}, daemon=True
+            )
             sender.start()
             wait_for(lambda: worker.stats.applied >= 300, 60, "first events applied")
             broker.stop()  # clean stop; the same port and log come back below
@@ -62,7 +65,6 @@ def test_worker_rides_out_a_broker_restart(unique_topics, tmp_path):
     for ev in events:
         expected[ev.user_id][EVENT_INDEX[ev.event]] += 1
     store = RocksDBStore(state_root(settings))
-    got = {u: st.counts for t, p in store.on_disk()
-           for u, st in store.open_partition(t, p).items()}
+    got = {u: st.counts for t, p in store.on_disk() for u, st in store.open_partition(t, p).items()}
     store.close()
     assert got == dict(expected)

@@ -32,6 +32,7 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and "broker" in out.stdout
 
 
+@pytest.mark.kafka  # starts a broker of its own
 def test_broker_start_status_stop(tmp_path: Path):
     data = tmp_path / "broker"
     start = _run(["broker", "start", "--data-dir", str(data)])
@@ -88,6 +89,7 @@ def test_cluster_ids_are_valid_for_the_storage_tool():
     assert all(len(c) == 22 and not c.startswith("-") for c in ids)
 
 
+@pytest.mark.kafka  # starts a broker of its own
 def test_broker_port_in_use_is_one_clear_line(tmp_path: Path):
     import socket
 
@@ -100,3 +102,13 @@ def test_broker_port_in_use_is_one_clear_line(tmp_path: Path):
     assert out.stderr.strip().splitlines() == [
         f"interest-stream: error: port {port} on 127.0.0.1 is in use; choose another with --port"
     ]
+
+
+def test_building_the_parser_imports_neither_torch_nor_the_kafka_client():
+    probe = (
+        "import sys, stream.cli; stream.cli.build_parser(); "
+        "print(sorted(m for m in ('torch', 'confluent_kafka') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import ConfigError
 from stream.config import KafkaConfig, load_settings, parse_client_overrides
-from stream.errors import ConfigError
 
 
 def test_defaults_without_anything():

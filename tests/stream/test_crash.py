@@ -12,10 +12,9 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from model.types import EVENT_INDEX
+from core.types import EVENT_INDEX
 from state.store import RocksDBStore
 from stream.config import KafkaConfig, TopicsConfig
 from stream.events import decode_recommendation, encode_event
@@ -23,37 +22,39 @@ from stream.publish import Publisher
 from stream.topics import ensure_topics, topic_specs
 from tests.stream.helpers import make_events, make_settings, read_topic, wait_for
 
-pytestmark = pytest.mark.kafka
-
 KILLS = 4
 
 
 def _worker_env(bootstrap: str, topics: TopicsConfig, group: str, state_dir: Path) -> dict:
     env = dict(os.environ)
-    env.update({
-        "INTEREST_KAFKA_BOOTSTRAP": bootstrap,
-        "INTEREST_TOPIC_EVENTS": topics.events,
-        "INTEREST_TOPIC_RECOMMENDATIONS": topics.recommendations,
-        "INTEREST_TOPIC_DEAD_LETTER": topics.dead_letter,
-        "INTEREST_TOPIC_PARTITIONS": str(topics.partitions),
-        "INTEREST_GROUP": group,
-        "INTEREST_STATE_DIR": str(state_dir),
-        "INTEREST_METRICS_PORT": "0",
-        "INTEREST_BATCH_MAX_EVENTS": "40",
-        "INTEREST_MODEL": "popular",
-        # Static membership: a restarted worker takes its partitions back at once
-        # instead of waiting for the killed member's session to expire.
-        "INTEREST_KAFKA_CLIENT_GROUP_INSTANCE_ID": f"{group}-w1",
-        "INTEREST_KAFKA_CLIENT_SESSION_TIMEOUT_MS": "6000",
-    })
+    env.update(
+        {
+            "INTEREST_KAFKA_BOOTSTRAP": bootstrap,
+            "INTEREST_TOPIC_EVENTS": topics.events,
+            "INTEREST_TOPIC_RECOMMENDATIONS": topics.recommendations,
+            "INTEREST_TOPIC_DEAD_LETTER": topics.dead_letter,
+            "INTEREST_TOPIC_PARTITIONS": str(topics.partitions),
+            "INTEREST_GROUP": group,
+            "INTEREST_STATE_DIR": str(state_dir),
+            "INTEREST_METRICS_PORT": "0",
+            "INTEREST_BATCH_MAX_EVENTS": "40",
+            "INTEREST_MODEL": "popular",
+            # Static membership: a restarted worker takes its partitions back at once
+            # instead of waiting for the killed member's session to expire.
+            "INTEREST_KAFKA_CLIENT_GROUP_INSTANCE_ID": f"{group}-w1",
+            "INTEREST_KAFKA_CLIENT_SESSION_TIMEOUT_MS": "6000",
+        }
+    )
     return env
 
 
 def _watermark_sum(kafka: KafkaConfig, topic: str, partitions: int) -> int:
     c = Consumer(kafka.client_config(**{"group.id": "watermarks"}))
     try:
-        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                   for p in range(partitions))
+        return sum(
+            c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        )
     except KafkaException:
         return -1  # a fresh topic's leaders are still being elected
     finally:
@@ -75,7 +76,8 @@ def _committed_all(kafka: KafkaConfig, group: str, topic: str, partitions: int) 
 
 
 def test_sigkill_mid_stream_never_loses_or_doubles_an_event(
-        kafka_bootstrap, unique_topics, tmp_path):
+    kafka_bootstrap, unique_topics, tmp_path
+):
     topics = unique_topics(partitions=4)
     group = f"crash-{uuid.uuid4().hex[:8]}"
     state_dir = tmp_path / "state"
@@ -105,14 +107,15 @@ def test_sigkill_mid_stream_never_loses_or_doubles_an_event(
     mid_stream = 0
     try:
         for _ in range(KILLS):
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE)
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             try:
                 base = max(0, _watermark_sum(settings.kafka, topics.recommendations, 4))
                 target = base + rng.randint(1, 120)
-                wait_for(lambda t=target: _watermark_sum(
-                    settings.kafka, topics.recommendations, 4) >= t, 60,
-                    "worker progress before the kill")
+                wait_for(
+                    lambda t=target: _watermark_sum(settings.kafka, topics.recommendations, 4) >= t,
+                    60,
+                    "worker progress before the kill",
+                )
             finally:
                 mid_stream += publisher.is_alive()
                 proc.kill()
@@ -125,8 +128,11 @@ def test_sigkill_mid_stream_never_loses_or_doubles_an_event(
 
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            wait_for(lambda: _committed_all(settings.kafka, group, topics.events, 4), 90,
-                     "final worker to catch up")
+            wait_for(
+                lambda: _committed_all(settings.kafka, group, topics.events, 4),
+                90,
+                "final worker to catch up",
+            )
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=60)
         finally:

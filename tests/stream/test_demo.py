@@ -7,9 +7,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from stream.config import BOOTSTRAP_ENV
 
 
+@pytest.mark.kafka  # starts a broker of its own
 def test_demo_runs_its_own_broker_and_every_event_is_accounted_for(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTEREST_")}
     env["INTEREST_CACHE_DIR"] = os.environ.get(
@@ -17,9 +20,23 @@ def test_demo_runs_its_own_broker_and_every_event_is_accounted_for(tmp_path):
     )
     assert BOOTSTRAP_ENV not in env
     out = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "demo", "--seconds", "8", "--rate", "400",
-         "--metrics-port", "0"],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "demo",
+            "--seconds",
+            "8",
+            "--rate",
+            "400",
+            "--metrics-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr
@@ -47,9 +64,23 @@ def test_demo_on_a_given_cluster_keeps_to_its_own_topics_and_group(kafka_bootstr
     before = set(admin.list_topics(timeout=10).topics)
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTEREST_")}
     out = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "demo", "--seconds", "5", "--metrics-port", "0",
-         "--bootstrap-servers", kafka_bootstrap],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "demo",
+            "--seconds",
+            "5",
+            "--metrics-port",
+            "0",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     assert "starting the embedded Kafka broker" not in out.stderr

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from model.types import Event, Recommendation
+from core.types import Event, Recommendation
 from stream.events import (
     PROCESSING_ERROR,
     REASONS,
@@ -25,8 +25,9 @@ KAFKA_TS = NOW - 5_000
 
 def _decode(key: bytes | None, value: object, **kw: object) -> Event | Rejected:
     raw = value if isinstance(value, bytes) or value is None else json.dumps(value).encode()
-    return decode_event(key, raw, KAFKA_TS, EventValidator(max_payload_bytes=20_000),
-                        now_ms=NOW, **kw)
+    return decode_event(
+        key, raw, KAFKA_TS, EventValidator(max_payload_bytes=20_000), now_ms=NOW, **kw
+    )
 
 
 GOOD = {"user_id": "u1", "item_id": "i9", "event": "cart", "ts": NOW - 1000}
@@ -37,7 +38,7 @@ BAD_CASES = [
     ("empty-value", b"u1", None),
     ("empty-value", b"u1", b""),
     ("oversized", b"u1", {**GOOD, "pad": "x" * 20_000}),
-    ("not-utf8", b"u1", b"\xff\xfe{\"user_id\": 1}"),
+    ("not-utf8", b"u1", b'\xff\xfe{"user_id": 1}'),
     ("not-json", b"u1", b"{user_id: u1"),
     ("not-json", b"u1", b"[" * 200),
     ("not-object", b"u1", [1, 2]),
@@ -77,12 +78,12 @@ def test_every_reason_code_is_exercised():
 
 def test_good_event_decodes_exactly():
     assert _decode(b"u1", {**GOOD, "category": "shoes"}) == Event(
-        "u1", "i9", "cart", NOW - 1000, "shoes")
+        "u1", "i9", "cart", NOW - 1000, "shoes"
+    )
 
 
 def test_numeric_ids_and_category_become_strings():
-    got = _decode(b"42", {"user_id": 42, "item_id": 7, "event": "click", "ts": NOW,
-                          "category": 3})
+    got = _decode(b"42", {"user_id": 42, "item_id": 7, "event": "click", "ts": NOW, "category": 3})
     assert got == Event("42", "7", "click", NOW, "3")
 
 
@@ -107,18 +108,27 @@ def test_recommendation_wire_format():
     key, value = encode_recommendation(rec, NOW)
     doc = decode_recommendation(value)
     assert key == b"u1"
-    assert doc == {"user_id": "u1", "items": [{"item_id": "a", "score": 2.5},
-                                              {"item_id": "b", "score": 0.0}],
-                   "model_version": "m-1", "generated_at": NOW, "event_ts": NOW - 3}
+    assert doc == {
+        "user_id": "u1",
+        "items": [{"item_id": "a", "score": 2.5}, {"item_id": "b", "score": 0.0}],
+        "model_version": "m-1",
+        "generated_at": NOW,
+        "event_ts": NOW - 3,
+    }
     assert b"NaN" not in value
 
 
 def test_recommendation_carries_its_explanation_when_there_is_one():
     rec = Recommendation("u1", (("a", 2.5),), "m-1", NOW - 3, ("x", "y"))
     doc = decode_recommendation(encode_recommendation(rec, NOW)[1])
-    assert doc == {"user_id": "u1", "items": [{"item_id": "a", "score": 2.5}],
-                   "model_version": "m-1", "generated_at": NOW, "event_ts": NOW - 3,
-                   "explanation": ["x", "y"]}
+    assert doc == {
+        "user_id": "u1",
+        "items": [{"item_id": "a", "score": 2.5}],
+        "model_version": "m-1",
+        "generated_at": NOW,
+        "event_ts": NOW - 3,
+        "explanation": ["x", "y"],
+    }
     assert format_list(doc).endswith("[m-1] a:2.5 (because of x, y)")
     with pytest.raises(ValueError):
         decode_recommendation(b'{"items":[],"explanation":[1]}')
@@ -135,13 +145,17 @@ def _random_value(rng, depth: int = 0):  # noqa: ANN001, ANN202
     if kind == 3:
         return rng.choice([0.5, 1e308, float(NOW), -0.0, 1.7e12])
     if kind == 4:
-        return "".join(rng.choice("ab\u00e9\u4e00\ud800\x00\"\\") for _ in range(rng.randrange(6)))
+        return "".join(rng.choice('ab\u00e9\u4e00\ud800\x00"\\') for _ in range(rng.randrange(6)))
     if kind == 5:
         return rng.choice(list(REASONS) + ["click", "purchase", "u1", ""])
     if kind == 6:
         return [_random_value(rng, depth + 1) for _ in range(rng.randrange(3))]
-    return {rng.choice(["user_id", "item_id", "event", "ts", "category", "x"]):
-            _random_value(rng, depth + 1) for _ in range(rng.randrange(6))}
+    return {
+        rng.choice(["user_id", "item_id", "event", "ts", "category", "x"]): _random_value(
+            rng, depth + 1
+        )
+        for _ in range(rng.randrange(6))
+    }
 
 
 def test_decoding_never_raises_and_accepted_events_are_storable():
@@ -153,12 +167,17 @@ def test_decoding_never_raises_and_accepted_events_are_storable():
     for _ in range(20_000):
         doc = _random_value(rng)
         if isinstance(doc, dict) and rng.random() < 0.5:
-            doc.update({"user_id": rng.choice(["u1", 1, "u\u00e9"]), "item_id": "i",
-                        "event": rng.choice(["click", "cart"])})
+            doc.update(
+                {
+                    "user_id": rng.choice(["u1", 1, "u\u00e9"]),
+                    "item_id": "i",
+                    "event": rng.choice(["click", "cart"]),
+                }
+            )
         raw = json.dumps(doc).encode()
         if rng.random() < 0.2 and raw:
             pos = rng.randrange(len(raw))
-            raw = raw[:pos] + bytes([rng.randrange(256)]) + raw[pos + 1:]
+            raw = raw[:pos] + bytes([rng.randrange(256)]) + raw[pos + 1 :]
         key = rng.choice([b"u1", b"1", "u\u00e9".encode(), b"", None, b"\xff"])
         got = decode_event(key, raw, rng.choice([None, 0, KAFKA_TS]), now_ms=NOW)
         assert isinstance(got, Event | Rejected)

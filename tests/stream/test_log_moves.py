@@ -20,8 +20,6 @@ from tests.stream.helpers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.kafka
-
 
 def _run_until_applied(settings, n: int) -> Worker:
     worker = Worker(settings, TinyPopularity())
@@ -36,8 +34,9 @@ def _recreate(admin: AdminClient, settings, topic: str) -> None:
     deadline = time.monotonic() + 60
     while True:  # the broker needs a moment before the name can be used again
         try:
-            created = ensure_topics(settings.kafka, [s for s in topic_specs(settings.topics)
-                                                     if s.name == topic])
+            created = ensure_topics(
+                settings.kafka, [s for s in topic_specs(settings.topics) if s.name == topic]
+            )
         except Exception:
             created = {}
         if created.get(topic):
@@ -48,10 +47,12 @@ def _recreate(admin: AdminClient, settings, topic: str) -> None:
 
 
 def test_a_recreated_events_topic_is_applied_not_skipped(
-        kafka_bootstrap, unique_topics, tmp_path, caplog):
+    kafka_bootstrap, unique_topics, tmp_path, caplog
+):
     topics = unique_topics(partitions=1)
-    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
-                             f"g-{uuid.uuid4().hex[:8]}")
+    settings = make_settings(
+        kafka_bootstrap, topics, tmp_path / "state", f"g-{uuid.uuid4().hex[:8]}"
+    )
     ensure_topics(settings.kafka, topic_specs(topics))
     with Publisher(settings) as pub:
         pub.publish(make_events(60, 10, seed=81))
@@ -67,10 +68,12 @@ def test_a_recreated_events_topic_is_applied_not_skipped(
 
 
 def test_messages_removed_by_retention_are_reported(
-        kafka_bootstrap, unique_topics, tmp_path, caplog):
+    kafka_bootstrap, unique_topics, tmp_path, caplog
+):
     topics = unique_topics(partitions=1)
-    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
-                             f"g-{uuid.uuid4().hex[:8]}")
+    settings = make_settings(
+        kafka_bootstrap, topics, tmp_path / "state", f"g-{uuid.uuid4().hex[:8]}"
+    )
     ensure_topics(settings.kafka, topic_specs(topics))
     with Publisher(settings) as pub:
         pub.publish(make_events(20, 10, seed=83))

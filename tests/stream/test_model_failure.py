@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model.types import EVENT_INDEX
+from core.types import EVENT_INDEX
 from state.store import MemoryStore, RocksDBStore, StateStoreError
 from stream.events import decode_recommendation
 from stream.publish import Publisher
@@ -24,8 +24,6 @@ from tests.stream.helpers import (
     running_worker,
     wait_for,
 )
-
-pytestmark = pytest.mark.kafka
 
 
 class FragileModel(TinyPopularity):
@@ -45,12 +43,15 @@ class FragileModel(TinyPopularity):
 
 def test_events_the_model_fails_on_are_dead_lettered(kafka_bootstrap, unique_topics, tmp_path):
     topics = unique_topics(partitions=2)
-    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
-                             f"g-{uuid.uuid4().hex[:8]}", batch_max_events=100)
+    settings = make_settings(
+        kafka_bootstrap,
+        topics,
+        tmp_path / "state",
+        batch_max_events=100,
+    )
     ensure_topics(settings.kafka, topic_specs(topics))
     events = make_events(600, n_users=40, seed=71)
-    events = [replace(ev, item_id="boom") if i % 97 == 13 else ev
-              for i, ev in enumerate(events)]
+    events = [replace(ev, item_id="boom") if i % 97 == 13 else ev for i, ev in enumerate(events)]
     booms = sum(ev.item_id == "boom" for ev in events)
     with Publisher(settings) as pub:
         pub.publish(events)
@@ -65,8 +66,9 @@ def test_events_the_model_fails_on_are_dead_lettered(kafka_bootstrap, unique_top
     assert {dict(m.headers())["detail"] for m in dead} == {b"RuntimeError"}
     assert all(b'"boom"' in m.value() for m in dead)
 
-    lists = [decode_recommendation(m.value())
-             for m in read_topic(settings.kafka, topics.recommendations)]
+    lists = [
+        decode_recommendation(m.value()) for m in read_topic(settings.kafka, topics.recommendations)
+    ]
     assert max(Counter((d["user_id"], d["generated_at"]) for d in lists).values()) == 1
     assert {d["user_id"] for d in lists} == {ev.user_id for ev in events if ev.item_id != "boom"}
 
@@ -75,16 +77,16 @@ def test_events_the_model_fails_on_are_dead_lettered(kafka_bootstrap, unique_top
         if ev.item_id != "boom":
             expected[ev.user_id][EVENT_INDEX[ev.event]] += 1
     store = RocksDBStore(state_root(settings))
-    got = {u: st.counts for t, p in store.on_disk()
-           for u, st in store.open_partition(t, p).items()}
+    got = {u: st.counts for t, p in store.on_disk() for u, st in store.open_partition(t, p).items()}
     store.close()
     assert got == dict(expected)
 
 
 def test_a_model_that_always_fails_stops_the_worker(kafka_bootstrap, unique_topics, tmp_path):
     topics = unique_topics(partitions=1)
-    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
-                             f"g-{uuid.uuid4().hex[:8]}")
+    settings = make_settings(
+        kafka_bootstrap, topics, tmp_path / "state", f"g-{uuid.uuid4().hex[:8]}"
+    )
     ensure_topics(settings.kafka, topic_specs(topics))
     with Publisher(settings) as pub:
         pub.publish(make_events(200, n_users=10, seed=72))
@@ -98,10 +100,12 @@ def test_a_model_that_always_fails_stops_the_worker(kafka_bootstrap, unique_topi
 
 
 def test_an_unreadable_user_state_stops_the_worker_instead_of_dead_lettering(
-        kafka_bootstrap, unique_topics, tmp_path):
+    kafka_bootstrap, unique_topics, tmp_path
+):
     topics = unique_topics(partitions=1)
-    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
-                             f"g-{uuid.uuid4().hex[:8]}")
+    settings = make_settings(
+        kafka_bootstrap, topics, tmp_path / "state", f"g-{uuid.uuid4().hex[:8]}"
+    )
     ensure_topics(settings.kafka, topic_specs(topics))
     events = make_events(200, n_users=10, seed=73)
     with Publisher(settings) as pub:
@@ -144,14 +148,18 @@ class StepsThenFails(TinyPopularity):
 
 
 def test_a_batch_that_failed_after_learning_is_not_learnt_again(
-        kafka_bootstrap, unique_topics, tmp_path):
+    kafka_bootstrap, unique_topics, tmp_path
+):
     topics = unique_topics(partitions=1)
-    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
-                             f"g-{uuid.uuid4().hex[:8]}", batch_max_events=50)
+    settings = make_settings(
+        kafka_bootstrap,
+        topics,
+        tmp_path / "state",
+        batch_max_events=50,
+    )
     ensure_topics(settings.kafka, topic_specs(topics))
     events = make_events(400, n_users=30, seed=74)
-    events = [replace(ev, item_id="boom") if i % 61 == 7 else ev
-              for i, ev in enumerate(events)]
+    events = [replace(ev, item_id="boom") if i % 61 == 7 else ev for i, ev in enumerate(events)]
     with Publisher(settings) as pub:
         pub.publish(events)
     model = StepsThenFails()

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
+from core.errors import ConfigError
 from model.factory import create_model
 from state.store import RocksDBStore
-from stream.errors import ConfigError
 from stream.publish import Publisher
 from stream.runtime import Worker, state_root
 from stream.snapshots import ModelSnapshots, SnapshotPolicy
@@ -22,25 +21,34 @@ from tests.stream.helpers import make_events, make_settings, running_worker, wai
 def _lists(model, settings, users):  # noqa: ANN001, ANN202
     store = RocksDBStore(state_root(settings))
     try:
-        states = {u: st for t, p in store.on_disk()
-                  for u, st in store.open_partition(t, p).items() if u in users}
+        states = {
+            u: st
+            for t, p in store.on_disk()
+            for u, st in store.open_partition(t, p).items()
+            if u in users
+        }
     finally:
         store.close()
     return {u: model.rank(u, states[u], 10) for u in sorted(users)}
 
 
-@pytest.mark.kafka
 def test_a_restarted_worker_continues_with_the_learnt_model(
-        kafka_bootstrap, unique_topics, tmp_path):
+    kafka_bootstrap, unique_topics, tmp_path
+):
     topics = unique_topics(partitions=2)
-    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
-                             f"g-{uuid.uuid4().hex[:8]}", batch_max_events=100)
+    settings = make_settings(
+        kafka_bootstrap,
+        topics,
+        tmp_path / "state",
+        batch_max_events=100,
+    )
     ensure_topics(settings.kafka, topic_specs(topics))
     events = make_events(1200, n_users=40, n_items=150, seed=91)
     with Publisher(settings) as pub:
         pub.publish(events)
-    first = Worker(settings, create_model("interest"),
-                   snapshots=SnapshotPolicy(every_s=0, every_batches=3))
+    first = Worker(
+        settings, create_model("interest"), snapshots=SnapshotPolicy(every_s=0, every_batches=3)
+    )
     with running_worker(first):
         wait_for(lambda: first.stats.applied >= len(events), 90, "all events applied")
         wait_for(lambda: first.snapshots.saved >= 1, 30, "a periodic snapshot")
@@ -57,8 +65,9 @@ def test_a_restarted_worker_continues_with_the_learnt_model(
     restored = second.model
     assert restored is not learnt
     assert restored.vocab.ids == learnt.vocab.ids
-    assert np.array_equal(restored.pop_l.values(len(learnt.vocab)),
-                          learnt.pop_l.values(len(learnt.vocab)))
+    assert np.array_equal(
+        restored.pop_l.values(len(learnt.vocab)), learnt.pop_l.values(len(learnt.vocab))
+    )
     assert torch.equal(restored.emb_in, learnt.emb_in)
     assert _lists(restored, settings, users) == before
 

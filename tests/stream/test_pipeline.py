@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from model.types import EVENT_INDEX
+from core.types import EVENT_INDEX
 from state.store import RocksDBStore
 from stream.broker import free_port
 from stream.events import decode_recommendation
@@ -27,16 +27,19 @@ from tests.stream.helpers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.kafka
-
 
 def test_every_touched_user_gets_lists_without_purchased_items(
-        kafka_bootstrap, unique_topics, tmp_path):
+    kafka_bootstrap, unique_topics, tmp_path
+):
     topics = unique_topics(partitions=4)
     port = free_port()
-    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
-                             f"g-{uuid.uuid4().hex[:8]}", batch_max_events=150,
-                             metrics_port=port)
+    settings = make_settings(
+        kafka_bootstrap,
+        topics,
+        tmp_path / "state",
+        batch_max_events=150,
+        metrics_port=port,
+    )
     ensure_topics(settings.kafka, topic_specs(topics))
     events = make_events(3000, n_users=300)
     with Publisher(settings) as pub:
@@ -46,17 +49,30 @@ def test_every_touched_user_gets_lists_without_purchased_items(
     worker = Worker(settings, TinyPopularity(), registry=registry)
     with running_worker(worker):
         wait_for(lambda: worker.stats.applied >= len(events), 90, "all events applied")
-        wait_for(lambda: all(registry.get_sample_value(
-            "interest_consumer_lag_messages", {"topic": topics.events, "partition": str(p)}) == 0
-            for p in range(4)), 30, "consumer lag 0 on every partition")
+        wait_for(
+            lambda: all(
+                registry.get_sample_value(
+                    "interest_consumer_lag_messages", {"topic": topics.events, "partition": str(p)}
+                )
+                == 0
+                for p in range(4)
+            ),
+            30,
+            "consumer lag 0 on every partition",
+        )
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     stats = worker.stats
     assert stats.consumed == stats.applied == len(events) and stats.dead_lettered == 0
     metrics = body.decode()
-    for name in ("interest_messages_consumed_total 3000.0", "interest_events_applied_total 3000.0",
-                 "interest_event_to_list_latency_seconds_bucket", "interest_consumer_lag_messages",
-                 "interest_users_in_state", 'interest_stage_seconds_count{stage="step"}',
-                 f"interest_lists_published_total {float(stats.lists_published)}"):
+    for name in (
+        "interest_messages_consumed_total 3000.0",
+        "interest_events_applied_total 3000.0",
+        "interest_event_to_list_latency_seconds_bucket",
+        "interest_consumer_lag_messages",
+        "interest_users_in_state",
+        'interest_stage_seconds_count{stage="step"}',
+        f"interest_lists_published_total {float(stats.lists_published)}",
+    ):
         assert name in metrics, name
     assert stats.scored == len(events) and 0 < stats.hits <= stats.scored
     assert registry.get_sample_value("interest_list_hits_total") == stats.hits
@@ -64,8 +80,9 @@ def test_every_touched_user_gets_lists_without_purchased_items(
     for kind, n in kinds.items():
         assert f'interest_events_consumed_total{{event="{kind}"}} {float(n)}' in metrics
 
-    lists = [decode_recommendation(m.value())
-             for m in read_topic(settings.kafka, topics.recommendations)]
+    lists = [
+        decode_recommendation(m.value()) for m in read_topic(settings.kafka, topics.recommendations)
+    ]
     assert len(lists) == stats.lists_published
     by_user = defaultdict(list)
     for doc in lists:
@@ -104,11 +121,15 @@ def test_every_touched_user_gets_lists_without_purchased_items(
 
 
 def _rewind_group(settings, topic: str, partitions: int) -> None:
-    c = Consumer(settings.kafka.client_config(**{"group.id": settings.worker.group,
-                                                 "enable.auto.commit": False}))
+    c = Consumer(
+        settings.kafka.client_config(
+            **{"group.id": settings.worker.group, "enable.auto.commit": False}
+        )
+    )
     try:
-        c.commit(offsets=[TopicPartition(topic, p, 0) for p in range(partitions)],
-                 asynchronous=False)
+        c.commit(
+            offsets=[TopicPartition(topic, p, 0) for p in range(partitions)], asynchronous=False
+        )
     finally:
         c.close()
 
@@ -117,8 +138,12 @@ def test_restart_resumes_after_the_stored_offset(kafka_bootstrap, unique_topics,
     """A second run neither reprocesses the first run's events nor misses new ones,
     even when the group's committed offsets are behind the state (a lost commit)."""
     topics = unique_topics(partitions=2)
-    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
-                             f"g-{uuid.uuid4().hex[:8]}", batch_max_events=100)
+    settings = make_settings(
+        kafka_bootstrap,
+        topics,
+        tmp_path / "state",
+        batch_max_events=100,
+    )
     ensure_topics(settings.kafka, topic_specs(topics))
     first, second = make_events(400, 50, seed=2), make_events(300, 50, seed=3)
     for wave, expected in ((first, 400), (second, 300)):
@@ -130,8 +155,9 @@ def test_restart_resumes_after_the_stored_offset(kafka_bootstrap, unique_topics,
         assert worker.stats.consumed == worker.stats.applied == expected
         _rewind_group(settings, topics.events, 2)
     store = RocksDBStore(state_root(settings))
-    total = sum(st.n_events for t, p in store.on_disk()
-                for _, st in store.open_partition(t, p).items())
+    total = sum(
+        st.n_events for t, p in store.on_disk() for _, st in store.open_partition(t, p).items()
+    )
     store.close()
     assert total == 700
 
@@ -139,22 +165,29 @@ def test_restart_resumes_after_the_stored_offset(kafka_bootstrap, unique_topics,
 def _counts_in(root) -> list[dict[str, list[int]]]:
     store = RocksDBStore(root)
     try:
-        return [{u: st.counts for u, st in store.open_partition(t, p).items()}
-                for t, p in store.on_disk()]
+        return [
+            {u: st.counts for u, st in store.open_partition(t, p).items()}
+            for t, p in store.on_disk()
+        ]
     finally:
         store.close()
 
 
 def test_rebalance_hands_partitions_over_without_loss_or_double_apply(
-        kafka_bootstrap, unique_topics, tmp_path):
+    kafka_bootstrap, unique_topics, tmp_path
+):
     """A second worker joins mid-stream: partitions move, stores open and close with them,
     and every event is applied to exactly one store."""
     topics = unique_topics(partitions=4)
     group = f"g-{uuid.uuid4().hex[:8]}"
-    a = Worker(make_settings(kafka_bootstrap, topics, tmp_path / "a", group,
-                             batch_max_events=50), TinyPopularity())
-    b = Worker(make_settings(kafka_bootstrap, topics, tmp_path / "b", group,
-                             batch_max_events=50), TinyPopularity())
+    a = Worker(
+        make_settings(kafka_bootstrap, topics, tmp_path / "a", group, batch_max_events=50),
+        TinyPopularity(),
+    )
+    b = Worker(
+        make_settings(kafka_bootstrap, topics, tmp_path / "b", group, batch_max_events=50),
+        TinyPopularity(),
+    )
     ensure_topics(a.settings.kafka, topic_specs(topics))
     first, second = make_events(1500, 150, seed=21), make_events(1500, 150, seed=22)
     with running_worker(a):
@@ -163,17 +196,23 @@ def test_rebalance_hands_partitions_over_without_loss_or_double_apply(
         wait_for(lambda: a.stats.applied >= 1500, 60, "first wave on worker a")
         assert len(a.store.partitions()) == 4
         with running_worker(b):
-            wait_for(lambda: len(b.store.partitions()) >= 1 and len(a.store.partitions()) < 4,
-                     60, "worker b to take partitions")
+            wait_for(
+                lambda: len(b.store.partitions()) >= 1 and len(a.store.partitions()) < 4,
+                60,
+                "worker b to take partitions",
+            )
             assert set(a.store.partitions()).isdisjoint(b.store.partitions())
             with Publisher(a.settings) as pub:
                 pub.publish(second)
             wait_for(lambda: a.stats.applied + b.stats.applied >= 3000, 60, "second wave")
             moved_to_b = b.stats.applied
             # A forgets the gauges of the partitions it gave away.
-            a_lag = {int(s.labels["partition"]) for metric in a.metrics.registry.collect()
-                     if metric.name == "interest_consumer_lag_messages"
-                     for s in metric.samples}
+            a_lag = {
+                int(s.labels["partition"])
+                for metric in a.metrics.registry.collect()
+                if metric.name == "interest_consumer_lag_messages"
+                for s in metric.samples
+            }
             assert a_lag <= {p for _, p in a.store.partitions()}
     assert moved_to_b > 0
     assert a.stats.consumed + b.stats.consumed == 3000
@@ -188,15 +227,24 @@ def test_rebalance_hands_partitions_over_without_loss_or_double_apply(
     assert dict(got) == dict(expected)
 
 
-@pytest.mark.parametrize("client", [
-    {"partition.assignment.strategy": "range"},
-    {"group.protocol": "consumer"},
-], ids=["eager-range", "kip848-consumer-protocol"])
+@pytest.mark.parametrize(
+    "client",
+    [
+        {"partition.assignment.strategy": "range"},
+        {"group.protocol": "consumer"},
+    ],
+    ids=["eager-range", "kip848-consumer-protocol"],
+)
 def test_other_group_protocols_resume_from_the_stored_offset(
-        kafka_bootstrap, unique_topics, tmp_path, client):
+    kafka_bootstrap, unique_topics, tmp_path, client
+):
     topics = unique_topics(partitions=2)
-    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
-                             f"g-{uuid.uuid4().hex[:8]}", batch_max_events=50)
+    settings = make_settings(
+        kafka_bootstrap,
+        topics,
+        tmp_path / "state",
+        batch_max_events=50,
+    )
     settings = replace(settings, kafka=replace(settings.kafka, client=client))
     ensure_topics(settings.kafka, topic_specs(topics))
     for n, seed in ((200, 31), (100, 32)):
@@ -210,7 +258,8 @@ def test_other_group_protocols_resume_from_the_stored_offset(
 
 
 def test_stale_local_state_is_replayed_to_exactness(
-        kafka_bootstrap, unique_topics, tmp_path, caplog):
+    kafka_bootstrap, unique_topics, tmp_path, caplog
+):
     """A partition comes back to a worker after another one advanced it: the stale store
     replays the gap from its own offset, so it ends exact (and says so in the log)."""
     topics = unique_topics(partitions=1)
@@ -230,8 +279,10 @@ def test_stale_local_state_is_replayed_to_exactness(
         assert worker.stats.applied == n
     assert "local state is 200 message(s) behind the group; replaying them" in caplog.text
     # The away worker had no store: it says its user states start empty.
-    assert (f"{topics.events}[0]: no local state, but the group has processed it up to offset "
-            "200: user state for this partition starts empty") in caplog.text
+    assert (
+        f"{topics.events}[0]: no local state, but the group has processed it up to offset "
+        "200: user state for this partition starts empty"
+    ) in caplog.text
     (home_counts,) = _counts_in(state_root(home))
     expected: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for ev in waves[0] + waves[1] + waves[2]:
@@ -241,21 +292,25 @@ def test_stale_local_state_is_replayed_to_exactness(
 
 @pytest.mark.parametrize("model_name", ["interest", "popular"])
 def test_served_models_never_list_a_purchased_item(
-        kafka_bootstrap, unique_topics, tmp_path, model_name):
+    kafka_bootstrap, unique_topics, tmp_path, model_name
+):
     """The same promise with the models the worker command serves (via the factory)."""
-    from stream.worker_cli import create_worker_model
+    from model.factory import create_serving_model
 
     topics = unique_topics(partitions=2)
-    settings = make_settings(kafka_bootstrap, topics, tmp_path / "state",
-                             f"g-{uuid.uuid4().hex[:8]}", batch_max_events=100)
+    settings = make_settings(
+        kafka_bootstrap,
+        topics,
+        tmp_path / "state",
+        batch_max_events=100,
+    )
     ensure_topics(settings.kafka, topic_specs(topics))
     # Few items and many purchases, so exclusion is exercised hard.
     events = make_events(1500, n_users=60, n_items=40, seed=61)
-    events = [replace(ev, event="purchase") if i % 5 == 0 else ev
-              for i, ev in enumerate(events)]
+    events = [replace(ev, event="purchase") if i % 5 == 0 else ev for i, ev in enumerate(events)]
     with Publisher(settings) as pub:
         pub.publish(events)
-    worker = Worker(settings, create_worker_model(model_name))
+    worker = Worker(settings, create_serving_model(model_name))
     with running_worker(worker):
         wait_for(lambda: worker.stats.applied >= len(events), 90, "all events applied")
     purchases = defaultdict(list)

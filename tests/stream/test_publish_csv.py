@@ -11,8 +11,7 @@ from stream.topics import ensure_topics, topic_specs
 from tests.stream.helpers import read_topic
 
 CSV = (
-    "uid,iid,behavior,time\n"
-    "1,10,pv,1700000000\n2,11,buy,1700000001\nbad,row\n3,12,zzz,1700000002\n"
+    "uid,iid,behavior,time\n1,10,pv,1700000000\n2,11,buy,1700000001\nbad,row\n3,12,zzz,1700000002\n"
 )
 
 
@@ -21,13 +20,28 @@ def test_publish_maps_columns_and_behaviours(kafka_config, unique_topics, tmp_pa
     ensure_topics(kafka_config, topic_specs(topics))
     data = tmp_path / "log.csv"
     data.write_text(CSV)
-    env = {**os.environ, "INTEREST_TOPIC_EVENTS": topics.events,
-           "INTEREST_TOPIC_PARTITIONS": "2"}
+    env = {**os.environ, "INTEREST_TOPIC_EVENTS": topics.events, "INTEREST_TOPIC_PARTITIONS": "2"}
     out = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "publish", "--bootstrap-servers",
-         kafka_config.bootstrap_servers, "--data", str(data), "--format", "csv",
-         "--columns", "user=uid,item=iid,type=behavior,ts=time", "--event-map", "zzz=cart"],
-        capture_output=True, text=True, timeout=120, env=env,
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "publish",
+            "--bootstrap-servers",
+            kafka_config.bootstrap_servers,
+            "--data",
+            str(data),
+            "--format",
+            "csv",
+            "--columns",
+            "user=uid,item=iid,type=behavior,ts=time",
+            "--event-map",
+            "zzz=cart",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert out.returncode == 0, out.stderr
     assert "skipped 1 unreadable row(s)" in out.stderr and "'bad,row'" in out.stderr
@@ -36,6 +50,8 @@ def test_publish_maps_columns_and_behaviours(kafka_config, unique_topics, tmp_pa
         key=lambda v: v["ts"],
     )
     assert [(v["user_id"], v["item_id"], v["event"]) for v in values] == [
-        ("1", "10", "click"), ("2", "11", "purchase"), ("3", "12", "cart"),
+        ("1", "10", "click"),
+        ("2", "11", "purchase"),
+        ("3", "12", "cart"),
     ]
     assert values[0]["ts"] == 1_700_000_000_000  # seconds in the file, ms on the topic

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
 
 from state.store import MemoryStore
-from stream.config import KafkaConfig, Settings
+from stream.checkpoint import Checkpoint, Outputs
+from stream.config import KafkaConfig, Settings, TopicsConfig
 from stream.runtime import Worker
 from tests.stream.helpers import TinyPopularity
 
@@ -15,10 +17,22 @@ TS = 1_780_000_000_000
 
 
 def _msg(offset: int, user: str = "u1") -> Message:
-    value = json.dumps({"user_id": user, "item_id": f"i{offset}", "event": "click",
-                        "ts": TS + offset}).encode()
-    return Message(topic="ev", partition=0, offset=offset, key=user.encode(), value=value,
-                   timestamp=(TIMESTAMP_CREATE_TIME, TS + offset))
+    value = json.dumps(
+        {"user_id": user, "item_id": f"i{offset}", "event": "click", "ts": TS + offset}
+    ).encode()
+    return Message(
+        topic="ev",
+        partition=0,
+        offset=offset,
+        key=user.encode(),
+        value=value,
+        timestamp=(TIMESTAMP_CREATE_TIME, TS + offset),
+    )
+
+
+def _checkpoint() -> Checkpoint:
+    # No producer: these batches hold valid events only, nothing is produced.
+    return Checkpoint(Outputs(None, threading.Event()), TopicsConfig(), lambda parts: None)
 
 
 def test_a_message_handed_out_twice_in_one_poll_is_applied_once():
@@ -27,22 +41,26 @@ def test_a_message_handed_out_twice_in_one_poll_is_applied_once():
     txn = part.begin()
     txn.set_offset(9)
     txn.commit()
-    worker = Worker(Settings(kafka=KafkaConfig(bootstrap_servers="unused:9092")),
-                    TinyPopularity(), store=store)
+    worker = Worker(
+        Settings(kafka=KafkaConfig(bootstrap_servers="unused:9092")), TinyPopularity(), store=store
+    )
     # Offsets 8-9 are already in state; 10-11 come twice, as after a re-seek mid-poll.
     plist = [_msg(o) for o in (8, 9, 10, 11, 10, 11, 12)]
-    batch = worker._decode_partition(("ev", 0), plist)
-    assert batch is not None
+    ((decoded_part, batch),) = worker._decode(plist, _checkpoint())
+    assert decoded_part is part
     assert [ev.item_id for ev in batch.events] == ["i10", "i11", "i12"]
+    assert [src.offset for src in batch.sources] == [10, 11, 12]
+    assert batch.last_offset == 12
     assert worker.stats.consumed == 3
-    batch.txn.commit()
-    assert part.last_offset() == 12
 
 
 def test_messages_of_a_partition_revoked_mid_poll_are_left_for_the_new_owner():
-    worker = Worker(Settings(kafka=KafkaConfig(bootstrap_servers="unused:9092")),
-                    TinyPopularity(), store=MemoryStore())
-    assert worker._decode_partition(("ev", 0), [_msg(0)]) is None
+    worker = Worker(
+        Settings(kafka=KafkaConfig(bootstrap_servers="unused:9092")),
+        TinyPopularity(),
+        store=MemoryStore(),
+    )
+    assert worker._decode([_msg(0)], _checkpoint()) == []
     assert worker.stats.consumed == 0
 
 
@@ -65,6 +83,7 @@ def test_latency_percentiles_and_summary():
     assert percentile(values, 99) == 99.0
     assert percentile(values, 100) == 100.0
     stats = WorkerStats()
+    assert stats.summary()["consumed"] == 0
     stats.add_latencies([0.010, 0.020, 0.030])
     assert stats.latency_ms(50) == 20.0
     stats.clear_latencies()
@@ -74,8 +93,11 @@ def test_latency_percentiles_and_summary():
 def test_repeated_client_errors_are_logged_once_per_window(caplog):
     from confluent_kafka import KafkaError
 
-    worker = Worker(Settings(kafka=KafkaConfig(bootstrap_servers="unused:9092")),
-                    TinyPopularity(), store=MemoryStore())
+    worker = Worker(
+        Settings(kafka=KafkaConfig(bootstrap_servers="unused:9092")),
+        TinyPopularity(),
+        store=MemoryStore(),
+    )
     with caplog.at_level("WARNING", logger="interest_stream.worker"):
         for i in range(50):
             worker._on_client_error(KafkaError(KafkaError._TRANSPORT, f"refused after {i}ms"))

@@ -14,7 +14,7 @@ import threading
 import pytest
 from confluent_kafka import Producer
 
-from model.types import Recommendation
+from core.types import Recommendation
 from stream.config import KafkaConfig, Settings
 from stream.events import decode_recommendation, encode_recommendation
 from stream.tail import tail
@@ -24,11 +24,13 @@ from tests.stream.helpers import read_topic, wait_for
 CLI = [sys.executable, "-m", "stream.cli"]
 
 
-def _run(args: list[str], env: dict[str, str] | None = None,
-         timeout: float = 60) -> subprocess.CompletedProcess:
+def _run(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("INTEREST_")}
-    return subprocess.run(CLI + args, env=base | (env or {}), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        CLI + args, env=base | (env or {}), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _one_clear_line(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -49,21 +51,34 @@ def test_worker_with_unreachable_broker(tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = _run(["worker", "--bootstrap-servers", f"127.0.0.1:{port}",
-                 "--state-dir", str(tmp_path), "--metrics-port", "0"])
+    proc = _run(
+        [
+            "worker",
+            "--bootstrap-servers",
+            f"127.0.0.1:{port}",
+            "--state-dir",
+            str(tmp_path),
+            "--metrics-port",
+            "0",
+        ]
+    )
     _one_clear_line(proc, "cannot reach Kafka", f"127.0.0.1:{port}")
 
 
 def test_worker_with_bad_config(tmp_path):
-    proc = _run(["worker", "--bootstrap-servers", "127.0.0.1:9", "--state-dir", str(tmp_path)],
-                env={"INTEREST_BATCH_MAX_EVENTS": "many"})
+    proc = _run(
+        ["worker", "--bootstrap-servers", "127.0.0.1:9", "--state-dir", str(tmp_path)],
+        env={"INTEREST_BATCH_MAX_EVENTS": "many"},
+    )
     _one_clear_line(proc, "batch_max_events")
     assert proc.returncode == 2
 
 
 def test_worker_with_bad_snapshot_setting(tmp_path):
-    proc = _run(["worker", "--bootstrap-servers", "127.0.0.1:9", "--state-dir", str(tmp_path)],
-                env={"INTEREST_SNAPSHOT_EVERY_S": "often"})
+    proc = _run(
+        ["worker", "--bootstrap-servers", "127.0.0.1:9", "--state-dir", str(tmp_path)],
+        env={"INTEREST_SNAPSHOT_EVERY_S": "often"},
+    )
     _one_clear_line(proc, "INTEREST_SNAPSHOT_EVERY_S")
     assert proc.returncode == 2
     bad_toml = tmp_path / "bad.toml"
@@ -71,48 +86,72 @@ def test_worker_with_bad_snapshot_setting(tmp_path):
     _one_clear_line(_run(["worker", "--config", str(bad_toml)]), "TOML")
 
 
-@pytest.mark.kafka
 def test_worker_with_unwritable_state_dir(kafka_bootstrap, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    proc = _run(["worker", "--bootstrap-servers", kafka_bootstrap, "--metrics-port", "0",
-                 "--state-dir", str(blocker / "state")])
+    proc = _run(
+        [
+            "worker",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--metrics-port",
+            "0",
+            "--state-dir",
+            str(blocker / "state"),
+        ]
+    )
     _one_clear_line(proc, "state dir", "not writable")
 
 
-@pytest.mark.kafka
 def test_worker_with_metrics_port_in_use(kafka_bootstrap, tmp_path, unique_topics):
     topics = unique_topics(partitions=1)
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))
         s.listen()
         port = s.getsockname()[1]
-        proc = _run(["worker", "--bootstrap-servers", kafka_bootstrap, "--state-dir",
-                     str(tmp_path), "--metrics-port", str(port)],
-                    env={"INTEREST_TOPIC_EVENTS": topics.events})
+        proc = _run(
+            [
+                "worker",
+                "--bootstrap-servers",
+                kafka_bootstrap,
+                "--state-dir",
+                str(tmp_path),
+                "--metrics-port",
+                str(port),
+            ],
+            env={"INTEREST_TOPIC_EVENTS": topics.events},
+        )
     _one_clear_line(proc, "metrics", str(port))
 
 
-@pytest.mark.kafka
 def test_publish_csv_file_in_time_order(kafka_bootstrap, unique_topics, tmp_path):
     topics = unique_topics(partitions=2)
     data = tmp_path / "events.csv"
-    data.write_text("user,item,type,ts\n"
-                    "7,i2,purchase,1700000002000\n"
-                    "u1,i1,click,1700000000000\n"
-                    "u1,i3,cart,1700000001000\n")
-    env = {"INTEREST_TOPIC_EVENTS": topics.events,
-           "INTEREST_TOPIC_RECOMMENDATIONS": topics.recommendations,
-           "INTEREST_TOPIC_DEAD_LETTER": topics.dead_letter,
-           "INTEREST_TOPIC_PARTITIONS": "2"}
-    proc = _run(["publish", "--bootstrap-servers", kafka_bootstrap, "--data", str(data),
-                 "--format", "csv"], env=env)
+    data.write_text(
+        "user,item,type,ts\n"
+        "7,i2,purchase,1700000002000\n"
+        "u1,i1,click,1700000000000\n"
+        "u1,i3,cart,1700000001000\n"
+    )
+    env = {
+        "INTEREST_TOPIC_EVENTS": topics.events,
+        "INTEREST_TOPIC_RECOMMENDATIONS": topics.recommendations,
+        "INTEREST_TOPIC_DEAD_LETTER": topics.dead_letter,
+        "INTEREST_TOPIC_PARTITIONS": "2",
+    }
+    proc = _run(
+        ["publish", "--bootstrap-servers", kafka_bootstrap, "--data", str(data), "--format", "csv"],
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "published 3 event(s)" in proc.stderr
     msgs = read_topic(KafkaConfig(bootstrap_servers=kafka_bootstrap), topics.events)
     docs = sorted((json.loads(m.value())["ts"], m.key(), json.loads(m.value())) for m in msgs)
     assert [(k, d["user_id"], d["event"]) for _, k, d in docs] == [
-        (b"u1", "u1", "click"), (b"u1", "u1", "cart"), (b"7", "7", "purchase")]
+        (b"u1", "u1", "click"),
+        (b"u1", "u1", "cart"),
+        (b"7", "7", "purchase"),
+    ]
     assert len({m.partition() for m in msgs if m.key() == b"u1"}) == 1
 
 
@@ -121,7 +160,6 @@ def test_publish_needs_data_for_files():
     _one_clear_line(proc, "--data")
 
 
-@pytest.mark.kafka
 def test_tail_prints_lists_for_one_user(kafka_bootstrap, unique_topics):
     topics = unique_topics(partitions=1)
     kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap)
@@ -135,8 +173,10 @@ def test_tail_prints_lists_for_one_user(kafka_bootstrap, unique_topics):
         if len(got) == 2:
             stop.set()
 
-    th = threading.Thread(target=tail, kwargs=dict(settings=settings, user="u2", stop=stop,
-                                                   from_beginning=True, on_list=on_list))
+    th = threading.Thread(
+        target=tail,
+        kwargs=dict(settings=settings, user="u2", stop=stop, from_beginning=True, on_list=on_list),
+    )
     th.start()
     p = Producer(kafka.client_config())
     for i, user in enumerate(["u1", "u2", "u3", "u2"]):
@@ -148,18 +188,33 @@ def test_tail_prints_lists_for_one_user(kafka_bootstrap, unique_topics):
     stop.set()
     assert not th.is_alive()
     assert [(d["user_id"], d["event_ts"]) for d in got] == [("u2", 1), ("u2", 3)]
-    assert decode_recommendation(read_topic(kafka, topics.recommendations)[0].value())
+    first = decode_recommendation(read_topic(kafka, topics.recommendations)[0].value())
+    assert first == {
+        "user_id": "u1",
+        "items": [{"item_id": "a", "score": 1.0}],
+        "model_version": "m",
+        "generated_at": 1000,
+        "event_ts": 0,
+    }
 
 
-@pytest.mark.parametrize("command", [["worker", "--metrics-port", "0"], ["tail"], ["topics"],
-                                     ["publish", "--format", "synthetic", "--limit", "1"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["worker", "--metrics-port", "0"],
+        ["tail"],
+        ["topics"],
+        ["publish", "--format", "synthetic", "--limit", "1"],
+    ],
+)
 def test_client_setting_librdkafka_rejects(command, tmp_path):
-    proc = _run(command + ["--bootstrap-servers", "127.0.0.1:9", "-X", "no.such.setting=1"],
-                env={"INTEREST_STATE_DIR": str(tmp_path)})
+    proc = _run(
+        command + ["--bootstrap-servers", "127.0.0.1:9", "-X", "no.such.setting=1"],
+        env={"INTEREST_STATE_DIR": str(tmp_path)},
+    )
     _one_clear_line(proc, "no.such.setting")
 
 
-@pytest.mark.kafka
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_worker_stops_cleanly_on_signal(kafka_bootstrap, unique_topics, tmp_path, sig):
     topics = unique_topics(partitions=1)
@@ -171,9 +226,22 @@ def test_worker_stops_cleanly_on_signal(kafka_bootstrap, unique_topics, tmp_path
         "INTEREST_LOG_LEVEL": "INFO",
     }
     proc = subprocess.Popen(
-        CLI + ["worker", "--bootstrap-servers", kafka_bootstrap, "--group", f"sig-{sig.name}",
-               "--state-dir", str(tmp_path), "--metrics-port", "0"],
-        env=env, stderr=subprocess.PIPE, text=True)
+        CLI
+        + [
+            "worker",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--group",
+            f"sig-{sig.name}",
+            "--state-dir",
+            str(tmp_path),
+            "--metrics-port",
+            "0",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in proc.stderr:  # assignments are logged at INFO
             if "assigned" in line:
@@ -187,7 +255,6 @@ def test_worker_stops_cleanly_on_signal(kafka_bootstrap, unique_topics, tmp_path
     assert "worker stopped" in err and "Traceback" not in err
 
 
-@pytest.mark.kafka
 def test_tail_survives_malformed_lists(kafka_bootstrap, unique_topics):
     topics = unique_topics(partitions=1)
     kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap)
@@ -219,19 +286,32 @@ def test_tail_survives_malformed_lists(kafka_bootstrap, unique_topics):
     assert " u9 [m] a:1" in lines[4]
 
 
-@pytest.mark.kafka
 def test_publish_uses_an_existing_topic_with_another_partition_count(
-        kafka_bootstrap, unique_topics):
+    kafka_bootstrap, unique_topics
+):
     topics = unique_topics(partitions=3)
     kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap)
     ensure_topics(kafka, topic_specs(topics))
-    env = {"INTEREST_TOPIC_EVENTS": topics.events,
-           "INTEREST_TOPIC_RECOMMENDATIONS": topics.recommendations,
-           "INTEREST_TOPIC_DEAD_LETTER": topics.dead_letter}  # partitions: the default 4
-    proc = _run(["publish", "--bootstrap-servers", kafka_bootstrap, "--format", "synthetic",
-                 "--limit", "20"], env=env)
+    env = {
+        "INTEREST_TOPIC_EVENTS": topics.events,
+        "INTEREST_TOPIC_RECOMMENDATIONS": topics.recommendations,
+        "INTEREST_TOPIC_DEAD_LETTER": topics.dead_letter,
+    }  # partitions: the default 4
+    proc = _run(
+        [
+            "publish",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--format",
+            "synthetic",
+            "--limit",
+            "20",
+        ],
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert f"topic {topics.events} exists with 3 partitions, the configuration says 4" \
-        in proc.stderr
+    assert (
+        f"topic {topics.events} exists with 3 partitions, the configuration says 4" in proc.stderr
+    )
     assert "published 20 event(s)" in proc.stderr
     assert len(read_topic(kafka, topics.events)) == 20

@@ -1,0 +1,146 @@
+"""Models save and load themselves: a small protocol and its safetensors encoding.
+
+A model that can be saved has a registry ``name`` (see :mod:`model.factory`),
+its constructor arguments as given (``config``) and a pair of methods:
+``state_dict()`` returns a :class:`ModelState` (numpy arrays plus JSON-able
+metadata) and ``load_state_dict(state)`` puts one back into a model built
+from the same ``config``. Nothing outside the model reaches into it, so
+snapshots, sync and the evaluator need no model-specific code.
+
+The bytes are safetensors (never pickle): the arrays in the body, the model's
+name, version, config and metadata as JSON strings in the header.
+
+>>> from model.factory import create_model
+>>> from core.types import Event
+>>> model = create_model("popular")
+>>> model.learn_many([Event("u1", "i1", "click", 1767225600000)], [])
+>>> copy = model_from_bytes(model_to_bytes(model))
+>>> copy.vocab.ids, copy.counts.values(1).tolist()
+(['i1'], [1.0])
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from core.errors import DataError
+
+__all__ = [
+    "ModelState",
+    "Persistent",
+    "SNAPSHOT_FORMAT",
+    "model_to_bytes",
+    "snapshot_bytes",
+    "model_from_bytes",
+    "read_header",
+]
+
+SNAPSHOT_FORMAT = "interest-model-2"
+
+
+@dataclass
+class ModelState:
+    """What a model learnt: named numpy arrays and JSON-able values."""
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, prefix: str, other: ModelState) -> None:
+        """Merge ``other`` in, every name prefixed with ``prefix.``."""
+        self.arrays.update({f"{prefix}.{k}": v for k, v in other.arrays.items()})
+        self.meta.update({f"{prefix}.{k}": v for k, v in other.meta.items()})
+
+    def part(self, prefix: str) -> ModelState:
+        """The entries added under ``prefix`` (see :meth:`add`), prefix removed."""
+        cut = len(prefix) + 1
+        return ModelState(
+            {k[cut:]: v for k, v in self.arrays.items() if k.startswith(prefix + ".")},
+            {k[cut:]: v for k, v in self.meta.items() if k.startswith(prefix + ".")},
+        )
+
+
+@runtime_checkable
+class Persistent(Protocol):
+    """A model that saves and loads itself."""
+
+    name: str  # registry name: model.factory.create_model(name, **config) rebuilds it
+    version: str
+    config: dict[str, Any]
+
+    def state_dict(self) -> ModelState:
+        """Everything learnt so far (copies: the model may go on learning)."""
+        ...
+
+    def load_state_dict(self, state: ModelState) -> None:
+        """Take over what :meth:`state_dict` returned (by a model with the same config)."""
+        ...
+
+
+def model_to_bytes(model: Persistent) -> bytes:
+    """Safetensors bytes of ``model`` (arrays in the body, the rest in the header)."""
+    return snapshot_bytes(model.name, model.version, model.config, model.state_dict())
+
+
+def snapshot_bytes(name: str, version: str, config: dict[str, Any], state: ModelState) -> bytes:
+    """Safetensors bytes of a model's ``state`` taken earlier (see :func:`model_to_bytes`)."""
+    from safetensors.numpy import save
+
+    # np.require keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d).
+    arrays = {k: np.require(v, requirements="C") for k, v in state.arrays.items()}
+    header = {
+        "format": SNAPSHOT_FORMAT,
+        "model": name,
+        "version": version,
+        "config": json.dumps(config),
+        "meta": json.dumps(state.meta),
+    }
+    return save(arrays, metadata=header)
+
+
+def read_header(data: bytes) -> dict[str, str]:
+    """The string metadata of safetensors ``data`` (raises DataError when unreadable)."""
+    try:
+        size = int.from_bytes(data[:8], "little")
+        if len(data) < 8 + size:
+            raise ValueError("truncated header")
+        header = json.loads(data[8 : 8 + size])
+        meta = header.get("__metadata__", {})
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not an object")
+        return meta
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"not a model snapshot: {exc}") from None
+
+
+def model_from_bytes(data: bytes) -> Any:
+    """Rebuild the model written by :func:`model_to_bytes` (DataError when unreadable)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    from model.factory import create_model
+
+    meta = read_header(data)
+    if meta.get("format") != SNAPSHOT_FORMAT:
+        raise DataError(f"not a model snapshot of this version ({meta.get('format')!r})")
+    try:
+        arrays = load(data)
+        config = json.loads(meta["config"])
+        extra = json.loads(meta["meta"])
+    except (SafetensorError, ValueError, KeyError) as exc:
+        raise DataError(f"model snapshot is unreadable: {exc}") from None
+    model = create_model(meta.get("model", ""), **config)
+    if not isinstance(model, Persistent):
+        raise DataError(f"model {meta.get('model')!r} cannot be loaded from a snapshot")
+    if model.version != meta.get("version"):
+        raise DataError(
+            f"model snapshot of {meta.get('version')!r} cannot be loaded into {model.version!r}"
+        )
+    try:
+        model.load_state_dict(ModelState(dict(arrays), extra))
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        raise DataError(f"model snapshot does not fit the model: {exc}") from None
+    return model
