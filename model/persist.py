@@ -9,14 +9,6 @@ snapshots, sync and the evaluator need no model-specific code.
 
 The bytes are safetensors (never pickle): the arrays in the body, the model's
 name, version, config and metadata as JSON strings in the header.
-
->>> from model.factory import create_model
->>> from core.types import Event
->>> model = create_model("popular")
->>> model.learn_many([Event("u1", "i1", "click", 1767225600000)], [])
->>> copy = model_from_bytes(model_to_bytes(model))
->>> copy.vocab.ids, copy.counts.values(1).tolist()
-(['i1'], [1.0])
 """
 
 from __future__ import annotations
@@ -35,7 +27,7 @@ __all__ = [
     "SNAPSHOT_FORMAT",
     "model_to_bytes",
     "snapshot_bytes",
-    "model_from_bytes",
+    "decode",
     "read_header",
 ]
 
@@ -116,31 +108,18 @@ def read_header(data: bytes) -> dict[str, str]:
         raise DataError(f"not a model snapshot: {exc}") from None
 
 
-def model_from_bytes(data: bytes) -> Any:
-    """Rebuild the model written by :func:`model_to_bytes` (DataError when unreadable)."""
+def decode(data: bytes) -> tuple[dict[str, str], ModelState]:
+    """The header and the :class:`ModelState` of bytes written by :func:`snapshot_bytes`."""
     from safetensors import SafetensorError
     from safetensors.numpy import load
-
-    from model.factory import create_model
 
     meta = read_header(data)
     if meta.get("format") != SNAPSHOT_FORMAT:
         raise DataError(f"not a model snapshot of this version ({meta.get('format')!r})")
     try:
         arrays = load(data)
-        config = json.loads(meta["config"])
         extra = json.loads(meta["meta"])
+        json.loads(meta["config"])
     except (SafetensorError, ValueError, KeyError) as exc:
         raise DataError(f"model snapshot is unreadable: {exc}") from None
-    model = create_model(meta.get("model", ""), **config)
-    if not isinstance(model, Persistent):
-        raise DataError(f"model {meta.get('model')!r} cannot be loaded from a snapshot")
-    if model.version != meta.get("version"):
-        raise DataError(
-            f"model snapshot of {meta.get('version')!r} cannot be loaded into {model.version!r}"
-        )
-    try:
-        model.load_state_dict(ModelState(dict(arrays), extra))
-    except (KeyError, ValueError, IndexError, TypeError) as exc:
-        raise DataError(f"model snapshot does not fit the model: {exc}") from None
-    return model
+    return meta, ModelState(dict(arrays), extra)

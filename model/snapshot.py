@@ -1,19 +1,48 @@
-"""Model snapshot files: :mod:`model.persist` bytes written atomically, read back.
+"""Model snapshots: :mod:`model.persist` bytes turned back into a model, and files.
 
 Any model that saves itself (:class:`model.persist.Persistent`) can be
-snapshotted; the file is safetensors (never pickle).
+snapshotted; the bytes are safetensors (never pickle). The registry
+(:mod:`model.factory`) rebuilds the model from its name and config, then the
+model loads what it had learnt.
+
+>>> from model.factory import create_model
+>>> from core.types import Event
+>>> model = create_model("popular")
+>>> model.learn_many([Event("u1", "i1", "click", 1767225600000)], [])
+>>> copy = model_from_bytes(model_to_bytes(model))
+>>> copy.vocab.ids, copy.counts.values(1).tolist()
+(['i1'], [1.0])
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from core.errors import DataError
-from model.persist import Persistent, model_from_bytes, model_to_bytes
+from model.factory import create_model
+from model.persist import Persistent, decode, model_to_bytes
 
-__all__ = ["save_snapshot", "load_snapshot", "write_atomic"]
+__all__ = ["model_from_bytes", "save_snapshot", "load_snapshot", "write_atomic"]
+
+
+def model_from_bytes(data: bytes) -> Any:
+    """Rebuild the model written by :func:`model.persist.model_to_bytes` (DataError if not)."""
+    meta, state = decode(data)
+    model = create_model(meta.get("model", ""), **json.loads(meta["config"]))
+    if not isinstance(model, Persistent):
+        raise DataError(f"model {meta.get('model')!r} cannot be loaded from a snapshot")
+    if model.version != meta.get("version"):
+        raise DataError(
+            f"model snapshot of {meta.get('version')!r} cannot be loaded into {model.version!r}"
+        )
+    try:
+        model.load_state_dict(state)
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        raise DataError(f"model snapshot does not fit the model: {exc}") from None
+    return model
 
 
 def save_snapshot(model: Persistent, path: str | Path) -> None:

@@ -9,8 +9,8 @@ import pytest
 from core.errors import ConfigError, DataError
 from model.evaluate import MemoryStates
 from model.factory import _REGISTRY, create_model, model_spec
-from model.persist import Persistent, model_from_bytes, model_to_bytes, read_header
-from model.snapshot import load_snapshot, save_snapshot
+from model.persist import Persistent, model_to_bytes, read_header
+from model.snapshot import load_snapshot, model_from_bytes, save_snapshot
 from model.step import process_batch
 from model.synthetic import SyntheticStream
 
