@@ -136,7 +136,8 @@ class Worker:
                           if isinstance(self.store, RocksDBStore) else None)
         self.on_publish: Callable[[list[Recommendation]], None] | None = None
         self.metrics_url: str | None = None
-        self._validator = EventValidator(max_payload_bytes=settings.worker.max_payload_bytes)
+        self._validator = EventValidator(max_payload_bytes=settings.worker.max_payload_bytes,
+                                         max_id_bytes=settings.worker.max_id_bytes)
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._delivery_errors: list[str] = []

@@ -82,3 +82,20 @@ def test_repeated_client_errors_are_logged_once_per_window(caplog):
         worker._on_client_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["Kafka client: refused after 0ms", "Kafka client: 1/1 brokers are down"]
+
+
+def test_the_worker_applies_the_id_byte_limit_from_its_settings():
+    from stream.config import WorkerConfig
+    from stream.events import Rejected
+
+    store = MemoryStore()
+    store.open_partition("ev", 0)
+    settings = Settings(kafka=KafkaConfig(bootstrap_servers="unused:9092"),
+                        worker=WorkerConfig(max_id_bytes=2))
+    worker = Worker(settings, TinyPopularity(), store=store)
+    dead: list[Rejected] = []
+    worker._dead_letter = lambda msg, rejected: dead.append(rejected)  # no producer here
+    batch = worker._decode_partition(("ev", 0), [_msg(o) for o in (8, 9, 10)])
+    assert batch is not None
+    assert [ev.item_id for ev in batch.events] == ["i8", "i9"]
+    assert dead == [Rejected("bad-id", "item_id: longer than 2 bytes")]
