@@ -54,8 +54,13 @@ class LatestBatchItems:
 def test_hostile_messages_never_reach_the_lists(kafka_bootstrap, unique_topics, tmp_path):
     topics = unique_topics(partitions=3)
     settings = make_settings(
-        kafka_bootstrap, topics, tmp_path / "state", f"g-{uuid.uuid4().hex[:8]}",
-        batch_max_events=BATCH, k=BATCH + 10, max_payload_bytes=4096,
+        kafka_bootstrap,
+        topics,
+        tmp_path / "state",
+        f"g-{uuid.uuid4().hex[:8]}",
+        batch_max_events=BATCH,
+        k=BATCH + 10,
+        max_payload_bytes=4096,
     )
     ensure_topics(settings.kafka, topic_specs(topics))
     now = int(time.time() * 1000)
@@ -90,14 +95,16 @@ def test_hostile_messages_never_reach_the_lists(kafka_bootstrap, unique_topics, 
     assert stats.consumed == stats.applied + stats.dead_lettered
     assert stats.applied == N_VALID + len(accepted) + 1
     assert dict(stats.dead_letters_by_reason) == dict(reasons)
-    assert registry.get_sample_value("interest_dead_letters_total", {"reason": "bad-id"}) == (
-        reasons["bad-id"])
+    bad_ids = registry.get_sample_value("interest_dead_letters_total", {"reason": "bad-id"})
+    assert bad_ids == reasons["bad-id"]
 
     dead = read_topic(settings.kafka, topics.dead_letter)
     assert Counter((m.key() or None, m.value()) for m in dead) == Counter(
-        (k or None, v) for (k, v), _ in rejected)
+        (k or None, v) for (k, v), _ in rejected
+    )
 
-    lists = [m for m in read_topic(settings.kafka, topics.recommendations)]
+    lists = read_topic(settings.kafka, topics.recommendations)
+    assert lists
     seen_items: set[str] = set()
     for msg in lists:
         doc = decode_recommendation(msg.value())
