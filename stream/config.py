@@ -100,6 +100,8 @@ class WorkerConfig:
     batch_max_ms: int = field(default=50, metadata=_env("INTEREST_BATCH_MAX_MS"))
     k: int = field(default=10, metadata=_env("INTEREST_K"))
     max_payload_bytes: int = field(default=64 * 1024, metadata=_env("INTEREST_MAX_PAYLOAD_BYTES"))
+    # Longest user_id, item_id or category in UTF-8 bytes; longer ones are dead-lettered.
+    max_id_bytes: int = field(default=256, metadata=_env("INTEREST_MAX_ID_BYTES"))
     # Model snapshots (0 turns a trigger off; a clean stop always saves).
     snapshot_every_s: int = field(
         default=60, metadata={**_env("INTEREST_SNAPSHOT_EVERY_S"), "min": 0}

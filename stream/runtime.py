@@ -113,7 +113,10 @@ class Worker:
         self.on_start: Callable[[dict[str, Any]], None] | None = None
         self.on_publish: Callable[[list[Recommendation]], None] | None = None
         self.metrics_url: str | None = None
-        self._validator = EventValidator(max_payload_bytes=settings.worker.max_payload_bytes)
+        self._validator = EventValidator(
+            max_payload_bytes=settings.worker.max_payload_bytes,
+            max_id_bytes=settings.worker.max_id_bytes,
+        )
         self._consumer: Consumer | None = None
         self._outputs: Outputs | None = None
         self._last_generated = 0

@@ -5,6 +5,11 @@ otherwise the embedded broker is started once (in a temporary data dir) and
 stopped at the end. A broker that fails to start fails the tests that need it
 (an error, never a skip). Every test that uses the broker is marked ``kafka``
 automatically (``pytest -m "not kafka"`` runs the rest).
+
+Property tests (Hypothesis) run the ``repeatable`` profile: the same cases on
+every run and every machine, no example database, no per-case deadline (the
+machines are shared, so timing says nothing about a case).
+``--hypothesis-profile thorough`` runs ten times as many, freshly drawn.
 """
 
 from __future__ import annotations
@@ -14,8 +19,23 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import settings
 
 from stream.config import BOOTSTRAP_ENV, KafkaConfig, TopicsConfig
+
+# Cases per property test; the whole property suite takes seconds at this count.
+PROPERTY_CASES = 1000
+
+settings.register_profile(
+    "repeatable", derandomize=True, database=None, deadline=None, max_examples=PROPERTY_CASES
+)
+settings.register_profile(
+    "thorough",
+    settings.get_profile("repeatable"),
+    derandomize=False,
+    max_examples=10 * PROPERTY_CASES,
+)
+settings.load_profile("repeatable")
 
 
 @pytest.hookimpl(tryfirst=True)  # before "-m" deselects by marker

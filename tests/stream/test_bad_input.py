@@ -42,6 +42,8 @@ def _bad_messages(now_ms: int) -> list[tuple[str, bytes | None, bytes | None]]:
         ("bad-timestamp", b"bad11", js("bad11", ts=now_ms // 1000)),
         ("bad-timestamp", b"bad12", js("bad12", ts=now_ms + 30 * 24 * 3600 * 1000)),
         ("key-mismatch", b"bad13", js("someone-else")),
+        ("bad-id", b"bad14", js("bad14", item_id="a\nb")),
+        ("bad-id", b" ", js(" ")),
     ]
 
 
@@ -90,6 +92,10 @@ def test_bad_input_is_dead_lettered_and_processing_goes_on(
     details = {dict(m.headers())["error"]: dict(m.headers()).get("detail") for m in dead}
     assert details[b"missing-field"] == b"item_id"
     assert details[b"unknown-event"] == b"hover"
+    got_ids = sorted(
+        dict(m.headers())["detail"] for m in dead if dict(m.headers())["error"] == b"bad-id"
+    )
+    assert got_ids == [b"item_id: control or invisible character", b"user_id: blank"]
     # ``source`` names the very message that was dead-lettered: the same bytes are there.
     originals = {(m.partition(), m.offset()): m for m in read_topic(settings.kafka, topics.events)}
     sources = set()

@@ -63,6 +63,7 @@ def test_client_settings_pass_through_and_secrets_are_hidden(tmp_path: Path):
         ("[worker]\nmetrics_port = 70000\n", "metrics_port must be from 0 to 65535"),
         ("[worker]\nk = true\n", "worker.k must be a positive integer"),
         ("[worker]\nk = 2.5\n", "worker.k must be a positive integer"),
+        ("[worker]\nmax_id_bytes = 0\n", "worker.max_id_bytes must be a positive integer"),
         ("[topics]\nevents = ['a']\n", "topics.events must be a single value"),
         ("not toml [", "not valid TOML"),
     ],
@@ -72,6 +73,15 @@ def test_bad_config_file_is_one_clear_error(tmp_path: Path, content: str, messag
     f.write_text(content)
     with pytest.raises(ConfigError, match=message):
         load_settings({}, env={}, config_file=f)
+
+
+def test_id_byte_limit_from_env_or_file(tmp_path: Path):
+    assert load_settings({}, env={}).worker.max_id_bytes == 256
+    f = tmp_path / "c.toml"
+    f.write_text("[worker]\nmax_id_bytes = 128\n")
+    assert load_settings({}, env={}, config_file=f).worker.max_id_bytes == 128
+    env = {"INTEREST_MAX_ID_BYTES": "64"}
+    assert load_settings({}, env=env, config_file=f).worker.max_id_bytes == 64
 
 
 def test_missing_config_file_and_bad_env_value():

@@ -30,9 +30,18 @@ def _msg(offset: int, user: str = "u1") -> Message:
     )
 
 
+class _Recorded:
+    """Stands in for the producer: keeps what would have been produced."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[object, ...]] = []
+
+    def produce(self, topic, value, key, headers=None, on_delivery=None) -> None:
+        self.sent.append((topic, key, value, headers))
+
+
 def _checkpoint() -> Checkpoint:
-    # No producer: these batches hold valid events only, nothing is produced.
-    return Checkpoint(Outputs(None, threading.Event()), TopicsConfig(), lambda parts: None)
+    return Checkpoint(Outputs(_Recorded(), threading.Event()), TopicsConfig(), lambda p: None)
 
 
 def test_a_message_handed_out_twice_in_one_poll_is_applied_once():
@@ -104,3 +113,20 @@ def test_repeated_client_errors_are_logged_once_per_window(caplog):
         worker._on_client_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["Kafka client: refused after 0ms", "Kafka client: 1/1 brokers are down"]
+
+
+def test_the_worker_applies_the_id_byte_limit_from_its_settings():
+    from stream.config import WorkerConfig
+
+    store = MemoryStore()
+    store.open_partition("ev", 0)
+    settings = Settings(
+        kafka=KafkaConfig(bootstrap_servers="unused:9092"), worker=WorkerConfig(max_id_bytes=2)
+    )
+    worker = Worker(settings, TinyPopularity(), store=store)
+    checkpoint = _checkpoint()
+    ((_, batch),) = worker._decode([_msg(o) for o in (8, 9, 10)], checkpoint)
+    assert [ev.item_id for ev in batch.events] == ["i8", "i9"]
+    assert [(src.offset, r.reason, r.detail) for src, r in checkpoint.dead_letters] == [
+        (10, "bad-id", "item_id: longer than 2 bytes")
+    ]
