@@ -13,7 +13,9 @@ it times, per batch of 500 users with windows of 30:
 * ``shared``   — ``weighted_sum`` over 2,048 shared sampled columns (as the
   interest model's training step uses today);
 
-and once: ``forget`` of 1,000 rows (a full pass over the stored pairs). With
+and once: ``forget`` of 1,000 rows (a full pass over the stored pairs). It also
+times :class:`model.topitems.TopIndex` updates for a batch's 500 items: trending
+(top 200 overall) and top 50 per category. With
 ``--numpy`` it also times a pure-numpy prototype of ``add`` and ``scores`` on
 fixed-width rows (replace-the-lightest on a miss, no probability), to compare
 with the compiled loops.
@@ -29,6 +31,8 @@ import time
 import numpy as np
 
 from model.cooc import SparseCoOccurrence
+from model.signals import DecayedCounts
+from model.topitems import TopIndex
 
 __all__ = ["main"]
 
@@ -52,8 +56,7 @@ class _Stream:
         item = self.items(BATCH)
         local = np.searchsorted(self.cat_cdf, self.rng.random((BATCH, WINDOW)))
         same = np.minimum((item // CAT * CAT)[:, None] + local, self.n - 1)
-        window = np.where(self.rng.random((BATCH, WINDOW)) < 0.7, same,
-                          self.items((BATCH, WINDOW)))
+        window = np.where(self.rng.random((BATCH, WINDOW)) < 0.7, same, self.items((BATCH, WINDOW)))
         return item, window
 
 
@@ -108,8 +111,9 @@ class _NumpyRows:
         li = np.tile(np.repeat(np.arange(L), self.m), b)[found]
         v = val.ravel()[found]
         for kk in range(k):
-            flat = np.bincount(bi * cand.shape[1] + col, w[bi, kk, li] * v,
-                               minlength=b * cand.shape[1])
+            flat = np.bincount(
+                bi * cand.shape[1] + col, w[bi, kk, li] * v, minlength=b * cand.shape[1]
+            )
             out[:, kk] = flat.reshape(b, -1)
         return out
 
@@ -136,8 +140,12 @@ def _run(n: int, m: int, warmup: int, repeat: int, with_numpy: bool) -> None:
     w2 = rng.uniform(0.1, 1, (BATCH, 2, WINDOW)).astype(np.float32)
     cand = stream.items((BATCH, 500))
     cols = np.unique(stream.items(2048))
-    for fn in (lambda: co.scores(window, w2, cand), lambda: co.top_items(window, w2[:, 0], 200),
-               lambda: co.weighted_sum(window, w2, n, cols), lambda: co.pairs(0, 1)):
+    for fn in (
+        lambda: co.scores(window, w2, cand),
+        lambda: co.top_items(window, w2[:, 0], 200),
+        lambda: co.weighted_sum(window, w2, n, cols),
+        lambda: co.pairs(0, 1),
+    ):
         fn()  # the first call of a process loads (or compiles) the loop
     score_ms = _time(lambda: co.scores(window, w2, cand), repeat)
     top_ms = _time(lambda: co.top_items(window, w2[:, 0], 200), repeat)
@@ -146,11 +154,28 @@ def _run(n: int, m: int, warmup: int, repeat: int, with_numpy: bool) -> None:
     full = int((co._length[: co.n_rows] == m).sum())
     mem, pairs, slots = co.memory_bytes(), co.n_pairs, int(co._top[0])
     forget_ms = _time(lambda: co.forget(rng.integers(0, n, 1000)), 1)
-    print(f"{n:>9,} rows  {rows:>9,} with neighbours ({full:,} full), {pairs:>11,} pairs, "
-          f"{mem / 2**20:7.1f} MiB = {mem / max(rows, 1):6.0f} B/used row, "
-          f"{slots * 8 / max(pairs, 1):4.1f} B/pair in blocks; warm-up {fill:.1f}s")
-    print(f"{'':>9}       per batch: add {add_ms:6.2f} ms  scores {score_ms:6.2f} ms  "
-          f"top {top_ms:6.2f} ms  shared {shared_ms:6.2f} ms;  forget(1000) {forget_ms:6.1f} ms")
+    print(
+        f"{n:>9,} rows  {rows:>9,} with neighbours ({full:,} full), {pairs:>11,} pairs, "
+        f"{mem / 2**20:7.1f} MiB = {mem / max(rows, 1):6.0f} B/used row, "
+        f"{slots * 8 / max(pairs, 1):4.1f} B/pair in blocks; warm-up {fill:.1f}s"
+    )
+    print(
+        f"{'':>9}       per batch: add {add_ms:6.2f} ms  scores {score_ms:6.2f} ms  "
+        f"top {top_ms:6.2f} ms  shared {shared_ms:6.2f} ms;  forget(1000) {forget_ms:6.1f} ms"
+    )
+    counts = DecayedCounts(half_life=5000.0)
+    trending, by_cat = TopIndex(counts, 200), TopIndex(counts, 50)
+
+    def index_batch() -> None:
+        item = stream.batch()[0]
+        counts.add(item)
+        trending.update(item)
+        by_cat.update(item, item // CAT)
+
+    for _ in range(200):
+        index_batch()
+    index_ms = _time(index_batch, repeat)
+    print(f"{'':>9}       top index: counts + trending + per-category update {index_ms:6.2f} ms")
     if with_numpy:
         ref = _NumpyRows(n, m)
         for _ in range(min(warmup, 200_000) // BATCH):
@@ -158,8 +183,10 @@ def _run(n: int, m: int, warmup: int, repeat: int, with_numpy: bool) -> None:
         it = iter(batches)
         np_add = _time(lambda: ref.add(*next(it)), repeat)
         np_scores = _time(lambda: ref.scores(window, w2, cand), max(repeat // 4, 1))
-        print(f"{'':>9}       numpy prototype: add {np_add:6.2f} ms  scores {np_scores:6.2f} ms "
-              f"(dense [rows, {m}] arrays: {(ref.nbr.nbytes + ref.val.nbytes) / 2**20:.0f} MiB)")
+        print(
+            f"{'':>9}       numpy prototype: add {np_add:6.2f} ms  scores {np_scores:6.2f} ms "
+            f"(dense [rows, {m}] arrays: {(ref.nbr.nbytes + ref.val.nbytes) / 2**20:.0f} MiB)"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,8 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--numpy", action="store_true")
     args = p.parse_args(argv)
-    print(f"batch {BATCH} events x window {WINDOW} = {2 * BATCH * WINDOW:,} pair updates; "
-          f"max_neighbours {args.neighbours}, warm-up {args.warmup:,} events")
+    print(
+        f"batch {BATCH} events x window {WINDOW} = {2 * BATCH * WINDOW:,} pair updates; "
+        f"max_neighbours {args.neighbours}, warm-up {args.warmup:,} events"
+    )
     for n in (int(x) for x in args.items.split(",")):
         _run(n, args.neighbours, args.warmup, args.repeat, args.numpy)
 
