@@ -17,7 +17,7 @@ Memory: 13 bytes of row header (+ 4 bytes of scoring scratch) per item row,
 plus 8 bytes (int32 neighbour + float32 weight) per slot of the row's block.
 Blocks hold 4, 8, 16, ... slots up to ``max_neighbours``, so a row with n
 neighbours uses fewer than 2n slots, and the arena grows by doubling: a full
-row of 64 costs about 0.5 KiB, a long-tail item with a handful of neighbours
+row of 128 costs about 1 KiB, a long-tail item with a handful of neighbours
 under 100 bytes (measured figures in ``bench/RESULTS.md``).
 """
 
@@ -52,6 +52,7 @@ class SparseCoOccurrence:
 
     Rows are item rows (0, 1, 2, ... as handed out by the vocabulary); there is
     no cap on their number. ``half_life`` is in events (None: never fade).
+    Not thread-safe: the scoring loops share a scratch map.
 
     >>> co = SparseCoOccurrence(max_neighbours=4)
     >>> co.add(np.array([0, 0, 1]), np.array([1, 2, 0]), np.array([1.0, 2.0, 1.0]), 3)
@@ -129,7 +130,7 @@ class SparseCoOccurrence:
 
         ``src``/``dst`` are int[P] rows (negative ones are skipped), ``weights``
         float[P] or a scalar. Pairs are applied in order, so a row that fills
-        up within the batch already replaces by Space-Saving.
+        up within the batch already replaces its lightest entries.
         """
         self.t += n_events
         if self.rate * self.t > _RESCALE_AT:
@@ -223,9 +224,8 @@ class SparseCoOccurrence:
 
     def rows(self, rows: np.ndarray, n: int) -> np.ndarray:
         """float32[R, n]: dense decayed weights from each row to items ``0..n-1``."""
-        rows = np.asarray(rows, dtype=np.int64).ravel()
-        w = np.eye(rows.size, dtype=np.float32)[None]  # user "q" has row q alone, weight 1
-        return self.weighted_sum(rows[None, :], w.reshape(1, rows.size, rows.size), n)[0]
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1, 1)  # one "user" per row
+        return self.weighted_sum(rows, np.ones((len(rows), 1, 1), dtype=np.float32), n)[:, 0]
 
     def scores(self, rows: np.ndarray, weights: np.ndarray, cand: np.ndarray) -> np.ndarray:
         """float32[B, K, C]: ``sum_l weights[b, k, l] * C[rows[b, l], cand[b, c]]``.

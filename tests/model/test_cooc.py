@@ -155,7 +155,7 @@ def test_state_dict_round_trip_through_safetensors(tmp_path) -> None:
     back.load_state_dict({**load_file(str(tmp_path / "c.safetensors")), **scalars})
     for key in ("indptr", "indices", "values"):
         np.testing.assert_array_equal(back.state_dict()[key], state[key])
-    # Both go on identically, Space-Saving replacements included.
+    # Both go on identically, random replacements included.
     rng = np.random.default_rng(9)
     for src, dst, w in _stream(rng, 200, 5, 300):
         co.add(src, dst, w, 10)
