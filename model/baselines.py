@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from core.types import Event, UserState
+from model.cooc import DEFAULT_NEIGHBOURS, SparseCoOccurrence
 from model.persist import ModelState
 from model.retrieval import BaseRanker
-from model.signals import CoOccurrence, DecayedCounts, recent_window
+from model.signals import DecayedCounts, recent_window
 
 __all__ = ["IncrementalMF", "SequentialItemKNN"]
 
@@ -95,10 +96,13 @@ class SequentialItemKNN(BaseRanker):
     i is ``sum_j w_j * C[r_j, i] / sqrt(n[r_j] * n[i])`` (cosine-normalised),
     with ``w_j`` decaying with the age of recent item ``r_j``. A tiny
     popularity term breaks ties (and ranks for users with no history).
+
+    ``C`` keeps at most ``max_neighbours`` neighbours per item
+    (:class:`~model.cooc.SparseCoOccurrence`), for any number of items.
     """
 
     name = "itemknn"
-    version = "itemknn-1"
+    version = "itemknn-2"
 
     def __init__(
         self,
@@ -106,18 +110,18 @@ class SequentialItemKNN(BaseRanker):
         decay: float = 0.9,
         half_life: float | None = None,
         exclude_seen: bool = False,
-        max_items: int = 8192,
+        max_neighbours: int = DEFAULT_NEIGHBOURS,
     ) -> None:
         self.config = {
             "window": window,
             "decay": decay,
             "half_life": half_life,
             "exclude_seen": exclude_seen,
-            "max_items": max_items,
+            "max_neighbours": max_neighbours,
         }
         super().__init__(exclude_seen)
         self.window, self.decay = window, decay
-        self.cooc = CoOccurrence(half_life, max_items)
+        self.cooc = SparseCoOccurrence(half_life, max_neighbours)
         self.counts = DecayedCounts(half_life)
         self._type_w = np.ones(4, dtype=np.float32)
 
@@ -167,13 +171,15 @@ class SequentialItemKNN(BaseRanker):
         cnt = self.counts.values(n).astype(np.float32)
         inv = 1.0 / np.sqrt(np.maximum(cnt, 1e-6))
         pop = cnt / (cnt.max() + 1e-6)
-        out = np.empty((len(states), n), dtype=np.float32)
+        rows = np.full((len(states), self.window), -1, dtype=np.int64)
+        weights = np.zeros((len(states), 1, self.window), dtype=np.float32)
         for b, st in enumerate(states):
             hist, types = self._history(st)
             r, w = recent_window(hist, types, self.window, self.decay, self._type_w)
             if r.size:
-                out[b] = (w * inv[r]) @ self.cooc.rows(r, n) * inv
-            else:
-                out[b] = 0.0
-            out[b] += 1e-3 * pop
+                rows[b, -r.size :] = r
+                weights[b, 0, -r.size :] = w * inv[r]
+        out = self.cooc.weighted_sum(rows, weights, n)[:, 0]
+        out *= inv
+        out += 1e-3 * pop
         return torch.from_numpy(out)

@@ -60,6 +60,13 @@ class DecayedCounts:
             self._values *= math.exp(-self.rate * self.t)
             self.t = 0.0
 
+    def at(self, rows: np.ndarray) -> np.ndarray:
+        """float64[len(rows)]: current decayed counts of ``rows`` only (0 for unseen rows)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ok = (rows >= 0) & (rows < len(self._values))
+        out = np.where(ok, self._values[np.where(ok, rows, 0)], 0.0)
+        return out * math.exp(-self.rate * self.t)
+
     def values(self, n: int) -> np.ndarray:
         """float64[n]: current decayed counts of rows ``0..n-1``."""
         self._grow(n)

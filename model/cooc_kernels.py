@@ -1,0 +1,347 @@
+"""Compiled loops behind :class:`model.cooc.SparseCoOccurrence` (numba, nopython).
+
+The co-occurrence rows live in one flat arena: row ``r`` owns the block
+``[start[r], start[r] + cap)`` whose first ``length[r]`` slots hold neighbour
+rows (``nbr``, int32) and their weights (``val``, float32). Block capacities
+come in classes 4, 8, 16, ... up to the row limit; a row moves to the next
+class when it fills, and freed blocks go on a per-class free list threaded
+through their first ``nbr`` slot (the next free offset in units of 4 slots).
+
+Every loop here touches O(pairs x row limit) or O(users x (window x row limit
++ candidates)) memory: nothing scans the catalogue except :func:`forget_rows`.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = [
+    "CACHED",
+    "UNIT",
+    "add_pairs",
+    "candidate_scores",
+    "dense_scores",
+    "forget_rows",
+    "lookup_pairs",
+    "top_items",
+    "top_neighbours",
+]
+
+UNIT = 4  # smallest block; every block size is a multiple of it
+
+
+def _compile(fn):
+    """``njit`` with an on-disk cache when numba finds a writable place for one.
+
+    numba raises RuntimeError at decoration time when neither the source's
+    ``__pycache__`` nor the user cache dir (or ``NUMBA_CACHE_DIR``) is writable,
+    e.g. a read-only image run as another user: then compile in each process.
+    """
+    global CACHED
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:
+        CACHED = False
+        return numba.njit(nogil=True)(fn)
+
+
+CACHED = True
+
+
+def _alloc(cls, sizes, free, top, nbr):
+    """Offset of a free block of class ``cls``, or -1 when the arena is full."""
+    head = free[cls]
+    if head >= 0:
+        nxt = nbr[head]
+        free[cls] = -1 if nxt < 0 else np.int64(nxt) * UNIT
+        return head
+    size = sizes[cls]
+    if top[0] + size > nbr.shape[0]:
+        return -1
+    off = top[0]
+    top[0] += size
+    return off
+
+
+def _release(off, cls, free, nbr):
+    head = free[cls]
+    nbr[off] = -1 if head < 0 else np.int32(head // UNIT)
+    free[cls] = off
+
+
+def _add_pairs(start, length, klass, nbr, val, sizes, free, top, limit, src, dst, w, first, draws):
+    """Add ``w[p]`` to pair ``(src[p], dst[p])`` for p >= ``first``.
+
+    A row that is full (``limit`` entries) and meets a new neighbour of weight
+    x gives it the place of its lightest entry (weight v) with probability
+    x / (v + x), else drops the update. A neighbour that keeps coming back
+    gets in after about v / x tries and then counts exactly; one-off pairs
+    rarely displace anything. Stored weights are therefore exact since the
+    neighbour entered its row (never more than the true weight). This beat
+    Space-Saving's "always replace, inherit the weight" on MovieLens-100K
+    (Recall@10 0.158 vs 0.144 at 64 neighbours; bench/RESULTS.md).
+    ``draws`` counts the coin tosses: the seed of a hash, so replays are exact.
+
+    Returns the number of pairs done; fewer than ``len(src)`` means the arena
+    is full: grow it and call again from there.
+    """
+    last = sizes.shape[0] - 1
+    for p in range(first, src.shape[0]):
+        s, d, x = src[p], dst[p], w[p]
+        if s < 0 or d < 0:
+            continue
+        off = start[s]
+        if off < 0:
+            off = _alloc(0, sizes, free, top, nbr)
+            if off < 0:
+                return p
+            start[s], length[s], klass[s] = off, 0, 0
+        n = length[s]
+        hit = False
+        for j in range(off, off + n):
+            if nbr[j] == d:
+                val[j] += x
+                hit = True
+                break
+        if hit:
+            continue
+        c = klass[s]
+        if n < sizes[c] and n < limit:
+            nbr[off + n], val[off + n] = d, x
+            length[s] = n + 1
+        elif n < limit and c < last:
+            new = _alloc(c + 1, sizes, free, top, nbr)
+            if new < 0:
+                return p
+            nbr[new : new + n] = nbr[off : off + n]
+            val[new : new + n] = val[off : off + n]
+            _release(off, c, free, nbr)
+            start[s], klass[s] = new, c + 1
+            nbr[new + n], val[new + n] = d, x
+            length[s] = n + 1
+        else:
+            low = off
+            for j in range(off + 1, off + n):
+                if val[j] < val[low]:
+                    low = j
+            draws[0] += 1
+            if _uniform(draws[0], s, d) * (val[low] + x) < x:
+                nbr[low], val[low] = d, x
+    return src.shape[0]
+
+
+def _uniform(draw, s, d):
+    """A float in [0, 1) hashed from the toss number and the pair (splitmix64)."""
+    z = (
+        np.uint64(draw) * np.uint64(0x9E3779B97F4A7C15)
+        ^ np.uint64(s) << np.uint64(32)
+        ^ np.uint64(d)
+    )
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+def _lookup_pairs(start, length, nbr, val, rows, cols, out):
+    """``out[p]`` = stored weight of pair ``(rows[p], cols[p])``, 0 when absent."""
+    n_rows = start.shape[0]
+    for p in range(rows.shape[0]):
+        r, c = rows[p], cols[p]
+        out[p] = 0.0
+        if r < 0 or r >= n_rows or c < 0 or start[r] < 0:
+            continue
+        off = start[r]
+        for j in range(off, off + length[r]):
+            if nbr[j] == c:
+                out[p] = val[j]
+                break
+
+
+def _candidate_scores(start, length, nbr, val, rows, w, cand, slot, out):
+    """``out[b, k, c] += sum_l w[b, k, l] * C[rows[b, l], cand[b, c]]``.
+
+    ``slot`` is int32 scratch, -1 everywhere, as long as the row count: it maps
+    a candidate row to its column for one user at a time and is reset after.
+    """
+    n_rows = start.shape[0]
+    n_slot = slot.shape[0]
+    bsz, ksz, lsz = w.shape
+    csz = cand.shape[1]
+    for b in range(bsz):
+        for c in range(csz):
+            x = cand[b, c]
+            if 0 <= x < n_slot:
+                slot[x] = c
+        for li in range(lsz):
+            r = rows[b, li]
+            if r < 0 or r >= n_rows or start[r] < 0:
+                continue
+            nonzero = False
+            for k in range(ksz):
+                if w[b, k, li] != 0.0:
+                    nonzero = True
+            if not nonzero:
+                continue
+            off = start[r]
+            for j in range(off, off + length[r]):
+                c = slot[nbr[j]]
+                if c >= 0:
+                    v = val[j]
+                    for k in range(ksz):
+                        out[b, k, c] += w[b, k, li] * v
+        # A candidate listed twice maps to its last column: copy that score.
+        for c in range(csz):
+            x = cand[b, c]
+            if 0 <= x < n_slot and slot[x] != c:
+                for k in range(ksz):
+                    out[b, k, c] = out[b, k, slot[x]]
+        for c in range(csz):
+            x = cand[b, c]
+            if 0 <= x < n_slot:
+                slot[x] = -1
+
+
+def _dense_scores(start, length, nbr, val, rows, w, out):
+    """``out[b, k, i] += sum_l w[b, k, l] * C[rows[b, l], i]`` for items i < out.shape[2]."""
+    n_rows = start.shape[0]
+    bsz, ksz, lsz = w.shape
+    width = out.shape[2]
+    for b in range(bsz):
+        for li in range(lsz):
+            r = rows[b, li]
+            if r < 0 or r >= n_rows or start[r] < 0:
+                continue
+            off = start[r]
+            for j in range(off, off + length[r]):
+                i = nbr[j]
+                if i < width:
+                    v = val[j]
+                    for k in range(ksz):
+                        out[b, k, i] += w[b, k, li] * v
+
+
+def _select(values, items, m, out_items, out_scores):
+    """Write the ``m`` largest ``values`` (ties: lower position first) with their items."""
+    n = values.shape[0]
+    if n > m:
+        cut = np.partition(values, n - m)[n - m]
+        keep = np.empty(m, dtype=np.int64)
+        q = 0
+        for i in range(n):  # strictly above the cut first, then ties, so at most m
+            if values[i] > cut:
+                keep[q] = i
+                q += 1
+        for i in range(n):
+            if q < m and values[i] == cut:
+                keep[q] = i
+                q += 1
+        idx = keep[:q]
+    else:
+        idx = np.arange(n)
+    order = idx[np.argsort(-values[idx], kind="mergesort")]
+    for q in range(order.shape[0]):
+        out_items[q] = items[order[q]]
+        out_scores[q] = values[order[q]]
+    return order.shape[0]
+
+
+def _top_items(start, length, nbr, val, rows, w, exclude, m, slot, out_items, out_scores):
+    """Per user, the ``m`` items with the largest ``sum_l w[b, l] * C[rows[b, l], i]``.
+
+    Items in ``exclude[b]`` (-1 padded) are left out; ``slot`` as in
+    :func:`_candidate_scores`. Unused places keep item -1, score 0.
+    """
+    n_rows = start.shape[0]
+    bsz, lsz = w.shape
+    cap = 0
+    for b in range(bsz):
+        total = 0
+        for li in range(lsz):
+            r = rows[b, li]
+            if 0 <= r < n_rows and start[r] >= 0:
+                total += length[r]
+        cap = max(cap, total)
+    items = np.empty(cap, dtype=np.int64)
+    acc = np.empty(cap, dtype=np.float32)
+    for b in range(bsz):
+        nt = 0
+        for li in range(lsz):
+            r = rows[b, li]
+            if r < 0 or r >= n_rows or start[r] < 0 or w[b, li] == 0.0:
+                continue
+            off = start[r]
+            for j in range(off, off + length[r]):
+                i = nbr[j]
+                t = slot[i]
+                if t < 0:
+                    t = nt
+                    slot[i] = t
+                    items[t] = i
+                    acc[t] = 0.0
+                    nt += 1
+                acc[t] += w[b, li] * val[j]
+        for e in range(exclude.shape[1]):
+            x = exclude[b, e]
+            if 0 <= x < slot.shape[0] and slot[x] >= 0:
+                acc[slot[x]] = -np.inf
+        for t in range(nt):
+            slot[items[t]] = -1
+        got = _select(acc[:nt], items[:nt], m, out_items[b], out_scores[b])
+        # Excluded items sort last; drop them.
+        while got > 0 and out_scores[b, got - 1] == -np.inf:
+            got -= 1
+            out_items[b, got] = -1
+            out_scores[b, got] = 0.0
+
+
+def _top_neighbours(start, length, nbr, val, rows, m, out_items, out_scores):
+    """The ``m`` heaviest neighbours of each of ``rows``, heaviest first."""
+    n_rows = start.shape[0]
+    for q in range(rows.shape[0]):
+        r = rows[q]
+        if r < 0 or r >= n_rows or start[r] < 0:
+            continue
+        off = start[r]
+        n = length[r]
+        items = nbr[off : off + n].astype(np.int64)
+        _select(val[off : off + n].copy(), items, m, out_items[q], out_scores[q])
+
+
+def _forget_rows(start, length, klass, nbr, val, free, dead):
+    """Empty the rows marked ``dead`` and remove every entry pointing at one.
+
+    One pass over every stored entry: O(stored pairs), whatever the number of
+    rows forgotten — so forget many rows at once, not one at a time.
+    """
+    n_rows = start.shape[0]
+    for r in range(n_rows):
+        if start[r] >= 0 and dead[r]:
+            _release(start[r], klass[r], free, nbr)
+            start[r], length[r], klass[r] = -1, 0, 0
+    for r in range(n_rows):
+        off = start[r]
+        if off < 0:
+            continue
+        kept = 0
+        for j in range(off, off + length[r]):
+            i = nbr[j]
+            if i < dead.shape[0] and dead[i]:
+                continue
+            nbr[off + kept], val[off + kept] = i, val[j]
+            kept += 1
+        length[r] = kept
+
+
+_alloc = _compile(_alloc)
+_uniform = _compile(_uniform)
+_release = _compile(_release)
+_select = _compile(_select)
+add_pairs = _compile(_add_pairs)
+lookup_pairs = _compile(_lookup_pairs)
+candidate_scores = _compile(_candidate_scores)
+dense_scores = _compile(_dense_scores)
+top_items = _compile(_top_items)
+top_neighbours = _compile(_top_neighbours)
+forget_rows = _compile(_forget_rows)
