@@ -3,7 +3,7 @@
 Two measurements, each on fresh topics:
 
 1. **throughput**: ``--events`` synthetic events are published first, then one
-   worker (at-least-once outputs, exactly-once state) drains the backlog;
+   worker drains the backlog (once per processing guarantee, ``--guarantees``);
    events/s = events / (last batch done - first batch started).
 2. **latency**: the worker runs while a publisher sends ``--rate`` events/s for
    ``--seconds``; event-to-list latency = list delivered - the event's Kafka
@@ -55,6 +55,7 @@ def _settings(bootstrap: str, state_dir: Path, args: argparse.Namespace) -> Sett
         metrics_port=0,
         batch_max_events=args.batch_max_events,
         batch_max_ms=args.batch_max_ms,
+        processing_guarantee=args.guarantee,
     )
     return Settings(kafka=KafkaConfig(bootstrap_servers=bootstrap), topics=topics, worker=worker)
 
@@ -153,7 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-max-ms", type=int, default=WorkerConfig.batch_max_ms)
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--only", choices=("throughput", "latency"))
+    p.add_argument(
+        "--guarantees",
+        default="exactly-once,at-least-once",
+        help="processing guarantees to measure, in one run (default: both)",
+    )
     args = p.parse_args(argv)
+    guarantees = [g.strip() for g in args.guarantees.split(",") if g.strip()]
 
     broker = None
     bootstrap = os.environ.get(BOOTSTRAP_ENV)
@@ -172,17 +179,38 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": f"{platform.machine()} {os.cpu_count()} cpu",
                 "broker": "embedded" if broker else bootstrap,
             }
-            if args.only in (None, "throughput"):
-                report["throughput"] = measure_throughput(bootstrap, Path(tmp), args)
-                print(f"throughput: {report['throughput']}", file=sys.stderr, flush=True)
-            if args.only in (None, "latency"):
-                report["latency"] = measure_latency(bootstrap, Path(tmp), args)
-                print(f"latency: {report['latency']}", file=sys.stderr, flush=True)
+            for guarantee in guarantees:
+                args.guarantee = guarantee
+                runs: dict = report.setdefault(guarantee, {})
+                where = Path(tmp) / guarantee
+                if args.only in (None, "throughput"):
+                    runs["throughput"] = measure_throughput(bootstrap, where, args)
+                    print(
+                        f"{guarantee} throughput: {runs['throughput']}", file=sys.stderr, flush=True
+                    )
+                if args.only in (None, "latency"):
+                    runs["latency"] = measure_latency(bootstrap, where, args)
+                    print(f"{guarantee} latency: {runs['latency']}", file=sys.stderr, flush=True)
         finally:
             if broker is not None:
                 broker.stop()
     print(json.dumps(report, indent=2))
+    print(_table(report, guarantees), file=sys.stderr)
     return 0
+
+
+def _table(report: dict, guarantees: list[str]) -> str:
+    rows = [
+        "| guarantee | backlog events/s | p50 ms | p99 ms | at events/s |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for g in guarantees:
+        t, lat = report[g].get("throughput", {}), report[g].get("latency", {})
+        rows.append(
+            f"| {g} | {t.get('events_per_s', '-')} | {lat.get('p50_ms', '-')} | "
+            f"{lat.get('p99_ms', '-')} | {lat.get('rate', '-')} |"
+        )
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ Key layout inside a partition database::
     b"u" + utf-8 user id  -> encode_state(UserState)
     b"\\x00offset"         -> i64 big endian, last applied input offset
     b"\\x00users"          -> i64 big endian, number of users stored
+    b"\\x00changelog"      -> i64 big endian, offset of the last changelog record
+                             this database holds (written or restored)
+
+The changelog (see :mod:`stream.restore`) mirrors the user keys and the offset
+key record for record: :meth:`PartitionTransaction.changes` is what a batch adds
+to it, :meth:`StorePartition.apply_changelog` puts records back.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from state.codec import CodecError, decode_state, encode_state
 
 __all__ = [
     "StateStoreError",
+    "user_of_key",
+    "offset_of_record",
     "Store",
     "StorePartition",
     "PartitionTransaction",
@@ -50,6 +58,7 @@ _USER = b"u"
 _USER_END = b"v"
 _OFFSET_KEY = b"\x00offset"
 _USERS_KEY = b"\x00users"
+_CHANGELOG_KEY = b"\x00changelog"
 _I64 = struct.Struct(">q")
 
 
@@ -61,12 +70,31 @@ def _user_key(user_id: str) -> bytes:
     return _USER + user_id.encode("utf-8")
 
 
+def user_of_key(key: bytes) -> str | None:
+    """The user id of a state key (None for the partition's own keys, e.g. its offset)."""
+    if not key.startswith(_USER):
+        return None
+    try:
+        return key[len(_USER) :].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def offset_of_record(key: bytes, value: bytes | None) -> int | None:
+    """The input offset an offset record holds (None for any other record)."""
+    if key != _OFFSET_KEY or value is None or len(value) != _I64.size:
+        return None
+    return int(_I64.unpack(value)[0])
+
+
 class _Backend(Protocol):
     """What a partition database must offer: batched reads, one atomic write, a user scan."""
 
     def read_many(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
 
-    def write_atomic(self, puts: dict[bytes, bytes]) -> None: ...
+    def write_atomic(self, puts: dict[bytes, bytes | None]) -> None:
+        """Put every key, delete those whose value is None, all or nothing."""
+        ...
 
     def iter_users(self) -> Iterator[tuple[bytes, bytes]]: ...
 
@@ -127,20 +155,33 @@ class PartitionTransaction:
     def new_users(self) -> int:
         return sum(1 for u in self._puts if not self._known.get(u, False))
 
-    def commit(self) -> None:
-        """Write the staged states, user count and offset in one atomic write."""
+    def changes(self) -> list[tuple[bytes, bytes]]:
+        """(key, value) of every staged state and of the offset: the batch's changelog records."""
+        out = [(_user_key(u), raw) for u, raw in self._puts.items()]
+        if self._offset is not None:
+            out.append((_OFFSET_KEY, _I64.pack(self._offset)))
+        return out
+
+    def commit(self, changelog_offset: int | None = None) -> None:
+        """Write the staged states, user count, offset (and changelog offset) at once.
+
+        ``changelog_offset`` is the offset of the last changelog record that
+        holds these changes, when the runtime keeps a changelog.
+        """
         self._check_open()
         self._done = True
         if not self._puts and self._offset is None:
             return
         p = self._partition
         users = p.user_count() + self.new_users
-        writes = {_user_key(u): raw for u, raw in self._puts.items()}
+        writes: dict[bytes, bytes | None] = {_user_key(u): raw for u, raw in self._puts.items()}
         writes[_USERS_KEY] = _I64.pack(users)
         if self._offset is not None:
             writes[_OFFSET_KEY] = _I64.pack(self._offset)
+        if changelog_offset is not None:
+            writes[_CHANGELOG_KEY] = _I64.pack(changelog_offset)
         p.backend.write_atomic(writes)
-        p.after_commit(self._offset, users)
+        p.after_commit(self._offset, users, changelog_offset)
 
     def discard(self) -> None:
         """Drop the staged changes (the batch will be read again)."""
@@ -159,9 +200,12 @@ class StorePartition:
         self.topic = topic
         self.partition = partition
         self.backend = backend
-        offset_raw, users_raw = backend.read_many([_OFFSET_KEY, _USERS_KEY])
+        offset_raw, users_raw, changelog_raw = backend.read_many(
+            [_OFFSET_KEY, _USERS_KEY, _CHANGELOG_KEY]
+        )
         self._offset = None if offset_raw is None else _I64.unpack(offset_raw)[0]
         self._users = 0 if users_raw is None else _I64.unpack(users_raw)[0]
+        self._changelog = None if changelog_raw is None else _I64.unpack(changelog_raw)[0]
 
     @property
     def name(self) -> str:
@@ -173,6 +217,47 @@ class StorePartition:
 
     def user_count(self) -> int:
         return self._users
+
+    def changelog_offset(self) -> int | None:
+        """Offset of the last changelog record this database holds (None: none)."""
+        return self._changelog
+
+    def apply_changelog(self, records: Sequence[tuple[bytes, bytes | None]], last: int) -> None:
+        """Put changelog ``records`` back, in order, up to changelog offset ``last``; one write.
+
+        A user record holds a whole state (a None value deletes the user), an
+        offset record the input offset the states reflect; other keys are ignored.
+        """
+        writes: dict[bytes, bytes | None] = {}
+        offset = self._offset
+        for key, value in records:
+            if user_of_key(key) is not None:
+                writes[key] = value
+            elif (found := offset_of_record(key, value)) is not None:
+                offset = found
+        users = self._users
+        if writes:
+            keys = list(writes)
+            before = self.backend.read_many(keys)
+            for key, old in zip(keys, before, strict=True):
+                users += (writes[key] is not None) - (old is not None)
+        writes[_USERS_KEY] = _I64.pack(users)
+        writes[_CHANGELOG_KEY] = _I64.pack(last)
+        if offset is not None:
+            writes[_OFFSET_KEY] = _I64.pack(offset)
+        self.backend.write_atomic(writes)
+        self.after_commit(offset, users, last)
+
+    def forget_changelog(self) -> None:
+        """Forget where this database stands in the changelog (it was recreated)."""
+        self.backend.write_atomic({_CHANGELOG_KEY: None})
+        self._changelog = None
+
+    def changelog_records(self) -> Iterator[tuple[bytes, bytes]]:
+        """The records a changelog needs to rebuild this database: every state, the offset."""
+        yield from self.backend.iter_users()
+        if self._offset is not None:
+            yield _OFFSET_KEY, _I64.pack(self._offset)
 
     def reset_offset(self, offset: int) -> None:
         """Make ``offset`` the last applied one, also backwards (-1: none of the log).
@@ -204,10 +289,12 @@ class StorePartition:
                 f"{self.name}: state of user {user_id!r} is unreadable: {exc}"
             ) from None
 
-    def after_commit(self, offset: int | None, users: int) -> None:
+    def after_commit(self, offset: int | None, users: int, changelog: int | None = None) -> None:
         if offset is not None:
             self._offset = offset
         self._users = users
+        if changelog is not None:
+            self._changelog = changelog
 
     def close(self) -> None:
         self.backend.close()
@@ -266,8 +353,12 @@ class _DictBackend:
     def read_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
         return [self.data.get(k) for k in keys]
 
-    def write_atomic(self, puts: dict[bytes, bytes]) -> None:
-        self.data.update(puts)
+    def write_atomic(self, puts: dict[bytes, bytes | None]) -> None:
+        for key, value in puts.items():
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
 
     def iter_users(self) -> Iterator[tuple[bytes, bytes]]:
         for key in sorted(k for k in self.data if k.startswith(_USER)):
@@ -325,10 +416,13 @@ class _RocksBackend:
             raise StateStoreError(f"state read returned {type(found).__name__}, not a list")
         return found
 
-    def write_atomic(self, puts: dict[bytes, bytes]) -> None:
+    def write_atomic(self, puts: dict[bytes, bytes | None]) -> None:
         wb = WriteBatch(raw_mode=True)
         for key, value in puts.items():
-            wb.put(key, value)
+            if value is None:
+                wb.delete(key)
+            else:
+                wb.put(key, value)
         try:
             self.db.write(wb)
         except Exception as exc:

@@ -39,16 +39,18 @@ class Source:
 class PartitionBatch:
     """The valid events one input partition contributes to a micro-batch.
 
-    ``sources[i]`` is the message ``events[i]`` was decoded from; ``last_offset``
-    is the last input offset the batch covers, valid or not (messages that were
-    dead-lettered count too: they are done with).
+    ``sources[i]`` is the message ``events[i]`` was decoded from; the batch
+    covers input offsets ``first_offset`` to ``last_offset``, valid or not
+    (messages that were dead-lettered count too: they are done with).
     """
 
     topic: str
     partition: int
+    first_offset: int
     last_offset: int
     events: list[Event] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
+    messages: int = 0  # consumed, valid or not
 
     @property
     def name(self) -> str:

@@ -220,6 +220,9 @@ class EmbeddedBroker:
             "transaction.state.log.replication.factor": "1",
             "transaction.state.log.min.isr": "1",
             "transaction.state.log.num.partitions": "4",
+            # A killed worker's open transaction is aborted within transaction.timeout.ms
+            # plus this (default 10 s): part of the 15 s takeover budget.
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",

@@ -1,19 +1,35 @@
-"""The commit order of a micro-batch, in one object.
+"""The commit order of a micro-batch, in one object, for either processing guarantee.
 
-A runtime polls, decodes, runs the guarded step and hands everything the batch
-produced to a :class:`Checkpoint`: dead letters, recommendation lists and each
-partition's state transaction. :meth:`Checkpoint.commit` then commits them in
-numbered steps, so the loop that polls never knows which guarantee is on:
+A runtime polls, decodes and runs the guarded step, then hands everything the
+batch produced to a checkpoint: dead letters, recommendation lists, the
+changelog records of each partition's state transaction and the next input
+offsets. Nothing is produced before :meth:`Checkpoint.commit`, so the step
+never runs inside a Kafka transaction and the consumer is never polled while
+one is open. The loop that polls never knows which guarantee is on.
 
-at-least-once (outputs), exactly-once (state):
-    1. outputs were produced while the batch went (lists, dead letters);
-    2. flush: every output is acknowledged by the broker; if one is not, a
-       :class:`~core.errors.KafkaClientError` stops here and nothing below is
-       committed (after a restart the batch is processed again);
-    3. state: each partition's transaction (user states + last offset) in one
-       RocksDB write;
-    4. group offsets, asynchronously (informational: the state holds the offset,
-       and on assignment the worker resumes from it).
+exactly-once (:class:`ExactlyOnceCheckpoint`, the default):
+    1. begin a transaction on the worker's transactional producer;
+    2. produce lists, dead letters and changelog records (one per changed user
+       and one offset record per partition, on the input partition's number);
+    3. send the next input offsets to the transaction with the consumer's group
+       metadata (KIP-447: a worker that lost the partition is fenced here);
+    4. commit the transaction: outputs, changelog and offsets become visible
+       to read_committed readers together, or none of them;
+    5. only then write RocksDB: states, input offset and the changelog offset
+       of the records just committed, in one write. Local state is never ahead
+       of Kafka; if the process dies before step 5, the partition is restored
+       from the changelog.
+    A transaction that must be aborted (a rebalance took a partition, the broker
+    refused a record) raises :class:`BatchAborted`: nothing of the batch is
+    visible or stored, and the runtime reads it again.
+
+at-least-once (:class:`AtLeastOnceCheckpoint`):
+    1. produce the same records without a transaction;
+    2. flush: every output is acknowledged, else a
+       :class:`~core.errors.KafkaClientError` stops here (after a restart the
+       batch is processed again and its outputs published twice);
+    3. write RocksDB as above;
+    4. commit the group offsets, asynchronously (the state holds the offset).
 """
 
 from __future__ import annotations
@@ -21,26 +37,58 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from core.errors import KafkaClientError
 from core.types import Recommendation
 from state.store import StorePartition
-from stream.batch import Source, StepOutcome
+from stream.batch import PartitionBatch, Source, StepOutcome
 from stream.config import TopicsConfig
 from stream.events import Rejected, encode_recommendation
 
-__all__ = ["Outputs", "Checkpoint"]
+__all__ = [
+    "Outputs",
+    "Checkpoint",
+    "AtLeastOnceCheckpoint",
+    "ExactlyOnceCheckpoint",
+    "BatchAborted",
+    "ProducerFenced",
+]
 
 log = logging.getLogger("interest_stream.worker")
 
 _FLUSH_SLICE_S = 1.0
 _STOP_GRACE_S = 15.0  # how long a stopping worker waits for unacknowledged outputs
+_CALL_TIMEOUT_S = 5.0  # one transaction call
+# Retriable errors are tried again this long: about the transaction timeout, after which
+# the coordinator has aborted the transaction anyway.
+_RETRY_FOR_S = 6.0
+
+
+class BatchAborted(Exception):
+    """The batch's transaction was aborted: nothing of it is visible; read it again."""
+
+
+class ProducerFenced(Exception):
+    """The transactional producer can no longer be used (fenced or timed out): replace it."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+    partition: int | None = None
 
 
 class Outputs:
-    """A confluent-kafka producer as the checkpoint uses it.
+    """A confluent-kafka producer as the checkpoints use it.
 
     ``produce`` waits while the local queue is full; delivery failures are
     collected and raised by :meth:`flush` as one :class:`KafkaClientError`.
@@ -52,29 +100,32 @@ class Outputs:
         self.stopping = stopping
         self._errors: list[str] = []
 
-    def produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
+    def produce(self, record: _Record, on_offset: Callable[[int, int], None] | None = None) -> None:
+        def delivered(err: KafkaError | None, msg: Any) -> None:
+            if err is not None and err.code() == KafkaError._PURGE_QUEUE:
+                return  # purged by an abort: the batch is read again, nothing was lost
+            if err is not None:
+                self._errors.append(f"{msg.topic()}: {err.str()} ({err.name()})")
+            elif on_offset is not None:
+                on_offset(msg.partition(), msg.offset())
+
+        kwargs: dict[str, Any] = {"headers": record.headers, "on_delivery": delivered}
+        if record.partition is not None:
+            kwargs["partition"] = record.partition
         while True:
             try:
-                self.producer.produce(
-                    topic, value, key, headers=headers, on_delivery=self._on_delivery
-                )
+                self.producer.produce(record.topic, record.value, record.key, **kwargs)
                 return
             except BufferError:
                 # Local queue full: let librdkafka drain it, then retry.
                 self.producer.poll(0.05)
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self._errors.append(f"{msg.topic()}: {err.str()} ({err.name()})")
-
     def poll(self) -> None:
         self.producer.poll(0)
+
+    def take_errors(self) -> list[str]:
+        errors, self._errors = self._errors, []
+        return errors
 
     def flush(self) -> None:
         """Wait until every output is acknowledged; raise if one failed."""
@@ -90,52 +141,220 @@ class Outputs:
                     f"stopping with {left} output(s) the broker has not acknowledged; "
                     "their batch was not committed and will be processed again on restart"
                 )
-        if self._errors:
-            first, n = self._errors[0], len(self._errors)
-            self._errors.clear()
-            raise KafkaClientError(f"{n} output message(s) could not be delivered: {first}")
+        errors = self.take_errors()
+        if errors:
+            raise KafkaClientError(
+                f"{len(errors)} output message(s) could not be delivered: {errors[0]}"
+            )
 
 
 class Checkpoint:
-    """Everything one micro-batch produced, committed in order (see the module docstring)."""
+    """Everything one micro-batch produced; subclasses commit it (see the module docstring)."""
 
-    def __init__(
-        self,
-        outputs: Outputs,
-        topics: TopicsConfig,
-        commit_offsets: Callable[[list[StorePartition]], None],
-    ) -> None:
+    def __init__(self, outputs: Outputs, topics: TopicsConfig, changelog: str) -> None:
         self._outputs = outputs
         self._topics = topics
-        self._commit_offsets = commit_offsets
+        self._changelog = changelog
+        self._records: list[_Record] = []
         self.dead_letters: list[tuple[Source, Rejected]] = []
         self.outcomes: list[tuple[StorePartition, StepOutcome]] = []
-        self.delivered_ms = 0.0  # when the outputs were acknowledged
+        # Next input offset per (topic, partition): what the batch consumed up to.
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.messages = 0  # consumed messages, valid or not
+        self.event_types: Counter[str] = Counter()  # valid events by type
+        self.delivered_ms = 0.0  # when the outputs became visible
+        self._changelog_at: dict[int, int] = {}  # changelog partition -> last offset written
+        self._reseeded: list[StorePartition] = []
+
+    def consumed(self, batch: PartitionBatch) -> None:
+        """The batch covers ``batch``'s partition up to its last offset."""
+        self.offsets[(batch.topic, batch.partition)] = batch.last_offset + 1
+        self.messages += batch.messages
+        self.event_types.update(ev.event for ev in batch.events)
 
     def dead_letter(self, source: Source, rejected: Rejected) -> None:
         """Send a message aside, bytes unchanged, with its reason in the headers."""
         headers = [("error", rejected.reason.encode()), ("source", source.where.encode())]
         if rejected.detail:  # e.g. which field is missing; helps whoever fixes the producer
             headers.append(("detail", rejected.detail.encode("utf-8", "replace")))
-        self._outputs.produce(self._topics.dead_letter, source.key, source.value, headers)
+        self._records.append(_Record(self._topics.dead_letter, source.key, source.value, headers))
         self.dead_letters.append((source, rejected))
 
     def add(self, part: StorePartition, outcome: StepOutcome, generated_at_ms: int) -> None:
-        """One partition's outcome: its lists and failed events now, its state on commit."""
+        """One partition's outcome: lists, failed events, changelog records, state on commit."""
         for source, rejected in outcome.failed:
             self.dead_letter(source, rejected)
         for rec in outcome.recommendations:
             self._publish(rec, generated_at_ms)
+        self._changes(part.partition, outcome.txn.changes())
         self.outcomes.append((part, outcome))
+
+    def reseed(self, part: StorePartition) -> None:
+        """Write every state of ``part`` to the changelog again (it was recreated empty)."""
+        self._changes(part.partition, list(part.changelog_records()))
+        self._reseeded.append(part)
+
+    def _changes(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> None:
+        for key, value in records:
+            self._records.append(_Record(self._changelog, key, value, None, partition))
 
     def _publish(self, rec: Recommendation, generated_at_ms: int) -> None:
         key, value = encode_recommendation(rec, generated_at_ms)
-        self._outputs.produce(self._topics.recommendations, key, value)
+        self._records.append(_Record(self._topics.recommendations, key, value))
+
+    def _produce_all(self) -> None:
+        for record in self._records:
+            on_offset = self._on_changelog if record.topic == self._changelog else None
+            self._outputs.produce(record, on_offset)
+
+    def _on_changelog(self, partition: int, offset: int) -> None:
+        if offset > self._changelog_at.get(partition, -1):
+            self._changelog_at[partition] = offset
+
+    def _commit_state(self) -> None:
+        for part, outcome in self.outcomes:
+            outcome.txn.commit(self._changelog_at.get(part.partition))
+        for part in self._reseeded:
+            written = self._changelog_at.get(part.partition)
+            if written is not None:
+                part.apply_changelog([], written)
+
+    def discard(self) -> None:
+        """Drop the staged states (the batch will be read again)."""
+        for _, outcome in self.outcomes:
+            outcome.txn.discard()
 
     def commit(self) -> None:
-        """Steps 2-4 of the module docstring."""
+        raise NotImplementedError
+
+
+class AtLeastOnceCheckpoint(Checkpoint):
+    """Outputs flushed, then state, then group offsets (see the module docstring)."""
+
+    def __init__(
+        self,
+        outputs: Outputs,
+        topics: TopicsConfig,
+        changelog: str,
+        commit_offsets: Callable[[dict[tuple[str, int], int]], None],
+    ) -> None:
+        super().__init__(outputs, topics, changelog)
+        self._commit_offsets = commit_offsets
+
+    def commit(self) -> None:
+        self._produce_all()
         self._outputs.flush()
         self.delivered_ms = time.time() * 1000.0
-        for _, outcome in self.outcomes:
-            outcome.txn.commit()
-        self._commit_offsets([part for part, _ in self.outcomes])
+        self._commit_state()
+        self._commit_offsets(self.offsets)
+
+
+class ExactlyOnceCheckpoint(Checkpoint):
+    """One Kafka transaction for outputs, changelog and offsets; state after it."""
+
+    def __init__(
+        self,
+        outputs: Outputs,
+        topics: TopicsConfig,
+        changelog: str,
+        group_metadata: Callable[[], Any],
+    ) -> None:
+        super().__init__(outputs, topics, changelog)
+        self._group_metadata = group_metadata
+
+    def commit(self) -> None:
+        producer, stopping = self._outputs.producer, self._outputs.stopping
+        _call(producer.begin_transaction)
+        try:
+            self._produce_all()
+            if self.offsets:
+                offsets = [TopicPartition(t, p, o) for (t, p), o in self.offsets.items()]
+                # The group metadata is taken now, not at poll time: a rebalance since
+                # then makes the broker refuse these offsets (and so the whole batch).
+                _retrying(
+                    lambda: producer.send_offsets_to_transaction(
+                        offsets, self._group_metadata(), _CALL_TIMEOUT_S
+                    ),
+                    stopping,
+                )
+            _retrying(lambda: producer.commit_transaction(_CALL_TIMEOUT_S), stopping)
+        except _Abortable as exc:
+            self._abort(producer, exc.reason)
+        errors = self._outputs.take_errors()
+        if errors:  # cannot happen after a commit; never let state run ahead of Kafka
+            raise KafkaClientError(f"transaction committed with failed outputs: {errors[0]}")
+        self.delivered_ms = time.time() * 1000.0
+        self._commit_state()
+
+    def _abort(self, producer: Any, reason: str) -> None:
+        try:
+            _retrying(lambda: producer.abort_transaction(_CALL_TIMEOUT_S), self._outputs.stopping)
+        except _Abortable as exc:
+            raise ProducerFenced(f"cannot abort the transaction: {exc.reason}") from None
+        producer.poll(0)  # serve the aborted records' reports now, not in the next batch
+        self._outputs.take_errors()
+        raise BatchAborted(reason)
+
+
+class _Abortable(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _call(fn: Callable[[], Any]) -> Any:
+    """Call ``fn`` outside an open transaction: fatal errors fence, the rest stop the worker."""
+    try:
+        return fn()
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if isinstance(err, KafkaError) and err.fatal():
+            raise ProducerFenced(f"{err.name()}: {err.str()}") from None
+        if isinstance(err, KafkaError):
+            raise KafkaClientError(f"transaction failed: {err.str()}", err.name()) from None
+        raise
+
+
+def _retrying(fn: Callable[[], Any], stopping: threading.Event) -> Any:
+    """Call ``fn``; retriable errors (a coordinator moving, a timeout) are tried again for
+    up to :data:`_RETRY_FOR_S`, then the transaction is given up as abortable; other
+    errors are classified by :func:`_raise`."""
+    deadline = time.monotonic() + _RETRY_FOR_S
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except KafkaException as exc:
+            err = exc.args[0]
+            retriable = (
+                isinstance(err, KafkaError)
+                and err.retriable()
+                and not err.txn_requires_abort()
+                and not err.fatal()
+            )
+            if not retriable:
+                _raise(exc)
+            if stopping.is_set():
+                raise KafkaClientError(
+                    f"stopping while a transaction cannot complete ({err.str()}); the broker "
+                    "aborts it and the batch is processed again on restart",
+                    err.name(),
+                ) from None
+            if time.monotonic() > deadline:
+                # Past the transaction's own timeout the coordinator has aborted it.
+                raise _Abortable(f"{err.name()}: {err.str()}") from None
+            attempt += 1
+            log.warning("transaction call failed, trying again: %s", err.str())
+            time.sleep(min(0.05 * attempt, 1.0))
+
+
+def _raise(exc: KafkaException) -> NoReturn:
+    err = exc.args[0] if exc.args else None
+    if not isinstance(err, KafkaError):
+        raise exc
+    text = f"{err.name()}: {err.str()}"
+    if err.fatal():
+        raise ProducerFenced(text) from None
+    if err.txn_requires_abort() or err.retriable():
+        raise _Abortable(text) from None
+    raise KafkaClientError(f"transaction failed: {err.str()}", err.name()) from None

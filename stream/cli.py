@@ -14,7 +14,7 @@ from pathlib import Path
 from core.cliargs import add_kafka_flags
 from core.errors import InterestStreamError
 from model import cli as model_cli
-from stream import demo, worker_cli
+from stream import demo, state_cli, worker_cli
 
 __all__ = ["main", "build_parser"]
 
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     # neither torch nor the Kafka client (tests/stream/test_cli.py checks it):
     # each command imports them when it runs.
     worker_cli.register(sub)
+    state_cli.register(sub)
     demo.register(sub)
     model_cli.register(sub)
     return parser

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,10 +32,16 @@ __all__ = [
     "parse_client_overrides",
     "redact",
     "CONFIG_ENV",
+    "EXACTLY_ONCE",
+    "AT_LEAST_ONCE",
+    "GUARANTEES",
     "BOOTSTRAP_ENV",
 ]
 
 CONFIG_ENV = "INTEREST_CONFIG"
+EXACTLY_ONCE = "exactly-once"
+AT_LEAST_ONCE = "at-least-once"
+GUARANTEES = (EXACTLY_ONCE, AT_LEAST_ONCE)
 BOOTSTRAP_ENV = "INTEREST_KAFKA_BOOTSTRAP"
 CLIENT_ENV_PREFIX = "INTEREST_KAFKA_CLIENT_"
 _SECRET_MARKERS = ("password", "secret", "token", "key")
@@ -83,6 +90,8 @@ class TopicsConfig:
     dead_letter: str = field(
         default="interest.dead-letter", metadata=_env("INTEREST_TOPIC_DEAD_LETTER")
     )
+    # Empty: "<group>.<events>.changelog" (see Settings.changelog_topic).
+    changelog: str = field(default="", metadata=_env("INTEREST_TOPIC_CHANGELOG"))
     partitions: int = field(default=4, metadata=_env("INTEREST_TOPIC_PARTITIONS"))
     replication_factor: int = field(default=1, metadata=_env("INTEREST_TOPIC_REPLICATION"))
 
@@ -109,6 +118,10 @@ class WorkerConfig:
     snapshot_every_batches: int = field(
         default=0, metadata={**_env("INTEREST_SNAPSHOT_EVERY_BATCHES"), "min": 0}
     )
+    processing_guarantee: str = field(
+        default=EXACTLY_ONCE,
+        metadata={**_env("INTEREST_PROCESSING_GUARANTEE"), "choices": GUARANTEES},
+    )
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,21 @@ class Settings:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+
+    @property
+    def changelog_topic(self) -> str:
+        """The consumer group's state changelog: ``<group>.<events>.changelog`` by default.
+
+        Characters a topic name cannot hold are replaced by ``_``.
+        """
+        if self.topics.changelog:
+            return self.topics.changelog
+        name = f"{self.worker.group}.{self.topics.events}.changelog"
+        return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:249]
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.worker.processing_guarantee == EXACTLY_ONCE
 
 
 def redact(client: Mapping[str, str]) -> dict[str, str]:
@@ -162,6 +190,9 @@ def _convert(section: str, f: dataclasses.Field, raw: Any, origin: str) -> Any:
         raise ConfigError(f"{origin}: {name} must be a single value, got {raw!r}")
     if kind == "Path":
         return Path(str(raw))
+    choices = f.metadata.get("choices")
+    if choices and str(raw) not in choices:
+        raise ConfigError(f"{origin}: {name} must be one of {', '.join(choices)}, got {raw!r}")
     return None if raw is None else str(raw)
 
 

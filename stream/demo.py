@@ -180,7 +180,8 @@ def _delete_topics(settings: Any) -> None:
     t = settings.topics
     admin = AdminClient(settings.kafka.client_config())
     for name, future in admin.delete_topics(
-        [t.events, t.recommendations, t.dead_letter], operation_timeout=10
+        [t.events, t.recommendations, t.dead_letter, settings.changelog_topic],
+        operation_timeout=10,
     ).items():
         try:
             future.result()

@@ -18,6 +18,10 @@ Names (``interest_`` prefix):
                                                 the user's top-K just before the event
 - ``consumer_lag_messages{topic,partition}``    high watermark - next offset to process
 - ``users_in_state{partition}``                 users stored per assigned partition
+- ``transactions_total{outcome}``               exactly-once batches: committed, aborted
+- ``restore_remaining_records{partition}``      changelog records left to restore
+- ``restored_records_total``                    changelog records put back into stores
+- ``restore_seconds``                           histogram of how long a restore took
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = ["WorkerMetrics", "MetricsServer", "STAGES", "sample_total"]
 STAGES = ("poll", "decode", "step", "produce", "commit")
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+_RESTORE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -58,6 +63,10 @@ class WorkerMetrics:
     list_hits: Counter
     consumer_lag: Gauge
     users_in_state: Gauge
+    transactions: Counter
+    restore_remaining: Gauge
+    restored_records: Counter
+    restore_seconds: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -126,6 +135,29 @@ class WorkerMetrics:
                 ["partition"],
                 registry=reg,
             ),
+            transactions=Counter(
+                "interest_transactions",
+                "Exactly-once batch transactions, by outcome (committed, aborted)",
+                ["outcome"],
+                registry=reg,
+            ),
+            restore_remaining=Gauge(
+                "interest_restore_remaining_records",
+                "Changelog records left to restore, per partition being restored",
+                ["partition"],
+                registry=reg,
+            ),
+            restored_records=Counter(
+                "interest_restored_records",
+                "Changelog records put back into partition stores",
+                registry=reg,
+            ),
+            restore_seconds=Histogram(
+                "interest_restore_seconds",
+                "How long restoring a partition from the changelog took",
+                buckets=_RESTORE_BUCKETS,
+                registry=reg,
+            ),
         )
         # Touch every label value so dashboards see zeros instead of gaps.
         for kind in EVENT_TYPES:
@@ -134,6 +166,8 @@ class WorkerMetrics:
             m.dead_letters.labels(reason)
         for stage in STAGES:
             m.stage_seconds.labels(stage)
+        for outcome in ("committed", "aborted"):
+            m.transactions.labels(outcome)
         return m
 
     def forget_partition(self, topic: str, partition: int) -> None:
@@ -141,6 +175,7 @@ class WorkerMetrics:
         for gauge, labels in (
             (self.consumer_lag, (topic, str(partition))),
             (self.users_in_state, (str(partition),)),
+            (self.restore_remaining, (str(partition),)),
         ):
             try:
                 gauge.remove(*labels)

@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 from core.errors import ConfigError, KafkaClientError
 from stream.clients import make_client
 from stream.config import Settings
-from stream.topics import ensure_topics, topic_specs
+from stream.topics import ensure_changelog, ensure_topics, topic_specs
 
 __all__ = ["state_root", "check_writable", "preflight", "CONNECT_TIMEOUT_S"]
 
@@ -65,3 +65,6 @@ def preflight(settings: Settings, state_dir: Path | None) -> None:
             f"cannot reach Kafka at {kafka.bootstrap_servers}", exc.args[0].name()
         ) from None
     ensure_topics(kafka, topic_specs(settings.topics))
+    ensure_changelog(
+        kafka, settings.changelog_topic, settings.topics.events, settings.topics.replication_factor
+    )

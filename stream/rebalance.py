@@ -1,24 +1,37 @@
 """Rebalance callbacks: partition stores follow the partitions a worker owns.
 
-On assignment each partition's store is opened and the consumer is pointed at
-the store's last applied offset + 1, so state and position can never disagree
-(unless the log itself moved: a recreated topic or expired messages, each said
-in a WARNING, see :meth:`Rebalancer._start_offset`).
-On revocation the stored offsets are committed (the next owner without local
-state starts there) and the stores are closed; on loss they are only closed.
-The callbacks run inside ``poll``/``consume`` on the worker's thread, between
-batches, so no batch is ever half-applied when a store closes.
+On assignment each partition's store is opened and its restore from the
+changelog planned (:mod:`stream.restore`). A partition whose store is already
+up to date is read at once from the store's last applied offset + 1, so state
+and position can never disagree (unless the log itself moved: a recreated topic
+or expired messages, each said in a WARNING, see :meth:`Rebalancer.start_offset`);
+one that needs restoring is paused until :meth:`Rebalancer.restored` resumes it.
+On revocation a restore in progress is cancelled and the stores are closed (in
+at-least-once mode the stored offsets are committed first, for lag tools; in
+exactly-once mode offsets are only ever committed inside a batch's
+transaction); on loss they are only closed. The callbacks run inside
+``poll``/``consume`` on the worker's thread, between batches, so no batch is
+ever half-applied when a store closes.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    OFFSET_STORED,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from state.store import Store, StorePartition
 from stream.metrics import WorkerMetrics
+from stream.restore import Restorer, RestoreTask
 
 __all__ = ["Rebalancer", "commit_offsets"]
 
@@ -46,35 +59,74 @@ class Rebalancer:
     """The ``on_assign`` / ``on_revoke`` / ``on_lost`` callbacks of one worker.
 
     ``eager`` is True for eager assignors (range, roundrobin): whole assignments
-    change at once instead of incrementally.
+    change at once instead of incrementally. ``commit_on_revoke``: commit the
+    stored offsets when partitions go (at-least-once mode). ``on_ready(part,
+    task)`` is called when a partition's restore is planned as done at once
+    (the runtime writes the changelog again when the task says ``reseed``).
     """
 
-    def __init__(self, store: Store, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        metrics: WorkerMetrics,
+        restorer: Restorer,
+        commit_on_revoke: bool = True,
+    ) -> None:
         self.store = store
         self.metrics = metrics
+        self.restorer = restorer
+        self.commit_on_revoke = commit_on_revoke
         self.eager = False
         self.assigned = threading.Event()  # set once partitions have been assigned
+        self.on_ready: Callable[[RestoreTask], None] | None = None
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        waiting = []
+        ready = []
         for tp in partitions:
             part = self.store.open_partition(tp.topic, tp.partition)
-            tp.offset = self._start_offset(consumer, part)
+            task = self.restorer.begin(part)
+            if task.done:
+                tp.offset = self.start_offset(consumer, part)
+                ready.append(task)
+            else:
+                tp.offset = OFFSET_STORED  # paused below; sought when restored
+                waiting.append(TopicPartition(tp.topic, tp.partition))
             self.metrics.users_in_state.labels(str(tp.partition)).set(part.user_count())
-        self._compare_with_group(consumer, partitions)
         if self.eager:
             consumer.assign(partitions)
         else:
             consumer.incremental_assign(partitions)
+        if waiting:
+            consumer.pause(waiting)
         self.assigned.set()
         log.info("assigned %s", [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions])
+        for task in ready:
+            if self.on_ready is not None:
+                self.on_ready(task)
+
+    def restored(self, consumer: Consumer, task: RestoreTask) -> None:
+        """``task`` finished: read its partition from the restored offset + 1."""
+        part = task.part
+        if self.store.partitions().get((part.topic, part.partition)) is not part:
+            return  # revoked meanwhile
+        tp = TopicPartition(part.topic, part.partition, self.start_offset(consumer, part))
+        if tp.offset == OFFSET_INVALID:
+            tp.offset = OFFSET_STORED  # nothing restored: the group's offset, else the start
+        consumer.seek(tp)
+        consumer.resume([TopicPartition(part.topic, part.partition)])
+        self.metrics.users_in_state.labels(str(part.partition)).set(part.user_count())
+        log.info("%s: restored, reading from %s", part.name, tp.offset)
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        parts = [
-            p
-            for tp in partitions
-            if (p := self.store.partitions().get((tp.topic, tp.partition))) is not None
-        ]
-        commit_offsets(consumer, parts, asynchronous=False)
+        if self.commit_on_revoke:
+            parts = [
+                p
+                for tp in partitions
+                if (p := self.store.partitions().get((tp.topic, tp.partition))) is not None
+                and not self.restorer.restoring(tp.partition)
+            ]
+            commit_offsets(consumer, parts, asynchronous=False)
         self._release(consumer, partitions)
 
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -82,6 +134,7 @@ class Rebalancer:
 
     def _release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
+            self.restorer.cancel(tp.partition)
             self.store.close_partition(tp.topic, tp.partition)
             self.metrics.forget_partition(tp.topic, tp.partition)
         try:
@@ -93,7 +146,7 @@ class Rebalancer:
             log.debug("unassign: %s", exc)
         log.info("released %s", [f"{tp.topic}[{tp.partition}]" for tp in partitions])
 
-    def _start_offset(self, consumer: Consumer, part: StorePartition) -> int:
+    def start_offset(self, consumer: Consumer, part: StorePartition) -> int:
         """Stored offset + 1, unless the log moved under the store.
 
         Past the log's end: the topic was recreated (or truncated), its offsets
@@ -142,45 +195,3 @@ class Rebalancer:
             )
             return low
         return nxt
-
-    def _compare_with_group(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Say so when local state and the group's committed offsets disagree.
-
-        Local state behind the group: another worker owned the partition meanwhile;
-        replaying from the stored offset makes the state exact again (the replayed
-        events' lists are published once more: outputs are at-least-once). No local
-        state but a committed offset: this worker starts at the group's offset with
-        empty user states for the partition (no restore from a changelog yet).
-        """
-        if not partitions:
-            return
-        try:
-            committed = consumer.committed(
-                [TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=5
-            )
-        except KafkaException:
-            return  # diagnostics only: never block an assignment on them
-        for tp, c in zip(partitions, committed, strict=True):
-            if tp.offset < 0:
-                if c.offset >= 0:
-                    log.warning(
-                        "%s[%d]: no local state, but the group has processed it up to "
-                        "offset %d: user state for this partition starts empty "
-                        "(restoring state from a changelog is not built yet)",
-                        tp.topic,
-                        tp.partition,
-                        c.offset,
-                    )
-                else:
-                    log.info(
-                        "%s[%d]: no local state and no committed offset: starting at the beginning",
-                        tp.topic,
-                        tp.partition,
-                    )
-            elif c.offset > tp.offset:
-                log.warning(
-                    "%s[%d]: local state is %d message(s) behind the group; replaying them",
-                    tp.topic,
-                    tp.partition,
-                    c.offset - tp.offset,
-                )

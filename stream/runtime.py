@@ -61,14 +61,23 @@ from core.types import Recommendation
 from model.step import RankingModel
 from state.store import RocksDBStore, Store, StorePartition
 from stream.batch import PartitionBatch, Source
-from stream.checkpoint import Checkpoint, Outputs
+from stream.checkpoint import (
+    AtLeastOnceCheckpoint,
+    BatchAborted,
+    Checkpoint,
+    ExactlyOnceCheckpoint,
+    Outputs,
+    ProducerFenced,
+)
 from stream.clients import make_client
 from stream.config import Settings
 from stream.events import EventValidator, Rejected, decode_event
+from stream.identity import WorkerIdentity
 from stream.isolation import ModelError, ModelGuard
 from stream.metrics import MetricsServer, WorkerMetrics
 from stream.preflight import preflight, state_root
 from stream.rebalance import Rebalancer, commit_offsets
+from stream.restore import Restorer, RestoreTask
 from stream.snapshots import ModelSnapshots, SnapshotPolicy
 from stream.stats import WorkerStats
 
@@ -122,10 +131,23 @@ class Worker:
         self._last_generated = 0
         self._stop = threading.Event()
         self._lag_at = 0.0
-        self._rebalancer = Rebalancer(self.store, self.metrics)
+        self._restorer = Restorer(settings, self.metrics)
+        self._rebalancer = Rebalancer(
+            self.store, self.metrics, self._restorer, commit_on_revoke=not settings.exactly_once
+        )
+        self._rebalancer.on_ready = self._after_restore
+        self._reseed: list[StorePartition] = []  # stores to write to a recreated changelog
         self.assigned = self._rebalancer.assigned  # set once partitions have been assigned
+        self._identity = WorkerIdentity(self.store.location)
+        self.transactional_id: str | None = None
+        self._fenced_at: list[float] = []
         self._client_errors: dict[str, tuple[float, int]] = {}  # kind -> (logged at, repeats)
         self._guard = ModelGuard(settings.worker.k, self._warn_model)
+
+    @property
+    def restoring(self) -> bool:
+        """True while a partition's state is being restored from the changelog."""
+        return self._restorer.active
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -139,13 +161,17 @@ class Worker:
             self.model = self._build_model()
         if self.snapshots is not None:
             self.model = self.snapshots.restore(self.model)
-        consumer, producer = self._clients()
-        self._consumer, self._outputs = consumer, Outputs(producer, stop)
+        worker_id = self._identity.acquire()
+        if self.settings.exactly_once:
+            w = self.settings.worker
+            self.transactional_id = f"interest-stream.{w.group}.{worker_id}"
         server = MetricsServer(self.metrics.registry, self.settings.worker.metrics_port)
         self.metrics_url = None
         self.stats.started()
         clean = False
         try:
+            consumer = self._consumer = self._make_consumer()
+            self._outputs = Outputs(self._make_producer(), stop)
             self.metrics_url = server.start().url
             if self.on_start is not None:
                 self.on_start(self.describe())
@@ -167,40 +193,70 @@ class Worker:
                 if self.snapshots is not None:  # after every batch's state commit
                     self.snapshots.close(self.model, clean)
                 server.stop()
+                self._identity.release()
                 self.stats.finished()
         return self.stats
 
-    def _clients(self) -> tuple[Consumer, Producer]:
+    def _make_consumer(self) -> Consumer:
         kafka, w = self.settings.kafka, self.settings.worker
         conf: dict[str, Any] = {
             "group.id": w.group,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
             # Incremental rebalances: partitions that stay keep their open stores.
             "partition.assignment.strategy": "cooperative-sticky",
+            # A killed worker's partitions move within about 6 s (the broker's default
+            # minimum session), part of the 15 s takeover budget (see README).
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
             "error_cb": self._on_client_error,
         } | dict(kafka.client)
         if str(conf.get("group.protocol", "classic")).lower() == "consumer":
-            # KIP-848 groups: the broker assigns, always incrementally.
-            conf.pop("partition.assignment.strategy", None)
+            # KIP-848 groups: the broker assigns, always incrementally, and sets the
+            # session timeouts (group.consumer.session.timeout.ms, 45 s by default).
+            for name in (
+                "partition.assignment.strategy",
+                "session.timeout.ms",
+                "heartbeat.interval.ms",
+            ):
+                conf.pop(name, None)
         else:
             self._rebalancer.eager = "cooperative" not in str(conf["partition.assignment.strategy"])
-        consumer = make_client(Consumer, kafka.client_config(**conf))
+        consumer: Consumer = make_client(Consumer, kafka.client_config(**conf))
+        return consumer
+
+    def _make_producer(self) -> Producer:
+        """The worker's producer; transactional (and initialised) in exactly-once mode."""
+        conf: dict[str, Any] = {
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            "partitioner": "murmur2_random",
+            "error_cb": self._on_client_error,
+        }
+        if self.transactional_id is not None:
+            conf |= {
+                "transactional.id": self.transactional_id,
+                # How long a killed worker's open transaction can hold readers back:
+                # the broker aborts it after this (plus its cleanup interval).
+                "transaction.timeout.ms": 5000,
+                # After a commit the coordinator is busy for a few ms; 100 ms retries
+                # would add 100 ms to the next batch.
+                "retry.backoff.ms": 20,
+            }
         # Defaults first, the user's client settings win.
-        producer = make_client(
-            Producer,
-            kafka.client_config(
-                **{
-                    "enable.idempotence": True,
-                    "linger.ms": 2,
-                    "partitioner": "murmur2_random",
-                    "error_cb": self._on_client_error,
-                }
-                | dict(kafka.client)
-            ),
-        )
-        return consumer, producer
+        kafka = self.settings.kafka
+        producer: Producer = make_client(Producer, kafka.client_config(**(conf | kafka.client)))
+        if self.transactional_id is not None:
+            try:
+                producer.init_transactions(30)
+            except KafkaException as exc:
+                err = exc.args[0]
+                raise KafkaClientError(
+                    f"cannot start exactly-once processing: {err.str()}", err.name()
+                ) from None
+        return producer
 
     def _shutdown(self) -> None:
         consumer, outputs = self._consumer, self._outputs
@@ -208,10 +264,12 @@ class Worker:
             outputs.producer.flush(10)
         if consumer is not None:
             try:
-                self._commit_offsets(list(self.store.partitions().values()), asynchronous=False)
+                if not self.settings.exactly_once:
+                    self._commit_offsets(list(self.store.partitions().values()), asynchronous=False)
                 consumer.close()  # runs on_revoke: stores close there
             except (KafkaException, RuntimeError) as exc:
                 log.warning("consumer close: %s", exc)
+        self._restorer.close()
         self.store.close()
         self._consumer = self._outputs = None
 
@@ -244,6 +302,7 @@ class Worker:
         w, m = self.settings.worker, self.metrics
         assert self._consumer is not None and self._outputs is not None
         assert self.model is not None
+        self._restore_step()
         t0 = time.perf_counter()
         msgs = self._poll(w.batch_max_events, w.batch_max_ms / 1000.0)
         t1 = time.perf_counter()
@@ -253,11 +312,7 @@ class Worker:
             if time.monotonic() - self._lag_at > _LAG_EVERY_S:
                 self._update_lag()
             return False
-        checkpoint = Checkpoint(
-            self._outputs,
-            self.settings.topics,
-            lambda parts: self._commit_offsets(parts, asynchronous=True),
-        )
+        checkpoint = self._checkpoint()
         batches = self._decode(msgs, checkpoint)
         t2 = time.perf_counter()
         m.stage_seconds.labels("decode").observe(t2 - t1)
@@ -274,11 +329,96 @@ class Worker:
             checkpoint.add(part, outcome, generated_at)
         t4 = time.perf_counter()
         m.stage_seconds.labels("produce").observe(t4 - t3)
-        checkpoint.commit()
+        try:
+            checkpoint.commit()
+        except (BatchAborted, ProducerFenced) as exc:
+            checkpoint.discard()
+            self._rewind([batch for _, batch in batches])
+            m.transactions.labels("aborted").inc()
+            if isinstance(exc, ProducerFenced):
+                self._renew_producer(str(exc))
+            else:
+                self._warn_throttled("abort", f"batch transaction aborted, reading it again: {exc}")
+            return False
         t5 = time.perf_counter()
         m.stage_seconds.labels("commit").observe(t5 - t4)
+        if self.settings.exactly_once:
+            m.transactions.labels("committed").inc()
         self._account(checkpoint)
         return True
+
+    def _checkpoint(self) -> Checkpoint:
+        assert self._outputs is not None and self._consumer is not None
+        topics, changelog = self.settings.topics, self.settings.changelog_topic
+        if self.settings.exactly_once:
+            return ExactlyOnceCheckpoint(
+                self._outputs, topics, changelog, self._consumer.consumer_group_metadata
+            )
+        return AtLeastOnceCheckpoint(self._outputs, topics, changelog, self._commit_next)
+
+    def _restore_step(self) -> None:
+        """Advance restores, resume the partitions they finish, rewrite recreated changelogs."""
+        if self._restorer.active:
+            assert self._consumer is not None
+            for task in self._restorer.step():
+                self._rebalancer.restored(self._consumer, task)
+                self._after_restore(task)
+        while self._reseed:
+            part = self._reseed.pop()
+            if self.store.partitions().get((part.topic, part.partition)) is not part:
+                continue  # revoked meanwhile: the next owner reseeds it
+            checkpoint = self._checkpoint()
+            checkpoint.reseed(part)
+            try:
+                checkpoint.commit()
+            except (BatchAborted, ProducerFenced) as exc:
+                self._reseed.append(part)
+                if isinstance(exc, ProducerFenced):
+                    self._renew_producer(str(exc))
+                return
+            log.warning(
+                "%s: wrote %d state(s) to the changelog %s",
+                part.name,
+                part.user_count(),
+                self.settings.changelog_topic,
+            )
+
+    def _after_restore(self, task: RestoreTask) -> None:
+        if task.reseed:
+            self._reseed.append(task.part)
+
+    def _rewind(self, batches: list[PartitionBatch]) -> None:
+        """Read an aborted batch again: nothing of it was stored."""
+        assert self._consumer is not None
+        for batch in batches:
+            try:
+                self._consumer.seek(
+                    TopicPartition(batch.topic, batch.partition, batch.first_offset)
+                )
+            except KafkaException as exc:  # revoked meanwhile: the next owner reads it
+                log.debug("rewind %s: %s", batch.name, exc)
+
+    def _renew_producer(self, reason: str) -> None:
+        """A fenced or timed-out transactional producer is replaced by a fresh one."""
+        now = time.monotonic()
+        self._fenced_at = [t for t in self._fenced_at if now - t < 60.0] + [now]
+        if len(self._fenced_at) >= 3:
+            raise KafkaClientError(
+                f"the transactional producer {self.transactional_id} was fenced 3 times in a "
+                f"minute ({reason}): is another worker running with a copy of this state dir?"
+            )
+        log.warning("transactional producer fenced (%s); starting a new one", reason)
+        self._outputs = Outputs(self._make_producer(), self._stop)
+
+    def _commit_next(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit the group offsets of an at-least-once batch (informational, asynchronous)."""
+        if self._consumer is None or not offsets:
+            return
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self._consumer.commit(offsets=tps, asynchronous=True)
+        except KafkaException as exc:
+            log.warning("offset commit: %s", exc.args[0].str() if exc.args else exc)
 
     def _poll(self, max_events: int, max_s: float) -> list[Message]:
         """Up to ``max_events`` messages within ``max_s``, returning early once none wait.
@@ -317,11 +457,13 @@ class Worker:
         out = []
         for key, plist in by_part.items():
             part = self.store.partitions().get(key)
-            if part is None:
-                # Revoked during this poll: the new owner re-reads from its stored offset.
+            if part is None or self._restorer.restoring(part.partition):
+                # Revoked during this poll (the new owner re-reads from its stored offset),
+                # or not restored yet (read from the restored offset once it is).
                 continue
             batch = self._decode_partition(part, plist, checkpoint)
             if batch is not None:
+                checkpoint.consumed(batch)
                 out.append((part, batch))
         return out
 
@@ -330,7 +472,6 @@ class Worker:
     ) -> PartitionBatch | None:
         floor = part.last_offset()
         batch: PartitionBatch | None = None
-        m = self.metrics
         for msg in plist:
             offset = msg.offset()
             # Offsets must only move forward: a message at or below the floor is already
@@ -339,9 +480,9 @@ class Worker:
                 continue
             floor = offset
             if batch is None:
-                batch = PartitionBatch(part.topic, part.partition, offset)
+                batch = PartitionBatch(part.topic, part.partition, offset, offset)
             batch.last_offset = offset
-            m.messages_consumed.inc()
+            batch.messages += 1
             ts_type, kafka_ts = msg.timestamp()
             source = Source(
                 part.topic,
@@ -357,7 +498,6 @@ class Worker:
                 continue
             batch.events.append(decoded)
             batch.sources.append(source)
-            m.events_consumed.labels(decoded.event).inc()
         return batch
 
     def _commit_offsets(self, parts: list[StorePartition], asynchronous: bool) -> None:
@@ -367,6 +507,9 @@ class Worker:
     def _account(self, checkpoint: Checkpoint) -> None:
         """Count what the checkpoint committed (metrics are the one place of every count)."""
         m = self.metrics
+        m.messages_consumed.inc(checkpoint.messages)
+        for kind, n in checkpoint.event_types.items():
+            m.events_consumed.labels(kind).inc(n)
         for _, rejected in checkpoint.dead_letters:
             m.dead_letters.labels(rejected.reason).inc()
         delivered_ms = checkpoint.delivered_ms
@@ -417,6 +560,8 @@ class Worker:
             "recommendations": t.recommendations,
             "dead_letter": t.dead_letter,
             "state": str(location) if location is not None else "memory",
+            "guarantee": self.settings.worker.processing_guarantee,
+            "changelog": self.settings.changelog_topic,
             "pid": os.getpid(),
             "model": getattr(self.model, "version", "?"),
             "metrics": self.metrics_url or "off",

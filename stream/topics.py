@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from core.errors import KafkaClientError
+from core.errors import ConfigError, KafkaClientError
 from stream.clients import make_client
 from stream.config import KafkaConfig, TopicsConfig
 
-__all__ = ["TopicSpec", "topic_specs", "ensure_topics"]
+__all__ = ["TopicSpec", "topic_specs", "ensure_topics", "ensure_changelog", "partition_count"]
 
 log = logging.getLogger("interest_stream.topics")
 
@@ -103,6 +103,44 @@ def ensure_topics(
                     f"creating topic {name} failed: {err.str()}", err.name()
                 ) from None
     return result
+
+
+def partition_count(kafka: KafkaConfig, topic: str, timeout: float = 15.0) -> int | None:
+    """Partitions of ``topic`` (None when it does not exist)."""
+    admin = make_client(AdminClient, kafka.client_config())
+    try:
+        meta = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+    except KafkaException as exc:
+        raise KafkaClientError(
+            f"cannot reach Kafka at {kafka.bootstrap_servers}", exc.args[0].name()
+        ) from None
+    if meta is None or meta.error is not None:
+        return None
+    return len(meta.partitions)
+
+
+def ensure_changelog(kafka: KafkaConfig, name: str, events: str, replication: int) -> bool:
+    """Create the compacted state changelog ``name`` with the events topic's partition count.
+
+    Changelog partition p holds the states of events partition p, so an
+    existing changelog with another partition count is a :class:`ConfigError`.
+    Returns True when it was created.
+    """
+    n = partition_count(kafka, events)
+    if n is None:
+        raise ConfigError(f"events topic {events} does not exist")
+    have = partition_count(kafka, name)
+    if have is not None:
+        if have != n:
+            raise ConfigError(
+                f"changelog topic {name} has {have} partitions but the events topic {events} "
+                f"has {n}: they must match (delete the changelog to rebuild it)"
+            )
+        return False
+    spec = TopicSpec(
+        name, n, replication, {"cleanup.policy": "compact", "segment.ms": str(60 * 60 * 1000)}
+    )
+    return ensure_topics(kafka, [spec])[name]
 
 
 def _check_policies(admin: AdminClient, specs: list[TopicSpec]) -> None:

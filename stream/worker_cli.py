@@ -21,7 +21,7 @@ from typing import Any
 from core.cliargs import add_csv_flags, add_kafka_flags
 from core.errors import ConfigError, KafkaClientError
 from model.factory import MODEL_ENV, THREADS_ENV
-from stream.config import settings_from_args
+from stream.config import GUARANTEES, settings_from_args
 
 __all__ = ["register"]
 
@@ -145,6 +145,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_kafka_flags(w)
     w.add_argument("--group", help="consumer group (default interest-stream)")
+    w.add_argument(
+        "--guarantee",
+        dest="processing_guarantee",
+        choices=GUARANTEES,
+        help="exactly-once (default: lists, dead letters, state changelog and offsets in one "
+        "Kafka transaction per batch) or at-least-once (faster; outputs may repeat after a crash)",
+    )
     w.add_argument(
         "--state-dir",
         dest="state_dir",

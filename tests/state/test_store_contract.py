@@ -231,3 +231,34 @@ def test_get_many_hands_out_states_the_caller_owns(state_view):
     assert again == _state(1) and again is not st
     state_view.put("u1", st)
     assert state_view.get_many(["u1"])["u1"] == st
+
+
+def test_a_batch_is_its_changelog_and_the_changelog_rebuilds_the_store(reopenable):
+    part = reopenable().open_partition("events", 0)
+    txn = part.begin()
+    txn.put("u1", _state(1))
+    txn.put("u2", _state(2))
+    txn.set_offset(9)
+    records = txn.changes()
+    txn.commit(changelog_offset=3)
+    assert part.changelog_offset() == 3
+    # Another store (a new owner) puts the records back, in order, with a deletion.
+    other = MemoryStore().open_partition("events", 0)
+    other.apply_changelog(records, last=3)
+    assert dict(other.items()) == dict(part.items())
+    assert (other.last_offset(), other.user_count(), other.changelog_offset()) == (9, 2, 3)
+    deleted = [(k, None) for k, _ in records if k.startswith(b"u") and k.endswith(b"1")]
+    other.apply_changelog(deleted, last=4)
+    assert other.get("u1") is None and other.user_count() == 1
+    assert list(other.changelog_records()) == [
+        (k, v) for k, v in records if k.endswith(b"2") or k == b"\x00offset"
+    ]
+
+
+def test_changelog_position_survives_reopen_and_can_be_forgotten(reopenable):
+    part = reopenable().open_partition("events", 0)
+    part.apply_changelog([], last=41)
+    part = reopenable().open_partition("events", 0)
+    assert part.changelog_offset() == 41
+    part.forget_changelog()
+    assert reopenable().open_partition("events", 0).changelog_offset() is None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -79,27 +81,41 @@ def make_settings(
 
 
 def read_topic(kafka: KafkaConfig, topic: str, timeout: float = 20.0) -> list[Message]:
-    """Every message currently in ``topic`` (all partitions, up to the high watermarks)."""
-    c = Consumer(kafka.client_config(**{"group.id": "reader", "enable.auto.commit": False}))
+    """Every committed message now in ``topic`` (read_committed, all partitions).
+
+    Reads each partition up to its last stable offset; transaction markers and
+    aborted records are skipped by the client, so the position (not the last
+    message's offset) says when a partition is done.
+    """
+    c = Consumer(
+        kafka.client_config(
+            **{
+                "group.id": "reader",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+    )
     try:
         meta = c.list_topics(topic, timeout=10).topics[topic]
         ends = {}
         for p in meta.partitions:
+            # Queried (not cached) by a read_committed consumer: the last stable offset.
             low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             if high > low:
                 ends[p] = high
         c.assign([TopicPartition(topic, p, 0) for p in ends])
         out: list[Message] = []
-        pos = {p: 0 for p in ends}
         deadline = time.monotonic() + timeout
+        pos = {p: -1 for p in ends}
         while any(pos[p] < ends[p] for p in ends):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"read_topic {topic}: {pos} of {ends}")
-            msg = c.poll(0.5)
-            if msg is None or msg.error() is not None:
-                continue
-            out.append(msg)
-            pos[msg.partition()] = msg.offset() + 1
+            msg = c.poll(0.2)
+            if msg is not None and msg.error() is None:
+                out.append(msg)
+            for tp in c.position([TopicPartition(topic, p) for p in ends]):
+                pos[tp.partition] = tp.offset
         return out
     finally:
         c.close()
@@ -132,6 +148,9 @@ def running_worker(worker: Worker) -> Iterator[Worker]:
     finally:
         stop.set()
         th.join(60)
-        assert not th.is_alive(), "worker did not stop within 60s"
+        if th.is_alive():
+            frame = sys._current_frames().get(th.ident or 0)
+            where = "".join(traceback.format_stack(frame)) if frame is not None else "?"
+            raise AssertionError(f"worker did not stop within 60s; it was at:\n{where}")
         if errors:
             raise errors[0]

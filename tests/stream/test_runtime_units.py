@@ -8,7 +8,7 @@ import threading
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
 
 from state.store import MemoryStore
-from stream.checkpoint import Checkpoint, Outputs
+from stream.checkpoint import AtLeastOnceCheckpoint, Checkpoint, Outputs
 from stream.config import KafkaConfig, Settings, TopicsConfig
 from stream.runtime import Worker
 from tests.stream.helpers import TinyPopularity
@@ -41,7 +41,8 @@ class _Recorded:
 
 
 def _checkpoint() -> Checkpoint:
-    return Checkpoint(Outputs(_Recorded(), threading.Event()), TopicsConfig(), lambda p: None)
+    outputs = Outputs(_Recorded(), threading.Event())
+    return AtLeastOnceCheckpoint(outputs, TopicsConfig(), "changelog", lambda offsets: None)
 
 
 def test_a_message_handed_out_twice_in_one_poll_is_applied_once():
@@ -59,8 +60,7 @@ def test_a_message_handed_out_twice_in_one_poll_is_applied_once():
     assert decoded_part is part
     assert [ev.item_id for ev in batch.events] == ["i10", "i11", "i12"]
     assert [src.offset for src in batch.sources] == [10, 11, 12]
-    assert batch.last_offset == 12
-    assert worker.stats.consumed == 3
+    assert batch.last_offset == 12 and batch.messages == 3
 
 
 def test_messages_of_a_partition_revoked_mid_poll_are_left_for_the_new_owner():
@@ -69,8 +69,9 @@ def test_messages_of_a_partition_revoked_mid_poll_are_left_for_the_new_owner():
         TinyPopularity(),
         store=MemoryStore(),
     )
-    assert worker._decode([_msg(0)], _checkpoint()) == []
-    assert worker.stats.consumed == 0
+    checkpoint = _checkpoint()
+    assert worker._decode([_msg(0)], checkpoint) == []
+    assert checkpoint.messages == 0 and not checkpoint.offsets
 
 
 def test_group_name_cannot_escape_the_state_dir(tmp_path):
