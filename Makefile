@@ -29,14 +29,19 @@ install: $(STAMP)
 jars: $(STAMP)
 	@$(BIN)/interest-stream broker fetch >/dev/null
 
-# The Prometheus server (Debian package) that the metrics test scrapes us with.
+# Independent tools the tests check us with (Debian packages): the Prometheus server
+# that scrapes the worker for real, and kcat, a Kafka client that is not ours.
+TOOLS := prometheus kcat
+
 tools:
-	@command -v prometheus >/dev/null 2>&1 || { \
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing prometheus (apt-get)"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
-	      || echo "could not install prometheus: the Prometheus scrape test will not pass"; \
-	  else echo "prometheus not found: install it (apt-get install prometheus) for the scrape test"; fi; }
+	    echo "installing$$missing (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null) \
+	      || echo "could not install$$missing: the tests that use them will not pass"; \
+	  else echo "not found:$$missing: install them (apt-get install$$missing) for the tests that use them"; fi; \
+	fi
 
 test: $(STAMP) jars tools
 	$(BIN)/python -m pytest $(ARGS)

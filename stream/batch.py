@@ -28,6 +28,7 @@ class Source:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None = None  # the Kafka message timestamp, when it has one
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def where(self) -> str:
@@ -51,6 +52,7 @@ class PartitionBatch:
     events: list[Event] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
     messages: int = 0  # consumed, valid or not
+    forwarded: int = 0  # valid events that belong to another partition (sent there)
 
     @property
     def name(self) -> str:

@@ -39,6 +39,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -50,6 +52,7 @@ from state.store import StorePartition
 from stream.batch import PartitionBatch, Source, StepOutcome
 from stream.config import TopicsConfig
 from stream.events import Rejected, encode_recommendation
+from stream.placement import FORWARDED_FROM
 
 __all__ = [
     "Outputs",
@@ -64,10 +67,8 @@ log = logging.getLogger("interest_stream.worker")
 
 _FLUSH_SLICE_S = 1.0
 _STOP_GRACE_S = 15.0  # how long a stopping worker waits for unacknowledged outputs
-_CALL_TIMEOUT_S = 5.0  # one transaction call
-# Retriable errors are tried again this long: about the transaction timeout, after which
-# the coordinator has aborted the transaction anyway.
-_RETRY_FOR_S = 6.0
+_CALL_TIMEOUT_S = 5.0  # one transaction call: about the transaction timeout
+_CALL_LIMIT_S = 15.0  # past this a call that ignored its timeout is given up
 
 
 class BatchAborted(Exception):
@@ -75,7 +76,15 @@ class BatchAborted(Exception):
 
 
 class ProducerFenced(Exception):
-    """The transactional producer can no longer be used (fenced or timed out): replace it."""
+    """The transactional producer can no longer be used (fenced or timed out): replace it.
+
+    ``by_another`` is True when a newer producer with the same ``transactional.id``
+    fenced it (another live worker, or a restart that came back too early).
+    """
+
+    def __init__(self, reason: str, by_another: bool = False) -> None:
+        super().__init__(reason)
+        self.by_another = by_another
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,7 @@ class _Record:
     value: bytes | None
     headers: list[tuple[str, bytes]] | None = None
     partition: int | None = None
+    timestamp_ms: int | None = None
 
 
 class Outputs:
@@ -99,6 +109,30 @@ class Outputs:
         self.producer = producer
         self.stopping = stopping
         self._errors: list[str] = []
+        self._calls: ThreadPoolExecutor | None = None
+
+    def bounded(self, fn: Callable[[], Any], seconds: float) -> Any:
+        """``fn()`` (a transaction call), given up after ``seconds``.
+
+        The client's own timeouts are not always kept: a coordinator that restarted
+        in the middle of a call has left ``send_offsets_to_transaction`` waiting for
+        minutes. Past the limit the producer is treated as unusable (the caller
+        replaces it); the stuck call is left to its thread.
+        """
+        if self._calls is None:
+            self._calls = ThreadPoolExecutor(1, thread_name_prefix="txn-call")
+        future = self._calls.submit(fn)
+        try:
+            return future.result(timeout=seconds)
+        except FutureTimeout:
+            self._calls.shutdown(wait=False)
+            raise ProducerFenced(
+                f"a transaction call did not return within {seconds:.0f}s"
+            ) from None
+
+    def close(self) -> None:
+        if self._calls is not None:
+            self._calls.shutdown(wait=False)
 
     def produce(self, record: _Record, on_offset: Callable[[int, int], None] | None = None) -> None:
         def delivered(err: KafkaError | None, msg: Any) -> None:
@@ -112,6 +146,8 @@ class Outputs:
         kwargs: dict[str, Any] = {"headers": record.headers, "on_delivery": delivered}
         if record.partition is not None:
             kwargs["partition"] = record.partition
+        if record.timestamp_ms is not None:
+            kwargs["timestamp"] = record.timestamp_ms
         while True:
             try:
                 self.producer.produce(record.topic, record.value, record.key, **kwargs)
@@ -161,6 +197,7 @@ class Checkpoint:
         # Next input offset per (topic, partition): what the batch consumed up to.
         self.offsets: dict[tuple[str, int], int] = {}
         self.messages = 0  # consumed messages, valid or not
+        self.forwarded = 0  # valid events sent on to the partition they belong to
         self.event_types: Counter[str] = Counter()  # valid events by type
         self.delivered_ms = 0.0  # when the outputs became visible
         self._changelog_at: dict[int, int] = {}  # changelog partition -> last offset written
@@ -179,6 +216,14 @@ class Checkpoint:
             headers.append(("detail", rejected.detail.encode("utf-8", "replace")))
         self._records.append(_Record(self._topics.dead_letter, source.key, source.value, headers))
         self.dead_letters.append((source, rejected))
+
+    def forward(self, source: Source, partition: int) -> None:
+        """Send an event to the partition its key belongs to: bytes, headers, timestamp kept."""
+        headers = [*source.headers, (FORWARDED_FROM, source.where.encode())]
+        self._records.append(
+            _Record(source.topic, source.key, source.value, headers, partition, source.timestamp_ms)
+        )
+        self.forwarded += 1
 
     def add(self, part: StorePartition, outcome: StepOutcome, generated_at_ms: int) -> None:
         """One partition's outcome: lists, failed events, changelog records, state on commit."""
@@ -263,7 +308,7 @@ class ExactlyOnceCheckpoint(Checkpoint):
         self._group_metadata = group_metadata
 
     def commit(self) -> None:
-        producer, stopping = self._outputs.producer, self._outputs.stopping
+        producer = self._outputs.producer
         _call(producer.begin_transaction)
         try:
             self._produce_all()
@@ -271,13 +316,19 @@ class ExactlyOnceCheckpoint(Checkpoint):
                 offsets = [TopicPartition(t, p, o) for (t, p), o in self.offsets.items()]
                 # The group metadata is taken now, not at poll time: a rebalance since
                 # then makes the broker refuse these offsets (and so the whole batch).
-                _retrying(
-                    lambda: producer.send_offsets_to_transaction(
-                        offsets, self._group_metadata(), _CALL_TIMEOUT_S
+                metadata = self._group_metadata()
+                self._outputs.bounded(
+                    lambda: _once(
+                        lambda: producer.send_offsets_to_transaction(
+                            offsets, metadata, _CALL_TIMEOUT_S
+                        )
                     ),
-                    stopping,
+                    _CALL_LIMIT_S,
                 )
-            _retrying(lambda: producer.commit_transaction(_CALL_TIMEOUT_S), stopping)
+            self._outputs.bounded(
+                lambda: _once(lambda: producer.commit_transaction(_CALL_TIMEOUT_S)),
+                _CALL_LIMIT_S,
+            )
         except _Abortable as exc:
             self._abort(producer, exc.reason)
         errors = self._outputs.take_errors()
@@ -288,9 +339,13 @@ class ExactlyOnceCheckpoint(Checkpoint):
 
     def _abort(self, producer: Any, reason: str) -> None:
         try:
-            _retrying(lambda: producer.abort_transaction(_CALL_TIMEOUT_S), self._outputs.stopping)
+            self._outputs.bounded(
+                lambda: _once(lambda: producer.abort_transaction(_CALL_TIMEOUT_S)), _CALL_LIMIT_S
+            )
         except _Abortable as exc:
-            raise ProducerFenced(f"cannot abort the transaction: {exc.reason}") from None
+            # A producer that cannot even abort (e.g. its coordinator restarted mid-call)
+            # is replaced: the new one's init_transactions aborts what is left open.
+            raise ProducerFenced(f"cannot abort the transaction ({exc.reason}); {reason}") from None
         producer.poll(0)  # serve the aborted records' reports now, not in the next batch
         self._outputs.take_errors()
         raise BatchAborted(reason)
@@ -315,37 +370,17 @@ def _call(fn: Callable[[], Any]) -> Any:
         raise
 
 
-def _retrying(fn: Callable[[], Any], stopping: threading.Event) -> Any:
-    """Call ``fn``; retriable errors (a coordinator moving, a timeout) are tried again for
-    up to :data:`_RETRY_FOR_S`, then the transaction is given up as abortable; other
-    errors are classified by :func:`_raise`."""
-    deadline = time.monotonic() + _RETRY_FOR_S
-    attempt = 0
-    while True:
-        try:
-            return fn()
-        except KafkaException as exc:
-            err = exc.args[0]
-            retriable = (
-                isinstance(err, KafkaError)
-                and err.retriable()
-                and not err.txn_requires_abort()
-                and not err.fatal()
-            )
-            if not retriable:
-                _raise(exc)
-            if stopping.is_set():
-                raise KafkaClientError(
-                    f"stopping while a transaction cannot complete ({err.str()}); the broker "
-                    "aborts it and the batch is processed again on restart",
-                    err.name(),
-                ) from None
-            if time.monotonic() > deadline:
-                # Past the transaction's own timeout the coordinator has aborted it.
-                raise _Abortable(f"{err.name()}: {err.str()}") from None
-            attempt += 1
-            log.warning("transaction call failed, trying again: %s", err.str())
-            time.sleep(min(0.05 * attempt, 1.0))
+def _once(fn: Callable[[], Any]) -> Any:
+    """Call a transaction step once; any failure other than a fatal one aborts the batch.
+
+    Retrying a step that timed out is allowed by the client, but a coordinator that
+    restarted mid-call can leave the retry waiting for ever: reading the batch again
+    costs a few milliseconds and always ends.
+    """
+    try:
+        return fn()
+    except KafkaException as exc:
+        _raise(exc)
 
 
 def _raise(exc: KafkaException) -> NoReturn:
@@ -354,7 +389,7 @@ def _raise(exc: KafkaException) -> NoReturn:
         raise exc
     text = f"{err.name()}: {err.str()}"
     if err.fatal():
-        raise ProducerFenced(text) from None
+        raise ProducerFenced(text, by_another=err.code() == KafkaError._FENCED) from None
     if err.txn_requires_abort() or err.retriable():
         raise _Abortable(text) from None
     raise KafkaClientError(f"transaction failed: {err.str()}", err.name()) from None

@@ -9,6 +9,7 @@ Names (``interest_`` prefix):
 - ``events_consumed_total{event}``              valid events by type
 - ``events_applied_total``                      valid events folded into state
 - ``dead_letters_total{reason}``                messages sent to the dead-letter topic
+- ``events_forwarded_total``                    events sent on to their key's partition
 - ``batches_total``                             micro-batches committed
 - ``batch_size_events``                         histogram of messages per micro-batch
 - ``stage_seconds{stage}``                      poll, decode, step, produce, commit
@@ -54,6 +55,7 @@ class WorkerMetrics:
     events_consumed: Counter
     events_applied: Counter
     dead_letters: Counter
+    events_forwarded: Counter
     batches: Counter
     batch_size: Histogram
     stage_seconds: Histogram
@@ -90,6 +92,11 @@ class WorkerMetrics:
                 "interest_dead_letters",
                 "Messages sent to the dead-letter topic, by reason",
                 ["reason"],
+                registry=reg,
+            ),
+            events_forwarded=Counter(
+                "interest_events_forwarded",
+                "Valid events that arrived on another partition than their key's, forwarded",
                 registry=reg,
             ),
             batches=Counter("interest_batches", "Micro-batches committed", registry=reg),

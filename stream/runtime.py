@@ -75,17 +75,20 @@ from stream.events import EventValidator, Rejected, decode_event
 from stream.identity import WorkerIdentity
 from stream.isolation import ModelError, ModelGuard
 from stream.metrics import MetricsServer, WorkerMetrics
+from stream.placement import Placement
 from stream.preflight import preflight, state_root
 from stream.rebalance import Rebalancer, commit_offsets
 from stream.restore import Restorer, RestoreTask
 from stream.snapshots import ModelSnapshots, SnapshotPolicy
 from stream.stats import WorkerStats
+from stream.topics import partition_count
 
 __all__ = ["Worker", "WorkerStats", "ModelError", "state_root"]
 
 log = logging.getLogger("interest_stream.worker")
 
 _LAG_EVERY_S = 1.0
+_PLACEMENT_EVERY_S = 60.0  # how often the events topic's partition count is read again
 _ERROR_WINDOW_S = 30.0  # repeats of one client error kind are logged once per window
 
 
@@ -141,6 +144,9 @@ class Worker:
         self._identity = WorkerIdentity(self.store.location)
         self.transactional_id: str | None = None
         self._fenced_at: list[float] = []
+        self._aborts = 0  # batch transactions aborted in a row
+        self._placement = Placement(settings.topics.partitions)
+        self._placement_at = 0.0
         self._client_errors: dict[str, tuple[float, int]] = {}  # kind -> (logged at, repeats)
         self._guard = ModelGuard(settings.worker.k, self._warn_model)
 
@@ -156,6 +162,7 @@ class Worker:
         stop = stop if stop is not None else threading.Event()
         self._stop = stop
         preflight(self.settings, self.store.location)
+        self._placement = Placement(self._events_partitions())
         if self.model is None:
             assert self._build_model is not None
             self.model = self._build_model()
@@ -249,19 +256,35 @@ class Worker:
         kafka = self.settings.kafka
         producer: Producer = make_client(Producer, kafka.client_config(**(conf | kafka.client)))
         if self.transactional_id is not None:
+            self._init_transactions(producer)
+        return producer
+
+    def _init_transactions(self, producer: Producer) -> None:
+        """Register the transactional id (aborting what a previous instance left open).
+
+        A broker that is away is waited for (retriable errors, until the worker is
+        stopped); anything else (not authorised, a timeout above the broker's
+        maximum) is one clear error.
+        """
+        while True:
             try:
-                producer.init_transactions(30)
+                producer.init_transactions(10)
+                return
             except KafkaException as exc:
                 err = exc.args[0]
-                raise KafkaClientError(
-                    f"cannot start exactly-once processing: {err.str()}", err.name()
-                ) from None
-        return producer
+                if not err.retriable() or self._stop.is_set():
+                    raise KafkaClientError(
+                        f"cannot start exactly-once processing: {err.str()}", err.name()
+                    ) from None
+                self._warn_throttled(
+                    "init", f"waiting for the transaction coordinator: {err.str()}"
+                )
 
     def _shutdown(self) -> None:
         consumer, outputs = self._consumer, self._outputs
         if outputs is not None:
             outputs.producer.flush(10)
+            outputs.close()
         if consumer is not None:
             try:
                 if not self.settings.exactly_once:
@@ -311,6 +334,8 @@ class Worker:
             self._outputs.poll()
             if time.monotonic() - self._lag_at > _LAG_EVERY_S:
                 self._update_lag()
+            if time.monotonic() - self._placement_at > _PLACEMENT_EVERY_S:
+                self._placement.resize(self._events_partitions())
             return False
         checkpoint = self._checkpoint()
         batches = self._decode(msgs, checkpoint)
@@ -336,16 +361,28 @@ class Worker:
             self._rewind([batch for _, batch in batches])
             m.transactions.labels("aborted").inc()
             if isinstance(exc, ProducerFenced):
-                self._renew_producer(str(exc))
+                self._renew_producer(exc)
             else:
                 self._warn_throttled("abort", f"batch transaction aborted, reading it again: {exc}")
+            # Aborts in a row (the broker is away): wait a little longer each time rather
+            # than computing the same batch again and again.
+            self._aborts += 1
+            self._stop.wait(min(0.05 * 2**self._aborts, 2.0))
             return False
+        self._aborts = 0
         t5 = time.perf_counter()
         m.stage_seconds.labels("commit").observe(t5 - t4)
         if self.settings.exactly_once:
             m.transactions.labels("committed").inc()
         self._account(checkpoint)
         return True
+
+    def _events_partitions(self) -> int:
+        self._placement_at = time.monotonic()
+        n = partition_count(self.settings.kafka, self.settings.topics.events)
+        if n is None:
+            raise KafkaClientError(f"the events topic {self.settings.topics.events} is gone")
+        return n
 
     def _checkpoint(self) -> Checkpoint:
         assert self._outputs is not None and self._consumer is not None
@@ -374,7 +411,7 @@ class Worker:
             except (BatchAborted, ProducerFenced) as exc:
                 self._reseed.append(part)
                 if isinstance(exc, ProducerFenced):
-                    self._renew_producer(str(exc))
+                    self._renew_producer(exc)
                 return
             log.warning(
                 "%s: wrote %d state(s) to the changelog %s",
@@ -398,16 +435,20 @@ class Worker:
             except KafkaException as exc:  # revoked meanwhile: the next owner reads it
                 log.debug("rewind %s: %s", batch.name, exc)
 
-    def _renew_producer(self, reason: str) -> None:
-        """A fenced or timed-out transactional producer is replaced by a fresh one."""
+    def _renew_producer(self, exc: ProducerFenced) -> None:
+        """A fenced or stuck transactional producer is replaced by a fresh one."""
         now = time.monotonic()
-        self._fenced_at = [t for t in self._fenced_at if now - t < 60.0] + [now]
-        if len(self._fenced_at) >= 3:
-            raise KafkaClientError(
-                f"the transactional producer {self.transactional_id} was fenced 3 times in a "
-                f"minute ({reason}): is another worker running with a copy of this state dir?"
-            )
-        log.warning("transactional producer fenced (%s); starting a new one", reason)
+        if exc.by_another:
+            self._fenced_at = [t for t in self._fenced_at if now - t < 60.0] + [now]
+            if len(self._fenced_at) >= 3:
+                raise KafkaClientError(
+                    f"the transactional producer {self.transactional_id} was fenced 3 times "
+                    f"in a minute ({exc}): is another worker running with a copy of this "
+                    "state dir?"
+                )
+        log.warning("transactional producer unusable (%s); starting a new one", exc)
+        if self._outputs is not None:
+            self._outputs.close()
         self._outputs = Outputs(self._make_producer(), self._stop)
 
     def _commit_next(self, offsets: dict[tuple[str, int], int]) -> None:
@@ -491,10 +532,16 @@ class Worker:
                 msg.key(),
                 msg.value(),
                 None if ts_type == TIMESTAMP_NOT_AVAILABLE else kafka_ts,
+                tuple(msg.headers() or ()),
             )
             decoded = decode_event(source.key, source.value, source.timestamp_ms, self._validator)
             if isinstance(decoded, Rejected):
                 checkpoint.dead_letter(source, decoded)
+                continue
+            home = self._placement.of(source.key or b"")
+            if home != part.partition:
+                checkpoint.forward(source, home)
+                batch.forwarded += 1
                 continue
             batch.events.append(decoded)
             batch.sources.append(source)
@@ -508,6 +555,8 @@ class Worker:
         """Count what the checkpoint committed (metrics are the one place of every count)."""
         m = self.metrics
         m.messages_consumed.inc(checkpoint.messages)
+        m.events_forwarded.inc(checkpoint.forwarded)
+        self._placement.forwarded(checkpoint.forwarded)
         for kind, n in checkpoint.event_types.items():
             m.events_consumed.labels(kind).inc(n)
         for _, rejected in checkpoint.dead_letters:

@@ -33,7 +33,8 @@ def percentile(values: list[float], q: float) -> float | None:
 class WorkerStats:
     """A view of one worker's metrics plus its latency window.
 
-    ``consumed == applied + dead_lettered`` holds after every committed batch;
+    ``consumed == applied + dead_lettered + forwarded`` holds after every committed
+    batch (forwarded: events sent on to the partition their key belongs to);
     ``hits / scored`` is the online hit rate (item in the list shown just before).
     """
 
@@ -61,6 +62,10 @@ class WorkerStats:
     def dead_letters_by_reason(self) -> dict[str, int]:
         by = sample_total(self.metrics.dead_letters, by="reason")
         return {reason: n for reason, n in by.items() if n}
+
+    @property
+    def forwarded(self) -> int:
+        return sample_total(self.metrics.events_forwarded)
 
     @property
     def lists_published(self) -> int:
@@ -118,6 +123,7 @@ class WorkerStats:
             "applied": self.applied,
             "dead_lettered": self.dead_lettered,
             "dead_letters_by_reason": self.dead_letters_by_reason,
+            "forwarded": self.forwarded,
             "lists_published": self.lists_published,
             "batches": self.batches,
             "online_hit_rate": round(self.hits / scored, 4) if scored else None,

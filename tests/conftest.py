@@ -15,6 +15,7 @@ machines are shared, so timing says nothing about a case).
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -43,6 +44,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "kafka_bootstrap" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.kafka)
+
+
+def require_tool(name: str) -> str:
+    """Path of an independent tool the tests check us with (``make test`` installs it).
+
+    Missing: skipped on a developer's machine, a failure under CI (``CI`` set).
+    """
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed (make test installs it with apt-get)")
+        pytest.skip(f"{name} is not installed (apt-get install {name})")
+    return path
 
 
 @pytest.fixture(scope="session")

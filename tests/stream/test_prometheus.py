@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import urllib.parse
 import urllib.request
@@ -15,6 +13,7 @@ import pytest
 from stream.broker import free_port
 from stream.publish import Publisher
 from stream.runtime import Worker
+from tests.conftest import require_tool
 from tests.stream.helpers import (
     TinyPopularity,
     make_events,
@@ -26,12 +25,7 @@ from tests.stream.helpers import (
 
 @pytest.fixture
 def prometheus_bin() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus is not installed (make test installs it with apt-get)")
-        pytest.skip("prometheus is not installed (apt-get install prometheus)")
-    return path
+    return require_tool("prometheus")
 
 
 def _start_prometheus(binary: str, target: str, workdir: Path) -> tuple[subprocess.Popen, str]:
