@@ -1,7 +1,19 @@
-"""Print recommendation lists as they arrive on the recommendations topic.
+"""Print recommendation lists from the recommendations topic, then follow new ones.
 
-Reads from the end of the topic (only new lists) without committing offsets,
-so any number of tails can watch a running worker.
+Three ways to start:
+
+- no user: from now, every list that arrives (all partitions);
+- ``user``: that user's current list first, the newest for the key on the
+  compacted topic, then each new one. The key hashes (murmur2, as the worker's
+  producer places it) to one partition, so only that partition is read: from
+  its start up to the end it had when the tail started, keeping the newest
+  list for the key. A user without a list gets one line saying so;
+- ``from_beginning``: every list still on the topic, then new ones (with
+  ``user``: every list of that user).
+
+Lists are read ``read_committed`` (exactly-once workers publish them inside
+transactions), with partitions assigned directly: no consumer group joins and
+nothing is committed, so any number of tails can watch a running worker.
 """
 
 from __future__ import annotations
@@ -13,14 +25,25 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from core.errors import KafkaClientError
+from core.partition import partition_for
 from stream.clients import make_client
 from stream.config import Settings
 from stream.events import decode_recommendation
 
 __all__ = ["tail", "format_list"]
+
+_POLL_S = 0.2
+_BATCH = 500
 
 
 def format_list(doc: dict[str, Any], width: int = 10) -> str:
@@ -43,47 +66,135 @@ def tail(
     from_beginning: bool = False,
     on_list: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
-    """Print (or hand to ``on_list``) every new list, until ``stop``; returns the count."""
-    out = out if out is not None else sys.stdout
-    consumer = make_client(
-        Consumer,
-        settings.kafka.client_config(
-            **{
-                "group.id": f"interest-tail-{uuid.uuid4().hex[:12]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest" if from_beginning else "latest",
-            }
-        ),
+    """Print (or hand to ``on_list``) lists as the module describes, until ``stop``.
+
+    Returns how many lists were printed or handed over. An unreadable list is
+    one line on ``out`` and the tail goes on.
+    """
+    conf = settings.kafka.client_config(
+        **{"group.id": f"interest-tail-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False}
     )
+    conf.setdefault("isolation.level", "read_committed")
+    consumer = make_client(Consumer, conf)
     try:
-        try:
-            consumer.list_topics(settings.topics.recommendations, timeout=10)
-        except KafkaException as exc:
-            raise KafkaClientError(
-                f"cannot reach Kafka at {settings.kafka.bootstrap_servers}", exc.args[0].name()
-            ) from None
-        consumer.subscribe([settings.topics.recommendations])
-        seen = 0
-        while stop is None or not stop.is_set():
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            if msg.error() is not None:
-                if msg.error().fatal():
-                    raise KafkaClientError(f"tail: {msg.error().str()}", msg.error().name())
-                continue
-            if user is not None and (msg.key() or b"").decode("utf-8", "replace") != user:
-                continue
-            try:
-                doc = decode_recommendation(msg.value() or b"")
-            except ValueError:
-                print(f"(unreadable list at offset {msg.offset()})", file=out)
-                continue
-            seen += 1
-            if on_list is not None:
-                on_list(doc)
-            else:
-                print(format_list(doc), file=out, flush=True)
-        return seen
+        reader = _Reader(consumer, settings, out or sys.stdout, stop or threading.Event(), on_list)
+        if user is None:
+            reader.follow_all(from_beginning)
+        else:
+            reader.follow_user(user, from_beginning)
+        return reader.shown
     finally:
         consumer.close()
+
+
+class _Reader:
+    """One tail's consumer, output and count."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        settings: Settings,
+        out: TextIO,
+        stop: threading.Event,
+        on_list: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.consumer = consumer
+        self.topic = settings.topics.recommendations
+        self.bootstrap = settings.kafka.bootstrap_servers
+        self.out = out
+        self.stop = stop
+        self.on_list = on_list
+        self.shown = 0
+
+    def follow_all(self, from_beginning: bool) -> None:
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        self.consumer.assign([TopicPartition(self.topic, p, start) for p in self._partitions()])
+        self._follow(None)
+
+    def follow_user(self, user: str, every: bool) -> None:
+        """The user's newest list (``every``: all of them), a line if none, then new ones."""
+        key = user.encode("utf-8")
+        tp = TopicPartition(self.topic, partition_for(key, len(self._partitions())))
+        # Queried by a read_committed consumer: the last stable offset. Lists
+        # committed after it are new ones, printed as they come.
+        try:
+            low, end = self.consumer.get_watermark_offsets(tp, timeout=10)
+        except KafkaException as exc:
+            raise self._unreachable(exc) from None
+        self.consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)])
+        before = self.shown
+        newest: Message | None = None  # the user's newest list so far
+        pending: list[Message] = []  # read past the end: new lists, shown after the current
+        done = end <= low
+        while not done:
+            if self.stop.is_set():
+                return
+            for msg in self._consume():
+                if pending or msg.offset() >= end:
+                    pending.append(msg)
+                elif msg.key() == key:
+                    if every:
+                        self._show(msg)
+                    else:
+                        newest = msg
+            # Transaction markers close the log: the position, not the last
+            # message's offset, says when everything up to the end was read.
+            done = bool(pending) or self.consumer.position([tp])[0].offset >= end
+        if newest is not None:
+            self._show(newest)
+        if self.shown == before:
+            print(f"(no list for user {user} yet; waiting for one)", file=self.out, flush=True)
+        for msg in pending:
+            self._show_if(msg, key)
+        self._follow(key)
+
+    def _follow(self, key: bytes | None) -> None:
+        while not self.stop.is_set():
+            for msg in self._consume():
+                self._show_if(msg, key)
+
+    def _show_if(self, msg: Message, key: bytes | None) -> None:
+        if key is None or msg.key() == key:
+            self._show(msg)
+
+    def _show(self, msg: Message) -> None:
+        value = msg.value()
+        if value is None:  # a tombstone deletes a list; there is nothing to show
+            return
+        try:
+            doc = decode_recommendation(value)
+        except ValueError:
+            print(f"(unreadable list at offset {msg.offset()})", file=self.out, flush=True)
+            return
+        self.shown += 1
+        if self.on_list is not None:
+            self.on_list(doc)
+        else:
+            print(format_list(doc), file=self.out, flush=True)
+
+    def _consume(self) -> list[Message]:
+        """The messages the next poll brings (up to a batch), without the errors."""
+        good = []
+        for msg in self.consumer.consume(_BATCH, _POLL_S):
+            err = msg.error()
+            if err is None:
+                good.append(msg)
+            elif err.fatal():
+                raise KafkaClientError(f"tail: {err.str()}", err.name())
+        return good
+
+    def _partitions(self) -> list[int]:
+        try:
+            meta = self.consumer.list_topics(self.topic, timeout=10).topics[self.topic]
+        except KafkaException as exc:
+            raise self._unreachable(exc) from None
+        if meta.error is not None or not meta.partitions:
+            raise KafkaClientError(
+                f"topic {self.topic} not found at {self.bootstrap}: start a worker "
+                "or run `interest-stream topics` first",
+                meta.error.name() if meta.error is not None else None,
+            )
+        return sorted(meta.partitions)
+
+    def _unreachable(self, exc: KafkaException) -> KafkaClientError:
+        return KafkaClientError(f"cannot reach Kafka at {self.bootstrap}", exc.args[0].name())

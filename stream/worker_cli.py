@@ -128,7 +128,7 @@ def _tail(args: argparse.Namespace) -> int:
     settings.kafka.client_config()
     stop = threading.Event()
     _install_stop_handlers(stop)
-    tail(settings, user=args.user, stop=stop)
+    tail(settings, user=args.user, stop=stop, from_beginning=args.from_beginning)
     return 0
 
 
@@ -179,7 +179,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_csv_flags(p)
     p.set_defaults(func=_publish)
 
-    t = sub.add_parser("tail", help="print recommendation lists as they arrive")
+    t = sub.add_parser(
+        "tail",
+        help="print recommendation lists: a user's current one, then new ones as they arrive",
+        description="Print recommendation lists until Ctrl-C. Without --user: the lists that "
+        "arrive from now on. With --user: that user's current list (the newest on the compacted "
+        "topic), or one line saying there is none yet, then each new one.",
+    )
     add_kafka_flags(t)
-    t.add_argument("--user", metavar="U", help="only this user's lists")
+    t.add_argument("--user", metavar="U", help="this user's current list, then their new ones")
+    t.add_argument(
+        "--from-beginning",
+        dest="from_beginning",
+        action="store_true",
+        help="every list still on the topic (with --user: every one of that user's), then new ones",
+    )
     t.set_defaults(func=_tail)
