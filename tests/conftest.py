@@ -15,6 +15,7 @@ machines are shared, so timing says nothing about a case).
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -81,3 +82,28 @@ def unique_topics() -> Callable[..., TopicsConfig]:
         )
 
     return make
+
+
+def _prometheus_tool(name: str) -> str:
+    """Path of a Prometheus binary (Debian package ``prometheus``, which ``make test`` installs).
+
+    Missing: a failure in CI (``$CI``), a skip elsewhere.
+    """
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed (make test installs it with apt-get)")
+        pytest.skip(f"{name} is not installed (apt-get install prometheus)")
+    return path
+
+
+@pytest.fixture
+def prometheus_bin() -> str:
+    """The Prometheus server."""
+    return _prometheus_tool("prometheus")
+
+
+@pytest.fixture
+def promtool_bin() -> str:
+    """promtool, which checks and unit-tests configurations and rules."""
+    return _prometheus_tool("promtool")

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import urllib.parse
 import urllib.request
 from pathlib import Path
-
-import pytest
 
 from stream.broker import free_port
 from stream.publish import Publisher
@@ -22,16 +18,6 @@ from tests.stream.helpers import (
     running_worker,
     wait_for,
 )
-
-
-@pytest.fixture
-def prometheus_bin() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus is not installed (make test installs it with apt-get)")
-        pytest.skip("prometheus is not installed (apt-get install prometheus)")
-    return path
 
 
 def _start_prometheus(binary: str, target: str, workdir: Path) -> tuple[subprocess.Popen, str]:
