@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 import time
 import urllib.error
@@ -195,7 +196,7 @@ def render(prev: Scrape | None, cur: Scrape, url: str) -> list[str]:
     )
 
     lag = cur.by("interest_consumer_lag_messages", "topic", "partition")
-    worst = sorted(lag.items(), key=lambda kv: -kv[1])[:4]
+    worst = sorted((kv for kv in lag.items() if kv[1] > 0), key=lambda kv: -kv[1])[:4]
     detail = ", ".join(f"{t}[{p}] {v:,.0f}" for (t, p), v in worst)
     lines.append(
         f"  lag          {sum(lag.values()):,.0f} messages"
@@ -289,7 +290,7 @@ def fetch(url: str, timeout: float = 5.0) -> Scrape:
 
 
 class _Screen:
-    """Redraws in place on a terminal; prints plain blocks otherwise."""
+    """Redraws in place on a terminal (lines cut to its width); prints plain blocks otherwise."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
@@ -298,6 +299,9 @@ class _Screen:
 
     def show(self, lines: list[str]) -> None:
         if self.tty:
+            # A wrapped line would take two rows and spoil the redraw: cut at the width.
+            width = shutil.get_terminal_size().columns - 1
+            lines = [line[:width] for line in lines]
             if self._drawn:
                 self.out.write(f"\x1b[{self._drawn}F\x1b[J")
             self._drawn = len(lines)
