@@ -3,7 +3,7 @@
 #   make test   - the whole test suite against a real local broker
 # Both bootstrap what they need, idempotently: a virtualenv in .venv with the
 # package and its pinned dependencies, the Kafka broker jars (Maven, cached in
-# ~/.cache/interest-stream) and, for the metrics test, the Prometheus server.
+# ~/.cache/interest-stream) and, for the metrics and alert tests, Prometheus.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -29,7 +29,8 @@ install: $(STAMP)
 jars: $(STAMP)
 	@$(BIN)/interest-stream broker fetch >/dev/null
 
-# The Prometheus server (Debian package) that the metrics test scrapes us with.
+# The Prometheus server and promtool (Debian package prometheus): the metrics,
+# dashboard and alert tests run them.
 tools:
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
