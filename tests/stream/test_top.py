@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from stream.broker import free_port
 from stream.publish import Publisher
 from stream.runtime import Worker
+from stream.top import Scrape, parse_metrics, render
 from tests.stream.helpers import (
     TinyPopularity,
     make_events,
@@ -200,3 +201,30 @@ def test_bad_flags_are_one_line_and_exit_2():
         out = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
         assert out.returncode == 2
         assert len(out.stderr.splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def _scrape(at: float, consumed: float, fast: float, slow: float) -> Scrape:
+    """A worker's metrics reduced to a counter and a two-bucket latency histogram."""
+    text = (
+        "# TYPE interest_messages_consumed_total counter\n"
+        f"interest_messages_consumed_total {consumed}\n"
+        "# TYPE interest_event_to_list_latency_seconds histogram\n"
+        f'interest_event_to_list_latency_seconds_bucket{{le="0.01"}} {fast}\n'
+        f'interest_event_to_list_latency_seconds_bucket{{le="1.0"}} {fast + slow}\n'
+        f'interest_event_to_list_latency_seconds_bucket{{le="+Inf"}} {fast + slow}\n'
+        f"interest_event_to_list_latency_seconds_count {fast + slow}\n"
+        "interest_event_to_list_latency_seconds_sum 1.0\n"
+    )
+    return parse_metrics(text, at=at, wall=at)
+
+
+def test_rates_and_quantiles_are_over_the_window_and_survive_a_restart():
+    before, after = _scrape(10.0, 1000, 900, 0), _scrape(12.0, 1400, 900, 400)
+    text = "\n".join(render(before, after, "u"))
+    assert "throughput   in 200.0/s" in text  # 400 messages in 2 s
+    # In the window every event was slow (0.01-1 s); since start most were fast.
+    assert "latency      p50 505 ms" in text and "since start: p50 7.2 ms" in text
+    # The worker restarted: its counters began again from zero, no negative rates.
+    restarted = _scrape(14.0, 100, 100, 0)
+    text = "\n".join(render(after, restarted, "u"))
+    assert "throughput   in 50.0/s" in text and "p50 5.0 ms" in text
