@@ -3,7 +3,7 @@
 #   make test   - the whole test suite against a real local broker
 # Both bootstrap what they need, idempotently: a virtualenv in .venv with the
 # package and its pinned dependencies, the Kafka broker jars (Maven, cached in
-# ~/.cache/interest-stream) and, for the metrics test, the Prometheus server.
+# ~/.cache/interest-stream) and, for the metrics and alert tests, Prometheus.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -30,7 +30,8 @@ jars: $(STAMP)
 	@$(BIN)/interest-stream broker fetch >/dev/null
 
 # Independent tools the tests check us with (Debian packages): the Prometheus server
-# that scrapes the worker for real, and kcat, a Kafka client that is not ours.
+# and promtool (the metrics, dashboard and alert tests run them), and kcat, a Kafka
+# client that is not ours.
 TOOLS := prometheus kcat
 
 tools:

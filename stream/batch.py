@@ -66,7 +66,8 @@ class StepOutcome:
     ``txn`` holds the new user states and the batch's last offset, to be
     committed by the checkpoint after the outputs; ``applied[i]`` is the
     source of each event folded into state; ``failed`` are the events the
-    model could not take (dead-lettered as ``processing-error``).
+    model could not take (dead-lettered as ``processing-error``); ``learnt``:
+    the model's ``learn_many`` returned for the batch or some of its events.
     """
 
     txn: PartitionTransaction
@@ -75,3 +76,4 @@ class StepOutcome:
     failed: list[tuple[Source, Rejected]] = field(default_factory=list)
     scored: int = 0
     hits: int = 0
+    learnt: bool = False

@@ -14,7 +14,7 @@ from pathlib import Path
 from core.cliargs import add_kafka_flags
 from core.errors import InterestStreamError
 from model import cli as model_cli
-from stream import demo, state_cli, worker_cli
+from stream import demo, state_cli, top, worker_cli
 
 __all__ = ["main", "build_parser"]
 
@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker_cli.register(sub)
     state_cli.register(sub)
     demo.register(sub)
+    top.register(sub)
     model_cli.register(sub)
     return parser
 

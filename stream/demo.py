@@ -133,6 +133,13 @@ def _run(settings: Any, args: argparse.Namespace, stop: threading.Event) -> tupl
         # measure the service, not the consumer group's start-up.
         while not worker.assigned.wait(0.2) and not stop.is_set():
             pass
+        if worker.metrics_url is not None:
+            print(
+                f"worker metrics: {worker.metrics_url} (watch them live in another terminal: "
+                f"interest-stream top --url {worker.metrics_url})",
+                file=sys.stderr,
+                flush=True,
+            )
         threads = [
             threading.Thread(
                 target=guarded,

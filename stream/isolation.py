@@ -123,6 +123,7 @@ class ModelGuard:
             )
         else:
             self.failures_in_a_row = 0
+            out.learnt = True
             out.recommendations = result.recommendations
             out.applied = list(batch.sources)
             out.scored = result.scored
@@ -146,6 +147,7 @@ class ModelGuard:
                 out.failed.append((src, Rejected(PROCESSING_ERROR, type(exc).__name__)))
                 continue
             self.failures_in_a_row = 0
+            out.learnt = out.learnt or learn
             out.applied.append(src)
             out.scored += result.scored
             out.hits += sum(r is not None for r in result.ranks)

@@ -20,30 +20,73 @@ Names (``interest_`` prefix):
 - ``consumer_lag_messages{topic,partition}``    high watermark - next offset to process
 - ``users_in_state{partition}``                 users stored per assigned partition
 - ``transactions_total{outcome}``               exactly-once batches: committed, aborted
-- ``restore_remaining_records{partition}``      changelog records left to restore
+- ``restore_remaining_records{partition}``      changelog records left to restore, per assigned
+                                                partition (0 once restored)
 - ``restored_records_total``                    changelog records put back into stores
 - ``restore_seconds``                           histogram of how long a restore took
+- ``training_loss``                             the model's loss on the last batch it learnt from
+                                                (absent for models that report none)
+- ``model_steps_total``                         partition batches the model learnt from
+                                                (its ``learn_many`` returned)
+- ``model_info{model,version}``                 1, for the model being served
+- ``model_last_snapshot_timestamp_seconds``     Unix time of the model snapshot on disk (absent
+                                                until there is one)
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from core.errors import ConfigError
 from core.types import EVENT_TYPES
 from stream.events import REASONS
 
-__all__ = ["WorkerMetrics", "MetricsServer", "STAGES", "sample_total"]
+__all__ = ["WorkerMetrics", "MetricsServer", "OptionalGauge", "STAGES", "sample_total"]
 
 STAGES = ("poll", "decode", "step", "produce", "commit")
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 _RESTORE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class OptionalGauge(Collector):
+    """A gauge that is absent until it has a value (a dashboard shows "no data", not 0).
+
+    ``set_function(fn)`` reads the value at scrape time instead (``fn`` returns None
+    while there is none).
+    """
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._value: float | None = None
+        self._function: Callable[[], float | None] | None = None
+        registry.register(self)
+
+    def set(self, value: float | None) -> None:
+        self._value = None if value is None else float(value)
+
+    def set_function(self, function: Callable[[], float | None]) -> None:
+        self._function = function
+
+    def get(self) -> float | None:
+        return self._function() if self._function is not None else self._value
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        value = self.get()
+        if value is not None:
+            yield GaugeMetricFamily(self.name, self.documentation, value=value)
 
 
 @dataclass(frozen=True)
@@ -69,6 +112,10 @@ class WorkerMetrics:
     restore_remaining: Gauge
     restored_records: Counter
     restore_seconds: Histogram
+    training_loss: OptionalGauge
+    model_steps: Counter
+    model_info: Gauge
+    snapshot_timestamp: OptionalGauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -165,6 +212,25 @@ class WorkerMetrics:
                 buckets=_RESTORE_BUCKETS,
                 registry=reg,
             ),
+            training_loss=OptionalGauge(
+                "interest_training_loss",
+                "The model's training loss on the last batch it learnt from",
+                reg,
+            ),
+            model_steps=Counter(
+                "interest_model_steps", "Partition batches the model learnt from", registry=reg
+            ),
+            model_info=Gauge(
+                "interest_model_info",
+                "The model being served (value 1), by registry name and version",
+                ["model", "version"],
+                registry=reg,
+            ),
+            snapshot_timestamp=OptionalGauge(
+                "interest_model_last_snapshot_timestamp_seconds",
+                "Unix time of the model snapshot on disk (a crash loses what was learnt since)",
+                reg,
+            ),
         )
         # Touch every label value so dashboards see zeros instead of gaps.
         for kind in EVENT_TYPES:
@@ -176,6 +242,28 @@ class WorkerMetrics:
         for outcome in ("committed", "aborted"):
             m.transactions.labels(outcome)
         return m
+
+    def observe_model(self, model: Any, steps: int = 0) -> None:
+        """Record what the model says about itself after ``steps`` learning steps.
+
+        The loss is the model's ``last_loss`` attribute when it has one (a float;
+        NaN or infinite when training diverged), read after the batch it learnt from.
+        """
+        if steps:
+            self.model_steps.inc(steps)
+        loss = getattr(model, "last_loss", None)
+        if loss is not None:
+            self.training_loss.set(float(loss))
+        labels = (str(getattr(model, "name", type(model).__name__)), str(model.version))
+        if labels != self._model_labels():
+            self.model_info.clear()  # one series: the model served now
+            self.model_info.labels(*labels).set(1)
+
+    def _model_labels(self) -> tuple[str, ...] | None:
+        for family in self.model_info.collect():
+            for sample in family.samples:
+                return (sample.labels["model"], sample.labels["version"])
+        return None
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop the per-partition gauges of a partition this worker no longer owns."""

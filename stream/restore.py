@@ -142,10 +142,12 @@ class Restorer:
             # States from before there was a changelog: the next owner needs them there.
             reseed = last is None and part.user_count() > 0
         task = RestoreTask(part, start, high, reseed)
+        # Every assigned partition has the gauge (0: nothing to restore), so a
+        # dashboard sees zeros, not gaps.
+        self._metrics.restore_remaining.labels(str(part.partition)).set(max(0, high - start))
         if not task.done:
             reader.incremental_assign([TopicPartition(self.topic, part.partition, start)])
             self.tasks[part.partition] = task
-            self._metrics.restore_remaining.labels(str(part.partition)).set(high - start)
             log.info("%s: restoring changelog offsets %d to %d", part.name, start, high - 1)
         return task
 

@@ -122,6 +122,9 @@ class Worker:
             if location is not None
             else None
         )
+        if self.snapshots is not None:
+            snaps = self.snapshots
+            self.metrics.snapshot_timestamp.set_function(lambda: snaps.saved_at)
         self.on_start: Callable[[dict[str, Any]], None] | None = None
         self.on_publish: Callable[[list[Recommendation]], None] | None = None
         self.metrics_url: str | None = None
@@ -168,6 +171,7 @@ class Worker:
             self.model = self._build_model()
         if self.snapshots is not None:
             self.model = self.snapshots.restore(self.model)
+        self.metrics.observe_model(self.model)
         worker_id = self._identity.acquire()
         if self.settings.exactly_once:
             w = self.settings.worker
@@ -348,6 +352,7 @@ class Worker:
         generated_at = max(int(time.time() * 1000), self._last_generated + 1)
         self._last_generated = generated_at
         outcomes = [(part, self._guard.step(batch, part, self.model)) for part, batch in batches]
+        m.observe_model(self.model, sum(out.learnt for _, out in outcomes))
         t3 = time.perf_counter()
         m.stage_seconds.labels("step").observe(t3 - t2)
         for part, outcome in outcomes:

@@ -70,6 +70,7 @@ class ModelSnapshots:
         self.saved = 0  # snapshots written
         self.copy_seconds = 0.0  # the last snapshot's pause on the worker thread
         self.write_seconds = 0.0  # the last snapshot's write (background)
+        self.saved_at: float | None = None  # Unix time of the snapshot on disk
         self._thread: threading.Thread | None = None
         self._batches = 0  # batches since the last snapshot
         self._last = time.monotonic()
@@ -91,6 +92,7 @@ class ModelSnapshots:
             )
             return model
         log.info("model %s restored from %s", loaded.version, self.path)
+        self.saved_at = self.path.stat().st_mtime
         return loaded
 
     def after_batch(self, model: Any, committed: bool) -> None:
@@ -141,6 +143,7 @@ class ModelSnapshots:
             return
         self.write_seconds = time.perf_counter() - t0
         self.saved += 1
+        self.saved_at = time.time()
 
 
 class _Frozen:

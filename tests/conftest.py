@@ -95,3 +95,15 @@ def unique_topics() -> Callable[..., TopicsConfig]:
         )
 
     return make
+
+
+@pytest.fixture
+def prometheus_bin() -> str:
+    """The Prometheus server."""
+    return require_tool("prometheus")
+
+
+@pytest.fixture
+def promtool_bin() -> str:
+    """promtool, which checks and unit-tests configurations and rules."""
+    return require_tool("promtool")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import posixpath
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -94,3 +97,116 @@ def test_worker_image_installs_every_package_and_runs_the_worker():
     # The state directory the worker is told to use is the volume that outlives it.
     state_dir = _env(worker)["INTEREST_STATE_DIR"]
     assert any(v.endswith(":" + state_dir) for v in worker["volumes"])
+
+
+def _mounts(service: dict) -> dict[str, Path]:
+    """Container path -> host path of a service's bind mounts (``./host:/container[:ro]``)."""
+    out = {}
+    for volume in service.get("volumes", []):
+        host, container = volume.split(":")[:2]
+        if host.startswith("."):
+            out[container] = ROOT / host
+    return out
+
+
+def _host_path(service: dict, container_path: str) -> Path:
+    """Where ``container_path`` comes from on the host: the bind mount that covers it."""
+    for container, host in _mounts(service).items():
+        if container_path == container:
+            return host
+        if container_path.startswith(container.rstrip("/") + "/"):
+            return host / posixpath.relpath(container_path, container)
+    raise AssertionError(f"{container_path} is not mounted")
+
+
+def test_every_file_a_mount_names_exists():
+    for name, service in _compose()["services"].items():
+        for container, host in _mounts(service).items():
+            assert host.exists(), f"{name}: {host} (mounted at {container}) does not exist"
+
+
+# The prom/prometheus image reads this file (docker-compose.yml passes no --config.file).
+PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
+
+
+def test_prometheus_loads_the_mounted_alert_rules():
+    prometheus = _compose()["services"]["prometheus"]
+    config = yaml.safe_load(_host_path(prometheus, PROMETHEUS_CONFIG).read_text())
+    rule_files = [
+        _host_path(prometheus, posixpath.join(posixpath.dirname(PROMETHEUS_CONFIG), f))
+        for f in config["rule_files"]
+    ]
+    assert rule_files == [ROOT / "deploy" / "alerts.yml"]
+    rules = [r for g in yaml.safe_load(rule_files[0].read_text())["groups"] for r in g["rules"]]
+    assert {r["alert"] for r in rules} == {
+        "InterestWorkerDown",
+        "InterestConsumerLagGrowing",
+        "InterestLatencyHigh",
+        "InterestDeadLetterRateHigh",
+        "InterestModelLossNotFinite",
+        "InterestModelNotLearning",
+    }
+    for rule in rules:  # what a person on call reads, and how urgent it is
+        assert rule["annotations"]["summary"] and len(rule["annotations"]["description"]) > 80
+        assert rule["labels"]["severity"] in {"page", "ticket"}
+        # A rule about a job watches the job this configuration scrapes.
+        jobs = {job["job_name"] for job in config["scrape_configs"]}
+        assert set(re.findall(r'job="([^"]+)"', rule["expr"])) <= jobs
+
+
+def _provisioned_datasources(grafana: dict) -> list[dict]:
+    ds_dir = _host_path(grafana, "/etc/grafana/provisioning/datasources")
+    return [s for f in ds_dir.glob("*.yml") for s in yaml.safe_load(f.read_text())["datasources"]]
+
+
+def _panels(dashboard: dict) -> list[dict]:
+    out = []
+    for panel in dashboard["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))  # a collapsed row holds its panels
+    return out
+
+
+def test_grafana_loads_the_dashboard_with_the_provisioned_prometheus():
+    grafana = _compose()["services"]["grafana"]
+    providers_dir = _host_path(grafana, "/etc/grafana/provisioning/dashboards")
+    providers = [
+        p for f in providers_dir.glob("*.yml") for p in yaml.safe_load(f.read_text())["providers"]
+    ]
+    assert providers and all(p["type"] == "file" for p in providers)
+    files = [f for p in providers for f in _host_path(grafana, p["options"]["path"]).glob("*.json")]
+    assert files == [ROOT / "deploy" / "grafana" / "dashboards" / "interest-stream.json"]
+    dashboard = json.loads(files[0].read_text())
+    assert dashboard["uid"] and dashboard["schemaVersion"] >= 39
+    uid = next(s["uid"] for s in _provisioned_datasources(grafana) if s["type"] == "prometheus")
+    panels = [p for p in _panels(dashboard) if p["type"] != "row"]
+    assert len(panels) >= 20
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": uid}, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == uid and target["expr"], panel["title"]
+
+
+def test_promtool_accepts_the_config_and_the_rules(promtool_bin):
+    for args in (
+        ["check", "config", "deploy/prometheus.yml"],  # also checks the rule files it names
+        ["check", "rules", "deploy/alerts.yml"],
+    ):
+        out = subprocess.run(
+            [promtool_bin, *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_alert_rules_fire_on_what_they_are_about(promtool_bin):
+    # tests/alerts_test.yml: each alert on synthetic series, firing and quiet.
+    out = subprocess.run(
+        [promtool_bin, "test", "rules", "tests/alerts_test.yml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout

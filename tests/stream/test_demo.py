@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from stream.broker import free_port
 from stream.config import BOOTSTRAP_ENV
 
 
@@ -63,6 +64,7 @@ def test_demo_on_a_given_cluster_keeps_to_its_own_topics_and_group(kafka_bootstr
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     before = set(admin.list_topics(timeout=10).topics)
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTEREST_")}
+    port = free_port()
     out = subprocess.run(
         [
             sys.executable,
@@ -72,7 +74,7 @@ def test_demo_on_a_given_cluster_keeps_to_its_own_topics_and_group(kafka_bootstr
             "--seconds",
             "5",
             "--metrics-port",
-            "0",
+            str(port),
             "--bootstrap-servers",
             kafka_bootstrap,
         ],
@@ -87,6 +89,10 @@ def test_demo_on_a_given_cluster_keeps_to_its_own_topics_and_group(kafka_bootstr
     tag = re.search(r"with topics (interest-demo-[0-9a-f]{8})\.\* and group \1", out.stderr)
     assert tag, out.stderr
     assert re.search(r"summary: \d+ events published", out.stdout)
+    # How to watch the worker without Grafana.
+    url = f"http://localhost:{port}/metrics"
+    assert f"worker metrics: {url} " in out.stderr
+    assert f"interest-stream top --url {url})" in out.stderr
     after = set(admin.list_topics(timeout=10).topics)
     assert "interest.events" not in after - before
     assert not {t for t in after if t.startswith(tag.group(1))}

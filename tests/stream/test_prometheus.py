@@ -8,12 +8,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from stream.broker import free_port
 from stream.publish import Publisher
 from stream.runtime import Worker
-from tests.conftest import require_tool
 from tests.stream.helpers import (
     TinyPopularity,
     make_events,
@@ -21,11 +18,6 @@ from tests.stream.helpers import (
     running_worker,
     wait_for,
 )
-
-
-@pytest.fixture
-def prometheus_bin() -> str:
-    return require_tool("prometheus")
 
 
 def _start_prometheus(binary: str, target: str, workdir: Path) -> tuple[subprocess.Popen, str]:
