@@ -104,13 +104,13 @@ def test_freeze_stops_learning_but_states_still_move() -> None:
     assert views.states[user].n_events > n_user
 
 
-def test_sampled_softmax_path_for_large_catalogues_still_learns() -> None:
-    # max_full_softmax below the catalogue size forces sampled + in-batch negatives.
+def test_candidate_path_for_large_catalogues_still_learns() -> None:
+    # exhaustive_rows below the catalogue size forces candidates + sampled negatives.
     events = list(
         SyntheticStream(seed=12, n_users=150, n_categories=8, items_per_category=25, n_events=5000)
     )
     models = {
-        "sampled": InterestModel(seed=0, max_full_softmax=50, n_negatives=64),
+        "sampled": InterestModel(seed=0, exhaustive_rows=50, n_negatives=64),
         "popular": create_model("popular"),
     }
     reports = evaluate_models(models, events[:1000], events[1000:], batch_size=32)
