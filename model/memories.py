@@ -56,8 +56,6 @@ N_STAGES = 8
 CAT_DECAY = 0.6
 # Candidates per user, by source (before duplicates are removed).
 KNN_CANDIDATES = 200
-KNN_COL_POWER = 1
-KNN_SHORT = 0
 TRENDING = 50
 POPULAR = 50
 PER_STAGE = 50
@@ -189,21 +187,16 @@ class CountMemories:
         """int64[B, C] rows worth ranking per user (-1 padded; no repeats, no excluded rows)."""
         b = ctx.rows.shape[0]
         zero = np.zeros(1, dtype=np.int64)
+        # Neighbours ranked by the knn_l feature itself (popularity-normalised columns).
         counts, _ = self.pop_l.stored()  # pop_l never fades: stored values are counts
-        w_knn = self._knn_weights(ctx)
         knn, _ = self.cooc.top_items(
             ctx.rows,
-            w_knn[:, 1],
+            self._knn_weights(ctx)[:, 1],
             KNN_CANDIDATES,
             ctx.exclude,
             counts,
-            KNN_COL_POWER * self.knn_norm,
+            self.knn_norm,
         )
-        if KNN_SHORT:
-            knn_s, _ = self.cooc.top_items(
-                ctx.rows, w_knn[:, 0], KNN_SHORT, ctx.exclude, counts, KNN_COL_POWER * self.knn_norm
-            )
-            knn = np.concatenate([knn, knn_s], axis=1)
         shared = np.concatenate(
             [self.trending.top_many(zero, TRENDING)[0], self.popular.top_many(zero, POPULAR)[0]],
             axis=1,
