@@ -227,7 +227,9 @@ class CountMemories:
         """
         b, c = ctx.rows.shape[0], cols.shape[-1]
         w = self._knn_weights(ctx)
-        if cols.ndim == 1:
+        if cols.ndim == 1 and len(cols) == vocab.n_rows:  # every row, in order: a dense pass
+            knn = self.cooc.weighted_sum(ctx.rows, w, len(cols))
+        elif cols.ndim == 1:
             knn = self.cooc.weighted_sum(ctx.rows, w, 0, cols)
         else:
             knn = self.cooc.scores(ctx.rows, w, cols)
