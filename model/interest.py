@@ -31,11 +31,12 @@ the small blend parameters keep a dense Adam. Catalogues of at most
 ``exhaustive_rows`` item rows are ranked over every item and trained on the
 full softmax instead — the same code with every row as the candidates.
 
-Items unseen for ``expire_days`` are forgotten and their rows reused.
-Memory per item row: 1,164 bytes of embeddings and Adam moments (dim 48)
-plus about 150 bytes of counts and top lists, the vocabulary entry (about
-125 bytes) and the co-occurrence row (8 bytes per stored neighbour, at most
-128): 1.5-2.5 KiB.
+Items unseen for ``expire_days`` (event time) are forgotten and their rows reused.
+Memory per item row: 1,176 bytes of embeddings, Adam moments and step counts
+(dim 48; up to twice that while tables grow by doubling), about 400 bytes of
+counts, top-list entries, vocabulary and scratch, and about 10 bytes per stored
+co-occurrence neighbour (at most ``max_neighbours``): 2.1 KiB per item measured
+with 54,000 long-tail items, 3.5 KiB with 9,000 busy ones (bench/RESULTS.md).
 """
 
 from __future__ import annotations

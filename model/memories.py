@@ -18,9 +18,9 @@ catalogue size:
 * :meth:`CountMemories.features` — the count features of given columns
   (gathers, never full arrays).
 
-Memory per item row: 8 bytes per count (10 counts), 8 per top-list group
-entry (4 indexes), about 17 bytes of co-occurrence header plus 8 bytes per
-stored neighbour (at most ``max_neighbours``, 128 by default; see model/cooc.py).
+Memory per item row: 8 bytes per count (10 counts), 8 per top-list index
+(11 indexes), about 17 bytes of co-occurrence header plus about 10 bytes per
+stored neighbour (at most ``max_neighbours``; see model/cooc.py).
 """
 
 from __future__ import annotations
