@@ -87,10 +87,14 @@ def test_expired_items_leave_nothing_behind_and_their_rows_start_fresh() -> None
     views = _replay(model, _phase(0, old, 20, 1000, seed=1))
     n_old = model.vocab.n_rows
     assert model.tables["emb_out"].steps[:n_old].max() > 5
+    assert model.vocab.categories == [None, "c1"] and model.tables["cat_out"].steps[1] > 5
     phase2 = _phase(100, new, 20, 50, seed=2)
     _replay(model, phase2, views)
     assert set(model.vocab.index) == {ev.item_id for ev in phase2}
     assert model.vocab.n_rows == n_old > len(model.vocab)  # new items took old items' rows
+    # The old category went with its items; the new one took its row, trained afresh.
+    assert model.vocab.categories == [None, "c2"]
+    assert model.tables["cat_out"].steps[1] <= 1
     live = model.vocab.live_rows()
     # Each reused row learnt from one batch at most, and counts only its new item's events.
     assert model.tables["emb_out"].steps[live].max() <= 1
