@@ -6,14 +6,19 @@ prints the mean milliseconds per batch over the first and the last quarter of
 the stream, and events/s over the last quarter. ``--exhaustive-rows`` moves
 the interest model's switch between ranking every item and ranking candidates
 (``0``: always candidates), which is how the default switch was chosen.
+``--memory`` adds the model's bytes per item row by part (arrays and the
+vocabulary's Python objects; the process around it is not counted).
 
     python -m bench.step_cost --items 2000,4000 --exhaustive-rows 0,100000
+    python -m bench.step_cost --items 10000,1000000 --memory
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +28,42 @@ from model.factory import create_model
 from model.step import process_batch
 from model.synthetic import SyntheticStream
 
-__all__ = ["main"]
+__all__ = ["main", "memory_per_row"]
+
+
+def _nbytes(*arrays: Any) -> int:
+    return sum(int(a.nbytes) for a in arrays)
+
+
+def memory_per_row(model: Any) -> dict[str, float]:
+    """Bytes per item row held by ``model``, by part (allocated capacity included)."""
+    rows = max(model.vocab.n_rows, 1)
+    vocab = model.vocab
+    ids = sys.getsizeof(vocab.ids) + sys.getsizeof(vocab.index)
+    ids += sum(sys.getsizeof(i) for i in vocab.ids if i is not None)
+    parts = {
+        "vocabulary": ids + _nbytes(vocab._item_cat, vocab._last_seen, vocab._live),
+        "scratch": _nbytes(model.marks._stamp, model.marks._slot),
+    }
+    memories = getattr(model, "memories", None)
+    if memories is not None:  # the interest model
+        parts["tables"] = sum(
+            _nbytes(t.weight, t.exp_avg, t.exp_avg_sq, t.steps)
+            for name, t in model.tables.items()
+            if not name.startswith("cat")
+        )
+        parts["cooc"] = memories.cooc.memory_bytes()
+        parts["counts"] = sum(c._values.nbytes for c in memories._counts().values())
+        parts["top lists"] = sum(
+            _nbytes(ix._group, ix._members) for ix in memories._indexes().values()
+        )
+        parts["scratch"] += _nbytes(model._changed)
+    elif hasattr(model, "top"):  # popular
+        parts["counts"] = model.counts._values.nbytes
+        parts["top lists"] = _nbytes(model.top._group, model.top._members)
+    out = {k: round(v / rows) for k, v in parts.items()}
+    out["total"] = round(sum(parts.values()) / rows)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--exhaustive-rows", default="", help="interest only: values to try (default: the model's)"
     )
+    p.add_argument("--memory", action="store_true", help="bytes per item row, by part")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     variants: list[dict] = [{}]
@@ -64,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{t[-q:].mean() * 1000:>8.1f} {args.batch / t[-q:].mean():>16,.0f}",
                 flush=True,
             )
+            if args.memory:
+                print(f"{'':>10} bytes per item row: {memory_per_row(model)}", flush=True)
 
 
 if __name__ == "__main__":
