@@ -9,9 +9,9 @@ COPY stream ./stream
 RUN pip install --no-cache-dir . && useradd --system --create-home interest \
     && mkdir -p /var/lib/interest-stream && chown interest /var/lib/interest-stream
 USER interest
-# Compile the co-occurrence loops into numba's cache (~/.cache/numba) at build time, from /
-# so that the installed package (the one the worker imports) is the one compiled.
-RUN cd / && python -c "from model.cooc import warm_up; warm_up()"
+# Compile the co-occurrence and candidate loops into numba's cache (~/.cache/numba) at build
+# time, from / so that the installed package (the one the worker imports) is the one compiled.
+RUN cd / && python -c "from model import cand_kernels, cooc; cooc.warm_up(); cand_kernels.warm_up()"
 EXPOSE 9464
 ENTRYPOINT ["interest-stream"]
 CMD ["worker"]

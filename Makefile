@@ -58,7 +58,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP) jars
-	$(BIN)/python -m bench.throughput $(ARGS)
+	$(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

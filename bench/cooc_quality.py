@@ -1,8 +1,8 @@
 """Recall of the item-kNN baseline with bounded sparse co-occurrence vs the dense matrix.
 
 Replays a data set through :class:`model.baselines.SequentialItemKNN` once with
-the old dense :class:`model.signals.CoOccurrence` (exact counts) and once per
-``--neighbours`` value with :class:`model.cooc.SparseCoOccurrence`. Recall@K is
+an exact dense item x item matrix (:class:`DenseCoOccurrence`, the reference)
+and once per ``--neighbours`` value with :class:`model.cooc.SparseCoOccurrence`. Recall@K is
 printed for the first 30% of the scored events (where parameters may be
 chosen) and for the remaining 70% (held out).
 
@@ -19,18 +19,40 @@ import numpy as np
 
 from model.baselines import SequentialItemKNN
 from model.cli import _load
-from model.cooc import SparseCoOccurrence
 from model.evaluate import evaluate_models, split_flurs
-from model.signals import CoOccurrence
 
-__all__ = ["main"]
+__all__ = ["main", "DenseCoOccurrence"]
 
 TUNE_SHARE = 0.3
 
 
+class DenseCoOccurrence:
+    """Exact, undecayed float32[n, n] pair counts: the reference the sparse memory is held to."""
+
+    def __init__(self, size: int) -> None:
+        self._m = np.zeros((size, size), dtype=np.float32)
+
+    @property
+    def n_pairs(self) -> int:
+        return int((self._m > 0).sum())
+
+    def add(self, src: np.ndarray, dst: np.ndarray, weights: np.ndarray, n_events: int) -> None:
+        np.add.at(self._m, (src, dst), np.asarray(weights, dtype=np.float32))
+
+    def forget(self, rows: np.ndarray) -> None:
+        self._m[rows, :] = 0.0
+        self._m[:, rows] = 0.0
+
+    def weighted_sum(self, rows: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
+        """float32[B, K, n]: ``sum_l weights[b, k, l] * M[rows[b, l], :n]`` (-1 rows skipped)."""
+        safe = np.where(rows >= 0, rows, 0)
+        w = np.where(rows[:, None, :] >= 0, weights, 0.0).astype(np.float32)
+        return w @ self._m[safe][:, :, :n]
+
+
 def _variants(neighbours: list[int], exclude_seen: bool) -> dict[str, SequentialItemKNN]:
     dense = SequentialItemKNN(exclude_seen=exclude_seen)
-    dense.cooc = CoOccurrence(None, max_items=1 << 14)  # the old exact matrix, big enough
+    dense.cooc = DenseCoOccurrence(1 << 14)  # big enough for the data sets here
     out = {"dense": dense}
     for m in neighbours:
         out[f"sparse-{m}"] = SequentialItemKNN(exclude_seen=exclude_seen, max_neighbours=m)
@@ -70,8 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         report = evaluate_models({name: model}, warmup, test, k=args.k)[name]
         hits = np.asarray(report.hits, dtype=np.float64)
         cut = int(len(hits) * TUNE_SHARE)
-        cooc = model.cooc
-        pairs = cooc.n_pairs if isinstance(cooc, SparseCoOccurrence) else int((cooc._m > 0).sum())
+        pairs = model.cooc.n_pairs
         print(
             f"{name:<12} {hits[:cut].mean():>17.4f} {hits[cut:].mean():>16.4f} "
             f"{hits.mean():>7.4f} {pairs:>8} {time.perf_counter() - t0:>8.1f}"

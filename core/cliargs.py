@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_kafka_flags", "add_csv_flags"]
+from core.errors import ConfigError
+
+__all__ = ["add_kafka_flags", "add_csv_flags", "add_items_flag", "check_items"]
 
 
 def add_kafka_flags(p: argparse.ArgumentParser) -> None:
@@ -44,3 +46,25 @@ def add_csv_flags(p: argparse.ArgumentParser) -> None:
         metavar="NAME=EVENT,...",
         help="behaviour names to click/favourite/cart/purchase, e.g. pv=click,buy=purchase",
     )
+
+
+def add_items_flag(p: argparse.ArgumentParser) -> None:
+    """``--items N``: the synthetic stream's catalogue size (evaluate, publish, demo)."""
+    p.add_argument(
+        "--items",
+        type=int,
+        metavar="N",
+        help="synthetic stream: a catalogue of N items with Zipf-like popularity "
+        "(default: the small built-in catalogue of about 500 items)",
+    )
+
+
+def check_items(items: int | None, fmt: str = "synthetic") -> int | None:
+    """``--items`` as given, or ConfigError when it makes no sense for ``fmt``."""
+    if items is None:
+        return None
+    if fmt != "synthetic":
+        raise ConfigError("--items is for --format synthetic")
+    if items < 2:
+        raise ConfigError("--items must be at least 2")
+    return items

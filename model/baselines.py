@@ -2,6 +2,9 @@
 
 Both follow the same protocol as every model here (``learn_many`` +
 ``rank_many``) so the evaluator runs them through the very same pure step.
+They score every item row for every user — O(catalogue) per user, fine for
+the evaluation data sets they exist for; the served models (``interest``,
+``popular``) rank bounded candidate lists instead.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 from core.types import Event, UserState
 from model.cooc import DEFAULT_NEIGHBOURS, SparseCoOccurrence
 from model.persist import ModelState
-from model.retrieval import BaseRanker
+from model.retrieval import DEFAULT_EXPIRE_DAYS, BaseRanker
 from model.signals import DecayedCounts, recent_window
 
 __all__ = ["IncrementalMF", "SequentialItemKNN"]
@@ -29,7 +32,7 @@ class IncrementalMF(BaseRanker):
     """
 
     name = "imf"
-    version = "imf-1"
+    version = "imf-2"
 
     def __init__(
         self,
@@ -38,9 +41,17 @@ class IncrementalMF(BaseRanker):
         reg: float = 0.01,
         seed: int = 0,
         exclude_seen: bool = False,
+        expire_days: float | None = DEFAULT_EXPIRE_DAYS,
     ) -> None:
-        self.config = {"dim": dim, "lr": lr, "reg": reg, "seed": seed, "exclude_seen": exclude_seen}
-        super().__init__(exclude_seen)
+        self.config = {
+            "dim": dim,
+            "lr": lr,
+            "reg": reg,
+            "seed": seed,
+            "exclude_seen": exclude_seen,
+            "expire_days": expire_days,
+        }
+        super().__init__(exclude_seen, expire_days)
         self.dim, self.lr, self.reg = dim, lr, reg
         self._rng = np.random.default_rng(seed)
         self._q = np.zeros((0, dim), dtype=np.float64)
@@ -51,8 +62,12 @@ class IncrementalMF(BaseRanker):
 
     def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
         rows = self._add_items(events)
-        if len(self.vocab) > len(self._q):
-            extra = len(self.vocab) - len(self._q)
+        reused = self.vocab.fresh()[0]
+        reused = reused[reused < len(self._q)]  # rows of expired items: a fresh start
+        if reused.size:
+            self._q[reused] = self._rng.normal(0.0, 0.1, (reused.size, self.dim))
+        if self.vocab.n_rows > len(self._q):
+            extra = self.vocab.n_rows - len(self._q)
             self._q = np.vstack([self._q, self._rng.normal(0.0, 0.1, (extra, self.dim))])
         for ev, i in zip(events, rows, strict=True):
             p = self._p.get(ev.user_id)
@@ -82,10 +97,12 @@ class IncrementalMF(BaseRanker):
         self._p = {u: np.array(row, dtype=np.float64) for u, row in zip(users, p, strict=True)}
         self._rng.bit_generator.state = state.meta["rng"]
 
-    def scores(self, user_ids: Sequence[str], states: Sequence[UserState]) -> torch.Tensor:
+    def scores(
+        self, user_ids: Sequence[str], states: Sequence[UserState], cols: np.ndarray | None = None
+    ) -> torch.Tensor:
         zero = np.zeros(self.dim)
         p = np.stack([self._p.get(u, zero) for u in user_ids])
-        return torch.from_numpy((p @ self._q[: len(self.vocab)].T).astype(np.float32))
+        return torch.from_numpy((p @ self._q[: self.vocab.n_rows].T).astype(np.float32))
 
 
 class SequentialItemKNN(BaseRanker):
@@ -102,7 +119,7 @@ class SequentialItemKNN(BaseRanker):
     """
 
     name = "itemknn"
-    version = "itemknn-2"
+    version = "itemknn-3"
 
     def __init__(
         self,
@@ -111,6 +128,7 @@ class SequentialItemKNN(BaseRanker):
         half_life: float | None = None,
         exclude_seen: bool = False,
         max_neighbours: int = DEFAULT_NEIGHBOURS,
+        expire_days: float | None = DEFAULT_EXPIRE_DAYS,
     ) -> None:
         self.config = {
             "window": window,
@@ -118,8 +136,9 @@ class SequentialItemKNN(BaseRanker):
             "half_life": half_life,
             "exclude_seen": exclude_seen,
             "max_neighbours": max_neighbours,
+            "expire_days": expire_days,
         }
-        super().__init__(exclude_seen)
+        super().__init__(exclude_seen, expire_days)
         self.window, self.decay = window, decay
         self.cooc = SparseCoOccurrence(half_life, max_neighbours)
         self.counts = DecayedCounts(half_life)
@@ -155,6 +174,10 @@ class SequentialItemKNN(BaseRanker):
             )
         self.counts.add(rows)
 
+    def _recycle(self, rows: np.ndarray, categories: np.ndarray) -> None:
+        self.cooc.forget(rows)
+        self.counts.forget(rows)
+
     def state_dict(self) -> ModelState:
         state = super().state_dict()
         state.add("cooc", self.cooc.state_dict())
@@ -166,8 +189,10 @@ class SequentialItemKNN(BaseRanker):
         self.cooc.load_state_dict(state.part("cooc"))
         self.counts.load_state_dict(state.part("counts"))
 
-    def scores(self, user_ids: Sequence[str], states: Sequence[UserState]) -> torch.Tensor:
-        n = len(self.vocab)
+    def scores(
+        self, user_ids: Sequence[str], states: Sequence[UserState], cols: np.ndarray | None = None
+    ) -> torch.Tensor:
+        n = self.vocab.n_rows
         cnt = self.counts.values(n).astype(np.float32)
         inv = 1.0 / np.sqrt(np.maximum(cnt, 1e-6))
         pop = cnt / (cnt.max() + 1e-6)

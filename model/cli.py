@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.cliargs import add_csv_flags
+from core.cliargs import add_csv_flags, add_items_flag, check_items
 from core.errors import ConfigError, DataError, InterestStreamError
 from model.datasets import (
     DEFAULT_COLUMNS,
@@ -72,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="torch CPU threads (default 1: the ops are small; threads only contend)",
     )
     p.add_argument("--strict", action="store_true", help="fail on the first bad row")
+    add_items_flag(p)
     add_csv_flags(p)
     p.add_argument(
         "--exclude-seen",
@@ -104,12 +105,13 @@ def load_args(args: argparse.Namespace) -> LoadResult:
 
 
 def _load(args: argparse.Namespace) -> tuple[list, list | None, Any]:
+    items = check_items(getattr(args, "items", None), args.format)
     if args.format == "synthetic":
         from model.synthetic import SyntheticStream
 
         if args.events < 10:
             raise ConfigError("--events must be at least 10")
-        stream = SyntheticStream(seed=args.seed, n_events=args.events)
+        stream = SyntheticStream(seed=args.seed, n_events=args.events, n_items=items)
         return list(stream), None, stream
     loaded = load_args(args)
     return loaded.events, loaded.ratings, None

@@ -264,14 +264,22 @@ class SparseCoOccurrence:
         return out
 
     def top_items(
-        self, rows: np.ndarray, weights: np.ndarray, m: int, exclude: np.ndarray | None = None
+        self,
+        rows: np.ndarray,
+        weights: np.ndarray,
+        m: int,
+        exclude: np.ndarray | None = None,
+        col_counts: np.ndarray | None = None,
+        col_power: float = 0.0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(int64[B, m], float32[B, m]): per user the ``m`` best items by neighbour score.
 
         The score of item i is ``sum_l weights[b, l] * C[rows[b, l], i]``
-        (``weights`` float32[B, L]); only neighbours of the user's rows can
-        score, so this is the kNN candidate source. ``exclude`` int[B, E]
-        (-1 padded) lists rows to leave out. Unfilled places hold -1 and 0.
+        (``weights`` float32[B, L]), times ``max(col_counts[i], 1) ** -col_power``
+        when ``col_counts`` (float64[n], e.g. item counts) is given; only
+        neighbours of the user's rows can score, so this is the kNN candidate
+        source. ``exclude`` int[B, E] (-1 padded) lists rows to leave out.
+        Unfilled places hold -1 and 0.
         """
         rows, w = self._users(rows, np.asarray(weights)[:, None, :])
         b = w.shape[0]
@@ -294,6 +302,8 @@ class SparseCoOccurrence:
             ex,
             m,
             self._slot,
+            np.zeros(0) if col_counts is None else np.asarray(col_counts, dtype=np.float64),
+            0.0 if col_counts is None else float(col_power),
             items,
             scores,
         )

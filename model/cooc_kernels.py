@@ -19,6 +19,7 @@ import numpy as np
 __all__ = [
     "CACHED",
     "UNIT",
+    "compile_loop",
     "add_pairs",
     "candidate_scores",
     "dense_scores",
@@ -31,7 +32,7 @@ __all__ = [
 UNIT = 4  # smallest block; every block size is a multiple of it
 
 
-def _compile(fn):
+def compile_loop(fn):
     """``njit`` with an on-disk cache when numba finds a writable place for one.
 
     numba raises RuntimeError at decoration time when neither the source's
@@ -247,9 +248,13 @@ def _select(values, items, m, out_items, out_scores):
     return order.shape[0]
 
 
-def _top_items(start, length, nbr, val, rows, w, exclude, m, slot, out_items, out_scores):
-    """Per user, the ``m`` items with the largest ``sum_l w[b, l] * C[rows[b, l], i]``.
+def _top_items(
+    start, length, nbr, val, rows, w, exclude, m, slot, col_counts, col_power, out_items, out_scores
+):
+    """Per user, the ``m`` items with the largest ``sum_l w[b, l] * C[rows[b, l], i] * s_i``.
 
+    ``s_i = max(col_counts[i], 1) ** -col_power`` (1 for items past the end of
+    ``col_counts``), e.g. a cosine normalisation by popularity.
     Items in ``exclude[b]`` (-1 padded) are left out; ``slot`` as in
     :func:`_candidate_scores`. Unused places keep item -1, score 0.
     """
@@ -282,6 +287,11 @@ def _top_items(start, length, nbr, val, rows, w, exclude, m, slot, out_items, ou
                     acc[t] = 0.0
                     nt += 1
                 acc[t] += w[b, li] * val[j]
+        if col_power != 0.0:
+            for t in range(nt):
+                i = items[t]
+                if i < col_counts.shape[0]:
+                    acc[t] *= max(col_counts[i], 1.0) ** -col_power
         for e in range(exclude.shape[1]):
             x = exclude[b, e]
             if 0 <= x < slot.shape[0] and slot[x] >= 0:
@@ -334,14 +344,14 @@ def _forget_rows(start, length, klass, nbr, val, free, dead):
         length[r] = kept
 
 
-_alloc = _compile(_alloc)
-_uniform = _compile(_uniform)
-_release = _compile(_release)
-_select = _compile(_select)
-add_pairs = _compile(_add_pairs)
-lookup_pairs = _compile(_lookup_pairs)
-candidate_scores = _compile(_candidate_scores)
-dense_scores = _compile(_dense_scores)
-top_items = _compile(_top_items)
-top_neighbours = _compile(_top_neighbours)
-forget_rows = _compile(_forget_rows)
+_alloc = compile_loop(_alloc)
+_uniform = compile_loop(_uniform)
+_release = compile_loop(_release)
+_select = compile_loop(_select)
+add_pairs = compile_loop(_add_pairs)
+lookup_pairs = compile_loop(_lookup_pairs)
+candidate_scores = compile_loop(_candidate_scores)
+dense_scores = compile_loop(_dense_scores)
+top_items = compile_loop(_top_items)
+top_neighbours = compile_loop(_top_neighbours)
+forget_rows = compile_loop(_forget_rows)

@@ -17,80 +17,54 @@ a learned blend of
 
 Each feature has a weight ``alpha_f + beta_f * cold(user)`` with
 ``cold = 1 / (1 + n_events / 3)``: the cold-start blend is learnt, so users
-with few events lean on trending items and categories. Everything is trained
-by one Adam step per micro-batch on the next-item softmax (all items, or
-sampled + in-batch negatives for large catalogues), events weighted
-purchase > favourite > cart > click; the count memories are updated after it.
+with few events lean on trending items and categories.
+
+Cost per event does not depend on the catalogue. Each user is ranked over a
+bounded candidate list (:meth:`model.memories.CountMemories.candidates`: recent
+items, their co-occurrence neighbours, trending, popular and same-stage items,
+top items of the user's categories), features are gathered for those columns
+only, and training is one step per micro-batch on the next-item softmax over
+the same candidates plus shared sampled and in-batch negatives, events weighted
+purchase > favourite > cart > click. Item and category embeddings are
+:class:`~model.rowtable.RowTable` rows updated only where a batch touched them;
+the small blend parameters keep a dense Adam. Catalogues of at most
+``exhaustive_rows`` item rows are ranked over every item and trained on the
+full softmax instead — the same code with every row as the candidates.
+
+Items unseen for ``expire_days`` (event time) are forgotten and their rows reused.
+Memory per item row: 1,176 bytes of embeddings, Adam moments and step counts
+(dim 48; up to twice that while tables grow by doubling), about 400 bytes of
+counts, top-list entries, vocabulary and scratch, and about 10 bytes per stored
+co-occurrence neighbour (at most ``max_neighbours``): 2.1 KiB per item measured
+with 54,000 long-tail items, 3.5 KiB with 9,000 busy ones (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from core.types import EVENT_INDEX, Event, UserState
+from model.memories import EVENT_WEIGHTS, Context, CountMemories, stage
 from model.persist import ModelState
-from model.retrieval import BaseRanker
-from model.signals import CoOccurrence, DecayedCounts
+from model.retrieval import DEFAULT_EXPIRE_DAYS, BaseRanker, RowMarks, pad_rows
+from model.rowtable import RowTable
 
-__all__ = ["InterestModel", "FEATURES", "EVENT_WEIGHTS"]
+__all__ = ["InterestModel", "FEATURES", "EVENT_WEIGHTS", "EXHAUSTIVE_ROWS"]
 
 FEATURES: tuple[str, ...] = ("emb", "knn_s", "knn_l", "cat", "pop_s", "pop_l", "pop_b")
-# Training weight of each event type, in EVENT_TYPES order (click, favourite, cart, purchase).
-EVENT_WEIGHTS = np.array([1.0, 2.0, 1.5, 3.0], dtype=np.float32)
-N_STAGES = 8
-_PARAM_NAMES = (
-    "emb_in",
-    "emb_out",
-    "bias",
-    "cat_in",
-    "cat_out",
-    "type_w",
-    "decay",
-    "lt_gain",
-    "alpha",
-    "beta",
-)
-# Per-event decay of the category-share feature. 0.7 -> 0.6 halves the synthetic
-# adaptation lag (median 3 -> 2 events) at no measurable cost in recall.
-CAT_DECAY = 0.6
-
-
-def _stage(n_events: int) -> int:
-    """Experience bucket on a log scale: 0, 1, 2-3, 4-7, ..., 64+ events."""
-    return min(int(n_events).bit_length(), N_STAGES - 1)
-
-
-@dataclass(slots=True)
-class _Context:
-    """A batch of user contexts; B users, L recent slots (padded on the left)."""
-
-    rows: np.ndarray  # int64[B, L] item rows (0 where padded)
-    mask: np.ndarray  # bool[B, L] True for real items
-    types: np.ndarray  # int64[B, L] event type index
-    ages: np.ndarray  # float32[B, L] 0 for the newest event
-    lt: np.ndarray  # float32[B, d] long-term vectors
-    cold: np.ndarray  # float32[B] cold-start factor in (0, 1]
-    stage: np.ndarray  # int64[B] experience bucket of the user (see _stage)
-    exclude: list[list[int]]  # per user, item rows never to list (only when training)
-
-    def take(self, idx: np.ndarray) -> _Context:
-        """The contexts of users ``idx`` only."""
-        return _Context(
-            self.rows[idx],
-            self.mask[idx],
-            self.types[idx],
-            self.ages[idx],
-            self.lt[idx],
-            self.cold[idx],
-            self.stage[idx],
-            [self.exclude[i] for i in idx] if self.exclude else [],
-        )
+# Up to this many item rows, every item is a candidate and training uses the
+# full softmax (bench/RESULTS.md, "Catalogue scale", has the cost of both paths).
+EXHAUSTIVE_ROWS = 2048
+# Co-occurrence neighbours kept per item. ML-100K (FluRS, Recall@10, seed 0): 128 -> 0.2002,
+# 256 -> 0.2025, 4,096 (exact) -> 0.2021; synthetic stream: no difference.
+NEIGHBOURS = 256
+_TABLES = ("emb_in", "emb_out", "bias", "cat_in", "cat_out")
+_DENSE = ("type_w", "decay", "lt_gain", "alpha", "beta")
+_Leaves = list[tuple[RowTable, np.ndarray, torch.Tensor]]
 
 
 class InterestModel(BaseRanker):
@@ -103,7 +77,7 @@ class InterestModel(BaseRanker):
     """
 
     name = "interest"
-    version = "interest-2"
+    version = "interest-3"
 
     def __init__(
         self,
@@ -115,108 +89,76 @@ class InterestModel(BaseRanker):
         knn_decay: tuple[float, float] = (0.6, 0.95),
         exclude_seen: bool = False,
         fine_tune: bool = True,
-        max_full_softmax: int = 20000,
-        n_negatives: int = 2048,
-        max_items: int = 8192,
         knn_norm: float = 0.5,
         stage_half_life: float | None = 2000.0,
         blend_lr: float | None = 0.05,
+        exhaustive_rows: int = EXHAUSTIVE_ROWS,
+        n_negatives: int = 512,
+        max_neighbours: int = NEIGHBOURS,
+        expire_days: float | None = DEFAULT_EXPIRE_DAYS,
     ) -> None:
         # Constructor arguments as given, so the model can be cloned or snapshotted.
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.config["knn_decay"] = list(knn_decay)  # JSON-able, as a snapshot stores it
-        super().__init__(exclude_seen)
-        self.seed, self.dim, self.window, self.lr = seed, dim, window, lr
-        self.knn_decay = tuple(knn_decay)
-        self.knn_norm = knn_norm
+        super().__init__(exclude_seen, expire_days)
+        self.seed, self.dim, self.window = seed, dim, window
         self.fine_tune = fine_tune
         self.frozen = False
-        self.max_full_softmax, self.n_negatives = max_full_softmax, n_negatives
+        self.exhaustive_rows, self.n_negatives = exhaustive_rows, n_negatives
         self._gen = torch.Generator().manual_seed(seed)
         self._rng = np.random.default_rng(seed)
-        self.cooc = CoOccurrence(None, max_items)
-        self.pop_s = DecayedCounts(short_half_life)
-        # Popularity among users at the same stage (how many events they have):
-        # newcomers pick from what other newcomers pick, not what regulars pick.
-        self.pop_b = [DecayedCounts(stage_half_life) for _ in range(N_STAGES)]
-        self.pop_l = DecayedCounts(None)
-        self._cap, self._cat_cap = 0, 0
-        self.emb_in = nn.Parameter(torch.empty(0, dim))
-        self.emb_out = nn.Parameter(torch.empty(0, dim))
-        self.bias = nn.Parameter(torch.empty(0))
-        self.cat_in = nn.Parameter(torch.empty(0, dim))
-        self.cat_out = nn.Parameter(torch.empty(0, dim))
+        self._cat_marks = RowMarks()
+        self.memories = CountMemories(
+            short_half_life, stage_half_life, tuple(knn_decay), knn_norm, max_neighbours
+        )
+        self.cooc, self.pop_l = self.memories.cooc, self.memories.pop_l
+        self.batches = 0  # learning steps so far: the clock of :meth:`changed_rows`
+        self._changed = np.zeros(0, dtype=np.int64)
+        scale = 0.1 / np.sqrt(dim)
+        self.tables = {
+            name: RowTable(
+                1 if name == "bias" else dim, 0.0 if name == "bias" else scale, lr, self._gen
+            )
+            for name in _TABLES
+        }
+        self._ensure()
+        self.tables["cat_in"].reset(np.zeros(1, dtype=np.int64))  # row 0: "unknown category"
+        self.tables["cat_out"].reset(np.zeros(1, dtype=np.int64))
         self.type_w = nn.Parameter(torch.log(torch.from_numpy(EVENT_WEIGHTS.copy())))
         self.decay = nn.Parameter(torch.tensor(0.3))
         self.lt_gain = nn.Parameter(torch.tensor(0.5))
-        n_f = len(FEATURES)
-        self.alpha = nn.Parameter(torch.tensor([1.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0])[:n_f])
-        self.beta = nn.Parameter(torch.zeros(n_f))
-        params = self._params()
-        # Group 0 holds the growing tables (see _grow); the blend may learn at its own pace.
-        groups: list[dict[str, Any]] = [
-            {"params": params[:5]},
-            {"params": params[5:], "lr": lr if blend_lr is None else blend_lr},
-        ]
-        self._opt = torch.optim.Adam(groups, lr=lr)
-        self._grow(256, 64)
+        self.alpha = nn.Parameter(torch.tensor([1.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0]))
+        self.beta = nn.Parameter(torch.zeros(len(FEATURES)))
+        self._opt = torch.optim.Adam(self._dense(), lr=lr if blend_lr is None else blend_lr)
 
     # parameters ---------------------------------------------------------------------
-    def _params(self) -> list[nn.Parameter]:
-        """The trained parameters, in :data:`_PARAM_NAMES` order."""
-        return [
-            self.emb_in,
-            self.emb_out,
-            self.bias,
-            self.cat_in,
-            self.cat_out,
-            self.type_w,
-            self.decay,
-            self.lt_gain,
-            self.alpha,
-            self.beta,
-        ]
+    @property
+    def emb_in(self) -> torch.Tensor:
+        return self.tables["emb_in"].weight
 
-    def _grow(self, n_items: int, n_cats: int) -> None:
-        """Make room for ``n_items`` item rows and ``n_cats`` category rows.
+    @property
+    def emb_out(self) -> torch.Tensor:
+        return self.tables["emb_out"].weight
 
-        Tables double; Adam's moments are padded with zeros so training goes on.
-        """
+    def _dense(self) -> list[nn.Parameter]:
+        return [self.type_w, self.decay, self.lt_gain, self.alpha, self.beta]
 
-        def bigger(cur: int, need: int) -> int:
-            size = max(cur, 1)
-            while size < need:
-                size *= 2
-            return size
+    def _params(self) -> list[torch.Tensor]:
+        """Every trained tensor: the tables' weights, then the dense parameters."""
+        return [t.weight for t in self.tables.values()] + list(self._dense())
 
-        new_cap, new_cat = bigger(self._cap, n_items), bigger(self._cat_cap, n_cats)
-        if new_cap == self._cap and new_cat == self._cat_cap:
-            return
-        scale = 0.1 / np.sqrt(self.dim)
-        plan = [
-            ("emb_in", new_cap, scale),
-            ("emb_out", new_cap, scale),
-            ("bias", new_cap, 0.0),
-            ("cat_in", new_cat, scale),
-            ("cat_out", new_cat, scale),
-        ]
-        for name, rows, std in plan:
-            old: nn.Parameter = getattr(self, name)
-            extra = rows - old.shape[0]
-            if extra <= 0:
-                continue
-            fresh = torch.randn((extra, *old.shape[1:]), generator=self._gen) * std
-            new = nn.Parameter(torch.cat([old.data, fresh]))
-            state = self._opt.state.pop(old, None)
-            if state:
-                for key in ("exp_avg", "exp_avg_sq"):
-                    pad = torch.zeros((extra, *old.shape[1:]))
-                    state[key] = torch.cat([state[key], pad])
-                self._opt.state[new] = state
-            group = self._opt.param_groups[0]["params"]
-            group[[p is old for p in group].index(True)] = new
-            setattr(self, name, new)
-        self._cap, self._cat_cap = new_cap, new_cat
+    def _ensure(self) -> None:
+        n, nc = self.vocab.n_rows, self.vocab.n_categories
+        for name, table in self.tables.items():
+            table.ensure(nc if name.startswith("cat") else n)
+        if len(self._changed) < self.tables["emb_in"].capacity:
+            grown = np.zeros(self.tables["emb_in"].capacity, dtype=np.int64)
+            grown[: len(self._changed)] = self._changed
+            self._changed = grown
+
+    def changed_rows(self, since: int) -> np.ndarray:
+        """Item rows whose embeddings or counts changed after learning step ``since``."""
+        return np.flatnonzero(self._changed[: self.vocab.n_rows] > since)
 
     def freeze(self, keep_memories: bool = False) -> None:
         """Stop learning from the stream (``keep_memories``: only the optimiser stops)."""
@@ -224,28 +166,24 @@ class InterestModel(BaseRanker):
         self.frozen = not keep_memories
 
     # persistence (see model.persist) ------------------------------------------------
-    def _count_memories(self) -> dict[str, DecayedCounts]:
-        return {
-            "pop_s": self.pop_s,
-            "pop_l": self.pop_l,
-            **{f"pop_b{i}": c for i, c in enumerate(self.pop_b)},
-        }
-
     def state_dict(self) -> ModelState:
-        """Parameters, Adam moments, count memories, vocabulary and random states."""
+        """Tables with their moments, dense parameters and Adam, count memories, random states."""
         state = super().state_dict()
-        for name, param in zip(_PARAM_NAMES, self._params(), strict=True):
+        n, nc = self.vocab.n_rows, self.vocab.n_categories
+        for name, table in self.tables.items():
+            state.add(name, table.state_dict(nc if name.startswith("cat") else n))
+        for name, param in zip(_DENSE, self._dense(), strict=True):
             state.arrays[f"param.{name}"] = param.detach().numpy().copy()
             for key, value in self._opt.state.get(param, {}).items():
                 state.arrays[f"adam.{name}.{key}"] = value.detach().numpy().copy()
-        state.add("cooc", self.cooc.state_dict())
-        for name, counts in self._count_memories().items():
-            state.add(name, counts.state_dict())
+        state.add("memories", self.memories.state_dict())
+        state.arrays["changed"] = self._changed[:n].copy()
         state.arrays["rng.torch"] = self._gen.get_state().numpy().copy()
         state.meta.update(
             {
                 "fine_tune": self.fine_tune,
                 "frozen": self.frozen,
+                "batches": self.batches,
                 "rng.numpy": self._rng.bit_generator.state,
             }
         )
@@ -253,14 +191,14 @@ class InterestModel(BaseRanker):
 
     def load_state_dict(self, state: ModelState) -> None:
         super().load_state_dict(state)
+        for name, table in self.tables.items():
+            table.load_state_dict(state.part(name))
+        self._ensure()
         arrays = state.arrays
-        self._grow(arrays["param.emb_in"].shape[0], arrays["param.cat_in"].shape[0])
-        for name, param in zip(_PARAM_NAMES, self._params(), strict=True):
+        for name, param in zip(_DENSE, self._dense(), strict=True):
             value = torch.from_numpy(np.array(arrays[f"param.{name}"]))
             if value.shape != param.shape:
-                raise ValueError(
-                    f"{name} has shape {tuple(value.shape)}, the model {tuple(param.shape)}"
-                )
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, not {tuple(param.shape)}")
             with torch.no_grad():
                 param.copy_(value)
             moments = {
@@ -270,24 +208,24 @@ class InterestModel(BaseRanker):
             }
             if moments:
                 self._opt.state[param] = moments
-        self.cooc.load_state_dict(state.part("cooc"))
-        for name, counts in self._count_memories().items():
-            counts.load_state_dict(state.part(name))
+        self.memories.load_state_dict(state.part("memories"))
+        changed = np.asarray(arrays["changed"], dtype=np.int64)
+        self._changed[: len(changed)] = changed
         self._gen.set_state(torch.from_numpy(np.array(arrays["rng.torch"])))
         self._rng.bit_generator.state = state.meta["rng.numpy"]
         self.fine_tune, self.frozen = bool(state.meta["fine_tune"]), bool(state.meta["frozen"])
+        self.batches = int(state.meta["batches"])
 
     # user context ---------------------------------------------------------------
-    def _context(self, states: Sequence[UserState], training: bool = False) -> _Context:
-        """Pack the users' recent windows into padded arrays (see :class:`_Context`)."""
+    def _context(self, states: Sequence[UserState]) -> Context:
+        """Pack the users' recent windows into padded arrays (see :class:`Context`)."""
         b, L, d = len(states), self.window, self.dim
         rows = np.full((b, L), -1, dtype=np.int64)
         types = np.zeros((b, L), dtype=np.int64)
         lt = np.zeros((b, d), dtype=np.float32)
         cold = np.empty(b, dtype=np.float32)
-        stage = np.empty(b, dtype=np.int64)
+        stages = np.empty(b, dtype=np.int64)
         index = self.vocab.index
-        exclude: list[list[int]] = []
         for i, st in enumerate(states):
             recent = st.recent_items[-L:]
             if recent:
@@ -297,85 +235,121 @@ class InterestModel(BaseRanker):
             if st.long_term.shape == (d,):
                 lt[i] = st.long_term
             cold[i] = 1.0 / (1.0 + st.n_events / 3.0)
-            stage[i] = _stage(st.n_events)
-            if training:
-                exclude.append(self.excluded_rows(st))
-        # Items the model has not learnt yet (e.g. state restored elsewhere) are
+            stages[i] = stage(st.n_events)
+        # Items the model does not know (expired, or state restored elsewhere) are
         # padding, but they still count for the age of older items.
         mask = rows >= 0
-        rows[~mask] = 0
         ages = np.broadcast_to(np.arange(L - 1, -1, -1, dtype=np.float32), (b, L)).copy()
-        return _Context(rows, mask, types, ages, lt, cold, stage, exclude)
+        exclude = pad_rows([self.excluded_rows(st) for st in states])
+        return Context(rows, mask, types, ages, lt, cold, stages, exclude)
 
-    def _count_features(self, ctx: _Context, cols: np.ndarray | None) -> torch.Tensor:
-        """float32[B, C, 5]: knn_s, knn_l, cat, pop_s, pop_l (no gradient)."""
-        n = len(self.vocab)
-        b = ctx.rows.shape[0]
-        c = n if cols is None else len(cols)
-        occ = self.pop_l.values(n).astype(np.float32)
-        inv = 1.0 / np.sqrt(np.maximum(occ, 1.0))
-        inv_t = inv ** (2 * self.knn_norm)
-        inv_c = inv_t if cols is None else inv_t[cols]
-        decays = np.asarray(self.knn_decay, dtype=np.float32)[None, :, None]
-        base = EVENT_WEIGHTS[ctx.types] * inv[ctx.rows] * ctx.mask  # [B, L]
-        w = base[:, None, :] * np.power(decays, ctx.ages[:, None, :])  # [B, 2, L]
-        knn = self.cooc.weighted_sum(ctx.rows, w, n, cols)  # [B, 2, C]
-        knn *= inv_c
-        knn /= np.maximum(knn.max(axis=2, keepdims=True), 1e-9)
-        cats = self.vocab.item_categories()
-        cat_c = cats if cols is None else cats[cols]
-        # Recency-weighted share of the user's recent events in each category.
-        hist = np.zeros((b, self.vocab.n_categories), dtype=np.float32)
-        w_cat = EVENT_WEIGHTS[ctx.types] * np.power(np.float32(CAT_DECAY), ctx.ages) * ctx.mask
-        np.add.at(
-            hist,
-            (np.repeat(np.arange(b), ctx.rows.shape[1]), cats[ctx.rows].ravel()),
-            w_cat.ravel(),
-        )
-        hist[:, 0] = 0.0  # "unknown category" is no evidence of interest
-        hist /= np.maximum(hist.sum(axis=1, keepdims=True), 1e-9)
-        cat = hist[:, cat_c]
-        pops = []
-        for counts in (self.pop_s, self.pop_l):
-            p = np.log1p(counts.values(n).astype(np.float32))
-            p /= max(float(p.max()), 1e-9)
-            pops.append(np.broadcast_to(p if cols is None else p[cols], (b, c)))
-        by_stage = np.stack([np.log1p(st.values(n).astype(np.float32)) for st in self.pop_b])
-        by_stage /= np.maximum(by_stage.max(axis=1, keepdims=True), 1e-9)
-        pops.append(by_stage[ctx.stage] if cols is None else by_stage[ctx.stage][:, cols])
-        feats = np.stack([knn[:, 0], knn[:, 1], cat, *pops], axis=2)
-        return torch.from_numpy(np.ascontiguousarray(feats))
+    def _columns(self, ctx: Context) -> np.ndarray:
+        """int64[C] every live row (small catalogues) or int64[B, C] candidates per user."""
+        if self.vocab.n_rows <= self.exhaustive_rows:
+            return self.vocab.live_rows()
+        return self.memories.candidates(ctx, self.vocab, self.marks)
 
-    def _logits(self, ctx: _Context, cols: np.ndarray | None) -> torch.Tensor:
-        """float32[B, C] blended scores over items ``cols`` (all items when None)."""
-        return self._blend(ctx, cols, self._emb_scores(ctx, cols))
+    # scoring --------------------------------------------------------------------
+    def _emb_scores(
+        self, ctx: Context, blocks: Sequence[np.ndarray], train: bool
+    ) -> tuple[list[torch.Tensor], _Leaves]:
+        """float32[B, C_k] embedding part of the score for each block of columns.
 
-    def _emb_scores(self, ctx: _Context, cols: np.ndarray | None) -> torch.Tensor:
-        """float32[B, C]: the embedding part alone (attention query . item vector + bias)."""
-        n = len(self.vocab)
-        cats = torch.from_numpy(self.vocab.item_categories())
-        col_t = torch.arange(n) if cols is None else torch.from_numpy(cols)
-        rows = torch.from_numpy(ctx.rows)
+        A block is int64[C] (the same columns for every user) or int64[B, C]
+        (per user, -1: padding). Only the rows and categories that appear are
+        gathered, each table once; with ``train`` the gathered rows are leaves
+        whose gradients :meth:`_step` applies.
+        """
+        n, n_cats = self.vocab.n_rows, self.vocab.n_categories
+        leaves: _Leaves = []
+
+        def gather(name: str, rows: np.ndarray) -> torch.Tensor:
+            out = self.tables[name].gather(rows, grad=train)
+            if train and len(rows):
+                leaves.append((self.tables[name], rows, out))
+            return out
+
+        def vectors(kind: str, rows: np.ndarray) -> torch.Tensor:
+            # E[r] + C[cat r] for distinct ``rows``.
+            ucat, cpos = self._cat_marks.dense_ids(self.vocab.categories_of(rows), n_cats)
+            return gather(f"emb_{kind}", rows) + gather(f"cat_{kind}", ucat)[torch.from_numpy(cpos)]
+
         mask = torch.from_numpy(ctx.mask)
         att = self.type_w[torch.from_numpy(ctx.types)] - nn.functional.softplus(
             self.decay
         ) * torch.from_numpy(ctx.ages)
         att = torch.softmax(att.masked_fill(~mask, -1e9), dim=1) * mask  # [B, L]
-        ctx_vec = self.emb_in[rows] + self.cat_in[cats[rows]]  # [B, L, d]
-        q = (att.unsqueeze(2) * ctx_vec).sum(1) + self.lt_gain * torch.from_numpy(ctx.lt)
-        items = self.emb_out[col_t] + self.cat_out[cats[col_t]]  # [C, d]
-        return q @ items.T + self.bias[col_t]
+        q = self.lt_gain * torch.from_numpy(ctx.lt)
+        u_in, pos_in = self.marks.dense_ids(ctx.rows, n)
+        if len(u_in):
+            ctx_vec = vectors("in", u_in)[torch.from_numpy(np.maximum(pos_in, 0))]  # [B, L, d]
+            q = q + (att.unsqueeze(2) * ctx_vec).sum(1)
+        b = ctx.rows.shape[0]
+        u_out, pos = self.marks.dense_ids(np.concatenate([c.ravel() for c in blocks]), n)
+        if len(u_out) == 0:
+            return [torch.zeros((b, c.shape[-1])) for c in blocks], leaves
+        vec_out = vectors("out", u_out)
+        bias = gather("bias", u_out)[:, 0]
+        out: list[torch.Tensor] = []
+        lo = 0
+        for cols in blocks:
+            p = torch.from_numpy(np.maximum(pos[lo : lo + cols.size], 0).reshape(cols.shape))
+            lo += cols.size
+            if cols.ndim == 1:
+                out.append(q @ vec_out[p].T + bias[p])
+            else:
+                out.append(torch.bmm(vec_out[p], q.unsqueeze(2)).squeeze(2) + bias[p])
+        return out, leaves
 
-    def _blend(self, ctx: _Context, cols: np.ndarray | None, emb: torch.Tensor) -> torch.Tensor:
-        feats = torch.cat([emb.unsqueeze(2), self._count_features(ctx, cols)], dim=2)
-        cold = torch.from_numpy(ctx.cold).unsqueeze(1)
-        weights = self.alpha + cold * self.beta  # [B, F]
-        return (feats * weights.unsqueeze(1)).sum(2)
+    def _logits(
+        self, ctx: Context, blocks: Sequence[np.ndarray], train: bool = False
+    ) -> tuple[torch.Tensor, _Leaves]:
+        """float32[B, sum C_k] blended scores of the blocks of columns, side by side.
+
+        Blocks and the rows to step as in :meth:`_emb_scores`.
+        """
+        embs, leaves = self._emb_scores(ctx, blocks, train)
+        weights = (self.alpha + torch.from_numpy(ctx.cold).unsqueeze(1) * self.beta).unsqueeze(1)
+        out = []
+        for cols, emb in zip(blocks, embs, strict=True):
+            counts = torch.from_numpy(self.memories.features(ctx, cols, self.vocab))
+            out.append((torch.cat([emb.unsqueeze(2), counts], dim=2) * weights).sum(2))
+        return torch.cat(out, dim=1), leaves
 
     # ranking --------------------------------------------------------------------
-    def scores(self, user_ids: Sequence[str], states: Sequence[UserState]) -> torch.Tensor:
+    def rank_many(
+        self, user_ids: Sequence[str], states: Sequence[UserState], k: int
+    ) -> list[list[tuple[str, float]]]:
+        """Top-``k`` (item_id, score) per user, over their candidates; never an excluded item."""
+        if not user_ids or len(self.vocab) == 0:
+            return [[] for _ in user_ids]
+        ctx = self._context(states)
+        cols = self._columns(ctx)
         with torch.no_grad():
-            return self._logits(self._context(states), None)
+            scores, _ = self._logits(ctx, [cols])
+        b = len(states)
+        cand = np.broadcast_to(cols, (b, cols.shape[-1]))
+        keep = self.marks.keep(cand, ctx.exclude, self.vocab.n_rows)
+        return self._top(scores, cand, keep, k)
+
+    def _top(
+        self, scores: torch.Tensor, cand: np.ndarray, keep: np.ndarray, k: int
+    ) -> list[list[tuple[str, float]]]:
+        masked = scores.masked_fill(~torch.from_numpy(keep), float("-inf"))
+        vals, idx = torch.topk(masked, min(k, masked.shape[1]), dim=1)
+        picked = np.take_along_axis(cand, idx.numpy(), axis=1)
+        ids = self.vocab.ids
+        return [
+            [(str(ids[r]), v) for r, v in zip(rows, values, strict=True) if v != float("-inf")]
+            for rows, values in zip(picked.tolist(), vals.tolist(), strict=True)
+        ]
+
+    def scores(
+        self, user_ids: Sequence[str], states: Sequence[UserState], cols: np.ndarray | None = None
+    ) -> torch.Tensor:
+        ctx = self._context(states)
+        with torch.no_grad():
+            return self._logits(ctx, [self.vocab.live_rows() if cols is None else cols])[0]
 
     def update_state(self, state: UserState, ev: Event) -> None:
         """Move the user's long-term vector towards the item just touched (EMA)."""
@@ -384,10 +358,10 @@ class InterestModel(BaseRanker):
         row = self.vocab.index.get(ev.item_id)
         if row is None:  # unknown until learnt: never let an event shape its own score
             return
-        # numpy views share memory with the parameters (Adam updates in place);
-        # a torch op per event would cost more than the whole update.
-        emb_in, cat_in = self.emb_in.detach().numpy(), self.cat_in.detach().numpy()
-        vec = emb_in[row] + cat_in[self.vocab.item_categories()[row]]
+        # numpy views share memory with the tables; a torch op per event would
+        # cost more than the whole update.
+        emb_in, cat_in = self.emb_in.numpy(), self.tables["cat_in"].weight.numpy()
+        vec = emb_in[row] + cat_in[self.vocab.categories_of(np.array(row))]
         rate = max(1.0 / max(state.n_events, 1), 0.02)
         state.long_term += np.float32(rate) * (vec - state.long_term)
 
@@ -402,23 +376,17 @@ class InterestModel(BaseRanker):
             return []
         ctx = self._context(states)
         index = self.vocab.index
-        k = max((len(r) for r in lists), default=0)
-        listed = np.zeros((len(states), max(k, 1)), dtype=np.int64)
-        valid = np.zeros_like(listed, dtype=bool)
-        for i, ranked in enumerate(lists):
-            rows = [index[item] for item, _ in ranked if item in index]
-            listed[i, : len(rows)] = rows
-            valid[i, : len(rows)] = True
+        listed = pad_rows([[index[i] for i, _ in ranked if i in index] for ranked in lists])
         # contrib[u, l] = sum over u's listed items of the co-occurrence with recent item l
         pair = self.cooc.pairs(ctx.rows[:, :, None], listed[:, None, :])  # [U, L, K]
-        contrib = (pair * valid[:, None, :]).sum(2) * ctx.mask  # [U, L]
+        contrib = (pair * (listed >= 0)[:, None, :]).sum(2) * ctx.mask  # [U, L]
         ids = self.vocab.ids
         out: list[tuple[str, ...]] = []
         for i in range(len(states)):
             order = np.argsort(-contrib[i], kind="stable")
-            picked = [ids[ctx.rows[i, j]] for j in order if contrib[i, j] > 0]
+            picked = [str(ids[ctx.rows[i, j]]) for j in order if contrib[i, j] > 0]
             if not picked and ctx.mask[i].any():
-                picked = [ids[ctx.rows[i, np.flatnonzero(ctx.mask[i])[-1]]]]
+                picked = [str(ids[ctx.rows[i, np.flatnonzero(ctx.mask[i])[-1]]])]
             out.append(tuple(dict.fromkeys(picked))[:3])
         return out
 
@@ -427,65 +395,67 @@ class InterestModel(BaseRanker):
         """One optimiser step on the batch's next-item softmax, then update memories."""
         if self.frozen:
             return
+        self._expire(events)
         index = self.vocab.index
         known = np.fromiter((ev.item_id in index for ev in events), dtype=bool, count=len(events))
         rows = self._add_items(events)
-        self._grow(len(self.vocab), self.vocab.n_categories)
-        ctx = self._context(before, training=self.fine_tune)
+        self._ensure()
+        fresh, fresh_cats = self.vocab.fresh()
+        for name, table in self.tables.items():
+            table.reset(fresh_cats if name.startswith("cat") else fresh)
+        self.batches += 1
+        ctx = self._context(before)
         if self.fine_tune and known.any():
             # Items first seen in this batch have no trained row yet: no target.
             idx = np.flatnonzero(known)
             self._step(ctx.take(idx), rows[idx], [EVENT_INDEX[events[int(i)].event] for i in idx])
-        self._remember(events, rows, before, ctx)
+        weights = EVENT_WEIGHTS[[EVENT_INDEX[ev.event] for ev in events]]
+        self.memories.remember(rows, ctx, weights, self.vocab)
+        self._changed[rows] = self.batches
 
-    def _step(self, ctx: _Context, targets: np.ndarray, types: list[int]) -> None:
-        n = len(self.vocab)
-        if n <= self.max_full_softmax:
-            cols, tgt = None, targets
-        else:
-            sampled = self._rng.integers(0, n, self.n_negatives)
-            cols, inverse = np.unique(np.concatenate([targets, sampled]), return_inverse=True)
-            tgt = inverse[: len(targets)]
-        logits = self._logits(ctx, cols)
-        if cols is None:
-            logits = _mask(logits, ctx.exclude, tgt)
-        loss = _ce(logits, tgt, types)
+    def _train_blocks(
+        self, ctx: Context, targets: np.ndarray
+    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """Columns of the training softmax (blocks), each user's target column, the keep mask.
+
+        Small catalogues: one block, every live row (the full softmax).
+        Otherwise a per-user block (int64[B, C]: the target first, then the
+        user's candidates) and a block of negatives shared by the batch
+        (int64[S]: other users' targets and uniform draws). The mask (bool[B, C + S])
+        drops padding, repeats and excluded items except the target.
+        """
+        b = len(targets)
+        n = self.vocab.n_rows
+        if n <= self.exhaustive_rows:
+            cols = self.vocab.live_rows()
+            tgt = np.searchsorted(cols, targets)
+            keep = self.marks.keep(np.broadcast_to(cols, (b, len(cols))), ctx.exclude, n)
+            keep[np.arange(b), tgt] = True
+            return [cols], tgt, keep
+        cand = self.memories.candidates(ctx, self.vocab, self.marks)
+        own = np.concatenate([targets[:, None], cand], axis=1)
+        draws = self._rng.integers(0, n, self.n_negatives)
+        shared = np.unique(np.concatenate([targets, draws[self.vocab.live()[draws]]]))
+        if len(shared) > self.n_negatives:
+            shared = np.sort(self._rng.choice(shared, self.n_negatives, replace=False))
+        every = np.concatenate([own, np.broadcast_to(shared, (b, len(shared)))], axis=1)
+        keep = self.marks.keep(every, ctx.exclude, n, keep_first=True)
+        return [own, shared], np.zeros(b, dtype=np.int64), keep
+
+    def _step(self, ctx: Context, targets: np.ndarray, types: list[int]) -> None:
+        blocks, tgt, keep = self._train_blocks(ctx, targets)
+        logits, leaves = self._logits(ctx, blocks, train=True)
+        loss = _ce(logits.masked_fill(~torch.from_numpy(keep), -1e9), tgt, types)
         self._opt.zero_grad(set_to_none=True)
         loss.backward()
         self._opt.step()
+        for table, rows, leaf in leaves:
+            table.step(rows, leaf.grad)
+            if table is self.tables["emb_out"] or table is self.tables["emb_in"]:
+                self._changed[rows] = self.batches
 
-    def _remember(
-        self, events: Sequence[Event], rows: np.ndarray, before: Sequence[UserState], ctx: _Context
-    ) -> None:
-        # Pair each event's item with the user's recent items, weighted by age.
-        bi, li = np.nonzero(ctx.mask & (ctx.rows != rows[:, None]))
-        src, dst = ctx.rows[bi, li], rows[bi]
-        w = np.power(np.float32(self.knn_decay[1]), ctx.ages[bi, li])
-        self.cooc.add(
-            np.concatenate([src, dst]),
-            np.concatenate([dst, src]),
-            np.concatenate([w, w]),
-            len(events),
-        )
-        weights = EVENT_WEIGHTS[[EVENT_INDEX[ev.event] for ev in events]]
-        self.pop_s.add(rows, weights)
-        stages = ctx.stage
-        for b, counts in enumerate(self.pop_b):
-            # Every bucket's clock advances with every event, so half-lives agree.
-            counts.add(rows, (stages == b).astype(np.float64))
-        self.pop_l.add(rows)
-
-
-def _mask(logits: torch.Tensor, exclude: list[list[int]], tgt: np.ndarray) -> torch.Tensor:
-    """``logits`` with excluded items (except each row's target) pushed to -1e9."""
-    bi = [i for i, rows in enumerate(exclude) for _ in rows]
-    if not bi:
-        return logits
-    ri = [r for rows in exclude for r in rows]
-    block = torch.zeros(logits.shape, dtype=torch.bool)
-    block[torch.tensor(bi), torch.tensor(ri)] = True
-    block[torch.arange(len(tgt)), torch.from_numpy(tgt)] = False
-    return logits.masked_fill(block, -1e9)
+    def _recycle(self, rows: np.ndarray, categories: np.ndarray) -> None:
+        self.memories.forget(rows)
 
 
 def _ce(logits: torch.Tensor, tgt: np.ndarray, types: Sequence[int]) -> torch.Tensor:

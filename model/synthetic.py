@@ -12,11 +12,18 @@ The ground truth is public: :meth:`SyntheticStream.current_interest` and the
 switch log :attr:`SyntheticStream.switches` let the evaluator measure how many
 events a model needs to follow a switch. Everything derives from ``seed``;
 iterating again replays the same stream from the start.
+
+``n_items=N`` builds a catalogue of N items instead (the scale benchmark's
+knob): about :data:`ITEMS_PER_CATEGORY` items per category (at least
+``n_categories`` categories) and Zipf-like popularity inside each category —
+the item of popularity rank r is picked with probability about 1 / (r ln n).
+Without it the stream is the small default one, unchanged.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections import deque
 from collections.abc import Iterator
@@ -24,11 +31,13 @@ from dataclasses import dataclass, field
 
 from core.types import Event
 
-__all__ = ["SyntheticStream", "Switch", "EVENT_RATES"]
+__all__ = ["SyntheticStream", "Switch", "EVENT_RATES", "ITEMS_PER_CATEGORY"]
 
 # Relative rates of behaviours in e-commerce logs: many clicks, few purchases.
 EVENT_RATES: dict[str, float] = {"click": 0.80, "favourite": 0.06, "cart": 0.10, "purchase": 0.04}
 _START_TS_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+# With ``n_items``: categories of about this many items, as in a shop's leaf categories.
+ITEMS_PER_CATEGORY = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +65,8 @@ class SyntheticStream:
     ``n_events=None`` makes the stream endless. ``switch_prob`` is the chance
     that a session starts with a new current interest; ``focus`` is the share
     of events on the current interest. :attr:`switches` keeps the newest
-    ``switch_log`` switches.
+    ``switch_log`` switches. ``n_items`` sets the catalogue size (see the
+    module docstring; it overrides ``items_per_category``).
     """
 
     def __init__(
@@ -75,9 +85,15 @@ class SyntheticStream:
         new_user_prob: float = 0.002,
         mean_gap_ms: float = 40.0,
         switch_log: int = 200_000,
+        n_items: int | None = None,
     ) -> None:
         if n_users < 1 or n_categories < 2 or items_per_category < 1:
             raise ValueError("need at least 1 user, 2 categories and 1 item per category")
+        if n_items is not None:
+            if n_items < 2:
+                raise ValueError("need at least 2 items")
+            n_categories = max(2, min(n_items, max(n_categories, n_items // ITEMS_PER_CATEGORY)))
+        self.n_items = n_items
         self.seed = seed
         self.n_users = n_users
         self.n_categories = n_categories
@@ -130,8 +146,12 @@ class SyntheticStream:
             return uid
 
         for c in range(self.n_categories):
-            for _ in range(self.items_per_category):
+            size = self.items_per_category
+            if self.n_items is not None:  # spread N over the categories, the first ones +1
+                size = self.n_items // self.n_categories + (c < self.n_items % self.n_categories)
+            for _ in range(size):
                 new_item(c)
+        pick = _pick if self.n_items is None else _pick_zipf
         for _ in range(self.n_users):
             new_user()
 
@@ -182,7 +202,7 @@ class SyntheticStream:
                     c = rng.choice(user.taste)
                 else:
                     c = rng.randrange(self.n_categories)
-                item = _pick(rng, catalogue[c])
+                item = pick(rng, catalogue[c])
                 if kind == "purchase" and item in user.purchased:
                     kind = "click"
             if kind == "click":
@@ -206,3 +226,12 @@ def _pick(rng: random.Random, items: list[str]) -> str:
     if len(items) > 5 and rng.random() < 0.15:
         return items[-1 - int(rng.random() * 5)]
     return items[int(len(items) * rng.random() ** 2.5)]
+
+
+def _pick_zipf(rng: random.Random, items: list[str]) -> str:
+    """Zipf(1) choice inside a category (rank r with probability ~ 1 / (r ln n)),
+    with the newest items trending as in :func:`_pick`."""
+    if len(items) > 5 and rng.random() < 0.15:
+        return items[-1 - int(rng.random() * 5)]
+    # floor(n ** u) for uniform u is log-uniform on [1, n]: the continuous Zipf(1).
+    return items[min(int(math.exp(rng.random() * math.log(len(items)))), len(items)) - 1]

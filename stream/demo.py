@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from core.cliargs import add_kafka_flags
+from core.cliargs import add_items_flag, add_kafka_flags, check_items
 from core.errors import InterestStreamError
 
 __all__ = ["register", "run_demo"]
@@ -107,7 +107,7 @@ def _run(settings: Any, args: argparse.Namespace, stop: threading.Event) -> tupl
     from stream.publish import Publisher
     from stream.runtime import Worker
 
-    stream = SyntheticStream(seed=args.seed)
+    stream = SyntheticStream(seed=args.seed, n_items=args.items)
     screen = _Screen(stream)
     # The worker creates the topics before it is assigned; publishing waits for that.
     worker = Worker(settings, build_model=create_serving_model, registry=CollectorRegistry())
@@ -200,6 +200,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from stream.broker import EmbeddedBroker
     from stream.config import settings_from_args
 
+    check_items(args.items)  # a bad --items is one line, before anything starts
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -259,6 +260,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--forever", action="store_true", help="run until Ctrl-C")
     p.add_argument("--rate", type=float, default=300.0, help="events per second (default 300)")
     p.add_argument("--seed", type=int, default=0, help="synthetic stream seed")
+    add_items_flag(p)
     p.add_argument(
         "--metrics-port", dest="metrics_port", type=int, help="metrics port (default 9464, 0 = off)"
     )

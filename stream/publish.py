@@ -47,16 +47,18 @@ def event_source(
     seed: int = 0,
     column_map: Mapping[str, str] | None = None,
     event_map: Mapping[str, str] | None = None,
+    n_items: int | None = None,
 ) -> Iterable[Event]:
     """Events of a file (time order) or the endless synthetic drift stream.
 
     ``column_map``/``event_map`` rename CSV columns and behaviour names
     (see :func:`model.datasets.load_events`); skipped rows are reported on stderr.
+    ``n_items`` sizes the synthetic catalogue (default: the built-in one).
     """
     if fmt == "synthetic":
         from model.synthetic import SyntheticStream
 
-        return SyntheticStream(seed=seed)
+        return SyntheticStream(seed=seed, n_items=n_items)
     if fmt not in SOURCES:
         raise ConfigError(f"unknown format {fmt!r} (choose from {', '.join(SOURCES)})")
     if data is None:

@@ -110,13 +110,33 @@ class Rebalancer:
         part = task.part
         if self.store.partitions().get((part.topic, part.partition)) is not part:
             return  # revoked meanwhile
-        tp = TopicPartition(part.topic, part.partition, self.start_offset(consumer, part))
-        if tp.offset == OFFSET_INVALID:
-            tp.offset = OFFSET_STORED  # nothing restored: the group's offset, else the start
-        consumer.seek(tp)
+        tp = TopicPartition(part.topic, part.partition, self._offset(consumer, part))
+        # Assigned again at the restored offset (a paused partition that has never
+        # fetched cannot be sought: the client says "erroneous state"), then resumed.
+        if self.eager:
+            current = [
+                TopicPartition(t.topic, t.partition, self._offset(consumer, p))
+                for t in consumer.assignment()
+                if t.partition != part.partition
+                and (p := self.store.partitions().get((t.topic, t.partition))) is not None
+            ]
+            consumer.assign([*current, tp])
+            still = [t for t in current if self.restorer.restoring(t.partition)]
+            if still:
+                consumer.pause(still)
+        else:
+            consumer.incremental_unassign([TopicPartition(part.topic, part.partition)])
+            consumer.incremental_assign([tp])
         consumer.resume([TopicPartition(part.topic, part.partition)])
         self.metrics.users_in_state.labels(str(part.partition)).set(part.user_count())
         log.info("%s: restored, reading from %s", part.name, tp.offset)
+
+    def _offset(self, consumer: Consumer, part: StorePartition) -> int:
+        """Where to read ``part`` from: the stored offset + 1, else the group's offset."""
+        if self.restorer.restoring(part.partition):
+            return OFFSET_STORED  # still paused: sought when restored
+        offset = self.start_offset(consumer, part)
+        return OFFSET_STORED if offset == OFFSET_INVALID else offset
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self.commit_on_revoke:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -41,6 +42,8 @@ from stream.config import Settings
 from stream.events import decode_recommendation
 
 __all__ = ["tail", "format_list"]
+
+_METADATA_WAIT_S = 5.0  # how long a just-created topic may take to have leaders
 
 _POLL_S = 0.2
 _BATCH = 500
@@ -184,10 +187,21 @@ class _Reader:
         return good
 
     def _partitions(self) -> list[int]:
-        try:
-            meta = self.consumer.list_topics(self.topic, timeout=10).topics[self.topic]
-        except KafkaException as exc:
-            raise self._unreachable(exc) from None
+        # A topic created a moment ago may have no leaders yet: ask again for a while.
+        deadline = time.monotonic() + _METADATA_WAIT_S
+        while True:
+            try:
+                meta = self.consumer.list_topics(self.topic, timeout=10).topics[self.topic]
+            except KafkaException as exc:
+                raise self._unreachable(exc) from None
+            ready = (
+                meta.error is None
+                and meta.partitions
+                and all(p.leader >= 0 for p in meta.partitions.values())
+            )
+            if ready or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         if meta.error is not None or not meta.partitions:
             raise KafkaClientError(
                 f"topic {self.topic} not found at {self.bootstrap}: start a worker "

@@ -18,7 +18,7 @@ import sys
 import threading
 from typing import Any
 
-from core.cliargs import add_csv_flags, add_kafka_flags
+from core.cliargs import add_csv_flags, add_items_flag, add_kafka_flags, check_items
 from core.errors import ConfigError, KafkaClientError
 from model.factory import MODEL_ENV, THREADS_ENV
 from stream.config import GUARANTEES, settings_from_args
@@ -104,6 +104,7 @@ def _publish(args: argparse.Namespace) -> int:
         args.data,
         column_map=parse_mapping(args.columns, "--columns", tuple(DEFAULT_COLUMNS)),
         event_map=parse_mapping(args.event_map, "--event-map"),
+        n_items=check_items(args.items, args.format),
     )
     stop = threading.Event()
     _install_stop_handlers(stop)
@@ -176,6 +177,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="events per second (default: as fast as the broker takes them)",
     )
     p.add_argument("--limit", type=int, metavar="N", help="stop after N events")
+    add_items_flag(p)
     add_csv_flags(p)
     p.set_defaults(func=_publish)
 

@@ -73,3 +73,25 @@ def test_incremental_mf_separates_two_taste_groups() -> None:
     process_batch([_ev("fresh", "a", t + 1), _ev("fresh", "b", t + 2)] * 10, views, model, k=2)
     top = {i for i, _ in model.rank("fresh", views.states["fresh"], 2)}
     assert top == {"c", "d"}
+
+
+def test_popular_from_its_top_list_ranks_like_a_full_scan() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    stream = [
+        Event(f"u{rng.integers(50)}", f"i{int(3000 * rng.random() ** 3)}", "click", i)
+        for i in range(6000)
+    ]
+    full, top = MostPopular(exclude_seen=True), MostPopular(exclude_seen=True, exhaustive_rows=0)
+    views = MemoryStates()
+    for i in range(0, len(stream), 500):
+        process_batch(stream[i : i + 500], views, full, score=False)
+        process_batch(stream[i : i + 500], MemoryStates(), top, score=False)
+    assert top.vocab.n_rows > 1000 and top.candidates([], []) is not None
+    users = sorted(views.states)
+    states = [views.states[u] for u in users]
+    lists = zip(full.rank_many(users, states, 10), top.rank_many(users, states, 10), strict=True)
+    for (a, b), st in zip(lists, states, strict=True):
+        assert [s for _, s in a] == [s for _, s in b]  # the same counts (ties may swap items)
+        assert not {i for i, _ in b} & set(st.seen)

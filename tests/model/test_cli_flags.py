@@ -76,6 +76,7 @@ def test_evaluate_reads_a_csv_through_column_and_event_maps(csv_file, tmp_path, 
         (["--event-map", "pv=look"], "unknown event type 'look'"),
         (["--json", "/nonexistent-dir/r.json"], "not a writable directory"),
         (["--plot", "/nonexistent-dir/r.png"], "not a writable directory"),
+        (["--items", "1000"], "--items is for --format synthetic"),
     ],
 )
 def test_evaluate_mistakes_are_one_line(csv_file, capsys, extra, message):
@@ -83,3 +84,13 @@ def test_evaluate_mistakes_are_one_line(csv_file, capsys, extra, message):
     err = capsys.readouterr().err
     assert code != 0
     assert message in err and "Traceback" not in err
+
+
+def test_evaluate_on_a_synthetic_catalogue_of_a_given_size(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    args = ["evaluate", "--format", "synthetic", "--events", "600", "--items", "20000"]
+    code = main([*args, "--models", "popular", "--json", str(out)])
+    assert code == 0
+    assert json.loads(out.read_text())["events_tested"] == 600
+    assert main([*args[:-1], "1"]) != 0
+    assert "--items must be at least 2" in capsys.readouterr().err

@@ -234,6 +234,25 @@ def test_top_items_are_the_dense_top_among_neighbours() -> None:
         assert (items[b, len(order) :] == -1).all()
 
 
+def test_top_items_with_column_normalisation_are_the_dense_top() -> None:
+    n = 120
+    co, dense = _both(n_items=n, limit=128, batches=10)
+    rng = np.random.default_rng(6)
+    rows, w3 = _users(rng, n, b=5, L=8, k=1)
+    w = w3[:, 0]
+    counts = rng.uniform(0.0, 50.0, n - 10)  # the last 10 items have no count: scale 1
+    items, scores = co.top_items(rows, w, 10, col_counts=counts, col_power=0.5)
+    scale = np.ones(n)
+    scale[: n - 10] = np.maximum(counts, 1.0) ** -0.5
+    for b in range(5):
+        real = rows[b] >= 0
+        s = (w[b, real] @ dense.m[rows[b, real]]) * scale
+        order = np.argsort(-s, kind="stable")[:10]
+        order = order[s[order] > 0]
+        np.testing.assert_array_equal(items[b, : len(order)], order)
+        np.testing.assert_allclose(scores[b, : len(order)], s[order], rtol=1e-5)
+
+
 def test_pairs_and_top_neighbours_read_the_stored_weights() -> None:
     n = 50
     co, dense = _both(n_items=n, limit=64, batches=5)

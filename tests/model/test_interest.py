@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from core.types import Event, UserState
 from model.evaluate import MemoryStates, evaluate_models
 from model.factory import create_model
-from model.interest import InterestModel
+from model.interest import EXHAUSTIVE_ROWS, InterestModel
 from model.step import process_batch
 from model.synthetic import SyntheticStream
+
+# Every row a candidate (small catalogues), or the bounded candidate lists of large ones.
+PATHS = pytest.mark.parametrize(
+    "exhaustive_rows", [EXHAUSTIVE_ROWS, 0], ids=["exhaustive", "candidates"]
+)
 
 
 def test_learns_planted_interests_clearly_above_popular() -> None:
@@ -36,8 +42,9 @@ def test_same_seed_same_lists() -> None:
     assert run() == run()
 
 
-def test_cold_start_user_gets_trending_items() -> None:
-    model = InterestModel(seed=0)
+@PATHS
+def test_cold_start_user_gets_trending_items(exhaustive_rows: int) -> None:
+    model = InterestModel(seed=0, exhaustive_rows=exhaustive_rows)
     views = MemoryStates()
     hot = [Event(f"u{i}", "hot", "click", i, "c1") for i in range(40)]
     cold = [Event(f"v{i}", f"item{i}", "click", 100 + i, "c2") for i in range(20)]
@@ -46,8 +53,9 @@ def test_cold_start_user_gets_trending_items() -> None:
     assert top[0][0] == "hot"
 
 
-def test_new_item_rides_on_its_category() -> None:
-    model = InterestModel(seed=0)
+@PATHS
+def test_new_item_rides_on_its_category(exhaustive_rows: int) -> None:
+    model = InterestModel(seed=0, exhaustive_rows=exhaustive_rows)
     views = MemoryStates()
     t = 0
     batch = []
@@ -104,13 +112,13 @@ def test_freeze_stops_learning_but_states_still_move() -> None:
     assert views.states[user].n_events > n_user
 
 
-def test_sampled_softmax_path_for_large_catalogues_still_learns() -> None:
-    # max_full_softmax below the catalogue size forces sampled + in-batch negatives.
+def test_candidate_path_for_large_catalogues_still_learns() -> None:
+    # exhaustive_rows below the catalogue size forces candidates + sampled negatives.
     events = list(
         SyntheticStream(seed=12, n_users=150, n_categories=8, items_per_category=25, n_events=5000)
     )
     models = {
-        "sampled": InterestModel(seed=0, max_full_softmax=50, n_negatives=64),
+        "sampled": InterestModel(seed=0, exhaustive_rows=50, n_negatives=64),
         "popular": create_model("popular"),
     }
     reports = evaluate_models(models, events[:1000], events[1000:], batch_size=32)
@@ -119,8 +127,9 @@ def test_sampled_softmax_path_for_large_catalogues_still_learns() -> None:
     assert torch.isfinite(models["sampled"].alpha).all()
 
 
-def test_explanation_names_the_recent_items_behind_the_list() -> None:
-    model, views = InterestModel(seed=0), MemoryStates()
+@PATHS
+def test_explanation_names_the_recent_items_behind_the_list(exhaustive_rows: int) -> None:
+    model, views = InterestModel(seed=0, exhaustive_rows=exhaustive_rows), MemoryStates()
     t = 0
     batch = []
     for u in range(40):  # "a" is always followed by "b" and "c"; "z" is a loner

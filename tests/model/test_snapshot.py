@@ -56,11 +56,12 @@ def test_unreadable_snapshots_are_one_clear_error(tmp_path: Path) -> None:
         load_snapshot(bad)
     with pytest.raises(DataError, match="cannot read model snapshot"):
         load_snapshot(tmp_path / "missing.safetensors")
-    data = model_to_bytes(create_model("popular"))
+    popular = create_model("popular")
+    data = model_to_bytes(popular)
     with pytest.raises(DataError):
         model_from_bytes(data[: len(data) // 2])
     # A snapshot of another version of the model is refused, not half loaded.
-    older = data.replace(b"popular-nodecay-1", b"popular-nodecay-0")
+    older = data.replace(popular.version.encode(), b"popular-nodecay-0")
     assert older != data
     with pytest.raises(DataError, match="cannot be loaded into"):
         model_from_bytes(older)

@@ -61,3 +61,25 @@ def test_switch_log_matches_current_interest_and_events_follow_it() -> None:
 def test_endless_stream_is_a_lazy_generator() -> None:
     head = list(itertools.islice(iter(SyntheticStream(seed=0)), 100_000))
     assert len(head) == 100_000
+
+
+def test_a_catalogue_of_any_size_with_zipf_like_popularity() -> None:
+    stream = SyntheticStream(seed=1, n_users=2000, n_items=50_000, n_events=20_000)
+    events = list(stream)
+    assert stream.n_categories == 50  # about 1,000 items per category
+    assert stream.item_category("i0") == "c0" and stream.item_category("i49999") == "c49"
+    counts = Counter(e.item_id for e in events)
+    top = sorted(counts.values(), reverse=True)
+    assert len(counts) > 5_000  # the long tail is visited
+    # A Zipf-like head: the top 1% of items seen take far more than 1% of the events.
+    assert sum(top[: len(top) // 100]) > 0.1 * len(events)
+    # Still a drift stream: events follow the users' interests.
+    assert all(e.category for e in events)
+    assert list(SyntheticStream(seed=1, n_users=2000, n_items=50_000, n_events=500)) == events[:500]
+
+
+def test_the_default_stream_ignores_the_catalogue_code_path() -> None:
+    a = list(SyntheticStream(seed=7, n_events=3000))
+    b = list(SyntheticStream(seed=7, n_events=3000, n_items=None))
+    assert a == b
+    assert len({e.item_id for e in a}) < 600

@@ -43,8 +43,22 @@ def _kcat_publish(
     for ev in events:
         key, value = encode_event(ev)
         lines.append(key + b"\t" + value)
+    # Idempotence keeps each partition in the order sent even when a request is retried
+    # under load; it does not change which partition a key goes to.
     out = subprocess.run(
-        [kcat, "-P", "-b", bootstrap, "-t", topic, "-K", "\t", *extra],
+        [
+            kcat,
+            "-P",
+            "-b",
+            bootstrap,
+            "-t",
+            topic,
+            "-K",
+            "\t",
+            "-X",
+            "enable.idempotence=true",
+            *extra,
+        ],
         input=b"\n".join(lines) + b"\n",
         capture_output=True,
         timeout=60,

@@ -160,6 +160,35 @@ def test_publish_needs_data_for_files():
     _one_clear_line(proc, "--data")
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--format", "synthetic", "--items", "1"], "--items must be at least 2"),
+        (
+            ["--format", "csv", "--data", "x.csv", "--items", "100"],
+            "--items is for --format synthetic",
+        ),
+    ],
+)
+def test_publish_items_mistakes_are_one_line(extra, message):
+    _one_clear_line(_run(["publish", "--bootstrap-servers", "127.0.0.1:9", *extra]), message)
+
+
+def test_publish_a_synthetic_catalogue_of_a_given_size(kafka_bootstrap, unique_topics):
+    topics = unique_topics(partitions=1)
+    kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap)
+    ensure_topics(kafka, topic_specs(topics))
+    args = ["publish", "--bootstrap-servers", kafka_bootstrap, "--format", "synthetic"]
+    proc = _run(
+        [*args, "--items", "200000", "--limit", "300"],
+        env={"INTEREST_TOPIC_EVENTS": topics.events},
+    )
+    assert proc.returncode == 0, proc.stderr
+    items = {json.loads(m.value())["item_id"] for m in read_topic(kafka, topics.events)}
+    # Item ids run up to the catalogue size (the default catalogue has about 500 items).
+    assert len(items) > 200 and max(int(i[1:]) for i in items) > 10_000
+
+
 def test_tail_prints_lists_for_one_user(kafka_bootstrap, unique_topics):
     topics = unique_topics(partitions=1)
     kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap)
