@@ -59,6 +59,9 @@ def encoder_dir() -> Path | None:
 
 def load_encoder() -> TextEncoder | None:
     """The encoder (loaded once per process and directory), or None when it is not installed."""
+    # Nothing here talks to a model hub; should anything imported later try, it stays offline.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     path = encoder_dir()
     if path is None:
         return None
