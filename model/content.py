@@ -55,6 +55,7 @@ NEIGHBOURS = 32  # content neighbours kept per item
 CANDIDATES = 50  # content candidates per user
 RECENT = 10  # the newest recent items whose neighbours are candidates
 PROFILE_DECAY = 0.8  # per-event decay of a recent item's weight in the content profile
+FRESH_EVENTS = 2.0  # events after which an item is half "fresh" (see ContentPart.score)
 INSTALL_BUDGET = 1024  # vectors installed per model call at most (the rest wait for the next)
 _ENCODE_BATCH = 64
 _CACHE_ITEMS = 50_000  # texts whose vectors the process keeps (float16: 38 MB at most)
@@ -212,10 +213,12 @@ class ContentPart:
         self.item_bias = nn.Parameter(torch.zeros(TEXT_DIM))
         self.alpha = nn.Parameter(torch.tensor(1.0))
         self.beta = nn.Parameter(torch.tensor(0.0))
+        # Weights of the cosine on items few people touched yet, and of their being new.
+        self.fresh_w = nn.Parameter(torch.zeros(2))
         self._opt = torch.optim.Adam(
             [
                 {"params": [self.proj_in, self.proj_out, self.item_bias], "lr": lr},
-                {"params": [self.alpha, self.beta], "lr": blend_lr},
+                {"params": [self.alpha, self.beta, self.fresh_w], "lr": blend_lr},
             ]
         )
 
@@ -416,6 +419,21 @@ class ContentPart:
             parts.append(torch.bmm(vec, prof[lo : lo + step].unsqueeze(2)).squeeze(2))
         return torch.cat(parts)
 
+    def score(
+        self, ctx: Context, cols: np.ndarray, counts: np.ndarray, cold: np.ndarray
+    ) -> torch.Tensor:
+        """float32[B, C] content term of the columns' logits (``counts``: their event counts).
+
+        ``(alpha + beta * cold) * cos + (w0 * cos + w1) * fresh`` with ``cos`` the
+        profile cosine (:meth:`feature`) and ``fresh = 1 / (1 + count / FRESH_EVENTS)``:
+        on items few people touched, what they are about is all there is to go on.
+        """
+        cos = self.feature(ctx, cols)
+        fresh = torch.from_numpy((1.0 / (1.0 + counts / FRESH_EVENTS)).astype(np.float32))
+        if fresh.dim() == 1:
+            fresh = fresh.unsqueeze(0)
+        return self.weight(cold) * cos + (self.fresh_w[0] * cos + self.fresh_w[1]) * fresh
+
     def weight(self, cold: np.ndarray) -> torch.Tensor:
         """float32[B, 1]: the blend weight of the content feature per user."""
         return (self.alpha + torch.from_numpy(cold) * self.beta).unsqueeze(1)
@@ -458,6 +476,7 @@ class ContentPart:
             "item_bias": self.item_bias,
             "alpha": self.alpha,
             "beta": self.beta,
+            "fresh_w": self.fresh_w,
         }
 
     def state_dict(self) -> ModelState:

@@ -330,7 +330,8 @@ class InterestModel(BaseRanker):
             counts = torch.from_numpy(self.memories.features(ctx, cols, self.vocab))
             score = (torch.cat([emb.unsqueeze(2), counts], dim=2) * weights).sum(2)
             if self.content is not None and self.content.active:
-                score = score + self.content.weight(ctx.cold) * self.content.feature(ctx, cols)
+                seen = self.memories.pop_l.at(cols)
+                score = score + self.content.score(ctx, cols, seen, ctx.cold)
             out.append(score)
         return torch.cat(out, dim=1), leaves
 
