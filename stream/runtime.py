@@ -26,6 +26,8 @@ loaded worker answers each event at once; a loaded one fills its batches):
 1. decode every message into a per-partition :class:`~stream.batch.PartitionBatch`;
    bad ones go to the checkpoint as dead letters (reason code in the ``error``
    header, ``source`` = topic/partition/offset, ``detail`` when there is one);
+   user ids become the stored ones here (pseudonyms with a key, see
+   :mod:`stream.privacy`), and erasure requests are taken in;
 2. per partition, the guarded pure step (:mod:`stream.isolation`) against that
    partition's state transaction;
 3. the :class:`~stream.checkpoint.Checkpoint` publishes the lists and commits
@@ -77,6 +79,7 @@ from stream.isolation import ModelError, ModelGuard
 from stream.metrics import MetricsServer, WorkerMetrics
 from stream.placement import Placement
 from stream.preflight import preflight, state_root
+from stream.privacy import UserIds
 from stream.rebalance import Rebalancer, commit_offsets
 from stream.restore import Restorer, RestoreTask
 from stream.snapshots import ModelSnapshots, SnapshotPolicy
@@ -151,7 +154,8 @@ class Worker:
         self._placement = Placement(settings.topics.partitions)
         self._placement_at = 0.0
         self._client_errors: dict[str, tuple[float, int]] = {}  # kind -> (logged at, repeats)
-        self._guard = ModelGuard(settings.worker.k, self._warn_model)
+        self._ids = UserIds.from_config(settings.privacy)
+        self._guard = ModelGuard(settings.worker.k, self._warn_model, log_ids=self._ids.log_ids)
 
     @property
     def restoring(self) -> bool:
@@ -319,7 +323,7 @@ class Worker:
             "%s%s", text, f" (and {repeats} more like it)" if repeats else "", exc_info=exc_info
         )
 
-    def _warn_model(self, kind: str, text: str, exc: BaseException) -> None:
+    def _warn_model(self, kind: str, text: str, exc: BaseException | None) -> None:
         self._warn_throttled(kind, text, exc_info=exc)
 
     # --- one micro-batch ----------------------------------------------------------------
@@ -507,6 +511,7 @@ class Worker:
                 # Revoked during this poll (the new owner re-reads from its stored offset),
                 # or not restored yet (read from the restored offset once it is).
                 continue
+            part.claim_ids(self._ids.scheme)  # never mix plain and pseudonymised ids
             batch = self._decode_partition(part, plist, checkpoint)
             if batch is not None:
                 checkpoint.consumed(batch)
@@ -548,8 +553,7 @@ class Worker:
                 checkpoint.forward(source, home)
                 batch.forwarded += 1
                 continue
-            batch.events.append(decoded)
-            batch.sources.append(source)
+            batch.admit(decoded, source, self._ids)
         return batch
 
     def _commit_offsets(self, parts: list[StorePartition], asynchronous: bool) -> None:
@@ -568,7 +572,14 @@ class Worker:
             m.dead_letters.labels(rejected.reason).inc()
         delivered_ms = checkpoint.delivered_ms
         recs: list[Recommendation] = []
+        m.events_erased.inc(checkpoint.events_erased)
         for part, out in checkpoint.outcomes:
+            for user, had in out.erased:
+                m.users_erased.labels("true" if had else "false").inc()
+                if self._ids.log_ids:
+                    log.info("%s: erased user %s (had a state: %s)", part.name, user, had)
+            if out.erased and not self._ids.log_ids:
+                log.info("%s: erased %d user(s)", part.name, len(out.erased))
             m.events_applied.inc(len(out.applied))
             m.lists_published.inc(len(out.recommendations))
             m.events_scored.inc(out.scored)
@@ -615,6 +626,7 @@ class Worker:
             "dead_letter": t.dead_letter,
             "state": str(location) if location is not None else "memory",
             "guarantee": self.settings.worker.processing_guarantee,
+            "user_ids": "pseudonymised" if self._ids.pseudonymised else "plain",
             "changelog": self.settings.changelog_topic,
             "pid": os.getpid(),
             "model": getattr(self.model, "version", "?"),

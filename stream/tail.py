@@ -11,6 +11,11 @@ Three ways to start:
 - ``from_beginning``: every list still on the topic, then new ones (with
   ``user``: every list of that user).
 
+A tombstone (a key without a value: the user was erased) removes a list: it is
+shown as one line, ``<time> <user> (list removed: user erased)``, and a user
+whose newest record is one has no current list. ``on_list`` callers are not
+given tombstones.
+
 Lists are read ``read_committed`` (exactly-once workers publish them inside
 transactions), with partitions assigned directly: no consumer group joins and
 nothing is committed, so any number of tails can watch a running worker.
@@ -90,6 +95,13 @@ def tail(
         consumer.close()
 
 
+def _removed_line(msg: Message) -> str:
+    _, ms = msg.timestamp()
+    at = datetime.fromtimestamp(max(ms, 0) / 1000, tz=UTC)
+    user = (msg.key() or b"").decode("utf-8", "replace")
+    return f"{at:%H:%M:%S}.{at.microsecond // 1000:03d} {user} (list removed: user erased)"
+
+
 class _Reader:
     """One tail's consumer, output and count."""
 
@@ -126,7 +138,7 @@ class _Reader:
             raise self._unreachable(exc) from None
         self.consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)])
         before = self.shown
-        newest: Message | None = None  # the user's newest list so far
+        newest: Message | None = None  # the user's newest list (or tombstone) so far
         pending: list[Message] = []  # read past the end: new lists, shown after the current
         done = end <= low
         while not done:
@@ -143,10 +155,12 @@ class _Reader:
             # Transaction markers close the log: the position, not the last
             # message's offset, says when everything up to the end was read.
             done = bool(pending) or self.consumer.position([tp])[0].offset >= end
-        if newest is not None:
+        removed = newest is not None and newest.value() is None
+        if newest is not None and not removed:
             self._show(newest)
         if self.shown == before:
-            print(f"(no list for user {user} yet; waiting for one)", file=self.out, flush=True)
+            state = "(it was removed: user erased)" if removed else "yet"
+            print(f"(no list for user {user} {state}; waiting for one)", file=self.out, flush=True)
         for msg in pending:
             self._show_if(msg, key)
         self._follow(key)
@@ -162,7 +176,9 @@ class _Reader:
 
     def _show(self, msg: Message) -> None:
         value = msg.value()
-        if value is None:  # a tombstone deletes a list; there is nothing to show
+        if value is None:  # a tombstone: the user was erased, their list is gone
+            if self.on_list is None:
+                print(_removed_line(msg), file=self.out, flush=True)
             return
         try:
             doc = decode_recommendation(value)
