@@ -41,6 +41,8 @@ class RankingModel(Protocol):
     per user), ``update_state(state, event)`` (model-owned parts of the state,
     e.g. the long-term vector, after :func:`apply_event`) and
     ``explain_many(user_ids, states, lists)`` (the recent items behind each list).
+    A model that keeps anything per user outside the states has
+    ``forget_users(user_ids)``, which the worker calls when users are erased.
     """
 
     version: str
