@@ -127,7 +127,7 @@ class ModelGuard:
             return out
         watched = _Watched(model)
         try:
-            result = process_batch(batch.events, out.txn, watched, self.k)
+            result = process_batch(batch.events, out.txn, watched, self.k, score="held")
         except InterestStreamError:
             raise  # the worker's own trouble (state store, ...): not the events' fault
         except Exception as exc:  # any model bug: the events are retried one by one below
@@ -152,7 +152,7 @@ class ModelGuard:
         latest: dict[str, Recommendation] = {}
         for ev, src in zip(batch.events, batch.sources, strict=True):
             try:
-                result = process_batch([ev], out.txn, model, self.k, learn=learn)
+                result = process_batch([ev], out.txn, model, self.k, score="held", learn=learn)
             except InterestStreamError:
                 raise
             except Exception as exc:  # this event is what the model cannot take
