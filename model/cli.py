@@ -11,11 +11,13 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from core.cliargs import add_csv_flags, add_items_flag, check_items
 from core.errors import ConfigError, DataError, InterestStreamError
+from core.types import StateView
 from model.datasets import (
     DEFAULT_COLUMNS,
     SOURCES,
@@ -24,8 +26,9 @@ from model.datasets import (
     load_events,
     parse_mapping,
 )
-from model.evaluate import PROTOCOLS, evaluate_models, split_flurs
+from model.evaluate import PROTOCOLS, CodecStates, MemoryStates, evaluate_models, split_flurs
 from model.factory import MODEL_NAMES, create_model, model_spec
+from state.codec import Precision
 
 __all__ = ["register", "run", "main", "load_args"]
 
@@ -80,6 +83,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="item metadata (titles, text) for the content encoder: a catalogue in --format "
         "(recbole .item, movielens u.item) or a CSV item,title[,text][,category]; default: "
         "the catalogue beside --data for recbole and movielens; none: no metadata",
+    )
+    p.add_argument(
+        "--state-codec",
+        choices=("float16", "float32"),
+        help="keep user states as the worker stores them, through its state codec, with "
+        "long-term vectors as float16 (the worker's default) or float32 (default: states "
+        "stay in memory, exact)",
     )
     p.add_argument(
         "--exclude-seen",
@@ -176,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
             freeze_after=0 if warmup else int(len(test) * STATIC_TRAIN_SHARE),
             progress=bar.update,
             items=items,
+            states=_state_views(args.state_codec),
         )
     catalogue = len({ev.item_id for ev in [*warmup, *test]})
     result = {
@@ -233,6 +244,13 @@ def _item_metadata(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:
         "encode_seconds": round(seconds, 2),
         "ms_per_item": round(1000 * seconds / max(len(loaded.items), 1), 2),
     }
+
+
+def _state_views(codec: str | None) -> Callable[[], StateView]:
+    if codec is None:
+        return MemoryStates
+    precision: Precision = "float16" if codec == "float16" else "float32"
+    return lambda: CodecStates(precision)
 
 
 def _writable_dir(path: Path) -> bool:
