@@ -77,8 +77,18 @@ def model_to_bytes(model: Persistent) -> bytes:
     return snapshot_bytes(model.name, model.version, model.config, model.state_dict())
 
 
-def snapshot_bytes(name: str, version: str, config: dict[str, Any], state: ModelState) -> bytes:
-    """Safetensors bytes of a model's ``state`` taken earlier (see :func:`model_to_bytes`)."""
+def snapshot_bytes(
+    name: str,
+    version: str,
+    config: dict[str, Any],
+    state: ModelState,
+    extra: dict[str, Any] | None = None,
+) -> bytes:
+    """Safetensors bytes of a model's ``state`` taken earlier (see :func:`model_to_bytes`).
+
+    ``extra`` (JSON-able) is kept in the header as ``extra``: what the caller
+    needs to know about the state (e.g. which shared updates it includes).
+    """
     from safetensors.numpy import save
 
     # np.require keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d).
@@ -90,6 +100,8 @@ def snapshot_bytes(name: str, version: str, config: dict[str, Any], state: Model
         "config": json.dumps(config),
         "meta": json.dumps(state.meta),
     }
+    if extra:
+        header["extra"] = json.dumps(extra)
     return save(arrays, metadata=header)
 
 
