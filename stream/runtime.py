@@ -32,7 +32,10 @@ loaded worker answers each event at once; a loaded one fills its batches):
    outputs, state and offsets in its order (see :mod:`stream.checkpoint`).
 
 The model is saved under the state dir after committed batches and on a clean
-stop, and loaded on start: see :mod:`stream.snapshots`.
+stop, and loaded on start: see :mod:`stream.snapshots`. With model sharing on
+(the default) every batch's checkpoint also carries the model's deltas, and
+between batches the worker adds the other workers' and publishes snapshots to
+the model topic: see :mod:`stream.modelsync`.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ from stream.events import EventValidator, Rejected, decode_event
 from stream.identity import WorkerIdentity
 from stream.isolation import ModelError, ModelGuard
 from stream.metrics import MetricsServer, WorkerMetrics
+from stream.modelsync import ModelSync, Record
 from stream.placement import Placement
 from stream.preflight import preflight, state_root
 from stream.rebalance import Rebalancer, commit_offsets
@@ -152,6 +156,7 @@ class Worker:
         self._placement_at = 0.0
         self._client_errors: dict[str, tuple[float, int]] = {}  # kind -> (logged at, repeats)
         self._guard = ModelGuard(settings.worker.k, self._warn_model)
+        self.sync: ModelSync | None = None  # one model across the group (run() starts it)
 
     @property
     def restoring(self) -> bool:
@@ -171,7 +176,6 @@ class Worker:
             self.model = self._build_model()
         if self.snapshots is not None:
             self.model = self.snapshots.restore(self.model)
-        self.metrics.observe_model(self.model)
         worker_id = self._identity.acquire()
         if self.settings.exactly_once:
             w = self.settings.worker
@@ -181,6 +185,8 @@ class Worker:
         self.stats.started()
         clean = False
         try:
+            self._start_sync(worker_id)
+            self.metrics.observe_model(self.model)
             consumer = self._consumer = self._make_consumer()
             self._outputs = Outputs(self._make_producer(), stop)
             self.metrics_url = server.start().url
@@ -196,17 +202,56 @@ class Worker:
                 committed = self._run_batch()
                 if self.snapshots is not None:
                     self.snapshots.after_batch(self.model, committed)
+            if self.sync is not None:  # what the model learnt since it last shared
+                self.sync.share(self.model, self._commit_records, now=True)
             clean = True
         finally:
             try:
                 self._shutdown()
             finally:
+                if self.sync is not None:
+                    if clean:  # the last snapshot includes this worker's own last deltas
+                        self.sync.drain(self.model)
+                    self.sync.close()
                 if self.snapshots is not None:  # after every batch's state commit
                     self.snapshots.close(self.model, clean)
                 server.stop()
                 self._identity.release()
                 self.stats.finished()
         return self.stats
+
+    def _start_sync(self, worker_id: str) -> None:
+        """Share the model with the group's other workers (when the model can)."""
+        if not self.settings.model_sharing:
+            return
+        self.sync = ModelSync(self.settings, self.metrics, worker_id)
+        snaps = self.snapshots
+        local = snaps.extra if snaps is not None and snaps.loaded else None
+        self.model = self.sync.start(self.model, local)
+        if not self.sync.active:
+            self.sync = None
+        elif self.snapshots is not None:
+            self.snapshots.describe = self.sync.describe
+
+    def _sync_step(self) -> None:
+        """Between batches: add the other workers' deltas; publish a snapshot when due."""
+        if self.sync is not None:
+            owner = (self.settings.topics.events, 0) in self.store.partitions()
+            self.sync.between_batches(self.model, owner, self._commit_records)
+
+    def _commit_records(self, records: list[Record]) -> bool:
+        """Publish ``records`` on their own (one transaction with exactly-once)."""
+        checkpoint = self._checkpoint()
+        for topic, key, value, partition, headers in records:
+            checkpoint.add_record(topic, value, key, partition, headers)
+        try:
+            checkpoint.commit()
+        except (BatchAborted, ProducerFenced, KafkaClientError) as exc:
+            self._warn_throttled("publish", f"model records not published: {exc}")
+            if isinstance(exc, ProducerFenced):
+                self._renew_producer(exc)
+            return False
+        return True
 
     def _make_consumer(self) -> Consumer:
         kafka, w = self.settings.kafka, self.settings.worker
@@ -330,11 +375,14 @@ class Worker:
         assert self._consumer is not None and self._outputs is not None
         assert self.model is not None
         self._restore_step()
+        self._sync_step()
         t0 = time.perf_counter()
         msgs = self._poll(w.batch_max_events, w.batch_max_ms / 1000.0)
         t1 = time.perf_counter()
         m.stage_seconds.labels("poll").observe(t1 - t0)
         if not msgs:
+            if self.sync is not None:  # an idle worker still shares what it learnt
+                self.sync.share(self.model, self._commit_records)
             self._outputs.poll()
             if time.monotonic() - self._lag_at > _LAG_EVERY_S:
                 self._update_lag()
@@ -357,12 +405,17 @@ class Worker:
         m.stage_seconds.labels("step").observe(t3 - t2)
         for part, outcome in outcomes:
             checkpoint.add(part, outcome, generated_at)
+        if self.sync is not None:  # the batch's model deltas commit with its outputs
+            for topic, key, value, partition, headers in self.sync.records(self.model):
+                checkpoint.add_record(topic, value, key, partition, headers)
         t4 = time.perf_counter()
         m.stage_seconds.labels("produce").observe(t4 - t3)
         try:
             checkpoint.commit()
         except (BatchAborted, ProducerFenced) as exc:
             checkpoint.discard()
+            if self.sync is not None:
+                self.sync.aborted()
             self._rewind([batch for _, batch in batches])
             m.transactions.labels("aborted").inc()
             if isinstance(exc, ProducerFenced):
@@ -375,6 +428,8 @@ class Worker:
             self._stop.wait(min(0.05 * 2**self._aborts, 2.0))
             return False
         self._aborts = 0
+        if self.sync is not None:
+            self.sync.committed(self.model)
         t5 = time.perf_counter()
         m.stage_seconds.labels("commit").observe(t5 - t4)
         if self.settings.exactly_once:
@@ -616,6 +671,7 @@ class Worker:
             "state": str(location) if location is not None else "memory",
             "guarantee": self.settings.worker.processing_guarantee,
             "changelog": self.settings.changelog_topic,
+            "model_updates": self.settings.model_updates_topic if self.sync else "off",
             "pid": os.getpid(),
             "model": getattr(self.model, "version", "?"),
             "metrics": self.metrics_url or "off",

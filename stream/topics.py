@@ -17,7 +17,19 @@ from core.errors import ConfigError, KafkaClientError
 from stream.clients import make_client
 from stream.config import KafkaConfig, TopicsConfig
 
-__all__ = ["TopicSpec", "topic_specs", "ensure_topics", "ensure_changelog", "partition_count"]
+__all__ = [
+    "TopicSpec",
+    "topic_specs",
+    "ensure_topics",
+    "ensure_changelog",
+    "ensure_model_topics",
+    "partition_count",
+    "updates_retention_ms",
+]
+
+# Model updates stay at least this long, and at least a dozen snapshot intervals: a
+# worker that starts from the newest snapshot replays what came after it.
+_MIN_UPDATES_RETENTION_MS = 3600 * 1000
 
 log = logging.getLogger("interest_stream.topics")
 
@@ -141,6 +153,53 @@ def ensure_changelog(kafka: KafkaConfig, name: str, events: str, replication: in
         name, n, replication, {"cleanup.policy": "compact", "segment.ms": str(60 * 60 * 1000)}
     )
     return ensure_topics(kafka, [spec])[name]
+
+
+def updates_retention_ms(publish_every_s: int) -> int:
+    """Retention of the model-updates topic for snapshots every ``publish_every_s`` (0: none)."""
+    if publish_every_s <= 0:
+        return 7 * 24 * 3600 * 1000  # no snapshots on the topic: a new worker replays all
+    return max(_MIN_UPDATES_RETENTION_MS, 12 * publish_every_s * 1000)
+
+
+def ensure_model_topics(
+    kafka: KafkaConfig,
+    updates: str,
+    model: str,
+    events: str,
+    replication: int,
+    retention_ms: int,
+) -> None:
+    """Create the model-updates topic (the events topic's partition count, time retention)
+    and the compacted single-partition model topic, when missing."""
+    n = partition_count(kafka, events) or 1
+    segment = str(min(retention_ms // 4, 10 * 60 * 1000))
+    ensure_topics(
+        kafka,
+        [
+            TopicSpec(
+                updates,
+                n,
+                replication,
+                {
+                    "cleanup.policy": "delete",
+                    "retention.ms": str(retention_ms),
+                    "segment.ms": segment,
+                },
+            ),
+            # One partition: the manifest and its chunks are read in the order written.
+            TopicSpec(
+                model,
+                1,
+                replication,
+                {
+                    "cleanup.policy": "compact",
+                    "min.compaction.lag.ms": "0",
+                    "segment.ms": str(10 * 60 * 1000),
+                },
+            ),
+        ],
+    )
 
 
 def _check_policies(admin: AdminClient, specs: list[TopicSpec]) -> None:
