@@ -28,6 +28,7 @@ item ids the arrays refer to). Never pickle.
 from __future__ import annotations
 
 import json
+import uuid
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -187,8 +188,21 @@ class SyncBook:
     its own deltas up to ``own_seq`` (already in its weights); an own delta
     beyond it was shared by an earlier life of this copy after the state it
     restarted from, and is adopted (:meth:`Shared.apply_param_delta`).
+
+    Count deltas carry the sending process's ``life`` (a fresh id per start)
+    and a sequence number; a copy counts every delta, its own included, at
+    most once: ``counted`` holds, per life, the last sequence number in the
+    model (kept with its snapshots).
     ``served_version`` names the model a list was ranked with:
     ``<model version>@<snapshot version>+<merges since>``.
+
+    >>> book = SyncBook("w1")
+    >>> h = book.count_header(120)
+    >>> book.counts_sent(h)
+    >>> book.take_counts(h), book.take_counts(h)  # read back twice: counted once
+    (True, False)
+    >>> book.take_counts({"life": "w2.x", "seq": 1})
+    True
     """
 
     worker: str
@@ -197,6 +211,36 @@ class SyncBook:
     merges: int = 0  # parameter deltas added since (own and others')
     events: int = 0  # events counted from count deltas
     seen: dict[str, int] = field(default_factory=dict)  # sender -> last seq added
+    life: str = ""  # this process's id in count deltas (set in __post_init__)
+    count_seq: int = 0  # last count delta this life sent
+    counted: dict[str, int] = field(default_factory=dict)  # life -> last count seq counted
+
+    def __post_init__(self) -> None:
+        if not self.life:
+            self.life = f"{self.worker}.{uuid.uuid4().hex[:8]}"
+
+    def count_header(self, events: int) -> dict[str, Any]:
+        """Header of this copy's next count delta (of ``events`` events)."""
+        return {
+            "worker": self.worker,
+            "life": self.life,
+            "seq": self.count_seq + 1,
+            "events": events,
+        }
+
+    def counts_sent(self, header: dict[str, Any]) -> None:
+        """The count delta with ``header`` was delivered (it is counted when read back)."""
+        self.count_seq = int(header["seq"])
+
+    def take_counts(self, header: dict[str, Any]) -> bool:
+        """Whether a count delta is new here (then it is marked counted)."""
+        life, seq = header.get("life"), int(header.get("seq", 0))
+        if not isinstance(life, str) or not life:
+            return True  # a sender without sequence numbers: no duplicates to tell
+        if seq <= self.counted.get(life, 0):
+            return False
+        self.counted[life] = seq
+        return True
 
     def next_seq(self) -> int:
         return self.own_seq + 1
@@ -223,4 +267,11 @@ class SyncBook:
         return f"{model_version}@{self.snapshot}+{self.merges}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"worker": self.worker, "own_seq": self.own_seq, "snapshot": self.snapshot}
+        """What a snapshot of the model must remember about the sharing."""
+        return {
+            "worker": self.worker,
+            "own_seq": self.own_seq,
+            "snapshot": self.snapshot,
+            "seen": dict(self.seen),
+            "counted": dict(self.counted),
+        }

@@ -35,10 +35,14 @@ __all__ = [
     "EXACTLY_ONCE",
     "AT_LEAST_ONCE",
     "GUARANTEES",
+    "GUARANTEE_ENV",
+    "RUNTIMES",
     "BOOTSTRAP_ENV",
 ]
 
 CONFIG_ENV = "INTEREST_CONFIG"
+GUARANTEE_ENV = "INTEREST_PROCESSING_GUARANTEE"
+RUNTIMES = ("native", "faust")
 EXACTLY_ONCE = "exactly-once"
 AT_LEAST_ONCE = "at-least-once"
 GUARANTEES = (EXACTLY_ONCE, AT_LEAST_ONCE)
@@ -123,7 +127,10 @@ class WorkerConfig:
     )
     processing_guarantee: str = field(
         default=EXACTLY_ONCE,
-        metadata={**_env("INTEREST_PROCESSING_GUARANTEE"), "choices": GUARANTEES},
+        metadata={**_env(GUARANTEE_ENV), "choices": GUARANTEES},
+    )
+    runtime: str = field(
+        default="native", metadata={**_env("INTEREST_RUNTIME"), "choices": RUNTIMES}
     )
     # One model across the group's workers (stream/modelsync.py): shared count deltas,
     # learned parameters merged every sync_every_s, snapshots on the model topic.

@@ -12,7 +12,7 @@ Names (``interest_`` prefix):
 - ``events_forwarded_total``                    events sent on to their key's partition
 - ``batches_total``                             micro-batches committed
 - ``batch_size_events``                         histogram of messages per micro-batch
-- ``stage_seconds{stage}``                      poll, decode, step, produce, commit
+- ``stage_seconds{stage}``                      poll, decode, step, commit
 - ``event_to_list_latency_seconds``             Kafka timestamp of an event -> its list delivered
 - ``lists_published_total``                     recommendation lists delivered
 - ``events_scored_total``, ``list_hits_total``  online hit rate: events whose item was in
@@ -36,6 +36,8 @@ Names (``interest_`` prefix):
 - ``model_merges_total``                        parameter deltas merged (own shared, others' added)
 - ``model_seconds_since_merge``                 since the last merge (absent until one)
 - ``model_sync_lag_messages``                   model-updates records not applied yet
+- ``model_sync_lag_events``                     about how many events those hold (records
+                                                behind x mean events per count record)
 - ``model_sync_delay_seconds``                  age of the newest update applied, when applied
 - ``model_update_bytes_total{kind}``            bytes of deltas this worker published (counts,
                                                 params)
@@ -60,7 +62,7 @@ from stream.events import REASONS
 
 __all__ = ["WorkerMetrics", "MetricsServer", "OptionalGauge", "STAGES", "sample_total"]
 
-STAGES = ("poll", "decode", "step", "produce", "commit")
+STAGES = ("poll", "decode", "step", "commit")
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 _RESTORE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -130,6 +132,7 @@ class WorkerMetrics:
     model_merges: Counter
     seconds_since_merge: OptionalGauge
     sync_lag: Gauge
+    sync_lag_events: Gauge
     sync_delay: OptionalGauge
     update_bytes: Counter
     snapshot_bytes: OptionalGauge
@@ -267,6 +270,11 @@ class WorkerMetrics:
             sync_lag=Gauge(
                 "interest_model_sync_lag_messages",
                 "Model-updates records committed but not applied by this worker yet",
+                registry=reg,
+            ),
+            sync_lag_events=Gauge(
+                "interest_model_sync_lag_events",
+                "About how many events the model-updates records not applied yet hold",
                 registry=reg,
             ),
             sync_delay=OptionalGauge(

@@ -4,12 +4,16 @@ A worker whose model can share (:class:`model.sync.Shared`) keeps it equal to
 every other worker's:
 
 * **Counts.** Each batch's count contribution is one record (key = worker id)
-  on ``<group>.model-updates``, in the partition chosen by the worker id, and
-  in the batch's checkpoint: with exactly-once it commits with the batch's
-  lists and offsets, or not at all. Every worker reads every partition of that
-  topic (read_committed, assign-only) between batches and adds every record,
-  its own included: a worker counts only what committed, and every worker
-  counts the same records.
+  on ``<group>.model-updates`` (one partition: one order for everyone), in
+  the batch's checkpoint: with exactly-once it commits with the batch's lists
+  and offsets, or not at all. Every worker reads that topic (read_committed,
+  assign-only) between batches and adds every record in the topic's order,
+  its own included, so every worker counts the same records in the same order
+  and holds the same counts, decayed ones included. After a batch the worker
+  waits (at most :data:`_OWN_WAIT_S`) until its own record came back, so its
+  next batch ranks with its own last events counted. Records carry (sender
+  life, sequence number) and every snapshot says which it includes: each is
+  counted once.
 * **Parameters.** Every ``sync_every_s`` (default 2 s) a worker adds what its
   model learnt since it last shared (per trained row, float16) to a batch's
   checkpoint, in parts of at most 512 KiB; the others add it to their weights.
@@ -48,7 +52,7 @@ from stream.metrics import WorkerMetrics
 from stream.modeltopic import TopicSnapshot, read_newest, snapshot_records, watermarks
 from stream.topics import ensure_model_topics, updates_retention_ms
 
-__all__ = ["ModelSync", "PARAM_PART_BYTES", "Record"]
+__all__ = ["ModelSync", "PARAM_PART_BYTES", "Record", "Publish"]
 
 log = logging.getLogger("interest_stream.worker")
 
@@ -57,6 +61,9 @@ _CATCH_UP_S = 30.0  # longest wait for the updates before the first batch (then:
 _POLL_RECORDS = 200
 _CHECK_EVERY_S = 10.0  # how often the updates topic's existence is checked
 _WARN_EVERY_S = 60.0
+# Longest wait, after a batch, for its own count record to come back. Its transaction
+# committed, so it is readable at once; a fetch round trip on loopback takes ~1-5 ms.
+_OWN_WAIT_S = 0.5
 
 # topic, key, value, partition, headers
 Record = tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]
@@ -84,6 +91,11 @@ class ModelSync:
         self._reader: Any = None
         self._marks: Any = None
         self._sending: int | None = None  # seq of the parameter delta in the open batch
+        self._counts: Any = None  # the open batch's count delta, counted once delivered
+        self._count_header: dict[str, Any] | None = None
+        self._awaiting: int | None = None  # seq of own count record not read back yet
+        self._records_read = 0  # for the lag in events: events per record read
+        self._events_read = 0
         self._gone = False  # the updates topic is missing: count own batches locally
         self._checked = 0.0
         self._warned: dict[str, float] = {}
@@ -115,12 +127,14 @@ class ModelSync:
                 if book.get("worker") == self.book.worker
                 else book.get("seen", {}).get(self.book.worker, 0)
             )
+            self.book.counted = _counted(book)
             self.book.snapshot = snap.version
             start = snap.positions
             log.info("model loaded from %s (snapshot %d)", self.topic, snap.version)
         elif mine is not None:
             self.book.own_seq = int(mine.get("book", {}).get("own_seq", 0))
             self.book.snapshot = int(mine.get("book", {}).get("snapshot", 0))
+            self.book.counted = _counted(mine.get("book", {}))
             start = {int(p): int(o) for p, o in mine.get("positions", {}).items()}
         else:
             start = None
@@ -159,7 +173,12 @@ class ModelSync:
             "auto.offset.reset": "earliest",
         }
         self._reader = make_client(
-            Consumer, kafka.client_config(**base, **{"isolation.level": "read_committed"})
+            Consumer,
+            kafka.client_config(
+                # Short fetch waits: a batch's own update comes back in a few ms.
+                **base,
+                **{"isolation.level": "read_committed", "fetch.wait.max.ms": 10},
+            ),
         )
         self._marks = make_client(
             Consumer, kafka.client_config(**base, **{"isolation.level": "read_uncommitted"})
@@ -251,13 +270,14 @@ class ModelSync:
         out: list[Record] = []
         delta = model.count_delta()
         if delta is not None:
-            if self._gone:  # nowhere to share: count it here so this model stays right
-                model.apply_count_delta(delta)
+            if self._gone:  # nowhere to share: counted here once the batch committed
+                self._counts = delta
             else:
-                header = {"worker": self.book.worker, "events": len(delta.arrays["ts"])}
+                header = self.book.count_header(len(delta.arrays["ts"]))
                 value = encode_delta(COUNTS, model.version, delta, header)
                 self.metrics.update_bytes.labels(COUNTS).inc(len(value))
                 out.append((self.updates, self._key, value, self._out, None))
+                self._count_header = header
         if self._gone or not self.clock.due(time.monotonic()):
             return out
         parts = model.param_delta(PARAM_PART_BYTES)
@@ -275,6 +295,12 @@ class ModelSync:
 
     def committed(self, model: Any) -> None:
         """The batch (and the deltas in it) committed."""
+        if self._counts is not None:
+            self.book.events += model.apply_count_delta(self._counts)
+        if self._count_header is not None:  # counted when it comes back (poll)
+            self.book.counts_sent(self._count_header)
+            self._awaiting = self.book.count_seq
+        self._counts = self._count_header = None
         if self._sending is not None:
             model.param_delta_shared()
             self.book.sent(self._sending)
@@ -285,8 +311,10 @@ class ModelSync:
             self._served(model)
 
     def aborted(self) -> None:
-        """The batch was aborted: its deltas were not shared (the next ones include them)."""
+        """The batch was aborted: its deltas were not shared (the next ones include them;
+        its events are learnt again, so its count delta is made again)."""
         self._sending = None
+        self._counts = self._count_header = None
         self._checked = 0.0  # a deleted updates topic aborts batches: look now
 
     def share(self, model: Any, publish: Publish, now: bool = False) -> None:
@@ -302,9 +330,9 @@ class ModelSync:
         finally:
             if now:
                 self.clock.every_s = every
-        if records and publish(records):
+        if not records or publish(records):
             self.committed(model)
-        elif records:
+        else:
             self.aborted()
 
     # --- between batches -------------------------------------------------------------------
@@ -335,19 +363,26 @@ class ModelSync:
             self._checked = now
             self._check_topic()
         if self._gone:
+            self._awaiting = None
             return 0
-        msgs = self._reader.consume(limit, timeout=timeout)
-        merged = False
-        for msg in msgs:
-            if msg.error() is not None:
-                continue
-            self.positions[msg.partition()] = msg.offset() + 1
-            merged |= self._apply(model, msg)
-        if merged:
-            self._served(model)
-        if msgs:
-            self._lag(msgs[-1])
-        return len(msgs)
+        deadline = now + _OWN_WAIT_S
+        read = 0
+        while True:
+            msgs = self._reader.consume(limit, timeout=timeout)
+            merged = False
+            for msg in msgs:
+                if msg.error() is not None:
+                    continue
+                self.positions[msg.partition()] = msg.offset() + 1
+                merged |= self._apply(model, msg)
+            if merged:
+                self._served(model)
+            if msgs:
+                self._lag(msgs[-1])
+            read += len(msgs)
+            if self._awaiting is None or time.monotonic() >= deadline:
+                return read
+            timeout = 0.01  # own record not back yet: wait for it
 
     def _apply(self, model: Any, msg: Any) -> bool:
         where = f"{self.updates}[{msg.partition()}]@{msg.offset()}"
@@ -356,7 +391,14 @@ class ModelSync:
             if delta.header.get("version") != model.version:
                 raise DataError(f"made by model {delta.header.get('version')!r}")
             if delta.kind == COUNTS:
-                self.book.events += model.apply_count_delta(delta.state)
+                if delta.header.get("life") == self.book.life and self._awaiting is not None:
+                    if int(delta.header.get("seq", 0)) >= self._awaiting:
+                        self._awaiting = None
+                if self.book.take_counts(delta.header):
+                    n = model.apply_count_delta(delta.state)
+                    self.book.events += n
+                    self._events_read += n
+                    self._records_read += 1
                 return False
             if delta.kind != PARAMS:
                 raise DataError(f"unknown kind {delta.kind!r}")
@@ -386,6 +428,9 @@ class ModelSync:
             if high is not None and high >= 0:
                 behind += max(0, high - at)
         self.metrics.sync_lag.set(behind)
+        # Records behind, in events: each count record holds about the mean seen so far.
+        per_record = self._events_read / self._records_read if self._records_read else 0.0
+        self.metrics.sync_lag_events.set(round(behind * per_record))
 
     def _check_topic(self) -> None:
         parts = self._partitions()
@@ -413,7 +458,6 @@ class ModelSync:
                 self.settings.kafka,
                 self.updates,
                 self.topic,
-                self.settings.topics.events,
                 self.settings.topics.replication_factor,
                 updates_retention_ms(w.model_publish_every_s),
             )
@@ -442,8 +486,7 @@ class ModelSync:
         """What a snapshot of the model taken now includes (for local snapshots)."""
         if not self.active:
             return {}
-        book = {**self.book.to_json(), "seen": dict(self.book.seen)}
-        return {"sync": {"positions": dict(self.positions), "book": book}}
+        return {"sync": {"positions": dict(self.positions), "book": self.book.to_json()}}
 
     def snapshot_due(self, owner: bool) -> bool:
         """Whether to take a snapshot for the model topic now (``owner``: of events[0])."""
@@ -510,6 +553,14 @@ class ModelSync:
                 except (KafkaException, RuntimeError) as exc:
                     log.debug("model sync consumer close: %s", exc)
         self._reader = self._marks = None
+
+
+def _counted(book: dict[str, Any]) -> dict[str, int]:
+    """The count deltas a snapshot's model includes: life -> last sequence number."""
+    counted = book.get("counted")
+    if not isinstance(counted, dict):
+        return {}
+    return {str(life): int(seq) for life, seq in counted.items()}
 
 
 def _ahead(snap: TopicSnapshot, mine: dict[str, Any]) -> bool:

@@ -79,7 +79,6 @@ def preflight(settings: Settings, state_dir: Path | None) -> None:
             kafka,
             settings.model_updates_topic,
             settings.model_topic,
-            settings.topics.events,
             settings.topics.replication_factor,
             updates_retention_ms(settings.worker.model_publish_every_s),
         )

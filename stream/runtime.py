@@ -74,12 +74,11 @@ from stream.checkpoint import (
 )
 from stream.clients import make_client
 from stream.config import Settings
-from stream.events import EventValidator, Rejected, decode_event
 from stream.identity import WorkerIdentity
-from stream.isolation import ModelError, ModelGuard
+from stream.isolation import ModelError
 from stream.metrics import MetricsServer, WorkerMetrics
 from stream.modelsync import ModelSync, Record
-from stream.placement import Placement
+from stream.pipeline import Pipeline
 from stream.preflight import preflight, state_root
 from stream.rebalance import Rebalancer, commit_offsets
 from stream.restore import Restorer, RestoreTask
@@ -132,13 +131,8 @@ class Worker:
         self.on_start: Callable[[dict[str, Any]], None] | None = None
         self.on_publish: Callable[[list[Recommendation]], None] | None = None
         self.metrics_url: str | None = None
-        self._validator = EventValidator(
-            max_payload_bytes=settings.worker.max_payload_bytes,
-            max_id_bytes=settings.worker.max_id_bytes,
-        )
         self._consumer: Consumer | None = None
         self._outputs: Outputs | None = None
-        self._last_generated = 0
         self._stop = threading.Event()
         self._lag_at = 0.0
         self._restorer = Restorer(settings, self.metrics)
@@ -152,11 +146,14 @@ class Worker:
         self.transactional_id: str | None = None
         self._fenced_at: list[float] = []
         self._aborts = 0  # batch transactions aborted in a row
-        self._placement = Placement(settings.topics.partitions)
         self._placement_at = 0.0
         self._client_errors: dict[str, tuple[float, int]] = {}  # kind -> (logged at, repeats)
-        self._guard = ModelGuard(settings.worker.k, self._warn_model)
-        self.sync: ModelSync | None = None  # one model across the group (run() starts it)
+        self.pipeline = Pipeline(settings, self.metrics, self.stats, self._warn_model)
+
+    @property
+    def sync(self) -> ModelSync | None:
+        """The sharing of the model with the group's other workers (None: not shared)."""
+        return self.pipeline.sync
 
     @property
     def restoring(self) -> bool:
@@ -170,7 +167,7 @@ class Worker:
         stop = stop if stop is not None else threading.Event()
         self._stop = stop
         preflight(self.settings, self.store.location)
-        self._placement = Placement(self._events_partitions())
+        self.pipeline.placement.resize(self._events_partitions())
         if self.model is None:
             assert self._build_model is not None
             self.model = self._build_model()
@@ -185,7 +182,11 @@ class Worker:
         self.stats.started()
         clean = False
         try:
-            self._start_sync(worker_id)
+            self.pipeline.model = self.model
+            if self.settings.model_sharing:
+                sync = ModelSync(self.settings, self.metrics, worker_id)
+                self.pipeline.share_model(sync, self.snapshots)
+                self.model = self.pipeline.model
             self.metrics.observe_model(self.model)
             consumer = self._consumer = self._make_consumer()
             self._outputs = Outputs(self._make_producer(), stop)
@@ -202,42 +203,21 @@ class Worker:
                 committed = self._run_batch()
                 if self.snapshots is not None:
                     self.snapshots.after_batch(self.model, committed)
-            if self.sync is not None:  # what the model learnt since it last shared
-                self.sync.share(self.model, self._commit_records, now=True)
+            # What the model learnt since it last shared, and what committed meanwhile:
+            # the last local snapshot includes both.
+            self.pipeline.stop_sharing(self._commit_records)
             clean = True
         finally:
             try:
+                self.pipeline.stop_sharing(None)
                 self._shutdown()
             finally:
-                if self.sync is not None:
-                    if clean:  # the last snapshot includes this worker's own last deltas
-                        self.sync.drain(self.model)
-                    self.sync.close()
                 if self.snapshots is not None:  # after every batch's state commit
                     self.snapshots.close(self.model, clean)
                 server.stop()
                 self._identity.release()
                 self.stats.finished()
         return self.stats
-
-    def _start_sync(self, worker_id: str) -> None:
-        """Share the model with the group's other workers (when the model can)."""
-        if not self.settings.model_sharing:
-            return
-        self.sync = ModelSync(self.settings, self.metrics, worker_id)
-        snaps = self.snapshots
-        local = snaps.extra if snaps is not None and snaps.loaded else None
-        self.model = self.sync.start(self.model, local)
-        if not self.sync.active:
-            self.sync = None
-        elif self.snapshots is not None:
-            self.snapshots.describe = self.sync.describe
-
-    def _sync_step(self) -> None:
-        """Between batches: add the other workers' deltas; publish a snapshot when due."""
-        if self.sync is not None:
-            owner = (self.settings.topics.events, 0) in self.store.partitions()
-            self.sync.between_batches(self.model, owner, self._commit_records)
 
     def _commit_records(self, records: list[Record]) -> bool:
         """Publish ``records`` on their own (one transaction with exactly-once)."""
@@ -375,19 +355,19 @@ class Worker:
         assert self._consumer is not None and self._outputs is not None
         assert self.model is not None
         self._restore_step()
-        self._sync_step()
+        owner = (self.settings.topics.events, 0) in self.store.partitions()
+        self.pipeline.between_batches(owner, self._commit_records)
         t0 = time.perf_counter()
         msgs = self._poll(w.batch_max_events, w.batch_max_ms / 1000.0)
         t1 = time.perf_counter()
         m.stage_seconds.labels("poll").observe(t1 - t0)
         if not msgs:
-            if self.sync is not None:  # an idle worker still shares what it learnt
-                self.sync.share(self.model, self._commit_records)
+            self.pipeline.idle(self._commit_records)
             self._outputs.poll()
             if time.monotonic() - self._lag_at > _LAG_EVERY_S:
                 self._update_lag()
             if time.monotonic() - self._placement_at > _PLACEMENT_EVERY_S:
-                self._placement.resize(self._events_partitions())
+                self.pipeline.placement.resize(self._events_partitions())
             return False
         checkpoint = self._checkpoint()
         batches = self._decode(msgs, checkpoint)
@@ -396,26 +376,14 @@ class Worker:
         if not batches:
             return False
         m.batch_size.observe(len(msgs))
-
-        generated_at = max(int(time.time() * 1000), self._last_generated + 1)
-        self._last_generated = generated_at
-        outcomes = [(part, self._guard.step(batch, part, self.model)) for part, batch in batches]
-        m.observe_model(self.model, sum(out.learnt for _, out in outcomes))
+        self.pipeline.step(batches, checkpoint)
         t3 = time.perf_counter()
         m.stage_seconds.labels("step").observe(t3 - t2)
-        for part, outcome in outcomes:
-            checkpoint.add(part, outcome, generated_at)
-        if self.sync is not None:  # the batch's model deltas commit with its outputs
-            for topic, key, value, partition, headers in self.sync.records(self.model):
-                checkpoint.add_record(topic, value, key, partition, headers)
-        t4 = time.perf_counter()
-        m.stage_seconds.labels("produce").observe(t4 - t3)
         try:
             checkpoint.commit()
         except (BatchAborted, ProducerFenced) as exc:
             checkpoint.discard()
-            if self.sync is not None:
-                self.sync.aborted()
+            self.pipeline.aborted()
             self._rewind([batch for _, batch in batches])
             m.transactions.labels("aborted").inc()
             if isinstance(exc, ProducerFenced):
@@ -428,13 +396,12 @@ class Worker:
             self._stop.wait(min(0.05 * 2**self._aborts, 2.0))
             return False
         self._aborts = 0
-        if self.sync is not None:
-            self.sync.committed(self.model)
         t5 = time.perf_counter()
-        m.stage_seconds.labels("commit").observe(t5 - t4)
+        m.stage_seconds.labels("commit").observe(t5 - t3)
         if self.settings.exactly_once:
             m.transactions.labels("committed").inc()
-        self._account(checkpoint)
+        self.pipeline.account(checkpoint, self.on_publish)
+        self._update_lag()
         return True
 
     def _events_partitions(self) -> int:
@@ -562,86 +529,14 @@ class Worker:
                 # Revoked during this poll (the new owner re-reads from its stored offset),
                 # or not restored yet (read from the restored offset once it is).
                 continue
-            batch = self._decode_partition(part, plist, checkpoint)
+            batch = self.pipeline.decode(part, map(_source, plist), checkpoint)
             if batch is not None:
-                checkpoint.consumed(batch)
                 out.append((part, batch))
         return out
-
-    def _decode_partition(
-        self, part: StorePartition, plist: list[Message], checkpoint: Checkpoint
-    ) -> PartitionBatch | None:
-        floor = part.last_offset()
-        batch: PartitionBatch | None = None
-        for msg in plist:
-            offset = msg.offset()
-            # Offsets must only move forward: a message at or below the floor is already
-            # in state, or was handed out twice when a rebalance re-seeked mid-poll.
-            if floor is not None and offset <= floor:
-                continue
-            floor = offset
-            if batch is None:
-                batch = PartitionBatch(part.topic, part.partition, offset, offset)
-            batch.last_offset = offset
-            batch.messages += 1
-            ts_type, kafka_ts = msg.timestamp()
-            source = Source(
-                part.topic,
-                part.partition,
-                offset,
-                msg.key(),
-                msg.value(),
-                None if ts_type == TIMESTAMP_NOT_AVAILABLE else kafka_ts,
-                tuple(msg.headers() or ()),
-            )
-            decoded = decode_event(source.key, source.value, source.timestamp_ms, self._validator)
-            if isinstance(decoded, Rejected):
-                checkpoint.dead_letter(source, decoded)
-                continue
-            home = self._placement.of(source.key or b"")
-            if home != part.partition:
-                checkpoint.forward(source, home)
-                batch.forwarded += 1
-                continue
-            batch.events.append(decoded)
-            batch.sources.append(source)
-        return batch
 
     def _commit_offsets(self, parts: list[StorePartition], asynchronous: bool) -> None:
         if self._consumer is not None:
             commit_offsets(self._consumer, parts, asynchronous)
-
-    def _account(self, checkpoint: Checkpoint) -> None:
-        """Count what the checkpoint committed (metrics are the one place of every count)."""
-        m = self.metrics
-        m.messages_consumed.inc(checkpoint.messages)
-        m.events_forwarded.inc(checkpoint.forwarded)
-        self._placement.forwarded(checkpoint.forwarded)
-        for kind, n in checkpoint.event_types.items():
-            m.events_consumed.labels(kind).inc(n)
-        for _, rejected in checkpoint.dead_letters:
-            m.dead_letters.labels(rejected.reason).inc()
-        delivered_ms = checkpoint.delivered_ms
-        recs: list[Recommendation] = []
-        for part, out in checkpoint.outcomes:
-            m.events_applied.inc(len(out.applied))
-            m.lists_published.inc(len(out.recommendations))
-            m.events_scored.inc(out.scored)
-            m.list_hits.inc(out.hits)
-            lat = [
-                (delivered_ms - src.timestamp_ms) / 1000.0
-                for src in out.applied
-                if src.timestamp_ms
-            ]
-            for x in lat:
-                m.latency.observe(x)
-            self.stats.add_latencies(lat)
-            m.users_in_state.labels(str(part.partition)).set(part.user_count())
-            recs.extend(out.recommendations)
-        m.batches.inc()
-        self._update_lag()
-        if self.on_publish is not None and recs:
-            self.on_publish(recs)
 
     def _update_lag(self) -> None:
         assert self._consumer is not None
@@ -671,8 +566,22 @@ class Worker:
             "state": str(location) if location is not None else "memory",
             "guarantee": self.settings.worker.processing_guarantee,
             "changelog": self.settings.changelog_topic,
-            "model_updates": self.settings.model_updates_topic if self.sync else "off",
+            "model_updates": self.settings.model_updates_topic if self.pipeline.sync else "off",
             "pid": os.getpid(),
             "model": getattr(self.model, "version", "?"),
             "metrics": self.metrics_url or "off",
         }
+
+
+def _source(msg: Message) -> Source:
+    """A confluent-kafka message as plain data."""
+    ts_type, kafka_ts = msg.timestamp()
+    return Source(
+        msg.topic(),
+        msg.partition(),
+        msg.offset(),
+        msg.key(),
+        msg.value(),
+        None if ts_type == TIMESTAMP_NOT_AVAILABLE else kafka_ts,
+        tuple(msg.headers() or ()),
+    )

@@ -163,23 +163,18 @@ def updates_retention_ms(publish_every_s: int) -> int:
 
 
 def ensure_model_topics(
-    kafka: KafkaConfig,
-    updates: str,
-    model: str,
-    events: str,
-    replication: int,
-    retention_ms: int,
+    kafka: KafkaConfig, updates: str, model: str, replication: int, retention_ms: int
 ) -> None:
-    """Create the model-updates topic (the events topic's partition count, time retention)
-    and the compacted single-partition model topic, when missing."""
-    n = partition_count(kafka, events) or 1
+    """Create the model-updates topic (time retention) and the compacted model topic, when
+    missing. Both have one partition: every worker reads the updates in one order (so all
+    count the same), and a snapshot's manifest and chunks in the order written."""
     segment = str(min(retention_ms // 4, 10 * 60 * 1000))
     ensure_topics(
         kafka,
         [
             TopicSpec(
                 updates,
-                n,
+                1,
                 replication,
                 {
                     "cleanup.policy": "delete",
@@ -187,7 +182,6 @@ def ensure_model_topics(
                     "segment.ms": segment,
                 },
             ),
-            # One partition: the manifest and its chunks are read in the order written.
             TopicSpec(
                 model,
                 1,

@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from core.types import Event
 from model.factory import create_model
+from stream.events import decode_recommendation
 from stream.publish import Publisher
 from stream.runtime import Worker
 from stream.state_cli import read_states
@@ -134,6 +136,15 @@ def test_two_and_three_workers_count_what_one_worker_counts(
                 _assert_same_counts(w.model, ref.model)
 
 
+def _exposed(worker: Worker) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """What the worker's /metrics endpoint serves, by sample name."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(generate_latest(worker.metrics.registry).decode()):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
 def _lists(model, users, states):  # noqa: ANN001, ANN202
     return model.rank_many(users, [states[u] for u in users], 10)
 
@@ -193,6 +204,21 @@ def test_a_fresh_worker_starts_from_the_group_model(kafka_bootstrap, unique_topi
             )
             version = fresh.model.served_version
             assert version.startswith(f"interest-3@{fresh.sync.book.snapshot}+")
+            exposed = _exposed(fresh)
+            served = f"interest-3@{fresh.sync.book.snapshot}"
+            assert exposed["interest_model_served_info"] == [({"version": served}, 1.0)]
+            assert exposed["interest_model_sync_lag_messages"][0][1] >= 0
+            assert exposed["interest_model_sync_lag_events"][0][1] >= 0
+        # The lists say which merge of the group's model ranked them.
+        versions = {
+            decode_recommendation(m.value())["model_version"]
+            for m in read_topic(first.settings.kafka, topics.recommendations)
+        }
+        assert all(v.startswith("interest-3@") and "+" in v for v in versions)
+        assert len(versions) > 2  # the version moves on with every merge and snapshot
+        merged = _exposed(first)
+        assert merged["interest_model_merges_total"][0][1] > 0
+        assert 0 <= merged["interest_model_seconds_since_merge"][0][1] < 60
 
 
 def test_broken_model_topics_are_a_warning_and_the_worker_keeps_serving(
@@ -209,9 +235,7 @@ def test_broken_model_topics_are_a_warning_and_the_worker_keeps_serving(
     )
     kafka = settings.kafka
     ensure_topics(kafka, topic_specs(topics))
-    ensure_model_topics(
-        kafka, settings.model_updates_topic, settings.model_topic, topics.events, 1, 3_600_000
-    )
+    ensure_model_topics(kafka, settings.model_updates_topic, settings.model_topic, 1, 3_600_000)
     garbage = Producer(kafka.client_config())
     garbage.produce(settings.model_updates_topic, b"not an update", b"k", partition=0)
     garbage.produce(settings.model_topic, b"{not json", b"manifest")
@@ -235,7 +259,8 @@ def test_broken_model_topics_are_a_warning_and_the_worker_keeps_serving(
             with Publisher(settings) as pub:
                 pub.publish(events[600:])
             wait_for(lambda: worker.stats.applied >= 900, 90, "events applied, model gone")
-            wait_for(lambda: "model topic" in caplog.text and "is missing" in caplog.text, 30, "w")
+            gone = f"model topic {settings.model_topic} is missing"
+            wait_for(lambda: gone in caplog.text, 30, "the warning about the model topic")
     text = caplog.text
     assert "holds no usable snapshot" in text  # the corrupt manifest
     assert "skipped: not a model update" in text  # the garbage update

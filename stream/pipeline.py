@@ -1,0 +1,195 @@
+"""What every runtime does with the messages it polled, whichever Kafka client polled them.
+
+A runtime turns its client's messages into :class:`~stream.batch.Source`
+records per input partition and hands them here: :meth:`Pipeline.decode`
+validates them (bad ones go to the checkpoint as dead letters, events of
+another partition are forwarded there), :meth:`Pipeline.step` runs the guarded
+pure step per partition and gives the checkpoint its outputs, and, once the
+checkpoint committed, :meth:`Pipeline.account` counts what it did. The native
+confluent-kafka runtime (:mod:`stream.runtime`) and the Faust runtime
+(:mod:`stream.faust_runtime`) share all of it.
+
+With a :class:`~stream.modelsync.ModelSync` (:meth:`Pipeline.share_model`) the
+pipeline also keeps the model one model across the group: each batch's model
+deltas go into the batch's checkpoint (exactly once with the native runtime's
+transactions, at least once with Faust), and between batches
+:meth:`Pipeline.between_batches` adds the other workers' deltas and publishes
+snapshots.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from core.types import Recommendation
+from model.step import RankingModel
+from state.store import StorePartition
+from stream.batch import PartitionBatch, Source
+from stream.checkpoint import Checkpoint
+from stream.config import Settings
+from stream.events import EventValidator, Rejected, decode_event
+from stream.isolation import ModelGuard
+from stream.metrics import WorkerMetrics
+from stream.modelsync import ModelSync, Publish
+from stream.placement import Placement
+from stream.snapshots import ModelSnapshots
+from stream.stats import WorkerStats
+
+__all__ = ["Pipeline"]
+
+
+class Pipeline:
+    """Decode, step and accounting of one worker (the model is set before the first batch)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: WorkerMetrics,
+        stats: WorkerStats,
+        warn_model: Callable[[str, str, BaseException], None],
+    ) -> None:
+        self.metrics = metrics
+        self.stats = stats
+        self.validator = EventValidator(
+            max_payload_bytes=settings.worker.max_payload_bytes,
+            max_id_bytes=settings.worker.max_id_bytes,
+        )
+        self.placement = Placement(settings.topics.partitions)
+        self.guard = ModelGuard(settings.worker.k, warn_model)
+        self.model: RankingModel | None = None
+        self.sync: ModelSync | None = None  # one model across the group (share_model)
+        self._last_generated = 0
+
+    def share_model(self, sync: ModelSync, snapshots: ModelSnapshots | None) -> None:
+        """Share the model with the group's other workers through ``sync``, when it can.
+
+        The model may be replaced (by the group's newer snapshot on the model
+        topic): read :attr:`model` again afterwards. Local snapshots then say
+        which shared updates they include.
+        """
+        assert self.model is not None
+        local = snapshots.extra if snapshots is not None and snapshots.loaded else None
+        self.model = sync.start(self.model, local)
+        if not sync.active:
+            sync.close()
+            return
+        self.sync = sync
+        if snapshots is not None:
+            snapshots.describe = sync.describe
+
+    def between_batches(self, owner: bool, publish: Publish) -> None:
+        """Add the deltas that arrived; as the owner of the events topic's partition 0,
+        publish a model snapshot when due (``publish`` sends records on their own)."""
+        if self.sync is not None:
+            self.sync.between_batches(self.model, owner, publish)
+
+    def idle(self, publish: Publish) -> None:
+        """No events this poll: still share what the model learnt, on the cadence."""
+        if self.sync is not None:
+            self.sync.share(self.model, publish)
+
+    def aborted(self) -> None:
+        """The checkpoint was discarded: its model deltas were not shared."""
+        if self.sync is not None:
+            self.sync.aborted()
+
+    def stop_sharing(self, publish: Publish | None) -> None:
+        """On a stop: share what is left (``publish``: a clean stop) and apply what
+        committed, so the last local snapshot includes it; then close."""
+        sync, self.sync = self.sync, None
+        if sync is None:
+            return
+        try:
+            if publish is not None:
+                sync.share(self.model, publish, now=True)
+                sync.drain(self.model)
+        finally:
+            sync.close()
+
+    def decode(
+        self, part: StorePartition, sources: Iterable[Source], checkpoint: Checkpoint
+    ) -> PartitionBatch | None:
+        """The valid events of ``part`` among ``sources`` (in offset order); None if none new.
+
+        Offsets only move forward: a message at or below the partition's stored
+        offset is already in state (or was handed out twice after a re-seek).
+        """
+        floor = part.last_offset()
+        batch: PartitionBatch | None = None
+        for source in sources:
+            offset = source.offset
+            if floor is not None and offset <= floor:
+                continue
+            floor = offset
+            if batch is None:
+                batch = PartitionBatch(part.topic, part.partition, offset, offset)
+            batch.last_offset = offset
+            batch.messages += 1
+            decoded = decode_event(source.key, source.value, source.timestamp_ms, self.validator)
+            if isinstance(decoded, Rejected):
+                checkpoint.dead_letter(source, decoded)
+                continue
+            home = self.placement.of(source.key or b"")
+            if home != part.partition:
+                checkpoint.forward(source, home)
+                batch.forwarded += 1
+                continue
+            batch.events.append(decoded)
+            batch.sources.append(source)
+        if batch is not None:
+            checkpoint.consumed(batch)
+        return batch
+
+    def step(
+        self, batches: list[tuple[StorePartition, PartitionBatch]], checkpoint: Checkpoint
+    ) -> None:
+        """The guarded pure step on each partition's batch; the outputs go to the checkpoint."""
+        assert self.model is not None
+        generated_at = max(int(time.time() * 1000), self._last_generated + 1)
+        self._last_generated = generated_at
+        outcomes = [(part, self.guard.step(batch, part, self.model)) for part, batch in batches]
+        self.metrics.observe_model(self.model, sum(out.learnt for _, out in outcomes))
+        for part, outcome in outcomes:
+            checkpoint.add(part, outcome, generated_at)
+        if self.sync is not None:  # the batch's model deltas commit with its outputs
+            for topic, key, value, partition, headers in self.sync.records(self.model):
+                checkpoint.add_record(topic, value, key, partition, headers)
+
+    def account(
+        self,
+        checkpoint: Checkpoint,
+        on_publish: Callable[[list[Recommendation]], Any] | None = None,
+    ) -> None:
+        """Count what the committed ``checkpoint`` did (metrics are the one place of counts)."""
+        if self.sync is not None:  # the model deltas in it were delivered
+            self.sync.committed(self.model)
+        m = self.metrics
+        m.messages_consumed.inc(checkpoint.messages)
+        m.events_forwarded.inc(checkpoint.forwarded)
+        self.placement.forwarded(checkpoint.forwarded)
+        for kind, n in checkpoint.event_types.items():
+            m.events_consumed.labels(kind).inc(n)
+        for _, rejected in checkpoint.dead_letters:
+            m.dead_letters.labels(rejected.reason).inc()
+        delivered_ms = checkpoint.delivered_ms
+        recs: list[Recommendation] = []
+        for part, out in checkpoint.outcomes:
+            m.events_applied.inc(len(out.applied))
+            m.lists_published.inc(len(out.recommendations))
+            m.events_scored.inc(out.scored)
+            m.list_hits.inc(out.hits)
+            lat = [
+                (delivered_ms - src.timestamp_ms) / 1000.0
+                for src in out.applied
+                if src.timestamp_ms
+            ]
+            for x in lat:
+                m.latency.observe(x)
+            self.stats.add_latencies(lat)
+            m.users_in_state.labels(str(part.partition)).set(part.user_count())
+            recs.extend(out.recommendations)
+        m.batches.inc()
+        if on_publish is not None and recs:
+            on_publish(recs)
