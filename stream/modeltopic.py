@@ -96,8 +96,7 @@ def read_newest(settings: Settings, topic: str) -> TopicSnapshot | None:
     try:
         tp = TopicPartition(topic, 0)
         try:
-            meta = marks.list_topics(topic, timeout=10).topics.get(topic)
-            if meta is None or meta.error is not None:
+            if not _exists(marks, topic):
                 log.warning("model topic %s is missing: no shared model to start from", topic)
                 return None
             low, high = watermarks(marks, tp)
@@ -165,6 +164,19 @@ def _complete(latest: dict[bytes, tuple[bytes, dict[str, bytes]]]) -> TopicSnaps
         raise ValueError(f"snapshot {version} does not match its checksum")
     book = manifest.get("book") if isinstance(manifest.get("book"), dict) else {}
     return TopicSnapshot(version, data, positions, book, manifest)
+
+
+def _exists(client: Any, topic: str, wait_s: float = 5.0) -> bool:
+    """Whether ``topic`` exists; asked again for ``wait_s`` (a topic another worker of the
+    group is creating right now is missing from the metadata for a moment)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        meta = client.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is not None and meta.error is None:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
 
 
 def watermarks(client: Any, tp: TopicPartition, wait_s: float = 15.0) -> tuple[int, int]:
