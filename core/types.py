@@ -12,6 +12,7 @@ __all__ = [
     "EVENT_TYPES",
     "EVENT_INDEX",
     "Event",
+    "Erasure",
     "Recommendation",
     "BatchResult",
     "StateView",
@@ -31,6 +32,13 @@ class Event:
     event: str
     ts: int
     category: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """A request to forget a user: their state and list go; the model never learns from it."""
+
+    user_id: str
 
 
 @dataclass(slots=True)

@@ -11,11 +11,13 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from core.cliargs import add_csv_flags, add_items_flag, check_items
 from core.errors import ConfigError, DataError, InterestStreamError
+from core.types import StateView
 from model.datasets import (
     DEFAULT_COLUMNS,
     SOURCES,
@@ -24,9 +26,10 @@ from model.datasets import (
     load_events,
     parse_mapping,
 )
-from model.evaluate import PROTOCOLS, evaluate_models, split_flurs
+from model.evaluate import PROTOCOLS, CodecStates, MemoryStates, evaluate_models, split_flurs
 from model.factory import MODEL_NAMES, create_model, model_spec
 from model.scaleout import ScaledOut
+from state.codec import Precision
 
 __all__ = ["register", "run", "main", "load_args"]
 
@@ -89,6 +92,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_items_flag(p)
     add_csv_flags(p)
+    p.add_argument(
+        "--state-codec",
+        choices=("float16", "float32"),
+        help="keep user states as the worker stores them, through its state codec, with "
+        "long-term vectors as float16 (the worker's default) or float32 (default: states "
+        "stay in memory, exact)",
+    )
     p.add_argument(
         "--exclude-seen",
         action=argparse.BooleanOptionalAction,
@@ -242,6 +252,13 @@ def _by_workers(result: dict[str, Any], k: int) -> str:
             cells.append(f"{r:.4f}" + ("" if n == counts[0] else f" ({(r - first) / first:+.1%})"))
         rows.append(f"{model} | " + " | ".join(cells))
     return "\n".join(rows)
+
+
+def _state_views(codec: str | None) -> Callable[[], StateView]:
+    if codec is None:
+        return MemoryStates
+    precision: Precision = "float16" if codec == "float16" else "float32"
+    return lambda: CodecStates(precision)
 
 
 def _writable_dir(path: Path) -> bool:

@@ -18,8 +18,9 @@ of every row (``base``) and which rows this copy trained since; :meth:`RowTable.
 is what this copy learnt that the others have not seen yet.
 
 Memory per row: 3 x ``width`` float32 (weight, first and second moment) and
-one int32 step count; 16 x width + 4 bytes, plus 4 x width + 1 with change
-tracking.
+one int32 step count; 12 x width + 4 bytes, plus 4 x width + 1 with change
+tracking. A compact snapshot (:mod:`model.persist`) stores the weight as
+float16 (the agreed values stay float32: copies must agree exactly).
 """
 
 from __future__ import annotations
@@ -239,7 +240,8 @@ class RowTable:
             self.dirty[:] = False
 
     def state_dict(self, n: int) -> ModelState:
-        """Rows ``0..n-1``: weights, moments and step counts (and agreed values, when tracked)."""
+        """Rows ``0..n-1``: weights, moments and step counts (weights may be stored float16),
+        and the agreed values, when tracked."""
         arrays = {
             "weight": self.weight[:n].numpy().copy(),
             "exp_avg": self.exp_avg[:n].numpy().copy(),
@@ -249,7 +251,7 @@ class RowTable:
         if self.base is not None:
             arrays["base"] = self.base[:n].numpy().copy()
             arrays["dirty"] = self.dirty[:n].copy()
-        return ModelState(arrays)
+        return ModelState(arrays, half={"weight"})
 
     def load_state_dict(self, state: ModelState) -> None:
         arrays = state.arrays

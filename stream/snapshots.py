@@ -165,4 +165,4 @@ class _Frozen:
         self.extra = describe() if describe is not None else None
 
     def to_bytes(self) -> bytes:
-        return snapshot_bytes(self.name, self.version, self.config, self.state, self.extra)
+        return snapshot_bytes(self.name, self.version, self.config, self.state, extra=self.extra)
