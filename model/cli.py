@@ -28,6 +28,7 @@ from model.datasets import (
 )
 from model.evaluate import PROTOCOLS, CodecStates, MemoryStates, evaluate_models, split_flurs
 from model.factory import MODEL_NAMES, create_model, model_spec
+from model.scaleout import ScaledOut
 from state.codec import Precision
 
 __all__ = ["register", "run", "main", "load_args"]
@@ -75,6 +76,20 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="torch CPU threads (default 1: the ops are small; threads only contend)",
     )
     p.add_argument("--strict", action="store_true", help="fail on the first bad row")
+    p.add_argument(
+        "--workers",
+        metavar="N[,N...]",
+        help="replay the stream as N workers would see it (users split by murmur2 over 4N "
+        "partitions, one model per worker, shared as live); several: 1,2,4,8",
+    )
+    p.add_argument(
+        "--sync-every",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="with --workers: share learned parameters every SECONDS of event time "
+        "(the worker's sync_every_s; default 2, 0: every batch)",
+    )
     add_items_flag(p)
     add_csv_flags(p)
     p.add_argument(
@@ -141,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 1 or args.batch_size < 1:
         raise ConfigError("--k and --batch-size must be positive")
+    if args.sync_every < 0:
+        raise ConfigError("--sync-every must be 0 or more seconds")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODEL_NAMES]
     if unknown or not names:
@@ -167,43 +184,89 @@ def run(args: argparse.Namespace) -> int:
         warmup = [*train, *update]
     else:
         warmup, test = [], events
-    models = {n: create_model(n, seed=args.seed, exclude_seen=exclude_seen) for n in names}
     items, content = _item_metadata(args)
     switches = stream.switches if stream is not None else None
-    t0 = time.perf_counter()
-    with tqdm(
-        total=len(warmup) + len(test), unit="ev", file=sys.stderr, desc=f"evaluate {args.protocol}"
-    ) as bar:
-        reports = evaluate_models(
-            models,
-            warmup,
-            test,
-            k=args.k,
-            batch_size=args.batch_size,
-            switches=switches,
-            first_seq=len(events) - len(test),
-            static=[n for n in names if model_spec(n).static],
-            freeze_after=0 if warmup else int(len(test) * STATIC_TRAIN_SHARE),
-            progress=bar.update,
-            items=items,
-            states=_state_views(args.state_codec),
-        )
     catalogue = len({ev.item_id for ev in [*warmup, *test]})
-    result = {
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {
         "protocol": args.protocol,
         "k": args.k,
         "events_tested": len(test),
         "content": content,
-        "models": {n: r.summary(catalogue, switches is not None) for n, r in reports.items()},
     }
+    hits: dict[str, list[int]] = {}
+    for n_workers in _worker_counts(args.workers):
+        models: dict[str, Any] = {}
+        for n in names:
+            replicas = [
+                create_model(n, seed=args.seed, exclude_seen=exclude_seen)
+                for _ in range(n_workers or 1)
+            ]
+            models[n] = (
+                ScaledOut(replicas, sync_every_s=args.sync_every) if n_workers else replicas[0]
+            )
+        desc = f"evaluate {args.protocol}" + (f", {n_workers} worker(s)" if n_workers else "")
+        with tqdm(total=len(warmup) + len(test), unit="ev", file=sys.stderr, desc=desc) as bar:
+            reports = evaluate_models(
+                models,
+                warmup,
+                test,
+                k=args.k,
+                batch_size=args.batch_size,
+                switches=switches,
+                first_seq=len(events) - len(test),
+                static=[n for n in names if model_spec(n).static],
+                freeze_after=0 if warmup else int(len(test) * STATIC_TRAIN_SHARE),
+                progress=bar.update,
+                items=items,
+                states=_state_views(args.state_codec),
+            )
+        summary = {n: r.summary(catalogue, switches is not None) for n, r in reports.items()}
+        if n_workers:
+            result["sync_every_s"] = args.sync_every
+            result.setdefault("workers", {})[str(n_workers)] = {"models": summary}
+            hits.update({f"{n} x{n_workers}": r.hits for n, r in reports.items()})
+        else:
+            result["models"] = summary
+            hits.update({n: r.hits for n, r in reports.items()})
     text = json.dumps(result, indent=2)
     print(text)
+    if "workers" in result:
+        print(_by_workers(result, args.k), file=sys.stderr)
     print(f"evaluated {len(test)} events in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     if args.json is not None:
         _write(args.json, text + "\n")
     if args.plot is not None:
-        _plot(args.plot, {n: r.hits for n, r in reports.items()}, args)
+        _plot(args.plot, hits, args)
     return 0
+
+
+def _worker_counts(spec: str | None) -> list[int]:
+    """``--workers`` as a list of worker counts; [0] (one plain model) without it."""
+    if spec is None:
+        return [0]
+    try:
+        counts = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1 or max(counts) > 64:
+        raise ConfigError(f"--workers takes counts from 1 to 64 (e.g. 1,2,4,8), not {spec!r}")
+    return counts
+
+
+def _by_workers(result: dict[str, Any], k: int) -> str:
+    """Recall@k per model and worker count, and each one's change from the first count."""
+    runs = result["workers"]
+    counts = list(runs)
+    rows = [f"Recall@{k} | " + " | ".join(f"{n} worker(s)" for n in counts)]
+    for model in runs[counts[0]]["models"]:
+        first = runs[counts[0]]["models"][model]["recall"]
+        cells = []
+        for n in counts:
+            r = runs[n]["models"][model]["recall"]
+            cells.append(f"{r:.4f}" + ("" if n == counts[0] else f" ({(r - first) / first:+.1%})"))
+        rows.append(f"{model} | " + " | ".join(cells))
+    return "\n".join(rows)
 
 
 def _item_metadata(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:

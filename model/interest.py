@@ -32,6 +32,9 @@ the small blend parameters keep a dense Adam. Catalogues of at most
 full softmax instead — the same code with every row as the candidates.
 
 Items unseen for ``expire_days`` (event time) are forgotten and their rows reused.
+An item's rows start from vectors seeded by its id, and copies of the model
+(one per worker) share their counts and parameter changes by item id
+(:mod:`model.sync`, :mod:`model.sharing`).
 Memory per item row: 1,176 bytes of embeddings, Adam moments and step counts
 (dim 48; up to twice that while tables grow by doubling), about 400 bytes of
 counts, top-list entries, vocabulary and scratch, and about 10 bytes per stored
@@ -49,6 +52,7 @@ import torch
 from torch import nn
 
 from core.types import EVENT_INDEX, Event, UserState
+from model import sharing
 from model.content import INSTALL_BUDGET as CONTENT_BUDGET
 from model.content import ContentPart
 from model.items import ItemMeta
@@ -122,13 +126,17 @@ class InterestModel(BaseRanker):
         scale = 0.1 / np.sqrt(dim)
         self.tables = {
             name: RowTable(
-                1 if name == "bias" else dim, 0.0 if name == "bias" else scale, lr, self._gen
+                1 if name == "bias" else dim, 0.0 if name == "bias" else scale, lr, self._gen, seed
             )
             for name in _TABLES
         }
         self._ensure()
-        self.tables["cat_in"].reset(np.zeros(1, dtype=np.int64))  # row 0: "unknown category"
-        self.tables["cat_out"].reset(np.zeros(1, dtype=np.int64))
+        for name in ("cat_in", "cat_out"):  # row 0: "unknown category"
+            self.tables[name].reset(np.zeros(1, dtype=np.int64), [f"{name}/"])
+        self._sharing = False  # counts only from apply_count_delta (see model.sync)
+        self._pending: list[sharing.Contribution] = []
+        self._dense_base: list[torch.Tensor] | None = None
+        self._outbox: list[tuple[str, np.ndarray, np.ndarray]] = []
         self.type_w = nn.Parameter(torch.log(torch.from_numpy(EVENT_WEIGHTS.copy())))
         self.decay = nn.Parameter(torch.tensor(0.3))
         self.lt_gain = nn.Parameter(torch.tensor(0.5))
@@ -163,6 +171,18 @@ class InterestModel(BaseRanker):
             grown[: len(self._changed)] = self._changed
             self._changed = grown
 
+    def _init_fresh(self) -> None:
+        """Start the rows just handed out from vectors seeded by their item or category."""
+        fresh, fresh_cats = self.vocab.fresh()
+        ids, cats = self.vocab.ids, self.vocab.categories
+        for name, table in self.tables.items():
+            if name.startswith("cat"):
+                table.reset(fresh_cats, [f"{name}/{cats[c]}" for c in fresh_cats.tolist()])
+            else:
+                table.reset(fresh, [f"{name}/{ids[r]}" for r in fresh.tolist()])
+        if self.content is not None:
+            self.content.attach(fresh, self.vocab)
+
     def changed_rows(self, since: int) -> np.ndarray:
         """Item rows whose embeddings or counts changed after learning step ``since``."""
         return np.flatnonzero(self._changed[: self.vocab.n_rows] > since)
@@ -187,6 +207,9 @@ class InterestModel(BaseRanker):
         if self.content is not None and self.content.active:
             state.add("content", self.content.state_dict())
         state.arrays["changed"] = self._changed[:n].copy()
+        if self._dense_base is not None:
+            for name, base in zip(_DENSE, self._dense_base, strict=True):
+                state.arrays[f"base.{name}"] = base.numpy().copy()
         state.arrays["rng.torch"] = self._gen.get_state().numpy().copy()
         state.meta.update(
             {
@@ -217,6 +240,11 @@ class InterestModel(BaseRanker):
             }
             if moments:
                 self._opt.state[param] = moments
+        if f"base.{_DENSE[0]}" in arrays:
+            self._dense_base = [
+                torch.from_numpy(np.array(arrays[f"base.{name}"], dtype=np.float32))
+                for name in _DENSE
+            ]
         self.memories.load_state_dict(state.part("memories"))
         if self.content is not None and "content.vectors" in state.arrays:
             self.content.load_state_dict(state.part("content"))
@@ -426,17 +454,16 @@ class InterestModel(BaseRanker):
         known = np.fromiter((ev.item_id in index for ev in events), dtype=bool, count=len(events))
         rows = self._add_items(events)
         self._ensure()
-        fresh, fresh_cats = self.vocab.fresh()
-        for name, table in self.tables.items():
-            table.reset(fresh_cats if name.startswith("cat") else fresh)
-        if self.content is not None:
-            self.content.attach(fresh, self.vocab)
+        self._init_fresh()
         self.batches += 1
         ctx = self._context(before)
         if self.fine_tune and known.any():
             # Items first seen in this batch have no trained row yet: no target.
             idx = np.flatnonzero(known)
             self._step(ctx.take(idx), rows[idx], [EVENT_INDEX[events[int(i)].event] for i in idx])
+        if self._sharing:  # counted when the contribution comes back (apply_count_delta)
+            self._pending.append(sharing.contribution(events, rows, ctx, self.vocab))
+            return
         weights = EVENT_WEIGHTS[[EVENT_INDEX[ev.event] for ev in events]]
         self.memories.remember(rows, ctx, weights, self.vocab)
         self._changed[rows] = self.batches
@@ -517,6 +544,61 @@ class InterestModel(BaseRanker):
         if self.content is None or not self.content.active:
             return None
         return self.content.candidates(ctx)
+
+    # sharing between copies (model.sync.Shared) --------------------------------------
+    def start_sharing(self) -> None:
+        """Count only what :meth:`apply_count_delta` brings; track parameter changes."""
+        self._sharing = True
+        for table in self.tables.values():
+            table.track_changes()
+        if self._dense_base is None:
+            self._dense_base = [p.detach().clone() for p in self._dense()]
+
+    def count_delta(self) -> ModelState | None:
+        parts, self._pending = self._pending, []
+        return sharing.merge_contributions(parts, self.window) if parts else None
+
+    def apply_count_delta(self, delta: ModelState) -> int:
+        return 0 if self.frozen else sharing.apply_counts(self, delta)
+
+    def param_delta(self, max_bytes: int) -> list[ModelState]:
+        self.start_sharing()
+        assert self._dense_base is not None
+        dense = {
+            name: (p.detach() - base).numpy()
+            for name, p, base in zip(_DENSE, self._dense(), self._dense_base, strict=True)
+        }
+        parts, self._outbox = sharing.param_parts(self.tables, dense, self.vocab, max_bytes)
+        return parts
+
+    def param_delta_shared(self) -> None:
+        for name, rows, sent in self._outbox:
+            self.tables[name].shared(rows, sent)
+        self._outbox = []
+        if self._dense_base is not None:
+            self._dense_base = [p.detach().clone() for p in self._dense()]
+
+    def apply_param_delta(self, delta: ModelState, adopt: bool = False) -> None:
+        sharing.apply_params(self, delta, adopt)
+        base = self._dense_base
+        with torch.no_grad():
+            for i, (name, param) in enumerate(zip(_DENSE, self._dense(), strict=True)):
+                if f"dense.{name}" not in delta.arrays:
+                    continue
+                d = torch.from_numpy(np.asarray(delta.arrays[f"dense.{name}"], dtype=np.float32))
+                if base is not None:
+                    base[i] += d
+                    param.copy_(base[i] if adopt else param + d)
+                else:
+                    param.add_(d)
+
+    def drop_unshared(self) -> None:
+        for table in self.tables.values():
+            table.drop_unshared()
+        if self._dense_base is not None:
+            with torch.no_grad():
+                for param, base in zip(self._dense(), self._dense_base, strict=True):
+                    param.copy_(base)
 
 
 def _ce(logits: torch.Tensor, tgt: np.ndarray, types: Sequence[int]) -> torch.Tensor:

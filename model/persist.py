@@ -98,9 +98,18 @@ def model_to_bytes(model: Persistent, compact: bool = True) -> bytes:
 
 
 def snapshot_bytes(
-    name: str, version: str, config: dict[str, Any], state: ModelState, compact: bool = True
+    name: str,
+    version: str,
+    config: dict[str, Any],
+    state: ModelState,
+    compact: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> bytes:
-    """Safetensors bytes of a model's ``state`` taken earlier (see :func:`model_to_bytes`)."""
+    """Safetensors bytes of a model's ``state`` taken earlier (see :func:`model_to_bytes`).
+
+    ``extra`` (JSON-able) is kept in the header as ``extra``: what the caller
+    needs to know about the state (e.g. which shared updates it includes).
+    """
     from safetensors.numpy import save
 
     half = sorted(k for k in state.half if k in state.arrays) if compact else []
@@ -118,6 +127,8 @@ def snapshot_bytes(
         "meta": json.dumps(state.meta),
         "half": json.dumps(half),
     }
+    if extra:
+        header["extra"] = json.dumps(extra)
     return save(arrays, metadata=header)
 
 

@@ -25,11 +25,16 @@ from core.errors import DataError
 from model.factory import create_model
 from model.persist import Persistent, decode, model_to_bytes
 
-__all__ = ["model_from_bytes", "save_snapshot", "load_snapshot", "write_atomic"]
+__all__ = ["model_from_bytes", "read_snapshot", "save_snapshot", "load_snapshot", "write_atomic"]
 
 
 def model_from_bytes(data: bytes) -> Any:
     """Rebuild the model written by :func:`model.persist.model_to_bytes` (DataError if not)."""
+    return read_snapshot(data)[0]
+
+
+def read_snapshot(data: bytes) -> tuple[Any, dict[str, Any]]:
+    """The model in snapshot ``data`` and the ``extra`` its writer kept in the header."""
     meta, state = decode(data)
     model = create_model(meta.get("model", ""), **json.loads(meta["config"]))
     if not isinstance(model, Persistent):
@@ -40,9 +45,10 @@ def model_from_bytes(data: bytes) -> Any:
         )
     try:
         model.load_state_dict(state)
+        extra = json.loads(meta.get("extra", "{}"))
     except (KeyError, ValueError, IndexError, TypeError) as exc:
         raise DataError(f"model snapshot does not fit the model: {exc}") from None
-    return model
+    return model, extra if isinstance(extra, dict) else {}
 
 
 def save_snapshot(model: Persistent, path: str | Path) -> None:
@@ -65,13 +71,15 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def load_snapshot(path: str | Path) -> Any:
-    """The model saved at ``path``; an unreadable or foreign file raises DataError."""
+def load_snapshot(path: str | Path, with_extra: bool = False) -> Any:
+    """The model saved at ``path`` (and its header's ``extra`` with ``with_extra``);
+    an unreadable or foreign file raises DataError."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read model snapshot {path}: {exc.strerror or exc}") from None
     try:
-        return model_from_bytes(data)
+        model, extra = read_snapshot(data)
     except DataError as exc:
         raise DataError(f"cannot read model snapshot {path}: {exc}") from None
+    return (model, extra) if with_extra else model

@@ -40,7 +40,9 @@ class RankingModel(Protocol):
     ``rank_many(user_ids, states, k)`` (one batched call instead of ``rank``
     per user), ``update_state(state, event)`` (model-owned parts of the state,
     e.g. the long-term vector, after :func:`apply_event`) and
-    ``explain_many(user_ids, states, lists)`` (the recent items behind each list).
+    ``explain_many(user_ids, states, lists)`` (the recent items behind each list),
+    and ``served_version`` (the version a list says it was ranked with, when it
+    is more precise than ``version``).
     A model that keeps anything per user outside the states has
     ``forget_users(user_ids)``, which the worker calls when users are erased.
     """
@@ -156,12 +158,14 @@ def process_batch(
         model.learn_many(events, before)
     final = [states[u] for u in users]
     fresh = _rank_many(model, users, final, k)
+    # A model shared across workers names the merge it ranked with (model.sync.SyncBook).
+    served = getattr(model, "served_version", None) or model.version
     explain = getattr(model, "explain_many", None)
     reasons = explain(users, final, fresh) if explain is not None else [()] * len(users)
     for user, st, items, why in zip(users, final, fresh, reasons, strict=True):
         st.last_list = [item for item, _ in items]
         state_view.put(user, st)
         result.recommendations.append(
-            Recommendation(user, tuple(items), model.version, st.last_ts, tuple(why))
+            Recommendation(user, tuple(items), served, st.last_ts, tuple(why))
         )
     return result

@@ -202,6 +202,10 @@ class ItemVocab:
         index = self.index
         return [index[i] for i in item_ids if i in index]
 
+    def category_index(self, name: str) -> int:
+        """Row of category ``name`` ("": the unknown category, 0), -1 when there is none."""
+        return self._cat_index.get(name, -1) if name else 0
+
     def item_categories(self) -> np.ndarray:
         """int64[n_rows]: category row of every item row (0 = unknown or free)."""
         return self._item_cat[: self.n_rows]

@@ -2,10 +2,12 @@
 
 A runtime polls, decodes and runs the guarded step, then hands everything the
 batch produced to a checkpoint: dead letters, recommendation lists, the
-changelog records of each partition's state transaction and the next input
-offsets. Nothing is produced before :meth:`Checkpoint.commit`, so the step
-never runs inside a Kafka transaction and the consumer is never polled while
-one is open. The loop that polls never knows which guarantee is on.
+changelog records of each partition's state transaction, any other record the
+batch must publish with them (:meth:`Checkpoint.add_record`: e.g. the model's
+shared deltas) and the next input offsets. Nothing is produced before
+:meth:`Checkpoint.commit`, so the step never runs inside a Kafka transaction
+and the consumer is never polled while one is open. The loop that polls never
+knows which guarantee is on.
 
 An erased user's list goes with a tombstone (the producer's key, no value) on
 the compacted recommendations topic, before any list of the batch, and their
@@ -253,6 +255,17 @@ class Checkpoint:
             self._publish(rec, generated_at_ms)
         self._changes(part.partition, outcome.txn.changes())
         self.outcomes.append((part, outcome))
+
+    def add_record(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Publish one more record with the batch (in its transaction, exactly once)."""
+        self._records.append(_Record(topic, key, value, headers, partition))
 
     def reseed(self, part: StorePartition) -> None:
         """Write every state of ``part`` to the changelog again (it was recreated empty)."""

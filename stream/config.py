@@ -105,6 +105,9 @@ class TopicsConfig:
     items: str = field(default="interest.items", metadata=_env("INTEREST_TOPIC_ITEMS"))
     # Empty: "<group>.<events>.changelog" (see Settings.changelog_topic).
     changelog: str = field(default="", metadata=_env("INTEREST_TOPIC_CHANGELOG"))
+    # Empty: "<group>.model-updates" and "<group>.model" (see Settings.model_updates_topic).
+    model_updates: str = field(default="", metadata=_env("INTEREST_TOPIC_MODEL_UPDATES"))
+    model: str = field(default="", metadata=_env("INTEREST_TOPIC_MODEL"))
     partitions: int = field(default=4, metadata=_env("INTEREST_TOPIC_PARTITIONS"))
     replication_factor: int = field(default=1, metadata=_env("INTEREST_TOPIC_REPLICATION"))
 
@@ -137,6 +140,15 @@ class WorkerConfig:
     )
     runtime: str = field(
         default="native", metadata={**_env("INTEREST_RUNTIME"), "choices": RUNTIMES}
+    )
+    # One model across the group's workers (stream/modelsync.py): shared count deltas,
+    # learned parameters merged every sync_every_s, snapshots on the model topic.
+    model_sharing: str = field(
+        default="on", metadata={**_env("INTEREST_MODEL_SHARING"), "choices": ("on", "off")}
+    )
+    sync_every_s: int = field(default=2, metadata={**_env("INTEREST_SYNC_EVERY_S"), "min": 0})
+    model_publish_every_s: int = field(
+        default=300, metadata={**_env("INTEREST_MODEL_PUBLISH_EVERY_S"), "min": 0}
     )
 
 
@@ -174,8 +186,27 @@ class Settings:
         return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:249]
 
     @property
+    def model_updates_topic(self) -> str:
+        """Where workers share their model deltas: ``<group>.model-updates`` by default."""
+        return self.topics.model_updates or _topic_name(f"{self.worker.group}.model-updates")
+
+    @property
+    def model_topic(self) -> str:
+        """Where the group's model snapshots are kept: ``<group>.model`` by default."""
+        return self.topics.model or _topic_name(f"{self.worker.group}.model")
+
+    @property
+    def model_sharing(self) -> bool:
+        return self.worker.model_sharing == "on"
+
+    @property
     def exactly_once(self) -> bool:
         return self.worker.processing_guarantee == EXACTLY_ONCE
+
+
+def _topic_name(name: str) -> str:
+    """``name`` with the characters a topic name cannot hold replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:249]
 
 
 def redact(client: Mapping[str, str]) -> dict[str, str]:

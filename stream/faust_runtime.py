@@ -18,6 +18,12 @@ table writes fails (#497), so this runtime uses no Faust tables and no Faust
 transactions. After a crash a batch may be published again; state stays exact
 (each store keeps its last applied offset, as in the native runtime).
 
+The model is shared with the group's other workers as in the native runtime
+(:mod:`stream.modelsync`): each batch's checkpoint publishes its model deltas
+with its lists, and a Faust timer adds the other workers' deltas while no
+events arrive. At least once here too: a delta published just before a crash
+whose batch is then replayed is counted twice.
+
 To add interest updates to an existing Faust app::
 
     from stream.config import load_settings
@@ -52,8 +58,10 @@ from stream.batch import PartitionBatch, Source
 from stream.checkpoint import AtLeastOnceCheckpoint, Outputs
 from stream.clients import make_client
 from stream.config import Settings
+from stream.identity import WorkerIdentity
 from stream.items import ItemsFeed
 from stream.metrics import MetricsServer, WorkerMetrics
+from stream.modelsync import ModelSync, Record
 from stream.pipeline import Pipeline
 from stream.preflight import preflight, state_root
 from stream.restore import Restorer
@@ -64,6 +72,8 @@ from stream.topics import partition_count
 __all__ = ["FaustRuntime"]
 
 log = logging.getLogger("interest_stream.worker")
+
+_SYNC_TICK_S = 1.0  # how often an idle worker adds the other workers' model deltas
 
 
 class FaustRuntime:
@@ -103,6 +113,7 @@ class FaustRuntime:
         # The step runs on this one thread: Faust's event loop keeps heartbeating.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="interest-step")
         self._server: MetricsServer | None = None
+        self._identity = WorkerIdentity(location)
         self._prepared = False
 
     # --- set up -------------------------------------------------------------------------
@@ -120,6 +131,10 @@ class FaustRuntime:
         if self.snapshots is not None:
             self.model = self.snapshots.restore(self.model)
         self.pipeline.model = self.model
+        if self.settings.model_sharing:
+            sync = ModelSync(self.settings, self.metrics, self._identity.acquire())
+            self.pipeline.share_model(sync, self.snapshots)
+            self.model = self.pipeline.model
         self.metrics.observe_model(self.model)
         self.pipeline.items = ItemsFeed(self.settings).start()
         kafka = self.settings.kafka
@@ -158,6 +173,11 @@ class FaustRuntime:
                 await loop.run_in_executor(self._executor, self.process, messages)
 
         agent = app.agent(topic, name="interest-stream", concurrency=1)(interest)
+
+        async def model_sync() -> None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._sync_tick)
+
+        app.timer(_SYNC_TICK_S, name="interest-model-sync")(model_sync)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_partitions_revoked.connect(self._on_revoked)
         return agent
@@ -205,8 +225,31 @@ class FaustRuntime:
             self._outputs, self.settings.topics, self.settings.changelog_topic, lambda offsets: None
         )
 
+    def _publish(self, records: list[Record]) -> bool:
+        """Publish model records on their own (flushed: at least once)."""
+        checkpoint = self._checkpoint()
+        for topic, key, value, partition, headers in records:
+            checkpoint.add_record(topic, value, key, partition, headers)
+        try:
+            checkpoint.commit()
+        except Exception as exc:  # the broker away: the deltas go with a later batch
+            log.warning("model records not published: %s", exc)
+            return False
+        return True
+
+    def _owner(self) -> bool:
+        """Whether this worker holds the events topic's partition 0 (it publishes snapshots)."""
+        return (self.settings.topics.events, 0) in self.store.partitions()
+
+    def _sync_tick(self) -> None:
+        """On the step thread while no events arrive: add deltas, share on the cadence."""
+        if self.pipeline.sync is not None and not self._stopping.is_set():
+            self.pipeline.between_batches(self._owner(), self._publish)
+            self.pipeline.idle(self._publish)
+
     def process(self, messages: Sequence[Any]) -> None:
         """One micro-batch of Faust messages: decode, step, checkpoint, count."""
+        self.pipeline.between_batches(self._owner(), self._publish)
         by_part: dict[tuple[str, int], list[Source]] = defaultdict(list)
         for msg in messages:
             by_part[(msg.topic, msg.partition)].append(_source(msg))
@@ -275,7 +318,9 @@ class FaustRuntime:
         return self.stats
 
     def close(self) -> None:
-        """Finish the batch in hand, save the model, close stores and clients."""
+        """Finish the batch in hand, share what the model learnt, save it, close all."""
+        if self._prepared and self.pipeline.sync is not None:
+            self._executor.submit(self.pipeline.stop_sharing, self._publish).result()
         self._stopping.set()
         self._executor.shutdown(wait=True)
         if self.pipeline.items is not None:
@@ -288,6 +333,7 @@ class FaustRuntime:
         self.store.close()
         if self._server is not None:
             self._server.stop()
+        self._identity.release()
         self.stats.finished()
 
     def describe(self) -> dict[str, Any]:
@@ -302,6 +348,7 @@ class FaustRuntime:
             "dead_letter": t.dead_letter,
             "state": str(location) if location is not None else "memory",
             "model": getattr(self.model, "version", "?"),
+            "model_updates": self.settings.model_updates_topic if self.pipeline.sync else "off",
             "metrics": self.metrics_url or "off",
         }
 

@@ -36,6 +36,18 @@ Names (``interest_`` prefix):
 - ``model_info{model,version}``                 1, for the model being served
 - ``model_last_snapshot_timestamp_seconds``     Unix time of the model snapshot on disk (absent
                                                 until there is one)
+- ``model_served_info{version}``                1, for the shared model served: model version @
+                                                the topic snapshot it descends from
+- ``model_merges_total``                        parameter deltas merged (own shared, others' added)
+- ``model_seconds_since_merge``                 since the last merge (absent until one)
+- ``model_sync_lag_messages``                   model-updates records not applied yet
+- ``model_sync_lag_events``                     about how many events those hold (records
+                                                behind x mean events per count record)
+- ``model_sync_delay_seconds``                  age of the newest update applied, when applied
+- ``model_update_bytes_total{kind}``            bytes of deltas this worker published (counts,
+                                                params)
+- ``model_published_snapshot_bytes``            size of the last snapshot it put on the model
+                                                topic (absent until one)
 """
 
 from __future__ import annotations
@@ -123,6 +135,14 @@ class WorkerMetrics:
     model_steps: Counter
     model_info: Gauge
     snapshot_timestamp: OptionalGauge
+    served_info: Gauge
+    model_merges: Counter
+    seconds_since_merge: OptionalGauge
+    sync_lag: Gauge
+    sync_lag_events: Gauge
+    sync_delay: OptionalGauge
+    update_bytes: Counter
+    snapshot_bytes: OptionalGauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -249,6 +269,48 @@ class WorkerMetrics:
                 "Unix time of the model snapshot on disk (a crash loses what was learnt since)",
                 reg,
             ),
+            served_info=Gauge(
+                "interest_model_served_info",
+                "The shared model served (value 1): version @ the topic snapshot it descends from",
+                ["version"],
+                registry=reg,
+            ),
+            model_merges=Counter(
+                "interest_model_merges",
+                "Learned-parameter deltas merged: own ones shared, other workers' added",
+                registry=reg,
+            ),
+            seconds_since_merge=OptionalGauge(
+                "interest_model_seconds_since_merge",
+                "Seconds since this worker last merged learned parameters",
+                reg,
+            ),
+            sync_lag=Gauge(
+                "interest_model_sync_lag_messages",
+                "Model-updates records committed but not applied by this worker yet",
+                registry=reg,
+            ),
+            sync_lag_events=Gauge(
+                "interest_model_sync_lag_events",
+                "About how many events the model-updates records not applied yet hold",
+                registry=reg,
+            ),
+            sync_delay=OptionalGauge(
+                "interest_model_sync_delay_seconds",
+                "Age of the newest model update this worker applied, when it applied it",
+                reg,
+            ),
+            update_bytes=Counter(
+                "interest_model_update_bytes",
+                "Bytes of model deltas this worker published, by kind (counts, params)",
+                ["kind"],
+                registry=reg,
+            ),
+            snapshot_bytes=OptionalGauge(
+                "interest_model_published_snapshot_bytes",
+                "Size of the last model snapshot this worker put on the model topic",
+                reg,
+            ),
         )
         # Touch every label value so dashboards see zeros instead of gaps.
         for kind in EVENT_TYPES:
@@ -259,9 +321,19 @@ class WorkerMetrics:
             m.stage_seconds.labels(stage)
         for outcome in ("committed", "aborted"):
             m.transactions.labels(outcome)
+        for kind in ("counts", "params"):
+            m.update_bytes.labels(kind)
         for had in ("true", "false"):
             m.users_erased.labels(had)
         return m
+
+    def observe_served(self, version: str) -> None:
+        """The shared model served now is ``version`` (one series at a time)."""
+        for family in self.served_info.collect():
+            if any(s.labels.get("version") == version for s in family.samples):
+                return
+        self.served_info.clear()
+        self.served_info.labels(version).set(1)
 
     def observe_model(self, model: Any, steps: int = 0) -> None:
         """Record what the model says about itself after ``steps`` learning steps.

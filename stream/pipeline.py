@@ -11,6 +11,13 @@ by the runtime) reaches the model at the start of a step, on the model's
 thread; the model encodes it on a thread of its own. The native
 confluent-kafka runtime (:mod:`stream.runtime`) and the Faust runtime
 (:mod:`stream.faust_runtime`) share all of it.
+
+With a :class:`~stream.modelsync.ModelSync` (:meth:`Pipeline.share_model`) the
+pipeline also keeps the model one model across the group: each batch's model
+deltas go into the batch's checkpoint (exactly once with the native runtime's
+transactions, at least once with Faust), and between batches
+:meth:`Pipeline.between_batches` adds the other workers' deltas and publishes
+snapshots.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ from stream.events import EventValidator, Rejected, decode_event
 from stream.isolation import ModelGuard
 from stream.items import ItemsFeed
 from stream.metrics import WorkerMetrics
+from stream.modelsync import ModelSync, Publish
 from stream.placement import Placement
 from stream.privacy import UserIds
+from stream.snapshots import ModelSnapshots
 from stream.stats import WorkerStats
 
 __all__ = ["Pipeline"]
@@ -59,8 +68,55 @@ class Pipeline:
         self.ids = UserIds.from_config(settings.privacy)
         self.guard = ModelGuard(settings.worker.k, warn_model, log_ids=self.ids.log_ids)
         self.model: RankingModel | None = None
+        self.sync: ModelSync | None = None  # one model across the group (share_model)
         self.items: ItemsFeed | None = None
         self._last_generated = 0
+
+    def share_model(self, sync: ModelSync, snapshots: ModelSnapshots | None) -> None:
+        """Share the model with the group's other workers through ``sync``, when it can.
+
+        The model may be replaced (by the group's newer snapshot on the model
+        topic): read :attr:`model` again afterwards. Local snapshots then say
+        which shared updates they include.
+        """
+        assert self.model is not None
+        local = snapshots.extra if snapshots is not None and snapshots.loaded else None
+        self.model = sync.start(self.model, local)
+        if not sync.active:
+            sync.close()
+            return
+        self.sync = sync
+        if snapshots is not None:
+            snapshots.describe = sync.describe
+
+    def between_batches(self, owner: bool, publish: Publish) -> None:
+        """Add the deltas that arrived; as the owner of the events topic's partition 0,
+        publish a model snapshot when due (``publish`` sends records on their own)."""
+        if self.sync is not None:
+            self.sync.between_batches(self.model, owner, publish)
+
+    def idle(self, publish: Publish) -> None:
+        """No events this poll: still share what the model learnt, on the cadence."""
+        if self.sync is not None:
+            self.sync.share(self.model, publish)
+
+    def aborted(self) -> None:
+        """The checkpoint was discarded: its model deltas were not shared."""
+        if self.sync is not None:
+            self.sync.aborted()
+
+    def stop_sharing(self, publish: Publish | None) -> None:
+        """On a stop: share what is left (``publish``: a clean stop) and apply what
+        committed, so the last local snapshot includes it; then close."""
+        sync, self.sync = self.sync, None
+        if sync is None:
+            return
+        try:
+            if publish is not None:
+                sync.share(self.model, publish, now=True)
+                sync.drain(self.model)
+        finally:
+            sync.close()
 
     def decode(
         self, part: StorePartition, sources: Iterable[Source], checkpoint: Checkpoint
@@ -109,6 +165,9 @@ class Pipeline:
         self.metrics.observe_model(self.model, sum(out.learnt for _, out in outcomes))
         for part, outcome in outcomes:
             checkpoint.add(part, outcome, generated_at)
+        if self.sync is not None:  # the batch's model deltas commit with its outputs
+            for topic, key, value, partition, headers in self.sync.records(self.model):
+                checkpoint.add_record(topic, value, key, partition, headers)
 
     def give_items(self) -> int:
         """Hand the item metadata read since the last call to the model; returns how many."""
@@ -129,6 +188,8 @@ class Pipeline:
         on_publish: Callable[[list[Recommendation]], Any] | None = None,
     ) -> None:
         """Count what the committed ``checkpoint`` did (metrics are the one place of counts)."""
+        if self.sync is not None:  # the model deltas in it were delivered
+            self.sync.committed(self.model)
         m = self.metrics
         m.messages_consumed.inc(checkpoint.messages)
         m.events_forwarded.inc(checkpoint.forwarded)

@@ -17,7 +17,13 @@ from confluent_kafka.admin import AdminClient
 from core.errors import ConfigError, KafkaClientError
 from stream.clients import make_client
 from stream.config import Settings
-from stream.topics import ensure_changelog, ensure_topics, topic_specs
+from stream.topics import (
+    ensure_changelog,
+    ensure_model_topics,
+    ensure_topics,
+    topic_specs,
+    updates_retention_ms,
+)
 
 __all__ = ["state_root", "check_writable", "preflight", "CONNECT_TIMEOUT_S"]
 
@@ -68,3 +74,11 @@ def preflight(settings: Settings, state_dir: Path | None) -> None:
     ensure_changelog(
         kafka, settings.changelog_topic, settings.topics.events, settings.topics.replication_factor
     )
+    if settings.model_sharing:
+        ensure_model_topics(
+            kafka,
+            settings.model_updates_topic,
+            settings.model_topic,
+            settings.topics.replication_factor,
+            updates_retention_ms(settings.worker.model_publish_every_s),
+        )

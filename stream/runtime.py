@@ -34,7 +34,10 @@ loaded worker answers each event at once; a loaded one fills its batches):
    outputs, state and offsets in its order (see :mod:`stream.checkpoint`).
 
 The model is saved under the state dir after committed batches and on a clean
-stop, and loaded on start: see :mod:`stream.snapshots`.
+stop, and loaded on start: see :mod:`stream.snapshots`. With model sharing on
+(the default) every batch's checkpoint also carries the model's deltas, and
+between batches the worker adds the other workers' and publishes snapshots to
+the model topic: see :mod:`stream.modelsync`.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ from stream.identity import WorkerIdentity
 from stream.isolation import ModelError
 from stream.items import ItemsFeed
 from stream.metrics import MetricsServer, WorkerMetrics
+from stream.modelsync import ModelSync, Record
 from stream.pipeline import Pipeline
 from stream.preflight import preflight, state_root
 from stream.rebalance import Rebalancer, commit_offsets
@@ -150,6 +154,11 @@ class Worker:
         self.pipeline = Pipeline(settings, self.metrics, self.stats, self._warn_model)
 
     @property
+    def sync(self) -> ModelSync | None:
+        """The sharing of the model with the group's other workers (None: not shared)."""
+        return self.pipeline.sync
+
+    @property
     def restoring(self) -> bool:
         """True while a partition's state is being restored from the changelog."""
         return self._restorer.active
@@ -167,8 +176,6 @@ class Worker:
             self.model = self._build_model()
         if self.snapshots is not None:
             self.model = self.snapshots.restore(self.model)
-        self.pipeline.model = self.model
-        self.metrics.observe_model(self.model)
         self.pipeline.items = ItemsFeed(self.settings).start()
         worker_id = self._identity.acquire()
         if self.settings.exactly_once:
@@ -179,6 +186,12 @@ class Worker:
         self.stats.started()
         clean = False
         try:
+            self.pipeline.model = self.model
+            if self.settings.model_sharing:
+                sync = ModelSync(self.settings, self.metrics, worker_id)
+                self.pipeline.share_model(sync, self.snapshots)
+                self.model = self.pipeline.model
+            self.metrics.observe_model(self.model)
             consumer = self._consumer = self._make_consumer()
             self._outputs = Outputs(self._make_producer(), stop)
             self.metrics_url = server.start().url
@@ -194,9 +207,13 @@ class Worker:
                 committed = self._run_batch()
                 if self.snapshots is not None:
                     self.snapshots.after_batch(self.model, committed)
+            # What the model learnt since it last shared, and what committed meanwhile:
+            # the last local snapshot includes both.
+            self.pipeline.stop_sharing(self._commit_records)
             clean = True
         finally:
             try:
+                self.pipeline.stop_sharing(None)
                 if self.pipeline.items is not None:
                     self.pipeline.items.close()
                 self._shutdown()
@@ -207,6 +224,20 @@ class Worker:
                 self._identity.release()
                 self.stats.finished()
         return self.stats
+
+    def _commit_records(self, records: list[Record]) -> bool:
+        """Publish ``records`` on their own (one transaction with exactly-once)."""
+        checkpoint = self._checkpoint()
+        for topic, key, value, partition, headers in records:
+            checkpoint.add_record(topic, value, key, partition, headers)
+        try:
+            checkpoint.commit()
+        except (BatchAborted, ProducerFenced, KafkaClientError) as exc:
+            self._warn_throttled("publish", f"model records not published: {exc}")
+            if isinstance(exc, ProducerFenced):
+                self._renew_producer(exc)
+            return False
+        return True
 
     def _make_consumer(self) -> Consumer:
         kafka, w = self.settings.kafka, self.settings.worker
@@ -330,11 +361,14 @@ class Worker:
         assert self._consumer is not None and self._outputs is not None
         assert self.model is not None
         self._restore_step()
+        owner = (self.settings.topics.events, 0) in self.store.partitions()
+        self.pipeline.between_batches(owner, self._commit_records)
         t0 = time.perf_counter()
         msgs = self._poll(w.batch_max_events, w.batch_max_ms / 1000.0)
         t1 = time.perf_counter()
         m.stage_seconds.labels("poll").observe(t1 - t0)
         if not msgs:
+            self.pipeline.idle(self._commit_records)
             self._outputs.poll()
             if time.monotonic() - self._lag_at > _LAG_EVERY_S:
                 self._update_lag()
@@ -355,6 +389,7 @@ class Worker:
             checkpoint.commit()
         except (BatchAborted, ProducerFenced) as exc:
             checkpoint.discard()
+            self.pipeline.aborted()
             self._rewind([batch for _, batch in batches])
             m.transactions.labels("aborted").inc()
             if isinstance(exc, ProducerFenced):
@@ -538,6 +573,7 @@ class Worker:
             "guarantee": self.settings.worker.processing_guarantee,
             "user_ids": "pseudonymised" if self.pipeline.ids.pseudonymised else "plain",
             "changelog": self.settings.changelog_topic,
+            "model_updates": self.settings.model_updates_topic if self.pipeline.sync else "off",
             "pid": os.getpid(),
             "model": getattr(self.model, "version", "?"),
             "metrics": self.metrics_url or "off",

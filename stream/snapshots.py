@@ -34,6 +34,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,13 +75,18 @@ class ModelSnapshots:
         self._thread: threading.Thread | None = None
         self._batches = 0  # batches since the last snapshot
         self._last = time.monotonic()
+        # What else a snapshot must remember (e.g. the shared updates its model includes),
+        # taken at the same point as the model's state; what it said comes back in ``extra``.
+        self.describe: Callable[[], dict[str, Any]] | None = None
+        self.extra: dict[str, Any] = {}
+        self.loaded = False  # a snapshot was loaded by restore()
 
     def restore(self, model: Any) -> Any:
         """The model saved here, or ``model`` itself when there is none (or it is unreadable)."""
         if not isinstance(model, Persistent) or not self.path.exists():
             return model
         try:
-            loaded = load_snapshot(self.path)
+            loaded, self.extra = load_snapshot(self.path, with_extra=True)
         except Exception as exc:  # corrupt, truncated, or saved by an incompatible model
             bad = self.path.with_name(FILE_NAME + ".bad")
             os.replace(self.path, bad)
@@ -92,6 +98,7 @@ class ModelSnapshots:
             )
             return model
         log.info("model %s restored from %s", loaded.version, self.path)
+        self.loaded = True
         self.saved_at = self.path.stat().st_mtime
         return loaded
 
@@ -108,7 +115,7 @@ class ModelSnapshots:
         if not due or (self._thread is not None and self._thread.is_alive()):
             return
         t0 = time.perf_counter()
-        frozen = _Frozen(model)  # a consistent copy; the worker trains on meanwhile
+        frozen = _Frozen(model, self.describe)  # a consistent copy; the worker trains on
         self.copy_seconds = time.perf_counter() - t0
         self._batches, self._last = 0, time.monotonic()
         self._thread = threading.Thread(
@@ -129,7 +136,7 @@ class ModelSnapshots:
         if not isinstance(model, Persistent):
             return
         t0 = time.perf_counter()
-        frozen = _Frozen(model)
+        frozen = _Frozen(model, self.describe)
         self.copy_seconds = time.perf_counter() - t0
         self._write(frozen)
 
@@ -149,10 +156,13 @@ class ModelSnapshots:
 class _Frozen:
     """What a model had learnt at one point, to be encoded later on another thread."""
 
-    def __init__(self, model: Persistent) -> None:
+    def __init__(
+        self, model: Persistent, describe: Callable[[], dict[str, Any]] | None = None
+    ) -> None:
         self.name, self.version = model.name, model.version
         self.config = dict(model.config)
         self.state: ModelState = model.state_dict()
+        self.extra = describe() if describe is not None else None
 
     def to_bytes(self) -> bytes:
-        return snapshot_bytes(self.name, self.version, self.config, self.state)
+        return snapshot_bytes(self.name, self.version, self.config, self.state, extra=self.extra)

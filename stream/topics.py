@@ -22,9 +22,15 @@ __all__ = [
     "topic_specs",
     "ensure_topics",
     "ensure_changelog",
+    "ensure_model_topics",
     "partition_count",
+    "updates_retention_ms",
     "COMPACTED",
 ]
+
+# Model updates stay at least this long, and at least a dozen snapshot intervals: a
+# worker that starts from the newest snapshot replays what came after it.
+_MIN_UPDATES_RETENTION_MS = 3600 * 1000
 
 log = logging.getLogger("interest_stream.topics")
 
@@ -148,6 +154,47 @@ def ensure_changelog(kafka: KafkaConfig, name: str, events: str, replication: in
         return False
     spec = TopicSpec(name, n, replication, dict(COMPACTED))
     return ensure_topics(kafka, [spec])[name]
+
+
+def updates_retention_ms(publish_every_s: int) -> int:
+    """Retention of the model-updates topic for snapshots every ``publish_every_s`` (0: none)."""
+    if publish_every_s <= 0:
+        return 7 * 24 * 3600 * 1000  # no snapshots on the topic: a new worker replays all
+    return max(_MIN_UPDATES_RETENTION_MS, 12 * publish_every_s * 1000)
+
+
+def ensure_model_topics(
+    kafka: KafkaConfig, updates: str, model: str, replication: int, retention_ms: int
+) -> None:
+    """Create the model-updates topic (time retention) and the compacted model topic, when
+    missing. Both have one partition: every worker reads the updates in one order (so all
+    count the same), and a snapshot's manifest and chunks in the order written."""
+    segment = str(min(retention_ms // 4, 10 * 60 * 1000))
+    ensure_topics(
+        kafka,
+        [
+            TopicSpec(
+                updates,
+                1,
+                replication,
+                {
+                    "cleanup.policy": "delete",
+                    "retention.ms": str(retention_ms),
+                    "segment.ms": segment,
+                },
+            ),
+            TopicSpec(
+                model,
+                1,
+                replication,
+                {
+                    "cleanup.policy": "compact",
+                    "min.compaction.lag.ms": "0",
+                    "segment.ms": str(10 * 60 * 1000),
+                },
+            ),
+        ],
+    )
 
 
 def _check_policies(admin: AdminClient, specs: list[TopicSpec]) -> None:

@@ -149,7 +149,8 @@ def test_snapshot_after_expiry_continues_identically(exhaustive_rows: int) -> No
     views = _replay(model, _phase(0, old, 20, 600, seed=1))
     _replay(model, _phase(60, [f"new{i}" for i in range(30)], 20, 300, seed=2), views)
     assert np.any(~model.vocab.live())  # rows were freed and some reused
-    clone = model_from_bytes(model_to_bytes(model))
+    # Exact weights: float16 ones (compact) may swap two near-equal scores.
+    clone = model_from_bytes(model_to_bytes(model, compact=False))
     views2 = MemoryStates()
     views2.states = {u: st.copy() for u, st in views.states.items()}
     later = _phase(61, [f"new{i}" for i in range(45)], 25, 300, seed=3)
