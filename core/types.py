@@ -11,6 +11,7 @@ import numpy as np
 __all__ = [
     "EVENT_TYPES",
     "EVENT_INDEX",
+    "TRIGGERS",
     "Event",
     "Recommendation",
     "BatchResult",
@@ -20,6 +21,8 @@ __all__ = [
 
 EVENT_TYPES: tuple[str, ...] = ("click", "favourite", "cart", "purchase")
 EVENT_INDEX: dict[str, int] = {name: i for i, name in enumerate(EVENT_TYPES)}
+# Why a list was published: the user's own events, or a refresh while they were idle.
+TRIGGERS: tuple[str, ...] = ("events", "refresh")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +95,9 @@ class Recommendation:
     """A refreshed top-K list for one user.
 
     ``items`` is best first; ``event_ts`` is the newest event of this user that
-    the list includes; ``explanation`` names the recent items that drove it.
+    the list includes; ``explanation`` names the recent items that drove it;
+    ``trigger`` says why it was published: ``"events"`` (the user's own events)
+    or ``"refresh"`` (re-ranked while the user was idle, see model/refresh.py).
     """
 
     user_id: str
@@ -100,6 +105,7 @@ class Recommendation:
     model_version: str
     event_ts: int
     explanation: tuple[str, ...] = ()
+    trigger: str = "events"
 
 
 @dataclass(slots=True)

@@ -71,13 +71,14 @@ from stream.checkpoint import (
 )
 from stream.clients import make_client
 from stream.config import Settings
-from stream.events import EventValidator, Rejected, decode_event
+from stream.events import NEWCOMERS_ID, EventValidator, Rejected, decode_event
 from stream.identity import WorkerIdentity
 from stream.isolation import ModelError, ModelGuard
 from stream.metrics import MetricsServer, WorkerMetrics
 from stream.placement import Placement
 from stream.preflight import preflight, state_root
 from stream.rebalance import Rebalancer, commit_offsets
+from stream.refresh import Refresher
 from stream.restore import Restorer, RestoreTask
 from stream.snapshots import ModelSnapshots, SnapshotPolicy
 from stream.stats import WorkerStats
@@ -152,6 +153,10 @@ class Worker:
         self._placement_at = 0.0
         self._client_errors: dict[str, tuple[float, int]] = {}  # kind -> (logged at, repeats)
         self._guard = ModelGuard(settings.worker.k, self._warn_model)
+        w = settings.worker
+        self._refresher = Refresher(
+            w.refresh_policy(), w.refresh_budget_percent, w.k, self.metrics, self._warn_model
+        )
 
     @property
     def restoring(self) -> bool:
@@ -194,6 +199,8 @@ class Worker:
             )
             while not stop.is_set():
                 committed = self._run_batch()
+                if self._refresher.due() and not stop.is_set():
+                    self._refresh()
                 if self.snapshots is not None:
                     self.snapshots.after_batch(self.model, committed)
             clean = True
@@ -349,8 +356,7 @@ class Worker:
             return False
         m.batch_size.observe(len(msgs))
 
-        generated_at = max(int(time.time() * 1000), self._last_generated + 1)
-        self._last_generated = generated_at
+        generated_at = self._generated_at()
         outcomes = [(part, self._guard.step(batch, part, self.model)) for part, batch in batches]
         m.observe_model(self.model, sum(out.learnt for _, out in outcomes))
         t3 = time.perf_counter()
@@ -381,6 +387,35 @@ class Worker:
             m.transactions.labels("committed").inc()
         self._account(checkpoint)
         return True
+
+    def _generated_at(self) -> int:
+        """A ``generated_at`` for the lists of a batch, later than every earlier one."""
+        self._last_generated = max(int(time.time() * 1000), self._last_generated + 1)
+        return self._last_generated
+
+    def _refresh(self) -> None:
+        """A refresh pass (:mod:`stream.refresh`): committed like a batch, on its own."""
+        assert self.model is not None
+        parts = {
+            key: part
+            for key, part in self.store.partitions().items()
+            if not self._restorer.restoring(part.partition)
+        }
+        home = (self.settings.topics.events, self._placement.of(NEWCOMERS_ID.encode()))
+        checkpoint = self._checkpoint()
+        if not self._refresher.stage(parts, self.model, checkpoint, self._generated_at(), home):
+            return
+        try:
+            checkpoint.commit()
+        except (BatchAborted, ProducerFenced) as exc:
+            checkpoint.discard()
+            self._refresher.aborted()
+            if isinstance(exc, ProducerFenced):
+                self._renew_producer(exc)
+            return
+        recs = self._refresher.committed(checkpoint.delivered_ms)
+        if self.on_publish is not None and recs:
+            self.on_publish(recs)
 
     def _events_partitions(self) -> int:
         self._placement_at = time.monotonic()
@@ -584,6 +619,7 @@ class Worker:
             m.users_in_state.labels(str(part.partition)).set(part.user_count())
             recs.extend(out.recommendations)
         m.batches.inc()
+        self._refresher.after_batch(checkpoint)
         self._update_lag()
         if self.on_publish is not None and recs:
             self.on_publish(recs)
