@@ -17,7 +17,7 @@ __all__ = ["SECTIONS", "main"]
 
 # name -> module with main(argv) -> exit code; run in this order.
 SECTIONS: dict[str, str] = {
-    "throughput": "bench.throughput",
+    "runtimes": "bench.runtimes",
     "catalogue": "bench.catalogue",
     "forwarding": "bench.forwarding",
 }

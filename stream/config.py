@@ -36,10 +36,14 @@ __all__ = [
     "EXACTLY_ONCE",
     "AT_LEAST_ONCE",
     "GUARANTEES",
+    "GUARANTEE_ENV",
+    "RUNTIMES",
     "BOOTSTRAP_ENV",
 ]
 
 CONFIG_ENV = "INTEREST_CONFIG"
+GUARANTEE_ENV = "INTEREST_PROCESSING_GUARANTEE"
+RUNTIMES = ("native", "faust")
 EXACTLY_ONCE = "exactly-once"
 AT_LEAST_ONCE = "at-least-once"
 GUARANTEES = (EXACTLY_ONCE, AT_LEAST_ONCE)
@@ -121,7 +125,10 @@ class WorkerConfig:
     )
     processing_guarantee: str = field(
         default=EXACTLY_ONCE,
-        metadata={**_env("INTEREST_PROCESSING_GUARANTEE"), "choices": GUARANTEES},
+        metadata={**_env(GUARANTEE_ENV), "choices": GUARANTEES},
+    )
+    runtime: str = field(
+        default="native", metadata={**_env("INTEREST_RUNTIME"), "choices": RUNTIMES}
     )
     # Refresh of idle users' stale lists (model/refresh.py, stream/refresh.py):
     # at most this share of the worker's time (0 turns refresh and the newcomer list off),

@@ -12,7 +12,7 @@ Names (``interest_`` prefix):
 - ``events_forwarded_total``                    events sent on to their key's partition
 - ``batches_total``                             micro-batches committed
 - ``batch_size_events``                         histogram of messages per micro-batch
-- ``stage_seconds{stage}``                      poll, decode, step, produce, commit
+- ``stage_seconds{stage}``                      poll, decode, step, commit
 - ``event_to_list_latency_seconds``             Kafka timestamp of an event -> its list delivered
 - ``lists_published_total``                     recommendation lists delivered (refreshed ones too)
 - ``lists_refreshed_total``                     lists re-ranked while their user was idle, delivered
@@ -56,7 +56,7 @@ from stream.events import REASONS
 
 __all__ = ["WorkerMetrics", "MetricsServer", "OptionalGauge", "STAGES", "sample_total"]
 
-STAGES = ("poll", "decode", "step", "produce", "commit")
+STAGES = ("poll", "decode", "step", "commit")
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 _RESTORE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)

@@ -71,14 +71,12 @@ from stream.checkpoint import (
 )
 from stream.clients import make_client
 from stream.config import Settings
-from stream.events import NEWCOMERS_ID, EventValidator, Rejected, decode_event
 from stream.identity import WorkerIdentity
-from stream.isolation import ModelError, ModelGuard
+from stream.isolation import ModelError
 from stream.metrics import MetricsServer, WorkerMetrics
-from stream.placement import Placement
+from stream.pipeline import Pipeline
 from stream.preflight import preflight, state_root
 from stream.rebalance import Rebalancer, commit_offsets
-from stream.refresh import Refresher
 from stream.restore import Restorer, RestoreTask
 from stream.snapshots import ModelSnapshots, SnapshotPolicy
 from stream.stats import WorkerStats
@@ -129,13 +127,8 @@ class Worker:
         self.on_start: Callable[[dict[str, Any]], None] | None = None
         self.on_publish: Callable[[list[Recommendation]], None] | None = None
         self.metrics_url: str | None = None
-        self._validator = EventValidator(
-            max_payload_bytes=settings.worker.max_payload_bytes,
-            max_id_bytes=settings.worker.max_id_bytes,
-        )
         self._consumer: Consumer | None = None
         self._outputs: Outputs | None = None
-        self._last_generated = 0
         self._stop = threading.Event()
         self._lag_at = 0.0
         self._restorer = Restorer(settings, self.metrics)
@@ -149,14 +142,9 @@ class Worker:
         self.transactional_id: str | None = None
         self._fenced_at: list[float] = []
         self._aborts = 0  # batch transactions aborted in a row
-        self._placement = Placement(settings.topics.partitions)
         self._placement_at = 0.0
         self._client_errors: dict[str, tuple[float, int]] = {}  # kind -> (logged at, repeats)
-        self._guard = ModelGuard(settings.worker.k, self._warn_model)
-        w = settings.worker
-        self._refresher = Refresher(
-            w.refresh_policy(), w.refresh_budget_percent, w.k, self.metrics, self._warn_model
-        )
+        self.pipeline = Pipeline(settings, self.metrics, self.stats, self._warn_model)
 
     @property
     def restoring(self) -> bool:
@@ -170,12 +158,13 @@ class Worker:
         stop = stop if stop is not None else threading.Event()
         self._stop = stop
         preflight(self.settings, self.store.location)
-        self._placement = Placement(self._events_partitions())
+        self.pipeline.placement.resize(self._events_partitions())
         if self.model is None:
             assert self._build_model is not None
             self.model = self._build_model()
         if self.snapshots is not None:
             self.model = self.snapshots.restore(self.model)
+        self.pipeline.model = self.model
         self.metrics.observe_model(self.model)
         worker_id = self._identity.acquire()
         if self.settings.exactly_once:
@@ -199,7 +188,7 @@ class Worker:
             )
             while not stop.is_set():
                 committed = self._run_batch()
-                if self._refresher.due() and not stop.is_set():
+                if self.pipeline.refresher.due() and not stop.is_set():
                     self._refresh()
                 if self.snapshots is not None:
                     self.snapshots.after_batch(self.model, committed)
@@ -346,7 +335,7 @@ class Worker:
             if time.monotonic() - self._lag_at > _LAG_EVERY_S:
                 self._update_lag()
             if time.monotonic() - self._placement_at > _PLACEMENT_EVERY_S:
-                self._placement.resize(self._events_partitions())
+                self.pipeline.placement.resize(self._events_partitions())
             return False
         checkpoint = self._checkpoint()
         batches = self._decode(msgs, checkpoint)
@@ -355,16 +344,9 @@ class Worker:
         if not batches:
             return False
         m.batch_size.observe(len(msgs))
-
-        generated_at = self._generated_at()
-        outcomes = [(part, self._guard.step(batch, part, self.model)) for part, batch in batches]
-        m.observe_model(self.model, sum(out.learnt for _, out in outcomes))
+        self.pipeline.step(batches, checkpoint)
         t3 = time.perf_counter()
         m.stage_seconds.labels("step").observe(t3 - t2)
-        for part, outcome in outcomes:
-            checkpoint.add(part, outcome, generated_at)
-        t4 = time.perf_counter()
-        m.stage_seconds.labels("produce").observe(t4 - t3)
         try:
             checkpoint.commit()
         except (BatchAborted, ProducerFenced) as exc:
@@ -382,40 +364,36 @@ class Worker:
             return False
         self._aborts = 0
         t5 = time.perf_counter()
-        m.stage_seconds.labels("commit").observe(t5 - t4)
+        m.stage_seconds.labels("commit").observe(t5 - t3)
         if self.settings.exactly_once:
             m.transactions.labels("committed").inc()
-        self._account(checkpoint)
+        self.pipeline.account(checkpoint, self.on_publish)
+        self._update_lag()
         return True
 
-    def _generated_at(self) -> int:
-        """A ``generated_at`` for the lists of a batch, later than every earlier one."""
-        self._last_generated = max(int(time.time() * 1000), self._last_generated + 1)
-        return self._last_generated
-
     def _refresh(self) -> None:
-        """A refresh pass (:mod:`stream.refresh`): committed like a batch, on its own."""
-        assert self.model is not None
+        """A refresh pass (:mod:`stream.refresh`), committed like a batch, on its own."""
         parts = {
             key: part
             for key, part in self.store.partitions().items()
             if not self._restorer.restoring(part.partition)
         }
-        home = (self.settings.topics.events, self._placement.of(NEWCOMERS_ID.encode()))
         checkpoint = self._checkpoint()
-        if not self._refresher.stage(parts, self.model, checkpoint, self._generated_at(), home):
+        if not self.pipeline.stage_refresh(parts, checkpoint):
             return
         try:
             checkpoint.commit()
         except (BatchAborted, ProducerFenced) as exc:
             checkpoint.discard()
-            self._refresher.aborted()
+            self.pipeline.refresher.aborted()
+            if self.settings.exactly_once:
+                self.metrics.transactions.labels("aborted").inc()
             if isinstance(exc, ProducerFenced):
                 self._renew_producer(exc)
             return
-        recs = self._refresher.committed(checkpoint.delivered_ms)
-        if self.on_publish is not None and recs:
-            self.on_publish(recs)
+        if self.settings.exactly_once:
+            self.metrics.transactions.labels("committed").inc()
+        self.pipeline.refreshed(checkpoint, self.on_publish)
 
     def _events_partitions(self) -> int:
         self._placement_at = time.monotonic()
@@ -542,87 +520,14 @@ class Worker:
                 # Revoked during this poll (the new owner re-reads from its stored offset),
                 # or not restored yet (read from the restored offset once it is).
                 continue
-            batch = self._decode_partition(part, plist, checkpoint)
+            batch = self.pipeline.decode(part, map(_source, plist), checkpoint)
             if batch is not None:
-                checkpoint.consumed(batch)
                 out.append((part, batch))
         return out
-
-    def _decode_partition(
-        self, part: StorePartition, plist: list[Message], checkpoint: Checkpoint
-    ) -> PartitionBatch | None:
-        floor = part.last_offset()
-        batch: PartitionBatch | None = None
-        for msg in plist:
-            offset = msg.offset()
-            # Offsets must only move forward: a message at or below the floor is already
-            # in state, or was handed out twice when a rebalance re-seeked mid-poll.
-            if floor is not None and offset <= floor:
-                continue
-            floor = offset
-            if batch is None:
-                batch = PartitionBatch(part.topic, part.partition, offset, offset)
-            batch.last_offset = offset
-            batch.messages += 1
-            ts_type, kafka_ts = msg.timestamp()
-            source = Source(
-                part.topic,
-                part.partition,
-                offset,
-                msg.key(),
-                msg.value(),
-                None if ts_type == TIMESTAMP_NOT_AVAILABLE else kafka_ts,
-                tuple(msg.headers() or ()),
-            )
-            decoded = decode_event(source.key, source.value, source.timestamp_ms, self._validator)
-            if isinstance(decoded, Rejected):
-                checkpoint.dead_letter(source, decoded)
-                continue
-            home = self._placement.of(source.key or b"")
-            if home != part.partition:
-                checkpoint.forward(source, home)
-                batch.forwarded += 1
-                continue
-            batch.events.append(decoded)
-            batch.sources.append(source)
-        return batch
 
     def _commit_offsets(self, parts: list[StorePartition], asynchronous: bool) -> None:
         if self._consumer is not None:
             commit_offsets(self._consumer, parts, asynchronous)
-
-    def _account(self, checkpoint: Checkpoint) -> None:
-        """Count what the checkpoint committed (metrics are the one place of every count)."""
-        m = self.metrics
-        m.messages_consumed.inc(checkpoint.messages)
-        m.events_forwarded.inc(checkpoint.forwarded)
-        self._placement.forwarded(checkpoint.forwarded)
-        for kind, n in checkpoint.event_types.items():
-            m.events_consumed.labels(kind).inc(n)
-        for _, rejected in checkpoint.dead_letters:
-            m.dead_letters.labels(rejected.reason).inc()
-        delivered_ms = checkpoint.delivered_ms
-        recs: list[Recommendation] = []
-        for part, out in checkpoint.outcomes:
-            m.events_applied.inc(len(out.applied))
-            m.lists_published.inc(len(out.recommendations))
-            m.events_scored.inc(out.scored)
-            m.list_hits.inc(out.hits)
-            lat = [
-                (delivered_ms - src.timestamp_ms) / 1000.0
-                for src in out.applied
-                if src.timestamp_ms
-            ]
-            for x in lat:
-                m.latency.observe(x)
-            self.stats.add_latencies(lat)
-            m.users_in_state.labels(str(part.partition)).set(part.user_count())
-            recs.extend(out.recommendations)
-        m.batches.inc()
-        self._refresher.after_batch(checkpoint)
-        self._update_lag()
-        if self.on_publish is not None and recs:
-            self.on_publish(recs)
 
     def _update_lag(self) -> None:
         assert self._consumer is not None
@@ -656,3 +561,17 @@ class Worker:
             "model": getattr(self.model, "version", "?"),
             "metrics": self.metrics_url or "off",
         }
+
+
+def _source(msg: Message) -> Source:
+    """A confluent-kafka message as plain data."""
+    ts_type, kafka_ts = msg.timestamp()
+    return Source(
+        msg.topic(),
+        msg.partition(),
+        msg.offset(),
+        msg.key(),
+        msg.value(),
+        None if ts_type == TIMESTAMP_NOT_AVAILABLE else kafka_ts,
+        tuple(msg.headers() or ()),
+    )

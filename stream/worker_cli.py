@@ -21,7 +21,7 @@ from typing import Any
 from core.cliargs import add_csv_flags, add_items_flag, add_kafka_flags, check_items
 from core.errors import ConfigError, KafkaClientError
 from model.factory import MODEL_ENV, THREADS_ENV
-from stream.config import GUARANTEES, settings_from_args
+from stream.config import GUARANTEES, RUNTIMES, settings_from_args
 
 __all__ = ["register"]
 
@@ -67,6 +67,8 @@ def _worker(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     settings = settings_from_args(args)
+    if settings.worker.runtime == "faust":
+        return _faust_worker(args, settings)
     stop = threading.Event()
     _install_stop_handlers(stop)
     # The worker checks the state dir and the broker before it builds the model:
@@ -82,6 +84,45 @@ def _worker(args: argparse.Namespace) -> int:
     except KafkaException as exc:
         err = exc.args[0]
         raise KafkaClientError(f"Kafka operation failed: {err.str()}", err.name()) from None
+    finally:
+        stop.set()
+    print(f"interest-stream: worker stopped: {json.dumps(stats.summary())}", file=sys.stderr)
+    return 0
+
+
+def _faust_worker(args: argparse.Namespace, settings: Any) -> int:
+    """The same worker on faust-streaming: at-least-once, said at start."""
+    from prometheus_client import CollectorRegistry
+
+    from model.factory import create_serving_model
+    from stream.config import GUARANTEE_ENV
+    from stream.faust_runtime import FaustRuntime
+
+    if args.processing_guarantee == "exactly-once" or (
+        os.environ.get(GUARANTEE_ENV) == "exactly-once"
+    ):
+        raise ConfigError(
+            "the Faust runtime is at-least-once only (Faust's own exactly-once mode has open "
+            "duplicate and fencing issues); use --runtime native for exactly-once"
+        )
+    runtime = FaustRuntime(settings, build_model=create_serving_model, registry=CollectorRegistry())
+    runtime.prepare()
+    print(
+        f"interest-stream: worker starting: {json.dumps(runtime.describe())}",
+        file=sys.stderr,
+        flush=True,
+    )
+    print(
+        "interest-stream: the Faust runtime is at-least-once: after a crash a batch's lists "
+        "may be published again (state stays exact)",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = threading.Event()
+    status = threading.Thread(target=_status_loop, args=(runtime, stop), daemon=True)
+    status.start()
+    try:
+        stats = runtime.run()
     finally:
         stop.set()
     print(f"interest-stream: worker stopped: {json.dumps(stats.summary())}", file=sys.stderr)
@@ -146,6 +187,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_kafka_flags(w)
     w.add_argument("--group", help="consumer group (default interest-stream)")
+    w.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help="native (default: confluent-kafka, exactly-once or at-least-once) or faust "
+        "(faust-streaming, at-least-once)",
+    )
     w.add_argument(
         "--guarantee",
         dest="processing_guarantee",

@@ -1,0 +1,342 @@
+"""The faust-streaming runtime: Faust consumes, the shared pipeline and checkpoint do the rest.
+
+``interest-stream worker --runtime faust`` runs a Faust app (aiokafka underneath)
+whose one agent gathers micro-batches from the events topic with
+``stream.take_events(batch_max_events, within=batch_max_ms)`` and hands each to
+the same code as the native runtime: :class:`~stream.pipeline.Pipeline` decodes
+(dead letters, forwarding of mis-partitioned events), runs the guarded pure
+step, and an :class:`~stream.checkpoint.AtLeastOnceCheckpoint` publishes lists,
+dead letters and changelog records, flushes, then writes the partition stores
+(the same per-partition rocksdict databases, opened when Faust assigns a
+partition, restored from the changelog first, closed when it revokes it).
+Faust acknowledges the batch's events only after that, and commits their
+offsets itself. Refresh passes of idle users' stale lists (:mod:`stream.refresh`)
+run on a Faust timer, every ``refresh_interval_ms``, on the same thread as the
+batches, each with an at-least-once checkpoint of its own.
+
+At-least-once, and it says so: Faust's own exactly-once mode has open duplicate
+and fencing issues (faust-streaming #177, #323, #517), and ``stream.take`` with
+table writes fails (#497), so this runtime uses no Faust tables and no Faust
+transactions. After a crash a batch may be published again; state stays exact
+(each store keeps its last applied offset, as in the native runtime).
+
+To add interest updates to an existing Faust app::
+
+    from stream.config import load_settings
+    from stream.faust_runtime import FaustRuntime
+
+    runtime = FaustRuntime(load_settings(), build_model=my_model_factory)
+    runtime.attach(app)          # app: your faust.App, same Kafka cluster
+    # start the app as usual; runtime.close() when it stops
+
+Producers of both runtimes place a user on the same partition (murmur2): the
+lists go out through the same confluent-kafka producer settings, and Faust's
+own producer (aiokafka) partitions keys with murmur2 too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry
+
+from core.errors import ConfigError
+from model.step import RankingModel
+from state.store import RocksDBStore, Store
+from stream.batch import PartitionBatch, Source
+from stream.checkpoint import AtLeastOnceCheckpoint, Outputs
+from stream.clients import make_client
+from stream.config import Settings
+from stream.metrics import MetricsServer, WorkerMetrics
+from stream.pipeline import Pipeline
+from stream.preflight import preflight, state_root
+from stream.restore import Restorer
+from stream.snapshots import ModelSnapshots, SnapshotPolicy
+from stream.stats import WorkerStats
+from stream.topics import partition_count
+
+__all__ = ["FaustRuntime"]
+
+log = logging.getLogger("interest_stream.worker")
+
+
+class FaustRuntime:
+    """One Faust agent on the events topic, with the native runtime's pipeline and stores."""
+
+    guarantee = "at-least-once"
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: RankingModel | None = None,
+        *,
+        build_model: Callable[[], RankingModel] | None = None,
+        registry: CollectorRegistry | None = None,
+        store: Store | None = None,
+    ) -> None:
+        if (model is None) == (build_model is None):
+            raise ValueError("pass either a model or build_model")
+        self.settings = settings
+        self.model = model
+        self._build_model = build_model
+        self.metrics = WorkerMetrics.create(registry)
+        self.stats = WorkerStats(self.metrics)
+        self.store: Store = store if store is not None else RocksDBStore(state_root(settings))
+        location = self.store.location
+        self.snapshots = (
+            ModelSnapshots(location / "model", SnapshotPolicy.from_config(settings.worker))
+            if location is not None
+            else None
+        )
+        self.pipeline = Pipeline(settings, self.metrics, self.stats, self._warn_model)
+        self.on_publish: Callable[[list[Any]], None] | None = None
+        self.metrics_url: str | None = None
+        self._restorer = Restorer(settings, self.metrics)
+        self._outputs: Outputs | None = None
+        self._stopping = threading.Event()
+        # The step runs on this one thread: Faust's event loop keeps heartbeating.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="interest-step")
+        self._server: MetricsServer | None = None
+        self._prepared = False
+
+    # --- set up -------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Checks, model, producer and metrics endpoint (``attach`` calls it)."""
+        if self._prepared:
+            return
+        preflight(self.settings, self.store.location)
+        n = partition_count(self.settings.kafka, self.settings.topics.events)
+        self.pipeline.placement.resize(n or self.settings.topics.partitions)
+        if self.model is None:
+            assert self._build_model is not None
+            self.model = self._build_model()
+        if self.snapshots is not None:
+            self.model = self.snapshots.restore(self.model)
+        self.pipeline.model = self.model
+        self.metrics.observe_model(self.model)
+        kafka = self.settings.kafka
+        producer = make_client(
+            Producer,
+            kafka.client_config(
+                **(
+                    {
+                        "enable.idempotence": True,
+                        "linger.ms": 2,
+                        "partitioner": "murmur2_random",
+                    }
+                    | dict(kafka.client)
+                )
+            ),
+        )
+        self._outputs = Outputs(producer, self._stopping)
+        self._server = MetricsServer(self.metrics.registry, self.settings.worker.metrics_port)
+        self.metrics_url = self._server.start().url
+        self.stats.started()
+        self._prepared = True
+
+    def attach(self, app: Any) -> Any:
+        """Add the interest agent and the partition handlers to ``app`` (a ``faust.App``)."""
+        self.prepare()
+        t, w = self.settings.topics, self.settings.worker
+        topic = app.topic(
+            t.events, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+        within = w.batch_max_ms / 1000.0
+
+        async def interest(stream: Any) -> None:
+            loop = asyncio.get_running_loop()
+            async for events in stream.take_events(w.batch_max_events, within=within):
+                messages = [event.message for event in events]
+                await loop.run_in_executor(self._executor, self.process, messages)
+
+        agent = app.agent(topic, name="interest-stream", concurrency=1)(interest)
+        if self.pipeline.refresher.enabled:
+
+            async def refresh() -> None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, self.refresh)
+
+            app.timer(max(0.05, w.refresh_interval_ms / 1000.0), name="interest-refresh")(refresh)
+        app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        return agent
+
+    # --- partitions ---------------------------------------------------------------------
+
+    async def _on_assigned(self, sender: Any, assigned: Iterable[Any], **_: Any) -> None:
+        mine = [tp for tp in assigned if tp.topic == self.settings.topics.events]
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._open, mine)
+
+    async def _on_revoked(self, sender: Any, revoked: Iterable[Any], **_: Any) -> None:
+        mine = [tp for tp in revoked if tp.topic == self.settings.topics.events]
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close, mine)
+
+    def _open(self, tps: Sequence[Any]) -> None:
+        """Open each partition's store and restore it from the changelog before any event."""
+        reseed = []
+        for tp in tps:
+            part = self.store.open_partition(tp.topic, tp.partition)
+            task = self._restorer.begin(part)
+            while self._restorer.restoring(part.partition):
+                self._restorer.step()
+            if task.reseed:
+                reseed.append(part)
+            self.metrics.users_in_state.labels(str(tp.partition)).set(part.user_count())
+        for part in reseed:
+            checkpoint = self._checkpoint()
+            checkpoint.reseed(part)
+            checkpoint.commit()
+        log.info("assigned %s", [f"{tp.topic}[{tp.partition}]" for tp in tps])
+
+    def _close(self, tps: Sequence[Any]) -> None:
+        for tp in tps:
+            self._restorer.cancel(tp.partition)
+            self.store.close_partition(tp.topic, tp.partition)
+            self.metrics.forget_partition(tp.topic, tp.partition)
+        log.info("released %s", [f"{tp.topic}[{tp.partition}]" for tp in tps])
+
+    # --- one micro-batch ----------------------------------------------------------------
+
+    def _checkpoint(self) -> AtLeastOnceCheckpoint:
+        assert self._outputs is not None
+        # Faust commits the offsets of the events it has acknowledged, after this.
+        return AtLeastOnceCheckpoint(
+            self._outputs, self.settings.topics, self.settings.changelog_topic, lambda offsets: None
+        )
+
+    def process(self, messages: Sequence[Any]) -> None:
+        """One micro-batch of Faust messages: decode, step, checkpoint, count."""
+        by_part: dict[tuple[str, int], list[Source]] = defaultdict(list)
+        for msg in messages:
+            by_part[(msg.topic, msg.partition)].append(_source(msg))
+        checkpoint = self._checkpoint()
+        batches: list[tuple[Any, PartitionBatch]] = []
+        for (topic, partition), sources in by_part.items():
+            part = self.store.partitions().get((topic, partition))
+            if part is None:
+                continue  # revoked meanwhile: Faust hands these to the next owner
+            batch = self.pipeline.decode(part, sorted(sources, key=lambda s: s.offset), checkpoint)
+            if batch is not None:
+                batches.append((part, batch))
+        if not batches:
+            return
+        self.metrics.batch_size.observe(len(messages))
+        self.pipeline.step(batches, checkpoint)
+        checkpoint.commit()
+        self.pipeline.account(checkpoint, self.on_publish)
+        if self.snapshots is not None:
+            self.snapshots.after_batch(self.model, True)
+
+    def refresh(self) -> None:
+        """A refresh pass when one is due, committed like a batch (at-least-once)."""
+        if self.model is None or self._stopping.is_set() or not self.pipeline.refresher.due():
+            return
+        checkpoint = self._checkpoint()
+        if not self.pipeline.stage_refresh(dict(self.store.partitions()), checkpoint):
+            return
+        try:
+            checkpoint.commit()
+        except BaseException:
+            checkpoint.discard()
+            self.pipeline.refresher.aborted()
+            raise
+        self.pipeline.refreshed(checkpoint, self.on_publish)
+
+    def _warn_model(self, kind: str, text: str, exc: BaseException) -> None:
+        log.warning("%s", text, exc_info=exc)
+
+    # --- running on its own ---------------------------------------------------------------
+
+    def app(self) -> Any:
+        """A Faust app of its own for this worker (the consumer group is the worker group)."""
+        import faust
+
+        bootstrap = self.settings.kafka.bootstrap_servers
+        if not bootstrap:
+            raise ConfigError("no Kafka bootstrap servers: pass --bootstrap-servers")
+        servers = [f"kafka://{b.strip()}" for b in bootstrap.split(",") if b.strip()]
+        return faust.App(
+            self.settings.worker.group,
+            broker=servers,
+            store="memory://",
+            web_enabled=False,
+            topic_disable_leader=True,
+            topic_partitions=self.settings.topics.partitions,
+            consumer_auto_offset_reset="earliest",
+            broker_commit_every=1000,
+            broker_commit_interval=1.0,
+        )
+
+    def run(self) -> WorkerStats:
+        """Run a Faust worker until SIGINT or SIGTERM; returns the final stats."""
+        import faust
+
+        app = self.app()
+        self.attach(app)
+        # Faust, mode and aiokafka report start-up retries (a coordinator not ready yet)
+        # as errors; the worker's own log says what matters.
+        if not log.isEnabledFor(logging.INFO):
+            for name in ("faust", "mode", "aiokafka"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+        worker = faust.Worker(app, quiet=True, redirect_stdouts=False, override_logging=False)
+        worker.spinner = None  # no terminal progress spinner in a service's log
+        try:
+            worker.execute_from_commandline()
+        except SystemExit:
+            pass
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        """Finish the batch in hand, save the model, close stores and clients."""
+        self._stopping.set()
+        self._executor.shutdown(wait=True)
+        if self._outputs is not None:
+            self._outputs.producer.flush(10)
+        if self.snapshots is not None and self.model is not None:
+            self.snapshots.close(self.model, True)
+        self._restorer.close()
+        self.store.close()
+        if self._server is not None:
+            self._server.stop()
+        self.stats.finished()
+
+    def describe(self) -> dict[str, Any]:
+        t, w = self.settings.topics, self.settings.worker
+        location = self.store.location
+        return {
+            "runtime": "faust",
+            "guarantee": self.guarantee,
+            "group": w.group,
+            "events": t.events,
+            "recommendations": t.recommendations,
+            "dead_letter": t.dead_letter,
+            "state": str(location) if location is not None else "memory",
+            "model": getattr(self.model, "version", "?"),
+            "metrics": self.metrics_url or "off",
+        }
+
+
+def _source(msg: Any) -> Source:
+    """A Faust (aiokafka) message as plain data; Faust timestamps are seconds."""
+    headers = msg.headers
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    ts = msg.timestamp
+    return Source(
+        msg.topic,
+        msg.partition,
+        msg.offset,
+        msg.key,
+        msg.value,
+        int(ts * 1000) if ts else None,
+        tuple(headers or ()),
+    )

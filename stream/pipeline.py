@@ -1,0 +1,170 @@
+"""What every runtime does with the messages it polled, whichever Kafka client polled them.
+
+A runtime turns its client's messages into :class:`~stream.batch.Source`
+records per input partition and hands them here: :meth:`Pipeline.decode`
+validates them (bad ones go to the checkpoint as dead letters, events of
+another partition are forwarded there), :meth:`Pipeline.step` runs the guarded
+pure step per partition and gives the checkpoint its outputs, and, once the
+checkpoint committed, :meth:`Pipeline.account` counts what it did. Between
+batches, :meth:`Pipeline.stage_refresh` stages a refresh pass of idle users'
+stale lists (:mod:`stream.refresh`) into a checkpoint of its own, which the
+runtime commits like a batch, then :meth:`Pipeline.refreshed` counts it. The
+native confluent-kafka runtime (:mod:`stream.runtime`) and the Faust runtime
+(:mod:`stream.faust_runtime`) share all of it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from core.types import Recommendation
+from model.step import RankingModel
+from state.store import StorePartition
+from stream.batch import PartitionBatch, Source
+from stream.checkpoint import Checkpoint
+from stream.config import Settings
+from stream.events import NEWCOMERS_ID, EventValidator, Rejected, decode_event
+from stream.isolation import ModelGuard
+from stream.metrics import WorkerMetrics
+from stream.placement import Placement
+from stream.refresh import Refresher
+from stream.stats import WorkerStats
+
+__all__ = ["Pipeline"]
+
+
+class Pipeline:
+    """Decode, step and accounting of one worker (the model is set before the first batch)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: WorkerMetrics,
+        stats: WorkerStats,
+        warn_model: Callable[[str, str, BaseException], None],
+    ) -> None:
+        self.metrics = metrics
+        self.stats = stats
+        self.validator = EventValidator(
+            max_payload_bytes=settings.worker.max_payload_bytes,
+            max_id_bytes=settings.worker.max_id_bytes,
+        )
+        self.placement = Placement(settings.topics.partitions)
+        self.guard = ModelGuard(settings.worker.k, warn_model)
+        self.model: RankingModel | None = None
+        w = settings.worker
+        self.refresher = Refresher(
+            w.refresh_policy(), w.refresh_budget_percent, w.k, metrics, warn_model
+        )
+        self._events_topic = settings.topics.events
+        self._last_generated = 0
+
+    def generated_at(self) -> int:
+        """A ``generated_at`` for the lists of a batch or pass, later than every earlier one."""
+        self._last_generated = max(int(time.time() * 1000), self._last_generated + 1)
+        return self._last_generated
+
+    def decode(
+        self, part: StorePartition, sources: Iterable[Source], checkpoint: Checkpoint
+    ) -> PartitionBatch | None:
+        """The valid events of ``part`` among ``sources`` (in offset order); None if none new.
+
+        Offsets only move forward: a message at or below the partition's stored
+        offset is already in state (or was handed out twice after a re-seek).
+        """
+        floor = part.last_offset()
+        batch: PartitionBatch | None = None
+        for source in sources:
+            offset = source.offset
+            if floor is not None and offset <= floor:
+                continue
+            floor = offset
+            if batch is None:
+                batch = PartitionBatch(part.topic, part.partition, offset, offset)
+            batch.last_offset = offset
+            batch.messages += 1
+            decoded = decode_event(source.key, source.value, source.timestamp_ms, self.validator)
+            if isinstance(decoded, Rejected):
+                checkpoint.dead_letter(source, decoded)
+                continue
+            home = self.placement.of(source.key or b"")
+            if home != part.partition:
+                checkpoint.forward(source, home)
+                batch.forwarded += 1
+                continue
+            batch.events.append(decoded)
+            batch.sources.append(source)
+        if batch is not None:
+            checkpoint.consumed(batch)
+        return batch
+
+    def step(
+        self, batches: list[tuple[StorePartition, PartitionBatch]], checkpoint: Checkpoint
+    ) -> None:
+        """The guarded pure step on each partition's batch; the outputs go to the checkpoint."""
+        assert self.model is not None
+        generated_at = self.generated_at()
+        outcomes = [(part, self.guard.step(batch, part, self.model)) for part, batch in batches]
+        self.metrics.observe_model(self.model, sum(out.learnt for _, out in outcomes))
+        for part, outcome in outcomes:
+            checkpoint.add(part, outcome, generated_at)
+
+    def account(
+        self,
+        checkpoint: Checkpoint,
+        on_publish: Callable[[list[Recommendation]], Any] | None = None,
+    ) -> None:
+        """Count what the committed ``checkpoint`` did (metrics are the one place of counts)."""
+        m = self.metrics
+        m.messages_consumed.inc(checkpoint.messages)
+        m.events_forwarded.inc(checkpoint.forwarded)
+        self.placement.forwarded(checkpoint.forwarded)
+        for kind, n in checkpoint.event_types.items():
+            m.events_consumed.labels(kind).inc(n)
+        for _, rejected in checkpoint.dead_letters:
+            m.dead_letters.labels(rejected.reason).inc()
+        delivered_ms = checkpoint.delivered_ms
+        recs: list[Recommendation] = []
+        for part, out in checkpoint.outcomes:
+            m.events_applied.inc(len(out.applied))
+            m.lists_published.inc(len(out.recommendations))
+            m.events_scored.inc(out.scored)
+            m.list_hits.inc(out.hits)
+            lat = [
+                (delivered_ms - src.timestamp_ms) / 1000.0
+                for src in out.applied
+                if src.timestamp_ms
+            ]
+            for x in lat:
+                m.latency.observe(x)
+            self.stats.add_latencies(lat)
+            m.users_in_state.labels(str(part.partition)).set(part.user_count())
+            recs.extend(out.recommendations)
+        m.batches.inc()
+        self.refresher.after_batch(checkpoint)
+        if on_publish is not None and recs:
+            on_publish(recs)
+
+    def stage_refresh(
+        self, parts: dict[tuple[str, int], StorePartition], checkpoint: Checkpoint
+    ) -> int:
+        """Stage a refresh pass over ``parts`` (open, not restoring) into ``checkpoint``.
+
+        Returns the number of lists staged; when it is not 0 the runtime commits
+        ``checkpoint`` and calls :meth:`refreshed`, or ``refresher.aborted()``.
+        """
+        assert self.model is not None
+        home = (self._events_topic, self.placement.of(NEWCOMERS_ID.encode("utf-8")))
+        return self.refresher.stage(parts, self.model, checkpoint, self.generated_at(), home)
+
+    def refreshed(
+        self,
+        checkpoint: Checkpoint,
+        on_publish: Callable[[list[Recommendation]], Any] | None = None,
+    ) -> None:
+        """Count the committed refresh pass of ``checkpoint``."""
+        recs = self.refresher.committed(checkpoint.delivered_ms)
+        if on_publish is not None and recs:
+            on_publish(recs)
