@@ -20,6 +20,7 @@ SECTIONS: dict[str, str] = {
     "runtimes": "bench.runtimes",
     "catalogue": "bench.catalogue",
     "forwarding": "bench.forwarding",
+    "refresh": "bench.refresh_cost",
 }
 
 

@@ -25,7 +25,8 @@ Names (``interest_`` prefix):
                                                 the user's top-K just before the event
 - ``consumer_lag_messages{topic,partition}``    high watermark - next offset to process
 - ``users_in_state{partition}``                 users stored per assigned partition
-- ``transactions_total{outcome}``               exactly-once batches: committed, aborted
+- ``transactions_total{outcome}``               exactly-once batches and refresh passes:
+                                                committed, aborted
 - ``restore_remaining_records{partition}``      changelog records left to restore, per assigned
                                                 partition (0 once restored)
 - ``restored_records_total``                    changelog records put back into stores
@@ -218,7 +219,7 @@ class WorkerMetrics:
             ),
             transactions=Counter(
                 "interest_transactions",
-                "Exactly-once batch transactions, by outcome (committed, aborted)",
+                "Exactly-once transactions of batches and refresh passes, by outcome",
                 ["outcome"],
                 registry=reg,
             ),

@@ -237,3 +237,9 @@ def test_recommendation_carries_its_explanation_when_there_is_one():
     assert format_list(doc).endswith("[m-1] a:2.5 (because of x, y)")
     with pytest.raises(ValueError):
         decode_recommendation(b'{"items":[],"explanation":[1]}')
+
+
+def test_tail_names_the_newcomer_list_and_marks_refreshed_lists():
+    rec = Recommendation(NEWCOMERS_ID, (("a", 2.5),), "m-1", 0, trigger="refresh")
+    line = format_list(decode_recommendation(encode_recommendation(rec, NOW)[1]))
+    assert " (newcomers) [m-1] a:2.5 [refresh]" in line and "\x00" not in line
