@@ -6,7 +6,8 @@ re-ranks), so every policy is scored in the same user-distinct replay
 30% of the scored events (where the policy's thresholds are chosen) and for the
 remaining 70% (held out), with the refresh count and the time passes took.
 
-    python -m bench.refresh_quality --data data/movielens-100k --format recbole --protocol flurs
+    python -m bench.refresh_quality --data data/movielens-100k --format recbole --protocol flurs \
+        --models interest
     python -m bench.refresh_quality --format synthetic --events 20000
 
 A policy is ``stale_events:max_users:interval_ms`` (``--policies``).
@@ -50,8 +51,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--models", default="interest,popular")
-    p.add_argument("--policies", default="100:256:1000,200:256:1000,500:256:1000,1000:256:1000")
+    p.add_argument("--policies", default="250:256:1000,500:256:1000,1000:256:1000,2000:256:1000")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (as evaluate)")
     args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    torch.use_deterministic_algorithms(True)
     args.strict, args.columns, args.event_map, args.items = False, None, None, None
     events, ratings, _ = _load(args)
     flurs = args.protocol == "flurs"

@@ -56,8 +56,10 @@ class RefreshPolicy:
     ``enabled=False`` turns refresh off: no pass runs and no newcomer list is published.
     """
 
-    # Chosen on the first 30% of MovieLens-100K (FluRS) and the synthetic stream
-    # (bench/RESULTS.md, "Subscriber view"): the cheapest threshold with no loss there.
+    # Chosen on the first 30% of MovieLens-100K's scored events (FluRS; bench/RESULTS.md,
+    # "Subscriber view"): subscriber Recall@10 0.2069 at 500 (pull 0.2064), 0.2064 at
+    # 1000, 0.2055 at 250, 0.1932 without refresh. On the synthetic stream 250-2000 are
+    # all within 0.002 of pull.
     stale_events: int = 500
     max_users: int = 256
     interval_ms: int = 1000
@@ -94,6 +96,9 @@ class RecentUsers:
         self._active: OrderedDict[str, None] = OrderedDict()
         # user -> (model clock when the list was ranked, when the user received it, ms)
         self._lists: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # user -> the message key their lists go out under, when it is not the id itself
+        # (pseudonymised ids): known only from the user's own events, kept in memory only.
+        self._keys: dict[str, bytes] = {}
 
     def __len__(self) -> int:
         return len(self._active)
@@ -101,15 +106,26 @@ class RecentUsers:
     def __iter__(self):  # noqa: ANN204 - an iterator of user ids
         return iter(self._active)
 
-    def published(self, user: str, clock: int, at_ms: int) -> None:
-        """The user's own events produced a list, ranked at ``clock``, received at ``at_ms``."""
+    def published(self, user: str, clock: int, at_ms: int, key: bytes | None = None) -> None:
+        """The user's own events produced a list, ranked at ``clock``, received at ``at_ms``.
+
+        ``key``: the message key the user's lists are published under, when it
+        is not the user id's UTF-8 bytes.
+        """
         self._active[user] = None
         self._active.move_to_end(user)
         self._lists[user] = (clock, at_ms)
         self._lists.move_to_end(user)
+        if key is not None:
+            self._keys[user] = key
         while len(self._active) > self.capacity:
             gone, _ = self._active.popitem(last=False)
             del self._lists[gone]
+            self._keys.pop(gone, None)
+
+    def key_of(self, user: str) -> bytes | None:
+        """The message key given with the user's last list (None: the id itself)."""
+        return self._keys.get(user)
 
     def refreshed(self, user: str, clock: int, at_ms: int | None) -> None:
         """The user's list was re-ranked at ``clock``; ``at_ms`` None: it had not changed."""
@@ -139,8 +155,10 @@ class RecentUsers:
         return out
 
     def forget(self, user: str) -> None:
+        """Stop tracking ``user`` (erased): no refresh until their next list."""
         self._active.pop(user, None)
         self._lists.pop(user, None)
+        self._keys.pop(user, None)
 
 
 @dataclass(slots=True)
