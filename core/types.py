@@ -13,6 +13,7 @@ __all__ = [
     "EVENT_INDEX",
     "TRIGGERS",
     "Event",
+    "Erasure",
     "Recommendation",
     "BatchResult",
     "StateView",
@@ -34,6 +35,13 @@ class Event:
     event: str
     ts: int
     category: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """A request to forget a user: their state and list go; the model never learns from it."""
+
+    user_id: str
 
 
 @dataclass(slots=True)

@@ -79,6 +79,11 @@ class IncrementalMF(BaseRanker):
             self._q[i] = q + self.lr * (err * p - self.reg * q)
             self._p[ev.user_id] = p_new
 
+    def forget_users(self, user_ids: Sequence[str]) -> None:
+        """Drop the users' factors (an erasure): they start again from a random vector."""
+        for user in user_ids:
+            self._p.pop(user, None)
+
     def state_dict(self) -> ModelState:
         state = super().state_dict()
         users = list(self._p)

@@ -11,11 +11,13 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from core.cliargs import add_csv_flags, add_items_flag, check_items
 from core.errors import ConfigError, DataError, InterestStreamError
+from core.types import StateView
 from model.datasets import (
     DEFAULT_COLUMNS,
     SOURCES,
@@ -24,10 +26,11 @@ from model.datasets import (
     load_events,
     parse_mapping,
 )
-from model.evaluate import PROTOCOLS, evaluate_models, split_flurs
+from model.evaluate import PROTOCOLS, CodecStates, MemoryStates, evaluate_models, split_flurs
 from model.factory import MODEL_NAMES, create_model, model_spec
 from model.refresh import RefreshPolicy
 from model.subscriber import subscriber_replay, subscriber_summaries, table
+from state.codec import Precision
 
 __all__ = ["register", "run", "main", "load_args"]
 
@@ -76,6 +79,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail on the first bad row")
     add_items_flag(p)
     add_csv_flags(p)
+    p.add_argument(
+        "--state-codec",
+        choices=("float16", "float32"),
+        help="keep user states as the worker stores them, through its state codec, with "
+        "long-term vectors as float16 (the worker's default) or float32 (default: states "
+        "stay in memory, exact)",
+    )
     p.add_argument(
         "--exclude-seen",
         action=argparse.BooleanOptionalAction,
@@ -189,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
             static=[n for n in names if model_spec(n).static],
             freeze_after=0 if warmup else int(len(test) * STATIC_TRAIN_SHARE),
             progress=bar.update,
+            states=_state_views(args.state_codec),
         )
     catalogue = len({ev.item_id for ev in [*warmup, *test]})
     result = {
@@ -249,6 +260,13 @@ def _subscriber(
             progress=bar.update,
         )
     return subscriber_summaries(reports, catalogue)
+
+
+def _state_views(codec: str | None) -> Callable[[], StateView]:
+    if codec is None:
+        return MemoryStates
+    precision: Precision = "float16" if codec == "float16" else "float32"
+    return lambda: CodecStates(precision)
 
 
 def _writable_dir(path: Path) -> bool:

@@ -37,12 +37,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.types import Event, UserState
+from core.types import Event, StateView, UserState
 from model.step import RankingModel, process_batch
 from model.synthetic import Switch
+from state.codec import Precision, decode_state, encode_state
 
 __all__ = [
     "MemoryStates",
+    "CodecStates",
     "ModelReport",
     "split_flurs",
     "evaluate_models",
@@ -70,6 +72,25 @@ class MemoryStates:
 
     def put(self, user_id: str, state: UserState) -> None:
         self.states[user_id] = state
+
+
+class CodecStates:
+    """A :class:`core.types.StateView` that keeps states as the worker's codec bytes.
+
+    Every state goes through :func:`state.codec.encode_state` when put and is
+    decoded when read, as in the worker's store, so an evaluation measures
+    what storage precision (``float16`` or ``float32`` vectors) costs.
+    """
+
+    def __init__(self, precision: Precision = "float16") -> None:
+        self.precision: Precision = precision
+        self.raw: dict[str, bytes] = {}
+
+    def get_many(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        return {u: decode_state(self.raw[u]) for u in user_ids if u in self.raw}
+
+    def put(self, user_id: str, state: UserState) -> None:
+        self.raw[user_id] = encode_state(state, self.precision)
 
 
 @dataclass
@@ -218,6 +239,7 @@ def evaluate_models(
     static: Iterable[str] = (),
     freeze_after: int = 0,
     progress: Callable[[int], object] | None = None,
+    states: Callable[[], StateView] = MemoryStates,
 ) -> dict[str, ModelReport]:
     """Replay ``warmup`` (learn only) then ``test`` (test-then-learn) through each model.
 
@@ -227,12 +249,14 @@ def evaluate_models(
     otherwise they stop learning altogether.
     ``switches`` (ground truth, with ``seq`` counted from ``first_seq`` = global
     index of ``test[0]``) enables adaptation lag.
-    ``progress(n)`` is called with the number of events done.
+    ``progress(n)`` is called with the number of events done. ``states``
+    builds each model's user-state view (default: plain objects in memory;
+    :class:`CodecStates` stores them as the worker does).
     """
     frozen = set(static)
     categories = {ev.item_id: ev.category for ev in [*warmup, *test] if ev.category}
     reports: dict[str, ModelReport] = {}
-    views = {name: MemoryStates() for name in models}
+    views = {name: states() for name in models}
     trackers = (
         {name: _LagTracker(switches, categories, k, test, first_seq) for name in models}
         if switches

@@ -9,6 +9,13 @@ snapshots, sync and the evaluator need no model-specific code.
 
 The bytes are safetensors (never pickle): the arrays in the body, the model's
 name, version, config and metadata as JSON strings in the header.
+
+Compact snapshots: arrays a model lists in :attr:`ModelState.half` (the item
+embedding weights) are stored as float16 and read back as float32; the rest,
+Adam's moments among them, keep their dtype (a second moment below float16's
+smallest value, 6e-8, would read back as 0 and blow up the next step). The
+header's ``half`` names the arrays so stored. Format ``interest-model-3``;
+``interest-model-2`` snapshots (no ``half``) are still read.
 """
 
 from __future__ import annotations
@@ -31,20 +38,28 @@ __all__ = [
     "read_header",
 ]
 
-SNAPSHOT_FORMAT = "interest-model-2"
+SNAPSHOT_FORMAT = "interest-model-3"
+_READS = ("interest-model-2", SNAPSHOT_FORMAT)
+_F16_MAX = float(np.finfo(np.float16).max)
 
 
 @dataclass
 class ModelState:
-    """What a model learnt: named numpy arrays and JSON-able values."""
+    """What a model learnt: named numpy arrays and JSON-able values.
+
+    ``half`` names the float32 arrays a compact snapshot may store as float16
+    (the model keeps training them in float32).
+    """
 
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    half: set[str] = field(default_factory=set)
 
     def add(self, prefix: str, other: ModelState) -> None:
         """Merge ``other`` in, every name prefixed with ``prefix.``."""
         self.arrays.update({f"{prefix}.{k}": v for k, v in other.arrays.items()})
         self.meta.update({f"{prefix}.{k}": v for k, v in other.meta.items()})
+        self.half.update(f"{prefix}.{k}" for k in other.half)
 
     def part(self, prefix: str) -> ModelState:
         """The entries added under ``prefix`` (see :meth:`add`), prefix removed."""
@@ -52,6 +67,7 @@ class ModelState:
         return ModelState(
             {k[cut:]: v for k, v in self.arrays.items() if k.startswith(prefix + ".")},
             {k[cut:]: v for k, v in self.meta.items() if k.startswith(prefix + ".")},
+            {k[cut:] for k in self.half if k.startswith(prefix + ".")},
         )
 
 
@@ -72,23 +88,35 @@ class Persistent(Protocol):
         ...
 
 
-def model_to_bytes(model: Persistent) -> bytes:
-    """Safetensors bytes of ``model`` (arrays in the body, the rest in the header)."""
-    return snapshot_bytes(model.name, model.version, model.config, model.state_dict())
+def model_to_bytes(model: Persistent, compact: bool = True) -> bytes:
+    """Safetensors bytes of ``model`` (arrays in the body, the rest in the header).
+
+    ``compact``: the arrays the model marks ``half`` are stored as float16
+    (see the module docstring); False stores every array exactly.
+    """
+    return snapshot_bytes(model.name, model.version, model.config, model.state_dict(), compact)
 
 
-def snapshot_bytes(name: str, version: str, config: dict[str, Any], state: ModelState) -> bytes:
+def snapshot_bytes(
+    name: str, version: str, config: dict[str, Any], state: ModelState, compact: bool = True
+) -> bytes:
     """Safetensors bytes of a model's ``state`` taken earlier (see :func:`model_to_bytes`)."""
     from safetensors.numpy import save
 
-    # np.require keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d).
-    arrays = {k: np.require(v, requirements="C") for k, v in state.arrays.items()}
+    half = sorted(k for k in state.half if k in state.arrays) if compact else []
+    arrays = {}
+    for k, v in state.arrays.items():
+        if k in half:
+            v = np.clip(np.asarray(v, dtype=np.float32), -_F16_MAX, _F16_MAX).astype(np.float16)
+        # np.require keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d).
+        arrays[k] = np.require(v, requirements="C")
     header = {
         "format": SNAPSHOT_FORMAT,
         "model": name,
         "version": version,
         "config": json.dumps(config),
         "meta": json.dumps(state.meta),
+        "half": json.dumps(half),
     }
     return save(arrays, metadata=header)
 
@@ -114,12 +142,17 @@ def decode(data: bytes) -> tuple[dict[str, str], ModelState]:
     from safetensors.numpy import load
 
     meta = read_header(data)
-    if meta.get("format") != SNAPSHOT_FORMAT:
+    if meta.get("format") not in _READS:
         raise DataError(f"not a model snapshot of this version ({meta.get('format')!r})")
     try:
-        arrays = load(data)
+        arrays = dict(load(data))
         extra = json.loads(meta["meta"])
         json.loads(meta["config"])
+        half = json.loads(meta.get("half", "[]"))
+        if not isinstance(half, list) or not all(isinstance(k, str) for k in half):
+            raise ValueError("half is not a list of array names")
+        for k in half:
+            arrays[k] = arrays[k].astype(np.float32)
     except (SafetensorError, ValueError, KeyError) as exc:
         raise DataError(f"model snapshot is unreadable: {exc}") from None
-    return meta, ModelState(dict(arrays), extra)
+    return meta, ModelState(arrays, extra, set(half))

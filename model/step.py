@@ -23,7 +23,7 @@ Purity contract (who owns what; ``tests/model/test_step.py`` checks it):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 from core.types import EVENT_INDEX, BatchResult, Event, Recommendation, StateView, UserState
 
@@ -41,6 +41,8 @@ class RankingModel(Protocol):
     per user), ``update_state(state, event)`` (model-owned parts of the state,
     e.g. the long-term vector, after :func:`apply_event`) and
     ``explain_many(user_ids, states, lists)`` (the recent items behind each list).
+    A model that keeps anything per user outside the states has
+    ``forget_users(user_ids)``, which the worker calls when users are erased.
     """
 
     version: str
@@ -88,7 +90,7 @@ def process_batch(
     state_view: StateView,
     model: RankingModel,
     k: int = 10,
-    score: bool = True,
+    score: bool | Literal["held"] = True,
     keep_lists: bool = False,
     learn: bool = True,
 ) -> BatchResult:
@@ -96,7 +98,10 @@ def process_batch(
 
     Each event is scored against its user's state as it was just before the
     event (earlier events of the same batch included) and the model as it was
-    before the batch, so an event can never help its own score. Then the model
+    before the batch, so an event can never help its own score. ``score="held"``
+    scores it instead against the list the user holds (``last_list``, the one
+    published after their previous batch): what a subscriber was shown, at no
+    ranking cost, which is how the worker measures its online hit rate. Then the model
     learns from the batch (``learn=False`` skips that), the states move on and
     every touched user gets a fresh list. ``keep_lists`` also returns the
     scored lists (for adaptation metrics).
@@ -130,7 +135,14 @@ def process_batch(
         apply_event(st, ev)
         if update_state is not None:
             update_state(st, ev)
-    if score:
+    if score == "held":
+        for ev, st in zip(events, before, strict=True):
+            held = st.last_list
+            result.ranks.append(held.index(ev.item_id) if ev.item_id in held else None)
+            if keep_lists:
+                result.lists.append(list(held))
+        result.scored += len(events)
+    elif score:
         lists = _rank_many(model, [ev.user_id for ev in events], before, k)
         for ev, ranked in zip(events, lists, strict=True):
             ids = [item for item, _ in ranked]

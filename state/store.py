@@ -24,6 +24,13 @@ Key layout inside a partition database::
     b"\\x00users"          -> i64 big endian, number of users stored
     b"\\x00changelog"      -> i64 big endian, offset of the last changelog record
                              this database holds (written or restored)
+    b"\\x00ids"            -> how the user ids in the keys were made (see
+                             :meth:`StorePartition.claim_ids`)
+
+A transaction can also delete a user (:meth:`PartitionTransaction.delete`,
+an erasure): the key goes, and the batch's changelog records carry a
+tombstone (the key with no value) that deletes it wherever the changelog is
+restored.
 
 The changelog (see :mod:`stream.restore`) mirrors the user keys and the offset
 key record for record: :meth:`PartitionTransaction.changes` is what a batch adds
@@ -39,13 +46,14 @@ from typing import Protocol
 
 from rocksdict import Options, Rdict, WriteBatch
 
-from core.errors import InterestStreamError
+from core.errors import ConfigError, InterestStreamError
 from core.types import UserState
 from state.codec import CodecError, decode_state, encode_state
 
 __all__ = [
     "StateStoreError",
     "user_of_key",
+    "ids_of_record",
     "offset_of_record",
     "Store",
     "StorePartition",
@@ -59,6 +67,7 @@ _USER_END = b"v"
 _OFFSET_KEY = b"\x00offset"
 _USERS_KEY = b"\x00users"
 _CHANGELOG_KEY = b"\x00changelog"
+_IDS_KEY = b"\x00ids"
 _I64 = struct.Struct(">q")
 
 
@@ -78,6 +87,11 @@ def user_of_key(key: bytes) -> str | None:
         return key[len(_USER) :].decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+def ids_of_record(key: bytes, value: bytes | None) -> bytes | None:
+    """The id scheme an ids record holds (None for any other record; see ``claim_ids``)."""
+    return value if key == _IDS_KEY else None
 
 
 def offset_of_record(key: bytes, value: bytes | None) -> int | None:
@@ -104,13 +118,14 @@ class _Backend(Protocol):
 class PartitionTransaction:
     """The state changes of one micro-batch on one partition.
 
-    Reads see this transaction's own puts first. Nothing reaches the database
-    until :meth:`commit`, which writes every put plus the offset at once.
+    Reads see this transaction's own puts and deletes first. Nothing reaches
+    the database until :meth:`commit`, which writes every change plus the
+    offset at once.
     """
 
     def __init__(self, partition: StorePartition) -> None:
         self._partition = partition
-        self._puts: dict[str, bytes] = {}
+        self._puts: dict[str, bytes | None] = {}  # None: deleted
         self._known: dict[str, bool] = {}  # user id -> exists in the database
         self._offset: int | None = None
         self._done = False
@@ -126,20 +141,35 @@ class PartitionTransaction:
             if raw is not None:
                 out[user] = self._partition.decode(user, raw)
         for user in user_ids:
-            if user in self._puts:
-                out[user] = self._partition.decode(user, self._puts[user])
+            raw_put = self._puts.get(user)
+            if raw_put is not None:
+                out[user] = self._partition.decode(user, raw_put)
         return out
 
     def put(self, user_id: str, state: UserState) -> None:
         """Stage the new state of a user (encoded now, written on commit)."""
         self._check_open()
-        if user_id not in self._known:
-            (raw,) = self._partition.backend.read_many([_user_key(user_id)])
-            self._known[user_id] = raw is not None
+        self._learn_known(user_id)
         try:
             self._puts[user_id] = encode_state(state)
         except CodecError as exc:
-            raise StateStoreError(f"cannot encode state of user {user_id!r}: {exc}") from None
+            # Never the user id: error messages end up in logs (see the README on erasure).
+            raise StateStoreError(
+                f"{self._partition.name}: cannot encode a user state: {exc}"
+            ) from None
+
+    def delete(self, user_id: str) -> bool:
+        """Stage the deletion of a user; True when they had a state (here or stored)."""
+        self._check_open()
+        self._learn_known(user_id)
+        had = self._puts[user_id] is not None if user_id in self._puts else self._known[user_id]
+        self._puts[user_id] = None
+        return had
+
+    def _learn_known(self, user_id: str) -> None:
+        if user_id not in self._known:
+            (raw,) = self._partition.backend.read_many([_user_key(user_id)])
+            self._known[user_id] = raw is not None
 
     def set_offset(self, offset: int) -> None:
         """Record ``offset`` as the last input offset this batch applies."""
@@ -153,11 +183,19 @@ class PartitionTransaction:
 
     @property
     def new_users(self) -> int:
-        return sum(1 for u in self._puts if not self._known.get(u, False))
+        """Users this transaction adds to the partition (negative when it deletes more)."""
+        return sum((raw is not None) - self._known.get(u, False) for u, raw in self._puts.items())
 
-    def changes(self) -> list[tuple[bytes, bytes]]:
-        """(key, value) of every staged state and of the offset: the batch's changelog records."""
-        out = [(_user_key(u), raw) for u, raw in self._puts.items()]
+    def changes(self) -> list[tuple[bytes, bytes | None]]:
+        """The batch's changelog records: every staged state (None: deleted), the offset.
+
+        The partition's ids record comes first when this commit is what claims it.
+        """
+        out: list[tuple[bytes, bytes | None]] = []
+        ids = self._partition.unclaimed_ids()
+        if ids is not None:
+            out.append((_IDS_KEY, ids))
+        out += [(_user_key(u), raw) for u, raw in self._puts.items()]
         if self._offset is not None:
             out.append((_OFFSET_KEY, _I64.pack(self._offset)))
         return out
@@ -176,12 +214,15 @@ class PartitionTransaction:
         users = p.user_count() + self.new_users
         writes: dict[bytes, bytes | None] = {_user_key(u): raw for u, raw in self._puts.items()}
         writes[_USERS_KEY] = _I64.pack(users)
+        ids = p.unclaimed_ids()
+        if ids is not None:
+            writes[_IDS_KEY] = ids
         if self._offset is not None:
             writes[_OFFSET_KEY] = _I64.pack(self._offset)
         if changelog_offset is not None:
             writes[_CHANGELOG_KEY] = _I64.pack(changelog_offset)
         p.backend.write_atomic(writes)
-        p.after_commit(self._offset, users, changelog_offset)
+        p.after_commit(self._offset, users, changelog_offset, ids)
 
     def discard(self) -> None:
         """Drop the staged changes (the batch will be read again)."""
@@ -200,12 +241,14 @@ class StorePartition:
         self.topic = topic
         self.partition = partition
         self.backend = backend
-        offset_raw, users_raw, changelog_raw = backend.read_many(
-            [_OFFSET_KEY, _USERS_KEY, _CHANGELOG_KEY]
+        offset_raw, users_raw, changelog_raw, ids = backend.read_many(
+            [_OFFSET_KEY, _USERS_KEY, _CHANGELOG_KEY, _IDS_KEY]
         )
         self._offset = None if offset_raw is None else _I64.unpack(offset_raw)[0]
         self._users = 0 if users_raw is None else _I64.unpack(users_raw)[0]
         self._changelog = None if changelog_raw is None else _I64.unpack(changelog_raw)[0]
+        self._ids = ids
+        self._claim: bytes | None = None  # the scheme the next commit writes (unclaimed yet)
 
     @property
     def name(self) -> str:
@@ -222,6 +265,35 @@ class StorePartition:
         """Offset of the last changelog record this database holds (None: none)."""
         return self._changelog
 
+    def ids(self) -> bytes | None:
+        """How the user ids of this partition's keys were made (None: not recorded)."""
+        return self._ids
+
+    def claim_ids(self, scheme: bytes) -> None:
+        """Declare that the user ids of this partition's keys are made by ``scheme``.
+
+        ``scheme`` is opaque here (e.g. plain ids, or a keyed hash named by the
+        fingerprint of its key). A partition that recorded another one raises
+        :class:`~core.errors.ConfigError`, so states keyed by one scheme are
+        never mixed with states keyed by another; so does a partition with
+        users but no record (stored before there was one) unless ``scheme`` is
+        ``b"plain"``. A partition without a record takes ``scheme`` with its
+        next commit, which also writes it to the changelog.
+        """
+        have = self._ids if self._ids is not None else (b"plain" if self._users else None)
+        if have is not None and have != scheme:
+            raise ConfigError(
+                f"{self.name}: its user states are keyed by "
+                f"{_scheme_name(have)}, this worker by {_scheme_name(scheme)}: "
+                "changing the user-id key needs a new consumer group (see the README, "
+                "Pseudonymised user ids)"
+            )
+        self._claim = scheme if self._ids is None else None
+
+    def unclaimed_ids(self) -> bytes | None:
+        """The ids scheme the next commit must record (None: already recorded, or unclaimed)."""
+        return self._claim
+
     def apply_changelog(self, records: Sequence[tuple[bytes, bytes | None]], last: int) -> None:
         """Put changelog ``records`` back, in order, up to changelog offset ``last``; one write.
 
@@ -230,14 +302,17 @@ class StorePartition:
         """
         writes: dict[bytes, bytes | None] = {}
         offset = self._offset
+        ids = None
         for key, value in records:
             if user_of_key(key) is not None:
                 writes[key] = value
             elif (found := offset_of_record(key, value)) is not None:
                 offset = found
+            elif (scheme := ids_of_record(key, value)) is not None:
+                ids = writes[_IDS_KEY] = scheme
         users = self._users
         if writes:
-            keys = list(writes)
+            keys = [k for k in writes if k != _IDS_KEY]
             before = self.backend.read_many(keys)
             for key, old in zip(keys, before, strict=True):
                 users += (writes[key] is not None) - (old is not None)
@@ -246,7 +321,7 @@ class StorePartition:
         if offset is not None:
             writes[_OFFSET_KEY] = _I64.pack(offset)
         self.backend.write_atomic(writes)
-        self.after_commit(offset, users, last)
+        self.after_commit(offset, users, last, ids)
 
     def forget_changelog(self) -> None:
         """Forget where this database stands in the changelog (it was recreated)."""
@@ -254,7 +329,9 @@ class StorePartition:
         self._changelog = None
 
     def changelog_records(self) -> Iterator[tuple[bytes, bytes]]:
-        """The records a changelog needs to rebuild this database: every state, the offset."""
+        """The records a changelog needs to rebuild this database: ids, every state, offset."""
+        if self._ids is not None:
+            yield _IDS_KEY, self._ids
         yield from self.backend.iter_users()
         if self._offset is not None:
             yield _OFFSET_KEY, _I64.pack(self._offset)
@@ -285,19 +362,32 @@ class StorePartition:
         try:
             return decode_state(raw)
         except CodecError as exc:
+            # Never the user id: error messages end up in logs (see the README on erasure).
             raise StateStoreError(
-                f"{self.name}: state of user {user_id!r} is unreadable: {exc}"
+                f"{self.name}: a stored user state is unreadable: {exc}"
             ) from None
 
-    def after_commit(self, offset: int | None, users: int, changelog: int | None = None) -> None:
+    def after_commit(
+        self,
+        offset: int | None,
+        users: int,
+        changelog: int | None = None,
+        ids: bytes | None = None,
+    ) -> None:
         if offset is not None:
             self._offset = offset
         self._users = users
         if changelog is not None:
             self._changelog = changelog
+        if ids is not None:
+            self._ids, self._claim = ids, None
 
     def close(self) -> None:
         self.backend.close()
+
+
+def _scheme_name(scheme: bytes) -> str:
+    return "plain user ids" if scheme == b"plain" else f"ids of {scheme.decode('ascii', 'replace')}"
 
 
 class Store(Protocol):

@@ -1,19 +1,20 @@
 """One input partition's share of a micro-batch, as plain data (no Kafka client objects).
 
 Every runtime turns the messages it consumed into :class:`Source` records and
-groups the valid events per partition in a :class:`PartitionBatch`; the guarded
-step (:mod:`stream.isolation`) turns that into a :class:`StepOutcome` and the
-checkpoint (:mod:`stream.checkpoint`) commits it. Nothing here knows which
-Kafka client read the messages.
+groups the valid events and erasure requests per partition in a
+:class:`PartitionBatch`; the guarded step (:mod:`stream.isolation`) turns that
+into a :class:`StepOutcome` and the checkpoint (:mod:`stream.checkpoint`)
+commits it. Nothing here knows which Kafka client read the messages.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from core.types import Event, Recommendation
+from core.types import Erasure, Event, Recommendation
 from state.store import PartitionTransaction
 from stream.events import Rejected
+from stream.privacy import UserIds
 
 __all__ = ["Source", "PartitionBatch", "StepOutcome"]
 
@@ -43,6 +44,10 @@ class PartitionBatch:
     ``sources[i]`` is the message ``events[i]`` was decoded from; the batch
     covers input offsets ``first_offset`` to ``last_offset``, valid or not
     (messages that were dead-lettered count too: they are done with).
+    ``erased`` are the users to forget before the events are applied (see
+    :meth:`erase`); ``keys`` maps a stored user id to the message key its
+    producer used, when the two differ (pseudonymised ids): lists and
+    tombstones are published under that key.
     """
 
     topic: str
@@ -53,10 +58,42 @@ class PartitionBatch:
     sources: list[Source] = field(default_factory=list)
     messages: int = 0  # consumed, valid or not
     forwarded: int = 0  # valid events that belong to another partition (sent there)
+    erased: list[str] = field(default_factory=list)  # one per request, repeats included
+    dropped: int = 0  # events an erasure request of their user followed (never applied)
+    keys: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return f"{self.topic}[{self.partition}]"
+
+    def admit(self, decoded: Event | Erasure, source: Source, ids: UserIds) -> None:
+        """Take a valid event or erasure request, its user id made the stored one by ``ids``."""
+        user = ids.of(decoded.user_id)
+        if user != decoded.user_id and source.key:
+            self.keys[user] = source.key  # lists go out under the producer's key
+        if isinstance(decoded, Erasure):
+            self.erase(user)
+        else:
+            self.add(decoded if user == decoded.user_id else replace(decoded, user_id=user), source)
+
+    def add(self, event: Event, source: Source) -> None:
+        """Append a valid event."""
+        self.events.append(event)
+        self.sources.append(source)
+
+    def erase(self, user_id: str) -> None:
+        """Forget ``user_id``: their state goes before this batch's events are applied.
+
+        Their events earlier in this batch are dropped (never applied, never
+        learnt from): they are part of what the user asked to be forgotten.
+        Their events after the request start a new state.
+        """
+        keep = [i for i, ev in enumerate(self.events) if ev.user_id != user_id]
+        if len(keep) < len(self.events):
+            self.dropped += len(self.events) - len(keep)
+            self.events = [self.events[i] for i in keep]
+            self.sources = [self.sources[i] for i in keep]
+        self.erased.append(user_id)
 
 
 @dataclass(slots=True)
@@ -67,7 +104,9 @@ class StepOutcome:
     committed by the checkpoint after the outputs; ``applied[i]`` is the
     source of each event folded into state; ``failed`` are the events the
     model could not take (dead-lettered as ``processing-error``); ``learnt``:
-    the model's ``learn_many`` returned for the batch or some of its events.
+    the model's ``learn_many`` returned for the batch or some of its events;
+    ``erased``: (user id, had a state) of each user the batch erased;
+    ``keys``: the batch's :attr:`PartitionBatch.keys`.
     """
 
     txn: PartitionTransaction
@@ -77,3 +116,9 @@ class StepOutcome:
     scored: int = 0
     hits: int = 0
     learnt: bool = False
+    erased: list[tuple[str, bool]] = field(default_factory=list)
+    keys: dict[str, bytes] = field(default_factory=dict)
+
+    def key_of(self, user_id: str) -> bytes:
+        """The message key lists and tombstones of ``user_id`` are published under."""
+        return self.keys.get(user_id) or user_id.encode("utf-8")

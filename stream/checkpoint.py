@@ -7,10 +7,18 @@ offsets. Nothing is produced before :meth:`Checkpoint.commit`, so the step
 never runs inside a Kafka transaction and the consumer is never polled while
 one is open. The loop that polls never knows which guarantee is on.
 
+An erased user's list goes with a tombstone (the producer's key, no value) on
+the compacted recommendations topic, before any list of the batch, and their
+state with a tombstone in the changelog: in the same transaction as the rest.
+Lists and tombstones are keyed by the message key the producer used (which
+differs from the stored user id when ids are pseudonymised, see
+:mod:`stream.privacy`), and a list's ``user_id`` is that key too.
+
 exactly-once (:class:`ExactlyOnceCheckpoint`, the default):
     1. begin a transaction on the worker's transactional producer;
-    2. produce lists, dead letters and changelog records (one per changed user
-       and one offset record per partition, on the input partition's number);
+    2. produce tombstones of erased users, lists, dead letters and changelog
+       records (one per changed or deleted user and one offset record per
+       partition, on the input partition's number);
     3. send the next input offsets to the transaction with the consumer's group
        metadata (KIP-447: a worker that lost the partition is fenced here);
     4. commit the transaction: outputs, changelog and offsets become visible
@@ -41,7 +49,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -198,6 +206,7 @@ class Checkpoint:
         self.offsets: dict[tuple[str, int], int] = {}
         self.messages = 0  # consumed messages, valid or not
         self.forwarded = 0  # valid events sent on to the partition they belong to
+        self.events_erased = 0  # valid events an erasure request of their user followed
         self.event_types: Counter[str] = Counter()  # valid events by type
         self.delivered_ms = 0.0  # when the outputs became visible
         self._changelog_at: dict[int, int] = {}  # changelog partition -> last offset written
@@ -207,6 +216,7 @@ class Checkpoint:
         """The batch covers ``batch``'s partition up to its last offset."""
         self.offsets[(batch.topic, batch.partition)] = batch.last_offset + 1
         self.messages += batch.messages
+        self.events_erased += batch.dropped
         self.event_types.update(ev.event for ev in batch.events)
 
     def dead_letter(self, source: Source, rejected: Rejected) -> None:
@@ -226,9 +236,19 @@ class Checkpoint:
         self.forwarded += 1
 
     def add(self, part: StorePartition, outcome: StepOutcome, generated_at_ms: int) -> None:
-        """One partition's outcome: lists, failed events, changelog records, state on commit."""
+        """One partition's outcome: tombstones, lists, failed events, changelog, state on commit."""
         for source, rejected in outcome.failed:
             self.dead_letter(source, rejected)
+        for user in dict.fromkeys(user for user, _ in outcome.erased):
+            # Compacted: the erased user's list goes for every subscriber. Lists of
+            # the batch come after, so one made from events after the erasure stays.
+            key = outcome.key_of(user)
+            self._records.append(_Record(self._topics.recommendations, key, None))
+        if outcome.keys:  # pseudonymised ids: subscribers see the producer's id
+            outcome.recommendations = [
+                replace(rec, user_id=outcome.key_of(rec.user_id).decode("utf-8"))
+                for rec in outcome.recommendations
+            ]
         for rec in outcome.recommendations:
             self._publish(rec, generated_at_ms)
         self._changes(part.partition, outcome.txn.changes())

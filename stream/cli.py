@@ -14,7 +14,7 @@ from pathlib import Path
 from core.cliargs import add_kafka_flags
 from core.errors import InterestStreamError
 from model import cli as model_cli
-from stream import demo, state_cli, top, worker_cli
+from stream import demo, forget, state_cli, top, worker_cli
 
 __all__ = ["main", "build_parser"]
 
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     # each command imports them when it runs.
     worker_cli.register(sub)
     state_cli.register(sub)
+    forget.register(sub)
     demo.register(sub)
     top.register(sub)
     model_cli.register(sub)

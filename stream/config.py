@@ -4,7 +4,9 @@ Each component has a frozen dataclass; every field names its environment
 variable in its metadata (the README lists them). librdkafka client settings
 (SASL, SSL, ...) pass through unchanged from ``[kafka.client]`` in the TOML
 file, ``INTEREST_KAFKA_CLIENT_<NAME>`` variables or ``-X name=value`` flags;
-values whose name looks secret are never printed.
+values whose name looks secret are never printed. The user-id key
+(:class:`PrivacyConfig`) comes from the environment or a file of its own, never
+from the TOML file, and is never printed either.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "KafkaConfig",
     "TopicsConfig",
     "WorkerConfig",
+    "PrivacyConfig",
     "Settings",
     "load_settings",
     "settings_from_args",
@@ -39,6 +42,7 @@ __all__ = [
     "GUARANTEE_ENV",
     "RUNTIMES",
     "BOOTSTRAP_ENV",
+    "ID_KEY_ENV",
 ]
 
 CONFIG_ENV = "INTEREST_CONFIG"
@@ -48,6 +52,9 @@ EXACTLY_ONCE = "exactly-once"
 AT_LEAST_ONCE = "at-least-once"
 GUARANTEES = (EXACTLY_ONCE, AT_LEAST_ONCE)
 BOOTSTRAP_ENV = "INTEREST_KAFKA_BOOTSTRAP"
+ID_KEY_ENV = "INTEREST_ID_KEY"
+MIN_ID_KEY_BYTES = 16  # 128 bits: a key nobody finds by trying, so pseudonyms stay opaque
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 CLIENT_ENV_PREFIX = "INTEREST_KAFKA_CLIENT_"
 _SECRET_MARKERS = ("password", "secret", "token", "key")
 _RDKAFKA_LOG = logging.getLogger("librdkafka")
@@ -164,10 +171,26 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """How user ids are kept: pseudonymised with a secret key (off by default), and logs.
+
+    ``id_key`` is the secret itself, from ``$INTEREST_ID_KEY`` or read from
+    ``id_key_file`` (trailing newlines dropped); at least 16 bytes. It never
+    appears in a repr. ``log_ids`` lets logs name user ids and exception
+    messages (debugging only).
+    """
+
+    id_key_file: Path | None = field(default=None, metadata=_env("INTEREST_ID_KEY_FILE"))
+    log_ids: bool = field(default=False, metadata=_env("INTEREST_LOG_IDS"))
+    id_key: bytes | None = field(default=None, repr=False, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     @property
     def changelog_topic(self) -> str:
@@ -205,7 +228,15 @@ def parse_client_overrides(pairs: list[str] | None) -> dict[str, str]:
 
 def _convert(section: str, f: dataclasses.Field, raw: Any, origin: str) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    kind = kind.removesuffix(" | None")
     name = f"{section}.{f.name}"
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text not in _TRUE + _FALSE:
+            raise ConfigError(f"{origin}: {name} must be true or false, got {raw!r}")
+        return text in _TRUE
     if kind == "int":
         lowest = f.metadata.get("min", 1)
         highest = f.metadata.get("max")
@@ -246,7 +277,7 @@ def _build(
         raise ConfigError(f"config file: unknown setting(s) {sorted(unknown)} in [{section}]")
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        if f.name == "client":
+        if f.name == "client" or f.metadata.get("secret"):
             continue
         env_name = f.metadata.get("env")
         if flags.get(f.name) is not None:
@@ -283,7 +314,7 @@ def load_settings(
     env = os.environ if env is None else env
     path = config_file or env.get(CONFIG_ENV)
     doc = _read_toml(Path(path)) if path else {}
-    unknown = set(doc) - {"kafka", "topics", "worker"}
+    unknown = set(doc) - {"kafka", "topics", "worker", "privacy"}
     if unknown:
         raise ConfigError(f"config file: unknown section(s) {sorted(unknown)}")
 
@@ -301,7 +332,40 @@ def load_settings(
         kafka=KafkaConfig(client=client, **_build(KafkaConfig, "kafka", flags, env, kafka_table)),
         topics=TopicsConfig(**_build(TopicsConfig, "topics", flags, env, doc.get("topics", {}))),
         worker=WorkerConfig(**_build(WorkerConfig, "worker", flags, env, doc.get("worker", {}))),
+        privacy=_privacy(flags, env, doc.get("privacy", {})),
     )
+
+
+def _privacy(flags: Mapping[str, Any], env: Mapping[str, str], table: Any) -> PrivacyConfig:
+    if isinstance(table, dict) and "id_key" in table:
+        raise ConfigError(
+            "config file: [privacy] id_key would keep the secret in the config file: put it "
+            f"in a file of its own and set id_key_file (or ${ID_KEY_ENV})"
+        )
+    values = _build(PrivacyConfig, "privacy", flags, env, table)
+    secret = env.get(ID_KEY_ENV)
+    path: Path | None = values.get("id_key_file")
+    if secret and path is not None:
+        raise ConfigError(
+            f"both ${ID_KEY_ENV} and a user-id key file ({path}) are set: set only one"
+        )
+    key: bytes | None = None
+    if secret:
+        key, origin = secret.encode("utf-8"), f"${ID_KEY_ENV}"
+    elif path is not None:
+        try:
+            key, origin = path.read_bytes().rstrip(b"\r\n"), f"the user-id key file {path}"
+        except OSError as exc:
+            raise ConfigError(
+                f"the user-id key file {path} cannot be read: {exc.strerror or exc}"
+            ) from None
+    if key is not None and len(key) < MIN_ID_KEY_BYTES:
+        # The length only: never a byte of the key.
+        raise ConfigError(
+            f"{origin} holds {len(key)} bytes; a user-id key needs at least "
+            f"{MIN_ID_KEY_BYTES} (e.g. the output of: openssl rand -hex 32)"
+        )
+    return PrivacyConfig(id_key=key, **values)
 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:

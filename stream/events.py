@@ -6,11 +6,19 @@ Event (value on the events topic, key = user id, UTF-8 JSON)::
      "ts": int (epoch ms, optional: the Kafka message timestamp is used when absent),
      "category": str (optional)}
 
+Erasure request (same topic, same key, so it is ordered after the user's
+earlier events)::
+
+    {"user_id": str, "erase": true}
+
 Numeric ids are accepted and turned into strings. :func:`decode_event`
-returns either an :class:`~core.types.Event` or a :class:`Rejected` carrying
-one of the short reason codes in :data:`REASONS`; the runtime sends rejected
-messages, bytes unchanged, to the dead-letter topic with that code in the
-``error`` header.
+returns an :class:`~core.types.Event`, an :class:`~core.types.Erasure` or a
+:class:`Rejected` carrying one of the short reason codes in :data:`REASONS`;
+the runtime sends rejected messages, bytes unchanged, to the dead-letter topic
+with that code in the ``error`` header. A message with an ``erase`` field is an
+erasure request: ``erase`` must be ``true`` and there must be no ``item_id``
+or ``event`` (``bad-erasure`` otherwise); its ``user_id`` follows the id rules
+and must match the key like an event's. Other fields are ignored.
 
 Ids (``user_id``, ``item_id`` and a non-empty ``category``) travel on to every
 subscriber of the lists, into logs, caches, CSV files and web pages, so an
@@ -61,7 +69,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from core.types import EVENT_TYPES, TRIGGERS, Event, Recommendation
+from core.types import EVENT_TYPES, TRIGGERS, Erasure, Event, Recommendation
 
 __all__ = [
     "REASONS",
@@ -70,6 +78,7 @@ __all__ = [
     "EventValidator",
     "decode_event",
     "encode_event",
+    "encode_erasure",
     "encode_recommendation",
     "decode_recommendation",
     "NEWCOMERS_ID",
@@ -89,6 +98,7 @@ REASONS: dict[str, str] = {
     "unknown-event": "event is not click, favourite, cart or purchase",
     "bad-timestamp": "ts is outside the plausible range",
     "key-mismatch": "message key differs from user_id (state is partitioned by key)",
+    "bad-erasure": 'an erasure request other than {"user_id": U, "erase": true} (detail: why)',
     "processing-error": "a valid event the model failed on (detail: the exception type)",
 }
 PROCESSING_ERROR = "processing-error"
@@ -173,7 +183,7 @@ def decode_event(
     kafka_ts_ms: int | None,
     validator: EventValidator | None = None,
     now_ms: int | None = None,
-) -> Event | Rejected:
+) -> Event | Erasure | Rejected:
     """Validate one message; never raises for bad input.
 
     >>> decode_event(b"u7", b'{"user_id": "u7", "item_id": 161, "event": "click",'
@@ -184,6 +194,10 @@ def decode_event(
     >>> decode_event(b"u8", b'{"user_id": "u7", "item_id": "i1", "event": "click"}',
     ...              1767225600000).reason
     'key-mismatch'
+    >>> decode_event(b"u7", b'{"user_id": "u7", "erase": true}', None)
+    Erasure(user_id='u7')
+    >>> decode_event(b"u7", b'{"user_id": "u7", "erase": "yes"}', None)
+    Rejected(reason='bad-erasure', detail='erase must be true')
     """
     v = validator or EventValidator()
     if not key:
@@ -202,6 +216,8 @@ def decode_event(
         return Rejected("not-json")
     if not isinstance(doc, dict):
         return Rejected("not-object")
+    if "erase" in doc:
+        return _erasure(key, doc, v)
     for name in ("user_id", "item_id", "event"):
         if doc.get(name) is None:
             return Rejected("missing-field", name)
@@ -243,6 +259,31 @@ def decode_event(
     if key != user.encode("utf-8"):
         return Rejected("key-mismatch")
     return Event(user, item, kind, ts, category or None)
+
+
+def _erasure(key: bytes, doc: dict[str, Any], v: EventValidator) -> Erasure | Rejected:
+    if doc["erase"] is not True:
+        return Rejected("bad-erasure", "erase must be true")
+    if "item_id" in doc or "event" in doc:
+        # Half an event, half an erasure: doing either could be the wrong one.
+        return Rejected("bad-erasure", "an erasure has no item_id or event")
+    if doc.get("user_id") is None:
+        return Rejected("missing-field", "user_id")
+    user = _as_id(doc["user_id"])
+    if user is None:
+        return Rejected("bad-type", "user_id")
+    problem = _id_problem(user, v.max_id_bytes)
+    if problem is not None:
+        return Rejected("bad-id", f"user_id: {problem}")
+    if key != user.encode("utf-8"):
+        return Rejected("key-mismatch")
+    return Erasure(user)
+
+
+def encode_erasure(user_id: str) -> tuple[bytes, bytes]:
+    """(key, value) of the request to erase ``user_id``, as a producer should send it."""
+    doc = {"user_id": user_id, "erase": True}
+    return user_id.encode("utf-8"), json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
 
 def encode_event(ev: Event) -> tuple[bytes, bytes]:

@@ -11,12 +11,21 @@ Two rules keep the isolation honest:
   :class:`~state.store.StateStoreError`: unreadable user state, a RocksDB read
   that failed) is about the worker, not the event: it stops the worker with
   one clear line instead of dead-lettering valid events;
+* warnings and errors name the partition and the exception's type and line,
+  not its message (a model's ``KeyError`` names the user it failed on), unless
+  ``log_ids`` is on (see :mod:`stream.privacy`);
 * a retry never learns twice: if the failed call got as far as learning (the
   model's ``learn_many`` returned, or a torch optimiser stepped inside it), the
   events are retried with learning off. A failure before learning started is
   retried with learning on, so an event the model cannot learn from is still
   found and dead-lettered. (A model without a torch optimiser that fails half
   way through ``learn_many`` cannot be told apart from one that failed first.)
+
+Erasures come first: the users a batch erases are deleted in its state
+transaction before its events are applied (their earlier events in the batch
+were dropped, see :meth:`stream.batch.PartitionBatch.erase`), and a model
+that keeps data per user (a ``forget_users(user_ids)`` method) forgets them.
+The step never sees an erasure request, so nothing learns from one.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from model.step import RankingModel, process_batch
 from state.store import PartitionTransaction, StorePartition
 from stream.batch import PartitionBatch, StepOutcome
 from stream.events import PROCESSING_ERROR, Rejected
+from stream.privacy import exception_text
 
 __all__ = ["ModelError", "ModelGuard", "MAX_MODEL_FAILURES"]
 
@@ -86,40 +96,48 @@ class _Watched:
 class ModelGuard:
     """Runs the pure step on one partition's batch, isolating model failures.
 
-    ``warn(kind, text, exc)`` logs (throttled by the caller). Failed events
-    come back in :attr:`StepOutcome.failed` for the checkpoint to dead-letter.
+    ``warn(kind, text, exc)`` logs (throttled by the caller; ``exc`` None: no
+    traceback). Failed events come back in :attr:`StepOutcome.failed` for the
+    checkpoint to dead-letter. ``log_ids``: warnings may carry exception
+    messages and tracebacks, which can name users.
     """
 
     def __init__(
         self,
         k: int,
-        warn: Callable[[str, str, BaseException], None],
+        warn: Callable[[str, str, BaseException | None], None],
         max_in_a_row: int = MAX_MODEL_FAILURES,
+        log_ids: bool = False,
     ) -> None:
         self.k = k
         self.max_in_a_row = max_in_a_row
+        self.log_ids = log_ids
         self._warn = warn
         self.failures_in_a_row = 0
 
     def step(self, batch: PartitionBatch, part: StorePartition, model: RankingModel) -> StepOutcome:
         """The pure step on ``batch`` against ``part``'s state; nothing is committed here."""
         _install_step_hook()
-        out = StepOutcome(self._begin(part, batch))
+        txn, erased = self._begin(part, batch)
+        out = StepOutcome(txn, erased=erased, keys=batch.keys)
+        forget = getattr(model, "forget_users", None)
+        if batch.erased and forget is not None:
+            forget(list(batch.erased))
         if not batch.events:
             return out
         watched = _Watched(model)
         try:
-            result = process_batch(batch.events, out.txn, watched, self.k)
+            result = process_batch(batch.events, out.txn, watched, self.k, score="held")
         except InterestStreamError:
             raise  # the worker's own trouble (state store, ...): not the events' fault
         except Exception as exc:  # any model bug: the events are retried one by one below
             learn = not watched.learned
             self._warn(
                 f"model {type(exc).__name__}",
-                f"model failed on a batch of {batch.name} ({type(exc).__name__}: "
-                f"{exc}); retrying event by event"
+                f"model failed on a batch of {batch.name} ({exception_text(exc, self.log_ids)}); "
+                "retrying event by event"
                 f"{'' if learn else ' without learning (the batch was learnt)'}",
-                exc,
+                exc if self.log_ids else None,
             )
         else:
             self.failures_in_a_row = 0
@@ -130,11 +148,11 @@ class ModelGuard:
             out.hits = sum(r is not None for r in result.ranks)
             return out
         out.txn.discard()
-        out.txn = self._begin(part, batch)
+        out.txn, _ = self._begin(part, batch)
         latest: dict[str, Recommendation] = {}
         for ev, src in zip(batch.events, batch.sources, strict=True):
             try:
-                result = process_batch([ev], out.txn, model, self.k, learn=learn)
+                result = process_batch([ev], out.txn, model, self.k, score="held", learn=learn)
             except InterestStreamError:
                 raise
             except Exception as exc:  # this event is what the model cannot take
@@ -142,7 +160,7 @@ class ModelGuard:
                 if self.failures_in_a_row >= self.max_in_a_row:
                     raise ModelError(
                         f"the model failed on {self.failures_in_a_row} events "
-                        f"in a row; last: {type(exc).__name__}: {exc}"
+                        f"in a row; last: {exception_text(exc, self.log_ids)}"
                     ) from exc
                 out.failed.append((src, Rejected(PROCESSING_ERROR, type(exc).__name__)))
                 continue
@@ -156,7 +174,11 @@ class ModelGuard:
         return out
 
     @staticmethod
-    def _begin(part: StorePartition, batch: PartitionBatch) -> PartitionTransaction:
+    def _begin(
+        part: StorePartition, batch: PartitionBatch
+    ) -> tuple[PartitionTransaction, list[tuple[str, bool]]]:
+        """A transaction for ``batch``: its offset set, its erased users deleted."""
         txn = part.begin()
         txn.set_offset(batch.last_offset)
-        return txn
+        erased = [(user, txn.delete(user)) for user in batch.erased]
+        return txn, erased

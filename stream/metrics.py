@@ -10,6 +10,11 @@ Names (``interest_`` prefix):
 - ``events_applied_total``                      valid events folded into state
 - ``dead_letters_total{reason}``                messages sent to the dead-letter topic
 - ``events_forwarded_total``                    events sent on to their key's partition
+- ``users_erased_total{had_state}``             erasure requests applied, by whether the user
+                                                had a state (``false``: unknown, or erased
+                                                already)
+- ``events_erased_total``                       events dropped because an erasure request of
+                                                their user followed them in the same batch
 - ``batches_total``                             micro-batches committed
 - ``batch_size_events``                         histogram of messages per micro-batch
 - ``stage_seconds{stage}``                      poll, decode, step, commit
@@ -107,6 +112,8 @@ class WorkerMetrics:
     events_applied: Counter
     dead_letters: Counter
     events_forwarded: Counter
+    users_erased: Counter
+    events_erased: Counter
     batches: Counter
     batch_size: Histogram
     stage_seconds: Histogram
@@ -155,6 +162,17 @@ class WorkerMetrics:
             events_forwarded=Counter(
                 "interest_events_forwarded",
                 "Valid events that arrived on another partition than their key's, forwarded",
+                registry=reg,
+            ),
+            users_erased=Counter(
+                "interest_users_erased",
+                "Erasure requests applied, by whether the user had a state",
+                ["had_state"],
+                registry=reg,
+            ),
+            events_erased=Counter(
+                "interest_events_erased",
+                "Events dropped because an erasure request of their user followed in the batch",
                 registry=reg,
             ),
             batches=Counter("interest_batches", "Micro-batches committed", registry=reg),
@@ -269,6 +287,8 @@ class WorkerMetrics:
             m.stage_seconds.labels(stage)
         for outcome in ("committed", "aborted"):
             m.transactions.labels(outcome)
+        for had in ("true", "false"):
+            m.users_erased.labels(had)
         return m
 
     def observe_model(self, model: Any, steps: int = 0) -> None:

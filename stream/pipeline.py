@@ -15,6 +15,7 @@ native confluent-kafka runtime (:mod:`stream.runtime`) and the Faust runtime
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -29,10 +30,13 @@ from stream.events import NEWCOMERS_ID, EventValidator, Rejected, decode_event
 from stream.isolation import ModelGuard
 from stream.metrics import WorkerMetrics
 from stream.placement import Placement
+from stream.privacy import UserIds
 from stream.refresh import Refresher
 from stream.stats import WorkerStats
 
 __all__ = ["Pipeline"]
+
+log = logging.getLogger("interest_stream.worker")
 
 
 class Pipeline:
@@ -52,7 +56,8 @@ class Pipeline:
             max_id_bytes=settings.worker.max_id_bytes,
         )
         self.placement = Placement(settings.topics.partitions)
-        self.guard = ModelGuard(settings.worker.k, warn_model)
+        self.ids = UserIds.from_config(settings.privacy)
+        self.guard = ModelGuard(settings.worker.k, warn_model, log_ids=self.ids.log_ids)
         self.model: RankingModel | None = None
         w = settings.worker
         self.refresher = Refresher(
@@ -74,6 +79,7 @@ class Pipeline:
         Offsets only move forward: a message at or below the partition's stored
         offset is already in state (or was handed out twice after a re-seek).
         """
+        part.claim_ids(self.ids.scheme)  # never mix plain and pseudonymised ids
         floor = part.last_offset()
         batch: PartitionBatch | None = None
         for source in sources:
@@ -94,8 +100,7 @@ class Pipeline:
                 checkpoint.forward(source, home)
                 batch.forwarded += 1
                 continue
-            batch.events.append(decoded)
-            batch.sources.append(source)
+            batch.admit(decoded, source, self.ids)
         if batch is not None:
             checkpoint.consumed(batch)
         return batch
@@ -127,7 +132,14 @@ class Pipeline:
             m.dead_letters.labels(rejected.reason).inc()
         delivered_ms = checkpoint.delivered_ms
         recs: list[Recommendation] = []
+        m.events_erased.inc(checkpoint.events_erased)
         for part, out in checkpoint.outcomes:
+            for user, had in out.erased:
+                m.users_erased.labels("true" if had else "false").inc()
+                if self.ids.log_ids:
+                    log.info("%s: erased user %s (had a state: %s)", part.name, user, had)
+            if out.erased and not self.ids.log_ids:
+                log.info("%s: erased %d user(s)", part.name, len(out.erased))
             m.events_applied.inc(len(out.applied))
             m.lists_published.inc(len(out.recommendations))
             m.events_scored.inc(out.scored)

@@ -25,7 +25,13 @@ runs it inside the worker's loop, between micro-batches, as a batch of its own:
   them is fenced), and a pass that is aborted leaves nothing behind.
 
 Recency lists are kept in memory: after a restart or a rebalance they fill up
-again as users act.
+again as users act. With pseudonymised user ids (:mod:`stream.privacy`) a
+refreshed list goes out under the key the producer used, like the user's
+event lists; that key is known only from the user's own events, so only users
+seen since the worker started are refreshed, and the keys stay in memory. An
+erased user leaves the recency list with the batch that erased them, and a
+user without a state is never re-ranked: a refresh never brings back a list
+that was erased.
 """
 
 from __future__ import annotations
@@ -79,7 +85,8 @@ class Refresher:
         self.newcomers = NewcomerList()
         self._warn = warn
         self._next_at = 0.0
-        self._staged: list[tuple[_Key, list[Recommendation], list[str]]] = []
+        # (partition, outcome as published, lists by stored user id, users left as they were)
+        self._staged: list[tuple[_Key, StepOutcome, list[Recommendation], list[str]]] = []
         self._newcomers_staged: tuple[NewcomerList, Recommendation | None] | None = None
         self._started = 0.0
         self._now = timer
@@ -96,14 +103,22 @@ class Refresher:
             self.clock += len(out.applied)
             if recent is None:
                 continue
+            for user, _ in out.erased:  # never refreshed again, unless they come back
+                recent.forget(user)
+            stored = _stored_ids(out)
             for src in out.applied:
-                held = recent.held_at(src.key.decode("utf-8")) if src.key else None
+                user = _stored_of(src.key, stored)
+                held = recent.held_at(user) if user is not None else None
                 if held is not None and src.timestamp_ms:
                     self.metrics.list_age.observe(max(0, src.timestamp_ms - held) / 1000.0)
         for part, out in checkpoint.outcomes:
             recent = self._recent((part.topic, part.partition))
+            stored = _stored_ids(out)
             for rec in out.recommendations:
-                recent.published(rec.user_id, self.clock, at)
+                # The checkpoint put the producer's key in user_id (pseudonymised ids):
+                # track the stored id, and the key its lists go out under.
+                user = _stored_of(rec.user_id.encode("utf-8"), stored) or rec.user_id
+                recent.published(user, self.clock, at, out.keys.get(user))
 
     def _recent(self, key: _Key) -> RecentUsers:
         recent = self.recent.get(key)
@@ -157,9 +172,13 @@ class Refresher:
                 part = parts[key]
                 txn = part.begin()
                 recs, same = refresh_lists(users, txn, model, self.k)
+                # Published under the key the user's own lists went out under.
+                recent = self.recent[key]
+                keys = {r.user_id: k for r in recs if (k := recent.key_of(r.user_id)) is not None}
+                out = StepOutcome(txn, recs, keys=keys)
                 if recs:
-                    self._add(checkpoint, part, StepOutcome(txn, recs), generated_at_ms)
-                self._staged.append((key, recs, same))
+                    self._add(checkpoint, part, out, generated_at_ms)
+                self._staged.append((key, out, recs, same))
                 staged += len(recs)
             if newcomers and home is not None and home.last_offset() is not None:
                 fresh = copy.deepcopy(self.newcomers)
@@ -199,7 +218,8 @@ class Refresher:
         """The staged pass was committed: account for it; returns the lists it published."""
         at = int(delivered_ms)
         out: list[Recommendation] = []
-        for key, recs, same in self._staged:
+        for key, outcome, recs, same in self._staged:
+            out.extend(outcome.recommendations)
             recent = self.recent.get(key)
             if recent is None:
                 continue
@@ -207,7 +227,6 @@ class Refresher:
                 recent.refreshed(rec.user_id, self.clock, at)
             for user in same:
                 recent.refreshed(user, self.clock, None)
-            out.extend(recs)
         if self._newcomers_staged is not None:
             self.newcomers, rec = self._newcomers_staged
             if rec is not None:
@@ -232,3 +251,15 @@ class Refresher:
         # spent * (1 - share) / share seconds for everything else.
         rest = spent * (1.0 - self.share) / self.share if self.share < 1.0 else 0.0
         self._next_at = now + max(self.policy.interval_ms / 1000.0, rest)
+
+
+def _stored_ids(out: StepOutcome) -> dict[bytes, str]:
+    """Message key -> stored user id, for the users whose two differ (pseudonymised ids)."""
+    return {key: user for user, key in out.keys.items()}
+
+
+def _stored_of(key: bytes | None, stored: dict[bytes, str]) -> str | None:
+    if key is None:
+        return None
+    user = stored.get(key)
+    return user if user is not None else key.decode("utf-8", "replace")

@@ -26,6 +26,8 @@ loaded worker answers each event at once; a loaded one fills its batches):
 1. decode every message into a per-partition :class:`~stream.batch.PartitionBatch`;
    bad ones go to the checkpoint as dead letters (reason code in the ``error``
    header, ``source`` = topic/partition/offset, ``detail`` when there is one);
+   user ids become the stored ones here (pseudonyms with a key, see
+   :mod:`stream.privacy`), and erasure requests are taken in;
 2. per partition, the guarded pure step (:mod:`stream.isolation`) against that
    partition's state transaction;
 3. the :class:`~stream.checkpoint.Checkpoint` publishes the lists and commits
@@ -315,7 +317,7 @@ class Worker:
             "%s%s", text, f" (and {repeats} more like it)" if repeats else "", exc_info=exc_info
         )
 
-    def _warn_model(self, kind: str, text: str, exc: BaseException) -> None:
+    def _warn_model(self, kind: str, text: str, exc: BaseException | None) -> None:
         self._warn_throttled(kind, text, exc_info=exc)
 
     # --- one micro-batch ----------------------------------------------------------------
@@ -556,6 +558,7 @@ class Worker:
             "dead_letter": t.dead_letter,
             "state": str(location) if location is not None else "memory",
             "guarantee": self.settings.worker.processing_guarantee,
+            "user_ids": "pseudonymised" if self.pipeline.ids.pseudonymised else "plain",
             "changelog": self.settings.changelog_topic,
             "pid": os.getpid(),
             "model": getattr(self.model, "version", "?"),

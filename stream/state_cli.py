@@ -12,6 +12,12 @@ object per user::
 key, as producers place them); ``dump`` reads every partition, one object per
 line. They take the same Kafka flags, environment and config file as every
 other command, and ``--group`` names the consumer group whose state to read.
+An erased user has no state (their tombstone is the newest record).
+
+With pseudonymised ids (a user-id key configured, see :mod:`stream.privacy`)
+``show --user U`` looks U's pseudonym up with the same key and prints U;
+``dump`` prints the pseudonyms, the only ids stored. A changelog whose states
+were keyed another way (no key, or another key) is one clear error.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from core.cliargs import add_kafka_flags
 from core.errors import ConfigError, DataError, KafkaClientError
 from core.partition import partition_for
 from core.types import EVENT_TYPES, UserState
-from stream.config import Settings, settings_from_args
+from stream.config import ID_KEY_ENV, Settings, settings_from_args
+from stream.privacy import PLAIN, UserIds
 
 __all__ = ["register", "read_states", "state_json"]
 
@@ -48,11 +55,11 @@ def state_json(user_id: str, state: UserState) -> dict[str, Any]:
 def read_states(
     settings: Settings, user: str | None = None, timeout_s: float = 60.0
 ) -> Iterator[tuple[str, UserState]]:
-    """(user id, state) of every user in the changelog (only ``user`` when given)."""
+    """(stored user id, state) of every user in the changelog (only ``user`` when given)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
     from state.codec import CodecError, decode_state
-    from state.store import user_of_key
+    from state.store import ids_of_record, user_of_key
     from stream.clients import make_client
     from stream.topics import partition_count
 
@@ -71,7 +78,9 @@ def read_states(
     marks = make_client(
         Consumer, settings.kafka.client_config(**base, **{"isolation.level": "read_uncommitted"})
     )
-    wanted = None if user is None else b"u" + user.encode("utf-8")
+    ids = UserIds.from_config(settings.privacy)
+    wanted = None if user is None else b"u" + ids.of(user).encode("utf-8")
+    schemes: set[bytes] = set()
     try:
         ends = {}
         for p in parts:
@@ -81,7 +90,7 @@ def read_states(
             )
             if high > low:
                 ends[p] = high
-        latest: dict[bytes, bytes | None] = {}
+        latest: dict[bytes, tuple[bytes | None, int, int]] = {}
         reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
         deadline = time.monotonic() + timeout_s
         pending = set(ends)
@@ -92,8 +101,13 @@ def read_states(
                     f"{sorted(pending)} not read to their end)"
                 )
             for msg in reader.consume(1000, timeout=_IDLE_S):
-                if msg.error() is None and (wanted is None or msg.key() == wanted):
-                    latest[msg.key() or b""] = msg.value()
+                if msg.error() is not None:
+                    continue
+                key = msg.key() or b""
+                if (scheme := ids_of_record(key, msg.value())) is not None:
+                    schemes.add(scheme)
+                elif wanted is None or key == wanted:
+                    latest[key] = (msg.value(), msg.partition(), msg.offset())
             positions = reader.position([TopicPartition(topic, p) for p in pending])
             pending = {tp.partition for tp in positions if tp.offset < ends[tp.partition]}
     except KafkaException as exc:
@@ -103,20 +117,35 @@ def read_states(
     finally:
         reader.close()
         marks.close()
+    other = schemes - {ids.scheme}
+    if other:
+        have = "plain user ids" if other == {PLAIN} else "ids pseudonymised with another key"
+        raise ConfigError(
+            f"the changelog {topic} holds states keyed by {have}; this command "
+            + (
+                f"was given another user-id key (${ID_KEY_ENV} or id_key_file)"
+                if ids.pseudonymised
+                else f"needs the workers' user-id key (${ID_KEY_ENV} or id_key_file)"
+            )
+        )
     for key in sorted(latest):
-        value, uid = latest[key], user_of_key(key)
+        (value, partition, offset), uid = latest[key], user_of_key(key)
         if value is None or uid is None:
-            continue  # a deleted user, or the partition's own offset record
+            continue  # an erased user, or the partition's own offset record
         try:
             yield uid, decode_state(value)
         except CodecError as exc:
-            raise DataError(f"the changelog holds an unreadable state of {uid!r}: {exc}") from None
+            # Where, not who: error lines end up in logs.
+            raise DataError(
+                f"the changelog {topic} holds an unreadable user state "
+                f"(partition {partition}, offset {offset}): {exc}"
+            ) from None
 
 
 def _show(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    for uid, state in read_states(settings, user=args.user):
-        print(json.dumps(state_json(uid, state)))
+    for _, state in read_states(settings, user=args.user):
+        print(json.dumps(state_json(args.user, state)))  # as asked, also when pseudonymised
         return 0
     print(
         f"interest-stream: user {args.user!r} has no state in {settings.changelog_topic}",

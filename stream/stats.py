@@ -33,8 +33,10 @@ def percentile(values: list[float], q: float) -> float | None:
 class WorkerStats:
     """A view of one worker's metrics plus its latency window.
 
-    ``consumed == applied + dead_lettered + forwarded`` holds after every committed
-    batch (forwarded: events sent on to the partition their key belongs to);
+    ``consumed == applied + dead_lettered + forwarded + erasures + events_erased``
+    holds after every committed batch (forwarded: events sent on to the partition
+    their key belongs to; erasures: erasure requests; events_erased: events an
+    erasure request of their user followed in the same batch, never applied);
     ``hits / scored`` is the online hit rate (item in the list shown just before).
     """
 
@@ -66,6 +68,14 @@ class WorkerStats:
     @property
     def forwarded(self) -> int:
         return sample_total(self.metrics.events_forwarded)
+
+    @property
+    def erasures(self) -> int:
+        return sample_total(self.metrics.users_erased)
+
+    @property
+    def events_erased(self) -> int:
+        return sample_total(self.metrics.events_erased)
 
     @property
     def lists_published(self) -> int:
@@ -128,6 +138,7 @@ class WorkerStats:
             "dead_lettered": self.dead_lettered,
             "dead_letters_by_reason": self.dead_letters_by_reason,
             "forwarded": self.forwarded,
+            "erasures": self.erasures,
             "lists_published": self.lists_published,
             "batches": self.batches,
             "online_hit_rate": round(self.hits / scored, 4) if scored else None,

@@ -11,6 +11,11 @@ Three ways to start:
 - ``from_beginning``: every list still on the topic, then new ones (with
   ``user``: every list of that user).
 
+A tombstone (a key without a value: the user was erased) removes a list: it is
+shown as one line, ``<time> <user> (list removed: user erased)``, and a user
+whose newest record is one has no current list. ``on_list`` callers are not
+given tombstones.
+
 Lists are read ``read_committed`` (exactly-once workers publish them inside
 transactions), with partitions assigned directly: no consumer group joins and
 nothing is committed, so any number of tails can watch a running worker.
@@ -43,7 +48,7 @@ from stream.events import NEWCOMERS_ID, decode_recommendation
 
 __all__ = ["tail", "format_list"]
 
-_METADATA_WAIT_S = 5.0  # how long a just-created topic may take to have leaders
+_METADATA_WAIT_S = 15.0  # how long a just-created topic may take to have leaders
 
 _POLL_S = 0.2
 _BATCH = 500
@@ -96,6 +101,13 @@ def tail(
         consumer.close()
 
 
+def _removed_line(msg: Message) -> str:
+    _, ms = msg.timestamp()
+    at = datetime.fromtimestamp(max(ms, 0) / 1000, tz=UTC)
+    user = (msg.key() or b"").decode("utf-8", "replace")
+    return f"{at:%H:%M:%S}.{at.microsecond // 1000:03d} {user} (list removed: user erased)"
+
+
 class _Reader:
     """One tail's consumer, output and count."""
 
@@ -126,13 +138,10 @@ class _Reader:
         tp = TopicPartition(self.topic, partition_for(key, len(self._partitions())))
         # Queried by a read_committed consumer: the last stable offset. Lists
         # committed after it are new ones, printed as they come.
-        try:
-            low, end = self.consumer.get_watermark_offsets(tp, timeout=10)
-        except KafkaException as exc:
-            raise self._unreachable(exc) from None
+        low, end = self._watermarks(tp)
         self.consumer.assign([TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)])
         before = self.shown
-        newest: Message | None = None  # the user's newest list so far
+        newest: Message | None = None  # the user's newest list (or tombstone) so far
         pending: list[Message] = []  # read past the end: new lists, shown after the current
         done = end <= low
         while not done:
@@ -149,10 +158,12 @@ class _Reader:
             # Transaction markers close the log: the position, not the last
             # message's offset, says when everything up to the end was read.
             done = bool(pending) or self.consumer.position([tp])[0].offset >= end
-        if newest is not None:
+        removed = newest is not None and newest.value() is None
+        if newest is not None and not removed:
             self._show(newest)
         if self.shown == before:
-            print(f"(no list for user {user} yet; waiting for one)", file=self.out, flush=True)
+            state = "(it was removed: user erased)" if removed else "yet"
+            print(f"(no list for user {user} {state}; waiting for one)", file=self.out, flush=True)
         for msg in pending:
             self._show_if(msg, key)
         self._follow(key)
@@ -168,7 +179,9 @@ class _Reader:
 
     def _show(self, msg: Message) -> None:
         value = msg.value()
-        if value is None:  # a tombstone deletes a list; there is nothing to show
+        if value is None:  # a tombstone: the user was erased, their list is gone
+            if self.on_list is None:
+                print(_removed_line(msg), file=self.out, flush=True)
             return
         try:
             doc = decode_recommendation(value)
@@ -215,6 +228,19 @@ class _Reader:
                 meta.error.name() if meta.error is not None else None,
             )
         return sorted(meta.partitions)
+
+    def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:
+        # Right after a topic is created its leader may not answer offset
+        # queries yet (a retriable error): ask again for a while.
+        deadline = time.monotonic() + _METADATA_WAIT_S
+        while True:
+            try:
+                low, end = self.consumer.get_watermark_offsets(tp, timeout=10)
+                return int(low), int(end)
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise self._unreachable(exc) from None
+            time.sleep(0.2)
 
     def _unreachable(self, exc: KafkaException) -> KafkaClientError:
         return KafkaClientError(f"cannot reach Kafka at {self.bootstrap}", exc.args[0].name())

@@ -17,9 +17,27 @@ from core.errors import ConfigError, KafkaClientError
 from stream.clients import make_client
 from stream.config import KafkaConfig, TopicsConfig
 
-__all__ = ["TopicSpec", "topic_specs", "ensure_topics", "ensure_changelog", "partition_count"]
+__all__ = [
+    "TopicSpec",
+    "topic_specs",
+    "ensure_topics",
+    "ensure_changelog",
+    "partition_count",
+    "COMPACTED",
+]
 
 log = logging.getLogger("interest_stream.topics")
+
+# Compacted topics (lists, state changelogs) roll a segment every hour and are
+# compacted within a day even when little is overwritten: an erased user's
+# records (and any overwritten list or state) are gone from the log after at
+# most about a day, plus delete.retention.ms (Kafka's default: a day) for the
+# tombstone itself, which readers need to see the deletion.
+COMPACTED = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(60 * 60 * 1000),
+    "max.compaction.lag.ms": str(24 * 60 * 60 * 1000),
+}
 
 
 @dataclass(frozen=True)
@@ -35,16 +53,7 @@ def topic_specs(topics: TopicsConfig) -> list[TopicSpec]:
     n, rf = topics.partitions, topics.replication_factor
     return [
         TopicSpec(topics.events, n, rf),
-        TopicSpec(
-            topics.recommendations,
-            n,
-            rf,
-            {
-                "cleanup.policy": "compact",
-                "min.compaction.lag.ms": "0",
-                "segment.ms": str(60 * 60 * 1000),
-            },
-        ),
+        TopicSpec(topics.recommendations, n, rf, {**COMPACTED, "min.compaction.lag.ms": "0"}),
         TopicSpec(topics.dead_letter, n, rf, {"retention.ms": str(14 * 24 * 3600 * 1000)}),
     ]
 
@@ -137,9 +146,7 @@ def ensure_changelog(kafka: KafkaConfig, name: str, events: str, replication: in
                 f"has {n}: they must match (delete the changelog to rebuild it)"
             )
         return False
-    spec = TopicSpec(
-        name, n, replication, {"cleanup.policy": "compact", "segment.ms": str(60 * 60 * 1000)}
-    )
+    spec = TopicSpec(name, n, replication, dict(COMPACTED))
     return ensure_topics(kafka, [spec])[name]
 
 

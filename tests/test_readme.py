@@ -12,6 +12,8 @@ here, and every test a block:
   happens, the test stops what the block started. About a minute: the publish
   alone takes 40 s, as the README says.
 - ``secured-config``: parsed as the TOML config file; the password never shows.
+- ``privacy-config``: parsed as the TOML config file beside a key file at the
+  path it names; the key is read from it and never shows.
 - ``evaluate``: run as written, with a small stand-in for MovieLens-100K in
   RecBole's format in ``ml-100k/``.
 
@@ -98,6 +100,7 @@ def test_every_marked_block_has_a_test(blocks):
         "by-hand": "sh",
         "evaluate": "sh",
         "secured-config": "toml",
+        "privacy-config": "toml",
     }
 
 
@@ -113,6 +116,19 @@ def test_secured_cluster_config_parses_and_hides_its_secret(blocks, tmp_path):
     shown = repr(settings)
     assert repr(client["sasl.password"]) not in shown
     assert "'sasl.password': '***'" in shown and "'sasl.username': 'interest'" in shown
+
+
+def test_privacy_config_reads_the_key_from_its_file_and_hides_it(blocks, tmp_path, monkeypatch):
+    _, text = blocks["privacy-config"]
+    path = tmp_path / "privacy.toml"
+    path.write_text(text)
+    key = "7f" * 32
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "interest-id.key").write_text(key + "\n")  # as openssl writes it
+    monkeypatch.chdir(tmp_path)  # the block's path is relative to where the worker runs
+    settings = load_settings(config_file=path, env={})
+    assert settings.privacy.id_key == key.encode() and settings.privacy.log_ids is False
+    assert key not in repr(settings)
 
 
 def _write_small_movielens(directory: Path) -> None:

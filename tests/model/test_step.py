@@ -108,3 +108,31 @@ def test_a_failed_step_leaves_the_view_and_events_as_they_were() -> None:
     result = process_batch(batch, view, good)
     assert [r.user_id for r in result.recommendations] == ["u1", "u3"]
     assert view.states["u1"].counts == [1, 0, 1, 0]
+
+
+def test_held_scoring_uses_the_list_published_after_the_users_previous_batch() -> None:
+    view, model = MemoryStates(), MostPopular()
+    first = [
+        Event("u1", "i1", "click", T0),
+        Event("u2", "i2", "click", T0 + 1),
+        Event("u2", "i2", "purchase", T0 + 2),
+    ]
+    process_batch(first, view, model, k=2, score="held")
+    held = list(view.states["u1"].last_list)
+    assert held[:2] == ["i2", "i1"]  # i2 has two events
+    model.learn_many([Event("u3", "i1", "click", T0 + 3)] * 5, [UserState()] * 5)
+    # Now i1 leads a fresh ranking, but u1 still holds [i2, i1]; u4 holds nothing.
+    second = [
+        Event("u1", "i1", "click", T0 + 4),
+        Event("u1", "i2", "click", T0 + 5),  # same user, same held list
+        Event("u4", "i1", "click", T0 + 6),
+    ]
+    res = process_batch(second, view, model, k=2, score="held", keep_lists=True)
+    assert res.ranks == [1, 0, None]
+    assert res.lists == [held, held, []]
+    assert res.scored == 3
+    pulled = MemoryStates()
+    pulled.states = {u: st.copy() for u, st in view.states.items()}
+    # A fresh ranking puts i1 first: pull and held scoring differ on this stream.
+    again = process_batch(second[:1], pulled, model, k=2, score=True)
+    assert again.ranks == [0]

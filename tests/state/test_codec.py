@@ -1,4 +1,5 @@
-"""The user-state codec: exact round trips; truncated or foreign bytes are refused."""
+"""The user-state codec: exact round trips (float16 vectors within their rounding), states
+written by version 1 still read; truncated or foreign bytes are refused."""
 
 from __future__ import annotations
 
@@ -23,12 +24,60 @@ def _state() -> UserState:
     )
 
 
-def test_round_trip_is_exact() -> None:
+def test_round_trip_is_exact_with_float32_vectors() -> None:
     st = _state()
-    back = decode_state(encode_state(st))
+    back = decode_state(encode_state(st, precision="float32"))
     assert back == st
     assert back.long_term.dtype == np.float32
     assert decode_state(encode_state(UserState())) == UserState()
+
+
+def test_float16_vectors_are_half_the_bytes_and_round_within_float16_precision() -> None:
+    st = _state()
+    exact, compact = encode_state(st, precision="float32"), encode_state(st)
+    assert len(exact) - len(compact) == 2 * len(st.long_term)
+    back = decode_state(compact)
+    assert back.long_term.dtype == np.float32
+    np.testing.assert_allclose(back.long_term, st.long_term, rtol=2**-11, atol=0)
+    assert not np.array_equal(back.long_term, st.long_term)  # it is float16 on disk
+    back.long_term = st.long_term
+    assert back == st  # everything else is exact
+    # Encoding what was read gives the same bytes: no drift from re-encoding alone.
+    assert encode_state(decode_state(compact)) == compact
+
+
+def test_float16_clips_what_it_cannot_hold() -> None:
+    st = UserState(long_term=np.array([1e6, -1e6, np.nan], dtype=np.float32))
+    back = decode_state(encode_state(st)).long_term
+    assert back[0] == 65504.0 and back[1] == -65504.0 and np.isnan(back[2])
+
+
+# Written by codec version 1 (float32 vector, no width byte); must stay readable.
+_V1 = bytes.fromhex(
+    "5501030000000100000002000000010000007ba8da769b01000004000000003f0000a0bf00004040"
+    "cdcccc3d020000a8da769b0100007ba8da769b0100000003010061030062c3a902000000010061"
+    "030062c3a901000000030062c3a90100010078"
+)
+
+
+def test_states_written_by_version_1_are_read() -> None:
+    st = decode_state(_V1)
+    assert st == UserState(
+        counts=[3, 1, 2, 1],
+        last_ts=1_767_225_600_123,
+        long_term=np.array([0.5, -1.25, 3.0, 0.1], dtype=np.float32),
+        recent_items=["a", "bé"],
+        recent_ts=[1_767_225_600_000, 1_767_225_600_123],
+        recent_types=[0, 3],
+        seen=["a", "bé"],
+        purchased=["bé"],
+        last_list=["x"],
+    )
+    for cut in range(len(_V1)):
+        with pytest.raises(CodecError):
+            decode_state(_V1[:cut])
+    # Written again, a version-1 state becomes version 2.
+    assert encode_state(st)[1] == CODEC_VERSION == 2
 
 
 def test_truncated_bytes_are_refused_at_every_length() -> None:
@@ -47,6 +96,15 @@ def test_unknown_version_magic_and_trailing_bytes_are_refused() -> None:
         decode_state(b"X" + encode_state(_state())[1:])
     with pytest.raises(CodecError, match="trailing"):
         decode_state(encode_state(_state()) + b"\0")
+    data = bytearray(encode_state(_state()))
+    data[_WIDTH_AT] = 3
+    with pytest.raises(CodecError, match="width"):
+        decode_state(bytes(data))
+    with pytest.raises(CodecError, match="precision"):
+        encode_state(_state(), precision="int8")  # type: ignore[arg-type]
+
+
+_WIDTH_AT = 1 + 1 + 4 * 4 + 8 + 2  # magic, version, counts, last_ts, d
 
 
 def test_inconsistent_state_cannot_be_encoded() -> None:

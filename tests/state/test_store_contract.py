@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
+from core.errors import ConfigError
 from core.types import UserState
 from state.store import MemoryStore, RocksDBStore, StateStoreError, Store
 
@@ -262,3 +263,86 @@ def test_changelog_position_survives_reopen_and_can_be_forgotten(reopenable):
     assert part.changelog_offset() == 41
     part.forget_changelog()
     assert reopenable().open_partition("events", 0).changelog_offset() is None
+
+
+def test_a_transaction_deletes_users_and_its_changelog_carries_tombstones(reopenable):
+    part = reopenable().open_partition("events", 0)
+    txn = part.begin()
+    txn.put("u1", _state(1))
+    txn.put("u2", _state(2))
+    txn.set_offset(1)
+    txn.commit()
+    txn = part.begin()
+    assert txn.delete("u1") is True
+    assert txn.delete("nobody") is False  # an unknown user: nothing to delete, no error
+    assert txn.get_many(["u1", "u2"]) == {"u2": _state(2)}  # reads see the deletion
+    assert part.get("u1") == _state(1)  # nothing written before the commit
+    txn.set_offset(2)
+    records = txn.changes()
+    assert (b"uu1", None) in records and (b"unobody", None) in records
+    txn.commit()
+    part = reopenable().open_partition("events", 0)
+    assert part.get("u1") is None and part.user_count() == 1
+    assert dict(part.items()) == {"u2": _state(2)}
+    # The changelog puts the deletion where it is restored, too.
+    other = MemoryStore().open_partition("events", 0)
+    other.apply_changelog([(b"uu1", b"stale"), (b"uu2", b"stale")], last=0)
+    other.apply_changelog(records, last=1)
+    assert other.get("u1") is None and other.user_count() == 1
+
+
+def test_a_user_deleted_and_back_in_one_transaction_starts_over(reopenable):
+    part = reopenable().open_partition("events", 0)
+    txn = part.begin()
+    txn.put("u1", _state(5))
+    txn.set_offset(1)
+    txn.commit()
+    txn = part.begin()
+    assert txn.delete("u1") is True
+    assert txn.get_many(["u1"]) == {}
+    txn.put("u1", _state(1))
+    assert txn.delete("u1") is True  # its new state, staged in this transaction
+    txn.put("u1", _state(1))
+    assert txn.new_users == 0
+    txn.set_offset(2)
+    txn.commit()
+    part = reopenable().open_partition("events", 0)
+    assert part.get("u1") == _state(1) and part.user_count() == 1
+
+
+def test_the_ids_scheme_is_recorded_once_and_never_mixed(reopenable):
+    part = reopenable().open_partition("events", 0)
+    assert part.ids() is None
+    part.claim_ids(b"hmac/abc")
+    txn = part.begin()
+    txn.put("u1", _state(1))
+    txn.set_offset(1)
+    records = txn.changes()
+    assert records[0] == (b"\x00ids", b"hmac/abc")  # the claim goes to the changelog too
+    txn.commit()
+    part = reopenable().open_partition("events", 0)
+    assert part.ids() == b"hmac/abc"
+    part.claim_ids(b"hmac/abc")
+    assert part.unclaimed_ids() is None  # recorded: not written again
+    with pytest.raises(ConfigError, match="new consumer group"):
+        part.claim_ids(b"hmac/other")
+    with pytest.raises(ConfigError, match="plain user ids"):
+        part.claim_ids(b"plain")
+    # A new owner restoring the changelog learns the scheme with the states.
+    other = MemoryStore().open_partition("events", 0)
+    other.apply_changelog(records, last=0)
+    assert other.ids() == b"hmac/abc" and other.user_count() == 1
+    assert next(iter(other.changelog_records())) == (b"\x00ids", b"hmac/abc")
+    with pytest.raises(ConfigError):
+        other.claim_ids(b"plain")
+
+
+def test_states_stored_before_ids_were_recorded_are_plain(reopenable):
+    part = reopenable().open_partition("events", 0)
+    txn = part.begin()
+    txn.put("u1", _state(1))
+    txn.set_offset(1)
+    txn.commit()
+    part.claim_ids(b"plain")  # fine: and recorded with the next commit
+    with pytest.raises(ConfigError, match="plain user ids"):
+        part.claim_ids(b"hmac/abc")

@@ -100,3 +100,42 @@ def test_client_override_parsing():
 def test_client_config_without_bootstrap_says_how_to_set_it():
     with pytest.raises(ConfigError, match="INTEREST_KAFKA_BOOTSTRAP"):
         KafkaConfig().client_config()
+
+
+def test_the_user_id_key_comes_from_the_environment_or_a_file_and_is_never_printed(
+    tmp_path: Path,
+):
+    assert load_settings({}, env={}).privacy.id_key is None
+    secret = "correct-horse-battery-staple-42"
+    s = load_settings({}, env={"INTEREST_ID_KEY": secret})
+    assert s.privacy.id_key == secret.encode()
+    assert secret not in repr(s) and secret not in str(s.privacy)
+    key_file = tmp_path / "id.key"
+    key_file.write_bytes(b"0123456789abcdef-from-a-file\n")  # the newline is not the key
+    f = tmp_path / "c.toml"
+    f.write_text(f'[privacy]\nid_key_file = "{key_file}"\nlog_ids = true\n')
+    s = load_settings({}, env={}, config_file=f)
+    assert s.privacy.id_key == b"0123456789abcdef-from-a-file"
+    assert s.privacy.log_ids is True and s.privacy.id_key_file == key_file
+    env = {"INTEREST_ID_KEY_FILE": str(key_file), "INTEREST_LOG_IDS": "0"}
+    s = load_settings({}, env=env)
+    assert s.privacy.id_key == b"0123456789abcdef-from-a-file" and s.privacy.log_ids is False
+
+
+@pytest.mark.parametrize(
+    "env, toml, message",
+    [
+        ({"INTEREST_ID_KEY": "short"}, "", r"\$INTEREST_ID_KEY holds 5 bytes; .* at least 16"),
+        ({"INTEREST_ID_KEY_FILE": "/nonexistent/id.key"}, "", "cannot be read"),
+        ({"INTEREST_ID_KEY": "k" * 20, "INTEREST_ID_KEY_FILE": "x"}, "", "set only one"),
+        ({}, "[privacy]\nid_key = 'k'\n", "secret in the config file"),
+        ({"INTEREST_LOG_IDS": "maybe"}, "", "privacy.log_ids must be true or false"),
+        ({}, "[privacy]\nlog_id = true\n", r"unknown setting\(s\) \['log_id'\]"),
+    ],
+)
+def test_user_id_key_mistakes_are_one_clear_error(tmp_path: Path, env, toml, message):
+    f = tmp_path / "c.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings({}, env=env, config_file=f)
+    assert "k" * 20 not in str(info.value)

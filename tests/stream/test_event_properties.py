@@ -1,9 +1,10 @@
 """Property-based tests of the input boundary: whatever arrives, decode_event answers cleanly.
 
-For arbitrary bytes, arbitrary JSON documents and mutations of valid events,
-:func:`decode_event` returns an event or a rejection with a documented reason
-and never raises; an accepted event satisfies every documented rule; a valid
-event survives encode/decode unchanged. The number of cases per test and the
+For arbitrary bytes, arbitrary JSON documents and mutations of valid events
+and erasure requests, :func:`decode_event` returns an event, an erasure or a
+rejection with a documented reason and never raises; an accepted event or
+erasure satisfies every documented rule; a valid event survives encode/decode
+unchanged. The number of cases per test and the
 seed come from the Hypothesis profile in ``tests/conftest.py``.
 """
 
@@ -15,7 +16,7 @@ import string
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from core.types import EVENT_TYPES, Event
+from core.types import EVENT_TYPES, Erasure, Event
 from stream.events import (
     MAX_FUTURE_MS,
     MIN_TS_MS,
@@ -23,6 +24,7 @@ from stream.events import (
     EventValidator,
     Rejected,
     decode_event,
+    encode_erasure,
     encode_event,
 )
 from tests.stream.hostile import HOSTILE_CHARS, id_rule_broken
@@ -30,22 +32,26 @@ from tests.stream.hostile import HOSTILE_CHARS, id_rule_broken
 NOW = 1_790_000_000_000
 KAFKA_TS = NOW - 5_000
 VALIDATOR = EventValidator(max_payload_bytes=20_000)
-FIELDS = ("user_id", "item_id", "event", "ts", "category")
+FIELDS = ("user_id", "item_id", "event", "ts", "category", "erase")
 
 
 def _decode(
     key: bytes | None, value: bytes | None, kafka_ts: int | None = KAFKA_TS
-) -> Event | Rejected:
+) -> Event | Erasure | Rejected:
     return decode_event(key, value, kafka_ts, VALIDATOR, now_ms=NOW)
 
 
-def assert_documented(got: Event | Rejected, key: bytes | None) -> None:
-    """A rejection has a documented reason; an event keeps every documented rule."""
+def assert_documented(got: Event | Erasure | Rejected, key: bytes | None) -> None:
+    """A rejection has a documented reason; an event or erasure keeps every documented rule."""
     # --hypothesis-show-statistics then shows how the cases spread over the outcomes.
-    event(got.reason if isinstance(got, Rejected) else "accepted")
+    event(got.reason if isinstance(got, Rejected) else type(got).__name__)
     if isinstance(got, Rejected):
         assert got.reason in REASONS, got
         assert isinstance(got.detail, str)
+        return
+    if isinstance(got, Erasure):
+        assert isinstance(got.user_id, str) and id_rule_broken(got.user_id) is None, got
+        assert key == got.user_id.encode("utf-8")
         return
     assert isinstance(got, Event)
     for name in ("user_id", "item_id"):
@@ -193,6 +199,16 @@ def _mutate(key: bytes | None, value: bytes, mutation: tuple) -> tuple[bytes | N
 @given(ev=_valid_event, mutations=st.lists(_mutation, min_size=1, max_size=3))
 def test_mutated_valid_events_never_raise(ev, mutations):
     key, value = encode_event(ev)
+    for mutation in mutations:
+        key, value = _mutate(key, value, mutation)
+    assert_documented(_decode(key, value), key)
+
+
+@given(user=_good_id | st.integers(), mutations=st.lists(_mutation, max_size=3))
+def test_erasure_requests_and_their_mutations_never_raise(user, mutations):
+    key, value = encode_erasure(str(user))
+    if not mutations:
+        assert _decode(key, value) == Erasure(str(user))
     for mutation in mutations:
         key, value = _mutate(key, value, mutation)
     assert_documented(_decode(key, value), key)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from core.types import Event, Recommendation
+from core.types import Erasure, Event, Recommendation
 from stream.events import (
     NEWCOMERS_ID,
     PROCESSING_ERROR,
@@ -15,6 +15,7 @@ from stream.events import (
     Rejected,
     decode_event,
     decode_recommendation,
+    encode_erasure,
     encode_event,
     encode_recommendation,
 )
@@ -24,7 +25,7 @@ NOW = 1_790_000_000_000
 KAFKA_TS = NOW - 5_000
 
 
-def _decode(key: bytes | None, value: object, **kw: object) -> Event | Rejected:
+def _decode(key: bytes | None, value: object, **kw: object) -> Event | Erasure | Rejected:
     raw = value if isinstance(value, bytes) or value is None else json.dumps(value).encode()
     return decode_event(
         key, raw, KAFKA_TS, EventValidator(max_payload_bytes=20_000), now_ms=NOW, **kw
@@ -68,6 +69,15 @@ BAD_CASES = [
     ("key-mismatch", b"\xff", GOOD),
     ("key-mismatch", b"u1 ", GOOD),
     ("key-mismatch", b"\xef\xbb\xbfu1", GOOD),
+    ("bad-erasure", b"u1", {"user_id": "u1", "erase": False}),
+    ("bad-erasure", b"u1", {"user_id": "u1", "erase": 1}),
+    ("bad-erasure", b"u1", {"user_id": "u1", "erase": None}),
+    ("bad-erasure", b"u1", {**GOOD, "erase": True}),
+    ("bad-erasure", b"u1", {"user_id": "u1", "event": "click", "erase": True}),
+    ("missing-field", b"u1", {"erase": True}),
+    ("bad-type", b"u1", {"user_id": ["u1"], "erase": True}),
+    ("bad-id", b"u1 ", {"user_id": "u1 ", "erase": True}),
+    ("key-mismatch", b"u2", {"user_id": "u1", "erase": True}),
 ]
 
 # (field, value, the rule in the detail): ids downstream systems cannot trust.
@@ -160,6 +170,19 @@ def test_bad_input_is_rejected_with_its_reason(reason, key, value):
 
 def test_every_reason_code_is_exercised():
     assert {case[0] for case in BAD_CASES} == set(REASONS) - {PROCESSING_ERROR}
+
+
+def test_erasure_requests_decode_and_round_trip():
+    assert _decode(b"u1", {"user_id": "u1", "erase": True}) == Erasure("u1")
+    # Numeric ids as for events; other fields (a timestamp, a reason) are ignored.
+    assert _decode(b"42", {"user_id": 42, "erase": True, "ts": NOW, "why": "asked"}) == Erasure(
+        "42"
+    )
+    key, value = encode_erasure("é 7")
+    assert key == "é 7".encode() and _decode(key, value) == Erasure("é 7")
+    assert json.loads(value) == {"user_id": "é 7", "erase": True}
+    detail = _decode(b"u1", {**GOOD, "erase": True}).detail
+    assert detail == "an erasure has no item_id or event"
 
 
 def test_good_event_decodes_exactly():

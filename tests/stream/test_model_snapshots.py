@@ -29,7 +29,7 @@ def _lists(model, settings, users):  # noqa: ANN001, ANN202
         }
     finally:
         store.close()
-    return {u: model.rank(u, states[u], 10) for u in sorted(users)}
+    return {u: [item for item, _ in model.rank(u, states[u], 10)] for u in sorted(users)}
 
 
 def test_a_restarted_worker_continues_with_the_learnt_model(
@@ -68,8 +68,13 @@ def test_a_restarted_worker_continues_with_the_learnt_model(
     assert np.array_equal(
         restored.pop_l.values(len(learnt.vocab)), learnt.pop_l.values(len(learnt.vocab))
     )
-    assert torch.equal(restored.emb_in, learnt.emb_in)
-    assert _lists(restored, settings, users) == before
+    # Item embeddings are stored as float16: equal within its rounding, the rest exact.
+    assert torch.allclose(restored.emb_in, learnt.emb_in, rtol=2**-11, atol=2**-24)
+    assert not torch.equal(restored.emb_in, learnt.emb_in)
+    assert torch.equal(restored.tables["emb_in"].exp_avg_sq, learnt.tables["emb_in"].exp_avg_sq)
+    after = _lists(restored, settings, users)
+    same = sum(len(set(after[u]) & set(before[u])) for u in users)
+    assert same >= 0.95 * sum(len(before[u]) for u in users)
 
 
 def test_an_unreadable_snapshot_is_moved_aside_and_the_worker_starts_fresh(tmp_path, caplog):

@@ -68,21 +68,39 @@ class Loop:
         self.offset = -1
         self.passes: list[tuple[int, list]] = []  # (users re-ranked, lists published)
 
-    def events(self, events: Sequence[Event]) -> None:
+    def events(
+        self,
+        events: Sequence[Event],
+        keys: dict[str, bytes] | None = None,
+        erase: Sequence[str] = (),
+    ) -> Checkpoint:
+        """A batch; ``keys``: stored id -> producer's key (pseudonymised ids);
+        ``erase``: users erased before the batch's events."""
         produced = int(self.timer.now * 1000)  # the events' Kafka timestamp
+        keys = keys or {}
         txn = self.part.begin()
-        self.offset += len(events)
+        self.offset += max(1, len(events))
         txn.set_offset(self.offset)
+        erased = [(user, txn.delete(user)) for user in erase]
         result = process_batch(events, txn, self.model, 3)
         sources = [
-            Source(TOPIC, 0, i, ev.user_id.encode(), encode_event(ev)[1], produced)
+            Source(
+                TOPIC,
+                0,
+                i,
+                keys.get(ev.user_id, ev.user_id.encode()),
+                encode_event(ev)[1],
+                produced,
+            )
             for i, ev in enumerate(events)
         ]
+        out = StepOutcome(txn, result.recommendations, sources, erased=erased, keys=keys)
         checkpoint = Checkpoint(None, TopicsConfig(), "changelog")
-        checkpoint.add(self.part, StepOutcome(txn, result.recommendations, sources), 0)
+        checkpoint.add(self.part, out, 0)
         txn.commit()
         checkpoint.delivered_ms = self.timer.now * 1000.0
         self.refresher.after_batch(checkpoint)
+        return checkpoint
 
     def refresh(self) -> Checkpoint | None:
         """One pass if due: staged, then committed (the runtime's part)."""
@@ -156,6 +174,28 @@ def test_refresh_never_republishes_the_list_a_user_holds() -> None:
 def _lists(checkpoint: Checkpoint | None) -> list:
     assert checkpoint is not None
     return [(part, rec) for part, out in checkpoint.outcomes for rec in out.recommendations]
+
+
+def test_refresh_publishes_under_the_producers_key_and_never_brings_back_an_erased_user():
+    """Pseudonymised ids: state is keyed by pseudonym, lists by the key the producer used."""
+    loop = Loop(RefreshPolicy(stale_events=2, max_users=100, interval_ms=1), budget=100)
+    keys = {"p1": b"u1", "p2": b"u2"}
+    sent = loop.events(_clicks(["p1", "p2"], "a"), keys=keys)
+    assert sorted(r.user_id for _, r in _lists(sent)) == ["u1", "u2"]
+    loop.refresh()  # the newcomer list
+    loop.events(_clicks([f"v{i}" for i in range(5)], "c", T0 + 10))  # "c" leads now
+    loop.timer.now += 1
+    published = {r.user_id: r for _, r in _lists(loop.refresh())}
+    assert {"u1", "u2"} <= set(published) and not {"p1", "p2"} & set(published)
+    assert [i for i, _ in published["u1"].items][0] == "c"
+    assert loop.part.get("p1").last_list[0] == "c"  # state stays under the pseudonym
+    # u2 is erased; then everyone's lists go stale again.
+    loop.events([], keys={"p2": b"u2"}, erase=["p2"])
+    loop.events(_clicks([f"w{i}" for i in range(9)], "d", T0 + 20))
+    loop.timer.now += 1
+    again = {r.user_id for _, r in _lists(loop.refresh())}
+    assert "u1" in again and "u2" not in again and "p2" not in again
+    assert loop.part.get("p2") is None
 
 
 def test_refresh_off_publishes_nothing() -> None:

@@ -52,11 +52,25 @@ def _send(p: Producer, topic: str, *lists: tuple[str, int], commit: bool | None 
         p.abort_transaction(10)
 
 
+class _Output(io.StringIO):
+    """The tail's text output; reading it re-raises what ended the tail early."""
+
+    def __init__(self, errors: list[BaseException]) -> None:
+        super().__init__()
+        self.failures = errors
+
+    def getvalue(self) -> str:
+        if self.failures:
+            raise AssertionError(f"the tail stopped: {self.failures[0]!r}")
+        return super().getvalue()
+
+
 @contextmanager
 def _tailing(settings: Settings, **kwargs: object) -> Iterator[tuple[list[dict], io.StringIO]]:
     """Run ``tail`` in a thread; yield the lists it hands over and its text output."""
     got: list[dict] = []
-    out, stop, errors = io.StringIO(), threading.Event(), []
+    errors: list[BaseException] = []
+    out, stop = _Output(errors), threading.Event()
 
     def run() -> None:
         try:
@@ -184,3 +198,31 @@ def test_cli_names_a_missing_topic(kafka_bootstrap):
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and env["INTEREST_TOPIC_RECOMMENDATIONS"] in proc.stderr
+
+
+def test_a_removed_list_is_said_and_an_erased_user_has_no_current_list(
+    kafka_bootstrap, unique_topics
+):
+    settings = _setup(kafka_bootstrap, unique_topics)
+    topic = settings.topics.recommendations
+    p = _lists_producer(settings.kafka)
+    _send(p, topic, ("u7", 1), ("u1", 1))
+    p.begin_transaction()
+    p.produce(topic, None, b"u7")  # the worker's tombstone for an erased user
+    p.commit_transaction(10)
+    with _tailing(settings, user="u7") as (got, out):
+        wait_for(lambda: "no list" in out.getvalue(), 30, "the no-list line")
+    assert got == []
+    assert (
+        out.getvalue() == "(no list for user u7 (it was removed: user erased); waiting for one)\n"
+    )
+    # Every list from the beginning: the tombstone is one line, after u7's list.
+    out, stop = io.StringIO(), threading.Event()
+    th = threading.Thread(target=tail, args=(settings, None, out, stop, True), daemon=True)
+    th.start()
+    wait_for(lambda: "removed" in out.getvalue(), 30, "the removed line")
+    stop.set()
+    th.join(30)
+    u7 = [line for line in out.getvalue().splitlines() if " u7 " in line]
+    assert len(u7) == 2 and " u7 [m] a:1" in u7[0], u7
+    assert u7[1].endswith(" u7 (list removed: user erased)")
