@@ -23,8 +23,9 @@ that finds nothing stale ends the gap. A refreshed list is received at the
 pass's time; an event-triggered list at the time of its batch's newest event.
 
 Also reported per view: lists refreshed (published, i.e. changed), users
-re-ranked whose list had not changed, and the age of the held list at each
-scored event (seconds of event time: the staleness subscribers experience).
+re-ranked whose list had not changed, and the age of the user's own held list
+at each scored event (seconds of event time: the staleness subscribers
+experience; the newcomer list is left out, as in the worker's metric).
 """
 
 from __future__ import annotations
@@ -129,12 +130,14 @@ class SubscriberView:
         """Score ``ev`` against the list its user holds now."""
         held = self.held.held(ev.user_id)
         at = self.received_at.get(ev.user_id)
+        if held is not None and at is not None:
+            # The user's own list, as the worker's interest_list_age_seconds sees it
+            # (the newcomer list's age is not a user's staleness).
+            self.ages.append(max(0, ev.ts - at) / 1000.0)
         if held is None and self.policy.enabled and self.newcomers.items:
-            held, at = self.newcomers.ids, self.newcomers.at_ms
+            held = self.newcomers.ids
         listed = held or []
         self.report.add(listed.index(ev.item_id) if ev.item_id in listed else None, listed)
-        if held is not None and at is not None:
-            self.ages.append(max(0, ev.ts - at) / 1000.0)
 
     def published(self, recs: Sequence[Recommendation], clock: int, at_ms: int) -> None:
         for rec in recs:
