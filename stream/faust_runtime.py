@@ -249,7 +249,7 @@ class FaustRuntime:
             raise
         self.pipeline.refreshed(checkpoint, self.on_publish)
 
-    def _warn_model(self, kind: str, text: str, exc: BaseException) -> None:
+    def _warn_model(self, kind: str, text: str, exc: BaseException | None) -> None:
         log.warning("%s", text, exc_info=exc)
 
     # --- running on its own ---------------------------------------------------------------

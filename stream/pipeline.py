@@ -47,7 +47,7 @@ class Pipeline:
         settings: Settings,
         metrics: WorkerMetrics,
         stats: WorkerStats,
-        warn_model: Callable[[str, str, BaseException], None],
+        warn_model: Callable[[str, str, BaseException | None], None],
     ) -> None:
         self.metrics = metrics
         self.stats = stats
@@ -61,7 +61,12 @@ class Pipeline:
         self.model: RankingModel | None = None
         w = settings.worker
         self.refresher = Refresher(
-            w.refresh_policy(), w.refresh_budget_percent, w.k, metrics, warn_model
+            w.refresh_policy(),
+            w.refresh_budget_percent,
+            w.k,
+            metrics,
+            warn_model,
+            log_ids=self.ids.log_ids,
         )
         self._events_topic = settings.topics.events
         self._last_generated = 0

@@ -51,6 +51,7 @@ from stream.batch import StepOutcome
 from stream.checkpoint import Checkpoint
 from stream.events import NEWCOMERS_ID
 from stream.metrics import WorkerMetrics
+from stream.privacy import exception_text
 
 __all__ = ["Refresher"]
 
@@ -63,7 +64,8 @@ class Refresher:
     """Refresh passes of one worker (see the module docstring).
 
     ``warn(kind, text, exc)`` logs a model failure during a pass (throttled by the caller);
-    ``timer`` is the clock of the time budget (seconds).
+    ``timer`` is the clock of the time budget (seconds); ``log_ids``: the
+    warning may carry the exception's message (see :mod:`stream.privacy`).
     """
 
     def __init__(
@@ -72,14 +74,16 @@ class Refresher:
         budget_percent: int,
         k: int,
         metrics: WorkerMetrics,
-        warn: Callable[[str, str, BaseException], None] | None = None,
+        warn: Callable[[str, str, BaseException | None], None] | None = None,
         timer: Callable[[], float] = time.monotonic,
+        log_ids: bool = False,
     ) -> None:
         self.policy = policy
         self.enabled = policy.enabled and budget_percent > 0
         self.share = budget_percent / 100.0
         self.k = k
         self.metrics = metrics
+        self.log_ids = log_ids
         self.clock = 0  # events learnt by this worker: the model clock of the policy
         self.recent: dict[_Key, RecentUsers] = {}
         self.newcomers = NewcomerList()
@@ -107,8 +111,8 @@ class Refresher:
                 recent.forget(user)
             stored = _stored_ids(out)
             for src in out.applied:
-                user = _stored_of(src.key, stored)
-                held = recent.held_at(user) if user is not None else None
+                actor = _stored_of(src.key, stored)
+                held = recent.held_at(actor) if actor is not None else None
                 if held is not None and src.timestamp_ms:
                     self.metrics.list_age.observe(max(0, src.timestamp_ms - held) / 1000.0)
         for part, out in checkpoint.outcomes:
@@ -196,7 +200,13 @@ class Refresher:
             checkpoint.discard()
             self._staged, self._newcomers_staged = [], None
             if self._warn is not None:
-                self._warn(f"refresh {type(exc).__name__}", f"refresh pass failed: {exc}", exc)
+                # A model's message may name the user it failed on: only with log_ids.
+                text = exception_text(exc, self.log_ids)
+                self._warn(
+                    f"refresh {type(exc).__name__}",
+                    f"refresh pass failed ({text}); trying again later",
+                    exc if self.log_ids else None,
+                )
             self._next_at = self._now() + max(1.0, p.interval_ms / 1000.0)
             return 0
         if not staged:  # every list re-ranked came out as the user holds it: nothing to send
@@ -228,9 +238,9 @@ class Refresher:
             for user in same:
                 recent.refreshed(user, self.clock, None)
         if self._newcomers_staged is not None:
-            self.newcomers, rec = self._newcomers_staged
-            if rec is not None:
-                out.append(rec)
+            self.newcomers, newcomer_list = self._newcomers_staged
+            if newcomer_list is not None:
+                out.append(newcomer_list)
         self._staged, self._newcomers_staged = [], None
         m = self.metrics
         m.lists_published.inc(len(out))

@@ -259,3 +259,24 @@ def test_refreshed_lists_on_kafka(kafka_bootstrap, unique_topics, tmp_path) -> N
 
 def _ids(doc: dict) -> list[str]:
     return [entry["item_id"] for entry in doc["items"]]
+
+
+def test_a_failing_refresh_pass_warns_without_naming_the_user() -> None:
+    loop = Loop(RefreshPolicy(stale_events=1, max_users=10, interval_ms=1), budget=100)
+    warnings: list[tuple[str, BaseException | None]] = []
+    loop.refresher._warn = lambda kind, text, exc: warnings.append((text, exc))
+    loop.events(_clicks(["u1"], "a"))
+    loop.refresh()  # the newcomer list
+    loop.events(_clicks(["u2"], "b"))
+
+    def broken(user_id: str, state: UserState, k: int) -> list[tuple[str, float]]:
+        raise KeyError(user_id)
+
+    loop.model.rank = broken  # type: ignore[method-assign]
+    loop.timer.now += 1
+    checkpoint = loop.refresh()
+    assert checkpoint is not None and checkpoint.outcomes == []  # nothing staged, nothing sent
+    ((text, exc),) = warnings
+    assert text.startswith("refresh pass failed (KeyError at ") and "u1" not in text
+    assert exc is None  # no traceback either: its message would name the user
+    assert not loop.refresher.due()  # tried again later, not at once
