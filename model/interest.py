@@ -49,6 +49,9 @@ import torch
 from torch import nn
 
 from core.types import EVENT_INDEX, Event, UserState
+from model.content import INSTALL_BUDGET as CONTENT_BUDGET
+from model.content import ContentPart
+from model.items import ItemMeta
 from model.memories import EVENT_WEIGHTS, Context, CountMemories, stage
 from model.persist import ModelState
 from model.retrieval import DEFAULT_EXPIRE_DAYS, BaseRanker, RowMarks, pad_rows
@@ -97,6 +100,7 @@ class InterestModel(BaseRanker):
         n_negatives: int = 512,
         max_neighbours: int = NEIGHBOURS,
         expire_days: float | None = DEFAULT_EXPIRE_DAYS,
+        content: bool = True,
     ) -> None:
         # Constructor arguments as given, so the model can be cloned or snapshotted.
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -131,6 +135,8 @@ class InterestModel(BaseRanker):
         self.alpha = nn.Parameter(torch.tensor([1.0, 3.0, 3.0, 1.0, 1.0, 1.0, 1.0]))
         self.beta = nn.Parameter(torch.zeros(len(FEATURES)))
         self._opt = torch.optim.Adam(self._dense(), lr=lr if blend_lr is None else blend_lr)
+        # Item text (model/content.py): None keeps the model as it is without metadata.
+        self.content = ContentPart(dim, lr, blend_lr or lr) if content else None
 
     # parameters ---------------------------------------------------------------------
     @property
@@ -178,6 +184,8 @@ class InterestModel(BaseRanker):
             for key, value in self._opt.state.get(param, {}).items():
                 state.arrays[f"adam.{name}.{key}"] = value.detach().numpy().copy()
         state.add("memories", self.memories.state_dict())
+        if self.content is not None and self.content.active:
+            state.add("content", self.content.state_dict())
         state.arrays["changed"] = self._changed[:n].copy()
         state.arrays["rng.torch"] = self._gen.get_state().numpy().copy()
         state.meta.update(
@@ -210,6 +218,8 @@ class InterestModel(BaseRanker):
             if moments:
                 self._opt.state[param] = moments
         self.memories.load_state_dict(state.part("memories"))
+        if self.content is not None and "content.vectors" in state.arrays:
+            self.content.load_state_dict(state.part("content"))
         changed = np.asarray(arrays["changed"], dtype=np.int64)
         self._changed[: len(changed)] = changed
         self._gen.set_state(torch.from_numpy(np.array(arrays["rng.torch"])))
@@ -248,7 +258,7 @@ class InterestModel(BaseRanker):
         """int64[C] every live row (small catalogues) or int64[B, C] candidates per user."""
         if self.vocab.n_rows <= self.exhaustive_rows:
             return self.vocab.live_rows()
-        return self.memories.candidates(ctx, self.vocab, self.marks)
+        return self.memories.candidates(ctx, self.vocab, self.marks, self._content_candidates(ctx))
 
     # scoring --------------------------------------------------------------------
     def _emb_scores(
@@ -273,7 +283,10 @@ class InterestModel(BaseRanker):
         def vectors(kind: str, rows: np.ndarray) -> torch.Tensor:
             # E[r] + C[cat r] for distinct ``rows``.
             ucat, cpos = self._cat_marks.dense_ids(self.vocab.categories_of(rows), n_cats)
-            return gather(f"emb_{kind}", rows) + gather(f"cat_{kind}", ucat)[torch.from_numpy(cpos)]
+            vec = gather(f"emb_{kind}", rows) + gather(f"cat_{kind}", ucat)[torch.from_numpy(cpos)]
+            if kind == "in" and self.content is not None and self.content.active:
+                vec = vec + self.content.project(rows)
+            return vec
 
         mask = torch.from_numpy(ctx.mask)
         att = self.type_w[torch.from_numpy(ctx.types)] - nn.functional.softplus(
@@ -300,6 +313,8 @@ class InterestModel(BaseRanker):
                 out.append(q @ vec_out[p].T + bias[p])
             else:
                 out.append(torch.bmm(vec_out[p], q.unsqueeze(2)).squeeze(2) + bias[p])
+        if self.content is not None and self.content.active:
+            out = [o + self.content.item_scores(q, c) for o, c in zip(out, blocks, strict=True)]
         return out, leaves
 
     def _logits(
@@ -314,7 +329,11 @@ class InterestModel(BaseRanker):
         out = []
         for cols, emb in zip(blocks, embs, strict=True):
             counts = torch.from_numpy(self.memories.features(ctx, cols, self.vocab))
-            out.append((torch.cat([emb.unsqueeze(2), counts], dim=2) * weights).sum(2))
+            score = (torch.cat([emb.unsqueeze(2), counts], dim=2) * weights).sum(2)
+            if self.content is not None and self.content.active:
+                seen = self.memories.pop_l.at(cols)
+                score = score + self.content.score(ctx, cols, seen, ctx.cold)
+            out.append(score)
         return torch.cat(out, dim=1), leaves
 
     # ranking --------------------------------------------------------------------
@@ -322,6 +341,7 @@ class InterestModel(BaseRanker):
         self, user_ids: Sequence[str], states: Sequence[UserState], k: int
     ) -> list[list[tuple[str, float]]]:
         """Top-``k`` (item_id, score) per user, over their candidates; never an excluded item."""
+        self._install_content()
         if not user_ids or len(self.vocab) == 0:
             return [[] for _ in user_ids]
         ctx = self._context(states)
@@ -400,6 +420,7 @@ class InterestModel(BaseRanker):
         """One optimiser step on the batch's next-item softmax, then update memories."""
         if self.frozen:
             return
+        self._install_content()
         self._expire(events)
         index = self.vocab.index
         known = np.fromiter((ev.item_id in index for ev in events), dtype=bool, count=len(events))
@@ -408,6 +429,8 @@ class InterestModel(BaseRanker):
         fresh, fresh_cats = self.vocab.fresh()
         for name, table in self.tables.items():
             table.reset(fresh_cats if name.startswith("cat") else fresh)
+        if self.content is not None:
+            self.content.attach(fresh, self.vocab)
         self.batches += 1
         ctx = self._context(before)
         if self.fine_tune and known.any():
@@ -437,7 +460,7 @@ class InterestModel(BaseRanker):
             keep = self.marks.keep(np.broadcast_to(cols, (b, len(cols))), ctx.exclude, n)
             keep[np.arange(b), tgt] = True
             return [cols], tgt, keep
-        cand = self.memories.candidates(ctx, self.vocab, self.marks)
+        cand = self.memories.candidates(ctx, self.vocab, self.marks, self._content_candidates(ctx))
         own = np.concatenate([targets[:, None], cand], axis=1)
         draws = self._rng.integers(0, n, self.n_negatives)
         shared = np.unique(np.concatenate([targets, draws[self.vocab.live()[draws]]]))
@@ -454,6 +477,8 @@ class InterestModel(BaseRanker):
         self._opt.zero_grad(set_to_none=True)
         loss.backward()
         self._opt.step()
+        if self.content is not None:
+            self.content.step()
         for table, rows, leaf in leaves:
             table.step(rows, leaf.grad)
             if table is self.tables["emb_out"] or table is self.tables["emb_in"]:
@@ -461,6 +486,37 @@ class InterestModel(BaseRanker):
 
     def _recycle(self, rows: np.ndarray, categories: np.ndarray) -> None:
         self.memories.forget(rows)
+        if self.content is not None:
+            self.content.forget(rows)
+
+    # item content (model/content.py) ---------------------------------------------------
+    def add_item_metadata(self, items: Sequence[ItemMeta]) -> None:
+        """Queue item metadata; its text is encoded in the background (never waits for it)."""
+        if self.content is not None and not self.frozen:
+            self.content.add(items)
+
+    def await_content(self) -> None:
+        """Wait for the queued texts and install every vector (evaluator and tests)."""
+        if self.content is not None and not self.frozen:
+            self.content.wait()
+            self._install_content(budget=None)
+
+    def _install_content(self, budget: int | None = CONTENT_BUDGET) -> None:
+        """Install the vectors encoded since the last call; their new rows start fresh."""
+        if self.content is None or self.frozen or not self.content.pending:
+            return
+        rows = self.content.install(self.vocab, budget)
+        if rows.size:
+            self._ensure()
+            fresh, fresh_cats = self.vocab.fresh()
+            for name, table in self.tables.items():
+                table.reset(fresh_cats if name.startswith("cat") else fresh)
+            self._changed[rows] = self.batches
+
+    def _content_candidates(self, ctx: Context) -> np.ndarray | None:
+        if self.content is None or not self.content.active:
+            return None
+        return self.content.candidates(ctx)
 
 
 def _ce(logits: torch.Tensor, tgt: np.ndarray, types: Sequence[int]) -> torch.Tensor:

@@ -183,8 +183,14 @@ class CountMemories:
             self._cat_scratch = np.zeros(max(n_cats, 2 * len(self._cat_scratch)), np.float32)
         return cats, w.astype(np.float32)
 
-    def candidates(self, ctx: Context, vocab: ItemVocab, marks: RowMarks) -> np.ndarray:
-        """int64[B, C] rows worth ranking per user (-1 padded; no repeats, no excluded rows)."""
+    def candidates(
+        self, ctx: Context, vocab: ItemVocab, marks: RowMarks, extra: np.ndarray | None = None
+    ) -> np.ndarray:
+        """int64[B, C] rows worth ranking per user (-1 padded; no repeats, no excluded rows).
+
+        ``extra`` (int64[B, X], -1 padded): more candidates from another source
+        (the content neighbours of :mod:`model.content`).
+        """
         b = ctx.rows.shape[0]
         zero = np.zeros(1, dtype=np.int64)
         # Neighbours ranked by the knn_l feature itself (popularity-normalised columns).
@@ -214,6 +220,7 @@ class CountMemories:
                 np.broadcast_to(shared, (b, shared.shape[1])),
                 by_stage[ctx.stage],
                 by_cat,
+                *([] if extra is None else [extra]),
             ],
             axis=1,
         )

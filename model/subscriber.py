@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.types import Event, Recommendation, UserState
-from model.evaluate import MemoryStates, ModelReport
+from model.evaluate import MemoryStates, ModelReport, give_items
+from model.items import ItemMeta
 from model.refresh import NewcomerList, RecentUsers, RefreshPolicy, refresh_lists
 from model.step import RankingModel, process_batch
 
@@ -214,14 +215,18 @@ def subscriber_replay(
     static: Iterable[str] = (),
     freeze_after: int = 0,
     progress: Callable[[int], object] | None = None,
+    items: Sequence[ItemMeta] = (),
 ) -> dict[str, SubscriberReport]:
     """Replay ``warmup`` (learn only) then ``test`` in user-distinct batches; score every view.
 
-    ``static`` and ``freeze_after`` as in :func:`model.evaluate.evaluate_models`.
-    The model clock of the refresh policies is the number of events learnt.
+    ``static``, ``freeze_after`` and ``items`` (item metadata for models that
+    take it) as in :func:`model.evaluate.evaluate_models`. The model clock of
+    the refresh policies is the number of events learnt.
     """
     reports: dict[str, SubscriberReport] = {}
     for name, model in models.items():
+        if items:
+            give_items(model, items)
         states = MemoryStates()
         views = {p: SubscriberView(pol, HeldLists(states), k) for p, pol in policies.items()}
         rep = reports[name] = SubscriberReport(ModelReport(k), views)

@@ -134,9 +134,20 @@ class ItemVocab:
             np.maximum.at(self._last_seen, out, ts_arr)
             np.maximum.at(self._cat_last_seen, self._item_cat[out], ts_arr)
             self.now = max(self.now, int(ts_arr.max()))
-            if self._swept == _NEVER:
+            if self._swept == _NEVER and self.now != _NEVER:
                 self._swept = self.now
+                self._first_clock()
         return out
+
+    def _first_clock(self) -> None:
+        # Items and categories added before any event time (item metadata) count as
+        # seen at the first one, not at the dawn of time: else the first sweep drops them.
+        n, nc = self.n_rows, self.n_categories
+        early = self._live[:n] & (self._last_seen[:n] == _NEVER)
+        self._last_seen[:n][early] = self.now
+        cats = self._cat_last_seen[:nc]
+        named = np.array([c is not None for c in self.categories[1:nc]], dtype=bool)
+        cats[1:][(cats[1:] == _NEVER) & named] = self.now
 
     def fresh(self) -> tuple[np.ndarray, np.ndarray]:
         """(item rows, category rows) handed out by the last :meth:`add_events`, in order."""

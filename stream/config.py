@@ -102,6 +102,8 @@ class TopicsConfig:
     dead_letter: str = field(
         default="interest.dead-letter", metadata=_env("INTEREST_TOPIC_DEAD_LETTER")
     )
+    # Item metadata (stream/items.py): optional, compacted; empty: none is read.
+    items: str = field(default="interest.items", metadata=_env("INTEREST_TOPIC_ITEMS"))
     # Empty: "<group>.<events>.changelog" (see Settings.changelog_topic).
     changelog: str = field(default="", metadata=_env("INTEREST_TOPIC_CHANGELOG"))
     partitions: int = field(default=4, metadata=_env("INTEREST_TOPIC_PARTITIONS"))

@@ -54,6 +54,7 @@ from stream.batch import PartitionBatch, Source
 from stream.checkpoint import AtLeastOnceCheckpoint, Outputs
 from stream.clients import make_client
 from stream.config import Settings
+from stream.items import ItemsFeed
 from stream.metrics import MetricsServer, WorkerMetrics
 from stream.pipeline import Pipeline
 from stream.preflight import preflight, state_root
@@ -122,6 +123,7 @@ class FaustRuntime:
             self.model = self.snapshots.restore(self.model)
         self.pipeline.model = self.model
         self.metrics.observe_model(self.model)
+        self.pipeline.items = ItemsFeed(self.settings).start()
         kafka = self.settings.kafka
         producer = make_client(
             Producer,
@@ -299,6 +301,8 @@ class FaustRuntime:
         """Finish the batch in hand, save the model, close stores and clients."""
         self._stopping.set()
         self._executor.shutdown(wait=True)
+        if self.pipeline.items is not None:
+            self.pipeline.items.close()
         if self._outputs is not None:
             self._outputs.producer.flush(10)
         if self.snapshots is not None and self.model is not None:

@@ -5,11 +5,14 @@ records per input partition and hands them here: :meth:`Pipeline.decode`
 validates them (bad ones go to the checkpoint as dead letters, events of
 another partition are forwarded there), :meth:`Pipeline.step` runs the guarded
 pure step per partition and gives the checkpoint its outputs, and, once the
-checkpoint committed, :meth:`Pipeline.account` counts what it did. Between
-batches, :meth:`Pipeline.stage_refresh` stages a refresh pass of idle users'
-stale lists (:mod:`stream.refresh`) into a checkpoint of its own, which the
-runtime commits like a batch, then :meth:`Pipeline.refreshed` counts it. The
-native confluent-kafka runtime (:mod:`stream.runtime`) and the Faust runtime
+checkpoint committed, :meth:`Pipeline.account` counts what it did. Item
+metadata read from the items topic (:class:`~stream.items.ItemsFeed`, started
+by the runtime) reaches the model at the start of a step, on the model's
+thread; the model encodes it on a thread of its own. Between batches,
+:meth:`Pipeline.stage_refresh` stages a refresh pass of idle users' stale
+lists (:mod:`stream.refresh`) into a checkpoint of its own, which the runtime
+commits like a batch, then :meth:`Pipeline.refreshed` counts it. The native
+confluent-kafka runtime (:mod:`stream.runtime`) and the Faust runtime
 (:mod:`stream.faust_runtime`) share all of it.
 """
 
@@ -28,6 +31,7 @@ from stream.checkpoint import Checkpoint
 from stream.config import Settings
 from stream.events import NEWCOMERS_ID, EventValidator, Rejected, decode_event
 from stream.isolation import ModelGuard
+from stream.items import ItemsFeed
 from stream.metrics import WorkerMetrics
 from stream.placement import Placement
 from stream.privacy import UserIds
@@ -59,6 +63,7 @@ class Pipeline:
         self.ids = UserIds.from_config(settings.privacy)
         self.guard = ModelGuard(settings.worker.k, warn_model, log_ids=self.ids.log_ids)
         self.model: RankingModel | None = None
+        self.items: ItemsFeed | None = None
         w = settings.worker
         self.refresher = Refresher(
             w.refresh_policy(),
@@ -115,11 +120,25 @@ class Pipeline:
     ) -> None:
         """The guarded pure step on each partition's batch; the outputs go to the checkpoint."""
         assert self.model is not None
+        self.give_items()
         generated_at = self.generated_at()
         outcomes = [(part, self.guard.step(batch, part, self.model)) for part, batch in batches]
         self.metrics.observe_model(self.model, sum(out.learnt for _, out in outcomes))
         for part, outcome in outcomes:
             checkpoint.add(part, outcome, generated_at)
+
+    def give_items(self) -> int:
+        """Hand the item metadata read since the last call to the model; returns how many."""
+        add = getattr(self.model, "add_item_metadata", None)
+        if self.items is None or add is None:
+            return 0
+        records = self.items.drain()
+        if records:
+            try:
+                add(records)
+            except Exception:  # metadata is an extra: a model that refuses it still serves
+                log.exception("the model did not take %d item record(s)", len(records))
+        return len(records)
 
     def account(
         self,

@@ -75,6 +75,7 @@ from stream.clients import make_client
 from stream.config import Settings
 from stream.identity import WorkerIdentity
 from stream.isolation import ModelError
+from stream.items import ItemsFeed
 from stream.metrics import MetricsServer, WorkerMetrics
 from stream.pipeline import Pipeline
 from stream.preflight import preflight, state_root
@@ -168,6 +169,7 @@ class Worker:
             self.model = self.snapshots.restore(self.model)
         self.pipeline.model = self.model
         self.metrics.observe_model(self.model)
+        self.pipeline.items = ItemsFeed(self.settings).start()
         worker_id = self._identity.acquire()
         if self.settings.exactly_once:
             w = self.settings.worker
@@ -197,6 +199,8 @@ class Worker:
             clean = True
         finally:
             try:
+                if self.pipeline.items is not None:
+                    self.pipeline.items.close()
                 self._shutdown()
             finally:
                 if self.snapshots is not None:  # after every batch's state commit

@@ -1,4 +1,4 @@
-"""``interest-stream worker | publish | tail``: the pipeline's commands.
+"""``interest-stream worker | publish | publish-items | tail``: the pipeline's commands.
 
 Registered by :mod:`stream.cli`. Every failure a user can cause ends in one
 line on stderr and a non-zero exit; SIGINT/SIGTERM stop a worker cleanly
@@ -163,6 +163,25 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish_items(args: argparse.Namespace) -> int:
+    from model.items import load_items
+    from stream.items import ItemsPublisher
+
+    settings = settings_from_args(args)
+    settings.kafka.client_config()
+    loaded = load_items(args.data, args.format)
+    report = loaded.report(args.data)
+    if report:
+        print(f"interest-stream: {report}", file=sys.stderr)
+    with ItemsPublisher(settings) as pub:
+        n = pub.publish(loaded.items)
+    print(
+        f"interest-stream: published {n} item record(s) to {settings.topics.items}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _tail(args: argparse.Namespace) -> int:
     from stream.tail import tail
 
@@ -175,7 +194,7 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``worker``, ``publish`` and ``tail`` to the ``interest-stream`` parser."""
+    """Add ``worker``, ``publish``, ``publish-items`` and ``tail`` to the parser."""
     w = sub.add_parser(
         "worker",
         help="consume events, keep user state, publish lists",
@@ -227,6 +246,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_items_flag(p)
     add_csv_flags(p)
     p.set_defaults(func=_publish)
+
+    from model.items import ITEM_FORMATS
+
+    pi = sub.add_parser(
+        "publish-items",
+        help="publish item metadata (titles, text) to the compacted items topic",
+        description="Read a catalogue and publish one record per item, keyed by item id, to "
+        "the items topic (created compacted if missing; $INTEREST_TOPIC_ITEMS, default "
+        "interest.items). Workers read it and give new items content vectors.",
+    )
+    add_kafka_flags(pi)
+    pi.add_argument(
+        "--data",
+        required=True,
+        metavar="PATH",
+        help="recbole: the .item file or its directory; movielens: u.item or its directory; "
+        "csv: a file with a header item,title[,text][,category]",
+    )
+    pi.add_argument("--format", required=True, choices=ITEM_FORMATS)
+    pi.set_defaults(func=_publish_items)
 
     t = sub.add_parser(
         "tail",

@@ -91,6 +91,7 @@ def unique_topics() -> Callable[..., TopicsConfig]:
             events=f"t{tag}.events",
             recommendations=f"t{tag}.recommendations",
             dead_letter=f"t{tag}.dead-letter",
+            items=f"t{tag}.items",
             partitions=partitions,
         )
 

@@ -48,7 +48,7 @@ README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
 MARK = re.compile(r"<!-- test: ([\w-]+) -->")
 FENCE = re.compile(r"```(\w*)")
-MODELS = {"interest", "interest-static", "itemknn", "popular", "imf"}
+MODELS = {"interest", "interest-nocontent", "interest-static", "itemknn", "popular", "imf"}
 # A list line of tail: time, user, [model], item:score ...
 U7_LIST = re.compile(r"\d\d:\d\d:\d\d\.\d{3} u7 \[interest-[^\]]+\] i\d+:\S+")
 

@@ -83,8 +83,16 @@ def test_cli_synthetic_writes_json_with_all_models_and_plot(tmp_path: Path) -> N
     args = _args(format="synthetic", protocol="prequential", events=1500, json=out, plot=png)
     assert args.func(args) == 0
     result = json.loads(out.read_text())
-    assert set(result) == {"protocol", "k", "events_tested", "models"}
-    assert set(result["models"]) == {"interest", "interest-static", "popular", "imf", "itemknn"}
+    assert set(result) == {"protocol", "k", "events_tested", "content", "models"}
+    assert result["content"] == {"items": 0}  # synthetic items have no metadata
+    assert set(result["models"]) == {
+        "interest",
+        "interest-static",
+        "interest-nocontent",
+        "popular",
+        "imf",
+        "itemknn",
+    }
     assert result["events_tested"] == 1500
     for metrics in result["models"].values():
         assert {
@@ -98,6 +106,13 @@ def test_cli_synthetic_writes_json_with_all_models_and_plot(tmp_path: Path) -> N
             "lag_p90",
         } <= set(metrics)
         assert 0.0 <= metrics["recall"] <= 1.0
+        segments = metrics["segments"]
+        assert set(segments) == {"new_items", "old_items", "new_users", "old_users"}
+        assert segments["new_items"]["events"] + segments["old_items"]["events"] == 1500
+        assert segments["new_users"]["events"] + segments["old_users"]["events"] == 1500
+        assert {"recall", "ndcg", "mrr", "precision", "f1", "coverage"} <= set(
+            segments["new_users"]
+        )
     assert png.stat().st_size > 1000
 
 
