@@ -143,6 +143,8 @@ def measure_latency(bootstrap: str, state_dir: Path, args: argparse.Namespace) -
         "p90_ms": round(p90, 1) if p90 else None,
         "p99_ms": round(p99, 1) if p99 else None,
         "max_ms": round(max(samples) * 1000, 1) if samples else None,
+        "batches": stats.summary()["batches"],
+        "stage_seconds": _stage_seconds(worker),
     }
 
 

@@ -1,8 +1,10 @@
 """Model failures isolated to the events that cause them.
 
-The runtime calls :meth:`ModelGuard.step` for each partition's part of a
-micro-batch. When the model raises, the batch is retried event by event and
-the events it still fails on are dead-lettered as ``processing-error``;
+The runtime calls :meth:`ModelGuard.step_many` with every partition's part of
+a micro-batch: one model call for all of them, each user's state in its own
+partition's transaction. When the model raises, each partition's events are
+retried event by event and the events it still fails on are dead-lettered as
+``processing-error``;
 :data:`MAX_MODEL_FAILURES` failures in a row raise :class:`ModelError`.
 
 Two rules keep the isolation honest:
@@ -93,6 +95,26 @@ class _Watched:
         self.learned = True
 
 
+class _Routed:
+    """The state view of a step over several partitions: each user's own transaction."""
+
+    def __init__(self, txns: dict[str, PartitionTransaction]) -> None:
+        self._txns = txns
+
+    def get_many(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        groups: dict[int, tuple[PartitionTransaction, list[str]]] = {}
+        for user in user_ids:
+            txn = self._txns[user]
+            groups.setdefault(id(txn), (txn, []))[1].append(user)
+        found: dict[str, UserState] = {}
+        for txn, users in groups.values():
+            found.update(txn.get_many(users))
+        return {user: found[user] for user in user_ids if user in found}
+
+    def put(self, user_id: str, state: UserState) -> None:
+        self._txns[user_id].put(user_id, state)
+
+
 class ModelGuard:
     """Runs the pure step on one partition's batch, isolating model failures.
 
@@ -117,20 +139,87 @@ class ModelGuard:
 
     def step(self, batch: PartitionBatch, part: StorePartition, model: RankingModel) -> StepOutcome:
         """The pure step on ``batch`` against ``part``'s state; nothing is committed here."""
+        return self.step_many([(part, batch)], model)[0]
+
+    def step_many(
+        self, batches: Sequence[tuple[StorePartition, PartitionBatch]], model: RankingModel
+    ) -> list[StepOutcome]:
+        """The pure step on every partition's batch in one model call; nothing is committed.
+
+        A micro-batch is one step of the model whichever partitions its events
+        came from (as in the evaluator): a model call has a fixed cost (one
+        optimiser step, one ranking pass), which paid per partition made small
+        batches up to twice as expensive per event. Each user's state is read
+        from and written to its own partition's transaction. When the model
+        fails, each partition's events are retried one by one as before.
+        """
         _install_step_hook()
-        txn, erased = self._begin(part, batch)
-        out = StepOutcome(txn, erased=erased, keys=batch.keys)
+        outs: list[StepOutcome] = []
         forget = getattr(model, "forget_users", None)
-        if batch.erased and forget is not None:
-            forget(list(batch.erased))
-        if not batch.events:
-            return out
+        for part, batch in batches:
+            txn, erased = self._begin(part, batch)
+            outs.append(StepOutcome(txn, erased=erased, keys=batch.keys))
+            if batch.erased and forget is not None:
+                forget(list(batch.erased))
+        todo = [i for i, (_, batch) in enumerate(batches) if batch.events]
+        if not todo:
+            return outs
+        owner: dict[str, int] = {}
+        for i in todo:
+            for ev in batches[i][1].events:
+                if owner.setdefault(ev.user_id, i) != i:  # a user on two partitions: keep apart
+                    return [
+                        self._step_one(batches[j], outs[j], model) if j in todo else outs[j]
+                        for j in range(len(batches))
+                    ]
+        events = [ev for i in todo for ev in batches[i][1].events]
+        watched = _Watched(model)
+        view = _Routed({user: outs[i].txn for user, i in owner.items()})
+        try:
+            result = process_batch(events, view, watched, self.k, score="held")
+        except InterestStreamError:
+            raise  # the worker's own trouble (state store, ...): not the events' fault
+        except Exception as exc:  # any model bug: the events are retried one by one below
+            learn = not watched.learned
+            names = ", ".join(batches[i][1].name for i in todo)
+            self._warn(
+                f"model {type(exc).__name__}",
+                f"model failed on a batch of {names} ({exception_text(exc, self.log_ids)}); "
+                "retrying event by event"
+                f"{'' if learn else ' without learning (the batch was learnt)'}",
+                exc if self.log_ids else None,
+            )
+            for i in todo:
+                part, batch = batches[i]
+                outs[i].txn.discard()
+                outs[i].txn, _ = self._begin(part, batch)
+                self._one_by_one(batch, outs[i], model, learn)
+            return outs
+        self.failures_in_a_row = 0
+        at = 0
+        for i in todo:
+            batch, out = batches[i][1], outs[i]
+            ranks = result.ranks[at : at + len(batch.events)]
+            at += len(batch.events)
+            out.learnt = True
+            out.applied = list(batch.sources)
+            out.scored = len(ranks) if result.scored else 0
+            out.hits = sum(r is not None for r in ranks)
+        for rec in result.recommendations:
+            outs[owner[rec.user_id]].recommendations.append(rec)
+        return outs
+
+    def _step_one(
+        self, item: tuple[StorePartition, PartitionBatch], out: StepOutcome, model: RankingModel
+    ) -> StepOutcome:
+        """One partition's batch in a model call of its own (``out`` already begun)."""
+        part, batch = item
         watched = _Watched(model)
         try:
             result = process_batch(batch.events, out.txn, watched, self.k, score="held")
         except InterestStreamError:
-            raise  # the worker's own trouble (state store, ...): not the events' fault
-        except Exception as exc:  # any model bug: the events are retried one by one below
+            raise
+        except Exception as exc:
             learn = not watched.learned
             self._warn(
                 f"model {type(exc).__name__}",
@@ -139,16 +228,22 @@ class ModelGuard:
                 f"{'' if learn else ' without learning (the batch was learnt)'}",
                 exc if self.log_ids else None,
             )
-        else:
-            self.failures_in_a_row = 0
-            out.learnt = True
-            out.recommendations = result.recommendations
-            out.applied = list(batch.sources)
-            out.scored = result.scored
-            out.hits = sum(r is not None for r in result.ranks)
+            out.txn.discard()
+            out.txn, _ = self._begin(part, batch)
+            self._one_by_one(batch, out, model, learn)
             return out
-        out.txn.discard()
-        out.txn, _ = self._begin(part, batch)
+        self.failures_in_a_row = 0
+        out.learnt = True
+        out.recommendations = result.recommendations
+        out.applied = list(batch.sources)
+        out.scored = result.scored
+        out.hits = sum(r is not None for r in result.ranks)
+        return out
+
+    def _one_by_one(
+        self, batch: PartitionBatch, out: StepOutcome, model: RankingModel, learn: bool
+    ) -> None:
+        """Retry ``batch`` event by event in ``out``'s fresh transaction; dead-letter failures."""
         latest: dict[str, Recommendation] = {}
         for ev, src in zip(batch.events, batch.sources, strict=True):
             try:
@@ -171,7 +266,6 @@ class ModelGuard:
             out.hits += sum(r is not None for r in result.ranks)
             latest.update((rec.user_id, rec) for rec in result.recommendations)
         out.recommendations = list(latest.values())  # still one list per touched user
-        return out
 
     @staticmethod
     def _begin(

@@ -122,7 +122,8 @@ class Pipeline:
         assert self.model is not None
         self.give_items()
         generated_at = self.generated_at()
-        outcomes = [(part, self.guard.step(batch, part, self.model)) for part, batch in batches]
+        stepped = self.guard.step_many(batches, self.model)
+        outcomes = [(part, out) for (part, _), out in zip(batches, stepped, strict=True)]
         self.metrics.observe_model(self.model, sum(out.learnt for _, out in outcomes))
         for part, outcome in outcomes:
             checkpoint.add(part, outcome, generated_at)
