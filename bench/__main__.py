@@ -21,6 +21,7 @@ SECTIONS: dict[str, str] = {
     "catalogue": "bench.catalogue",
     "forwarding": "bench.forwarding",
     "model_sync": "bench.model_sync",
+    "refresh": "bench.refresh_cost",
 }
 
 

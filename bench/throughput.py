@@ -56,6 +56,9 @@ def _settings(bootstrap: str, state_dir: Path, args: argparse.Namespace) -> Sett
         batch_max_events=args.batch_max_events,
         batch_max_ms=args.batch_max_ms,
         processing_guarantee=args.guarantee,
+        refresh_budget_percent=getattr(
+            args, "refresh_budget_percent", WorkerConfig.refresh_budget_percent
+        ),
     )
     return Settings(kafka=KafkaConfig(bootstrap_servers=bootstrap), topics=topics, worker=worker)
 
@@ -99,6 +102,10 @@ def measure_throughput(bootstrap: str, state_dir: Path, args: argparse.Namespace
         "events_per_s": round(s["applied"] / elapsed, 1) if elapsed else None,
         "batches": s["batches"],
         "lists": s["lists_published"],
+        "lists_refreshed": worker.stats.lists_refreshed,
+        "refresh_seconds": round(
+            worker.metrics.registry.get_sample_value("interest_refresh_seconds_sum") or 0.0, 3
+        ),
         "stage_seconds": _stage_seconds(worker),
     }
 

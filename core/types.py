@@ -11,6 +11,7 @@ import numpy as np
 __all__ = [
     "EVENT_TYPES",
     "EVENT_INDEX",
+    "TRIGGERS",
     "Event",
     "Erasure",
     "Recommendation",
@@ -21,6 +22,8 @@ __all__ = [
 
 EVENT_TYPES: tuple[str, ...] = ("click", "favourite", "cart", "purchase")
 EVENT_INDEX: dict[str, int] = {name: i for i, name in enumerate(EVENT_TYPES)}
+# Why a list was published: the user's own events, or a refresh while they were idle.
+TRIGGERS: tuple[str, ...] = ("events", "refresh")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +103,9 @@ class Recommendation:
     """A refreshed top-K list for one user.
 
     ``items`` is best first; ``event_ts`` is the newest event of this user that
-    the list includes; ``explanation`` names the recent items that drove it.
+    the list includes; ``explanation`` names the recent items that drove it;
+    ``trigger`` says why it was published: ``"events"`` (the user's own events)
+    or ``"refresh"`` (re-ranked while the user was idle, see model/refresh.py).
     """
 
     user_id: str
@@ -108,6 +113,7 @@ class Recommendation:
     model_version: str
     event_ts: int
     explanation: tuple[str, ...] = ()
+    trigger: str = "events"
 
 
 @dataclass(slots=True)

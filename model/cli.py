@@ -28,7 +28,9 @@ from model.datasets import (
 )
 from model.evaluate import PROTOCOLS, CodecStates, MemoryStates, evaluate_models, split_flurs
 from model.factory import MODEL_NAMES, create_model, model_spec
+from model.refresh import RefreshPolicy
 from model.scaleout import ScaledOut
+from model.subscriber import subscriber_replay, subscriber_summaries, table
 from state.codec import Precision
 
 __all__ = ["register", "run", "main", "load_args"]
@@ -113,8 +115,27 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="never list items the user already touched "
         "(default: on for flurs, off for prequential)",
     )
+    _add_subscriber_flags(p)
     p.set_defaults(func=run)
     return p
+
+
+def _add_subscriber_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--subscriber",
+        action="store_true",
+        help="also score the list each user holds (a second replay in which users act only "
+        "after receiving their list; about 4x slower on MovieLens-100K)",
+    )
+    # The worker's refresh settings, for the subscriber view (same defaults).
+    for name, default, what in (
+        ("stale-events", RefreshPolicy.stale_events, "a list is stale after this many events"),
+        ("max-users", RefreshPolicy.max_users, "users re-ranked per refresh pass"),
+        ("interval-ms", RefreshPolicy.interval_ms, "event time between refresh passes"),
+    ):
+        p.add_argument(
+            f"--refresh-{name}", type=int, default=default, help=f"{what} (default {default})"
+        )
 
 
 def load_args(args: argparse.Namespace) -> LoadResult:
@@ -158,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--k and --batch-size must be positive")
     if args.sync_every < 0:
         raise ConfigError("--sync-every must be 0 or more seconds")
+    policy = _refresh_policy(args)
+    if policy is not None and args.workers is not None:
+        raise ConfigError("--subscriber scores one model: leave --workers out")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODEL_NAMES]
     if unknown or not names:
@@ -229,8 +253,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             result["models"] = summary
             hits.update({n: r.hits for n, r in reports.items()})
+    if policy is not None and "models" in result:
+        subs = _subscriber(args, names, policy, (warmup, test, items), exclude_seen, catalogue)
+        for n, sub in subs.items():
+            result["models"][n]["subscriber"] = sub
     text = json.dumps(result, indent=2)
     print(text)
+    if "models" in result:
+        print(table(result, args.k), file=sys.stderr)
     if "workers" in result:
         print(_by_workers(result, args.k), file=sys.stderr)
     print(f"evaluated {len(test)} events in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
@@ -267,6 +297,49 @@ def _by_workers(result: dict[str, Any], k: int) -> str:
             cells.append(f"{r:.4f}" + ("" if n == counts[0] else f" ({(r - first) / first:+.1%})"))
         rows.append(f"{model} | " + " | ".join(cells))
     return "\n".join(rows)
+
+
+def _refresh_policy(args: argparse.Namespace) -> RefreshPolicy | None:
+    if not getattr(args, "subscriber", False):
+        return None
+    values = (args.refresh_stale_events, args.refresh_max_users, args.refresh_interval_ms)
+    if min(values) < 1:
+        raise ConfigError("--refresh-stale-events, -max-users and -interval-ms must be positive")
+    return RefreshPolicy(*values)
+
+
+def _subscriber(
+    args: argparse.Namespace,
+    names: list[str],
+    policy: RefreshPolicy,
+    data: tuple[list, list, list],
+    exclude_seen: bool,
+    catalogue: int,
+) -> dict[str, dict]:
+    """The subscriber view of every model: fresh models, the same seed, a replay of its own.
+
+    ``data``: the warm-up events, the scored events and the item metadata.
+    """
+    from tqdm import tqdm
+
+    warmup, test, items = data
+    models = {n: create_model(n, seed=args.seed, exclude_seen=exclude_seen) for n in names}
+    policies = {"refresh": policy, "off": RefreshPolicy(enabled=False)}
+    total = (len(warmup) + len(test)) * len(names)
+    with tqdm(total=total, unit="ev", file=sys.stderr, desc="subscriber view") as bar:
+        reports = subscriber_replay(
+            models,
+            warmup,
+            test,
+            policies,
+            k=args.k,
+            batch_size=args.batch_size,
+            static=[n for n in names if model_spec(n).static],
+            freeze_after=0 if warmup else int(len(test) * STATIC_TRAIN_SHARE),
+            progress=bar.update,
+            items=items,
+        )
+    return subscriber_summaries(reports, catalogue)
 
 
 def _item_metadata(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:

@@ -60,6 +60,7 @@ __all__ = [
     "ModelReport",
     "split_flurs",
     "evaluate_models",
+    "give_items",
     "PROTOCOLS",
     "SEGMENTS",
     "NEW_ITEM_EVENTS",
@@ -303,7 +304,7 @@ def evaluate_models(
     if items:
         for name, model in models.items():
             t0 = time.perf_counter()
-            _give_items(model, items)
+            give_items(model, items)
             reports[name].seconds += time.perf_counter() - t0
     item_seen: dict[str, int] = {}
     user_seen: dict[str, int] = {}
@@ -359,7 +360,7 @@ def evaluate_models(
     return reports
 
 
-def _give_items(model: RankingModel, items: Sequence[ItemMeta]) -> None:
+def give_items(model: RankingModel, items: Sequence[ItemMeta]) -> None:
     """Item metadata to a model that takes it, waiting until its texts are encoded."""
     add = getattr(model, "add_item_metadata", None)
     if add is None:

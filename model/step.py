@@ -27,7 +27,7 @@ from typing import Literal, Protocol
 
 from core.types import EVENT_INDEX, BatchResult, Event, Recommendation, StateView, UserState
 
-__all__ = ["RankingModel", "process_batch", "apply_event", "RECENT_CAPACITY"]
+__all__ = ["RankingModel", "process_batch", "apply_event", "served_version", "RECENT_CAPACITY"]
 
 RECENT_CAPACITY = 50
 SEEN_CAPACITY = 2000
@@ -66,6 +66,15 @@ def _rank_many(
     if batched is not None:
         return batched(users, states, k)
     return [model.rank(u, st, k) for u, st in zip(users, states, strict=True)]
+
+
+def served_version(model: RankingModel) -> str:
+    """The version a list ranked by ``model`` carries.
+
+    A model shared across workers names the merge it ranked with
+    (``served_version``, see :class:`model.sync.SyncBook`).
+    """
+    return getattr(model, "served_version", None) or model.version
 
 
 def apply_event(state: UserState, ev: Event) -> None:
@@ -158,8 +167,7 @@ def process_batch(
         model.learn_many(events, before)
     final = [states[u] for u in users]
     fresh = _rank_many(model, users, final, k)
-    # A model shared across workers names the merge it ranked with (model.sync.SyncBook).
-    served = getattr(model, "served_version", None) or model.version
+    served = served_version(model)
     explain = getattr(model, "explain_many", None)
     reasons = explain(users, final, fresh) if explain is not None else [()] * len(users)
     for user, st, items, why in zip(users, final, fresh, reasons, strict=True):

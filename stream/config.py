@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from model.refresh import RefreshPolicy
 
 __all__ = [
     "KafkaConfig",
@@ -150,6 +151,37 @@ class WorkerConfig:
     model_publish_every_s: int = field(
         default=300, metadata={**_env("INTEREST_MODEL_PUBLISH_EVERY_S"), "min": 0}
     )
+    # Refresh of idle users' stale lists (model/refresh.py, stream/refresh.py):
+    # at most this share of the worker's time (0 turns refresh and the newcomer list off),
+    refresh_budget_percent: int = field(
+        default=10,
+        metadata={**_env("INTEREST_REFRESH_BUDGET_PERCENT"), "min": 0, "max": 100},
+    )
+    # at most this many users per pass, at most one pass per interval,
+    refresh_max_users: int = field(
+        default=RefreshPolicy.max_users, metadata=_env("INTEREST_REFRESH_MAX_USERS")
+    )
+    refresh_interval_ms: int = field(
+        default=RefreshPolicy.interval_ms, metadata=_env("INTEREST_REFRESH_INTERVAL_MS")
+    )
+    # a list is stale once the worker has learnt from this many events since it was ranked,
+    refresh_stale_events: int = field(
+        default=RefreshPolicy.stale_events, metadata=_env("INTEREST_REFRESH_STALE_EVENTS")
+    )
+    # and the candidates are the most recently active users, this many per partition.
+    refresh_track_users: int = field(
+        default=RefreshPolicy.track_users, metadata=_env("INTEREST_REFRESH_TRACK_USERS")
+    )
+
+    def refresh_policy(self) -> RefreshPolicy:
+        """The refresh policy these settings describe (shared with the evaluator)."""
+        return RefreshPolicy(
+            stale_events=self.refresh_stale_events,
+            max_users=self.refresh_max_users,
+            interval_ms=self.refresh_interval_ms,
+            track_users=self.refresh_track_users,
+            enabled=self.refresh_budget_percent > 0,
+        )
 
 
 @dataclass(frozen=True)

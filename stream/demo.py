@@ -186,10 +186,22 @@ def _delete_topics(settings: Any) -> None:
 
     t = settings.topics
     admin = AdminClient(settings.kafka.client_config())
-    for name, future in admin.delete_topics(
-        [t.events, t.recommendations, t.dead_letter, settings.changelog_topic],
-        operation_timeout=10,
-    ).items():
+    ours = [
+        t.events,
+        t.recommendations,
+        t.dead_letter,
+        settings.changelog_topic,
+        settings.model_updates_topic,
+        settings.model_topic,
+    ]
+    try:
+        present = set(admin.list_topics(timeout=10).topics)
+    except Exception:  # cleanup only: try every one of them
+        present = set(ours)
+    gone = [name for name in ours if name in present]
+    if not gone:
+        return
+    for name, future in admin.delete_topics(gone, operation_timeout=10).items():
         try:
             future.result()
         except Exception as exc:  # cleanup only: say so, never fail the demo for it

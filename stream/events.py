@@ -45,11 +45,20 @@ Recommendation (value on the recommendations topic, key = user id)::
 
     {"user_id": str, "items": [{"item_id": str, "score": float}, ...],
      "model_version": str, "generated_at": int ms, "event_ts": int ms,
-     "explanation": [str, ...] (optional)}
+     "trigger": "events"|"refresh", "explanation": [str, ...] (optional)}
 
 ``explanation`` names the user's recent items that drove the list, most
 influential first; it is present only when the model explains its lists
-(the interest model does, the baselines do not).
+(the interest model does, the baselines do not). ``trigger`` is ``"events"``
+when the user's own events caused the list and ``"refresh"`` when it was
+re-ranked while the user was idle (``event_ts`` stays the newest event it
+includes); :func:`decode_recommendation` reads a message without one as
+``"events"``.
+
+The list for users the service knows nothing about yet is published under the
+reserved key :data:`NEWCOMERS_ID` (a NUL byte, then ``newcomers``; its
+``user_id`` is the same string, ``event_ts`` 0). No valid user id can hold a
+control character, so it never clashes with a user's list.
 """
 
 from __future__ import annotations
@@ -60,7 +69,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from core.types import EVENT_TYPES, Erasure, Event, Recommendation
+from core.types import EVENT_TYPES, TRIGGERS, Erasure, Event, Recommendation
 
 __all__ = [
     "REASONS",
@@ -72,6 +81,7 @@ __all__ = [
     "encode_erasure",
     "encode_recommendation",
     "decode_recommendation",
+    "NEWCOMERS_ID",
 ]
 
 # Reason codes (the dead-letter ``error`` header and the metrics label).
@@ -99,6 +109,8 @@ _EVENT_SET = frozenset(EVENT_TYPES)
 MIN_TS_MS = 631_152_000_000
 MAX_FUTURE_MS = 24 * 3600 * 1000
 MAX_ID_BYTES = 256
+# The key of the newcomer list: a control character makes it an invalid user id.
+NEWCOMERS_ID = "\x00newcomers"
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,13 +306,19 @@ def _finite(score: float) -> float:
 
 
 def encode_recommendation(rec: Recommendation, generated_at_ms: int) -> tuple[bytes, bytes]:
-    """(key, value) of a refreshed list (``explanation`` only when the model gave one)."""
+    """(key, value) of a list (``explanation`` only when the model gave one).
+
+    >>> rec = Recommendation("u7", (("i1", 2.0),), "m-1", 1767225600000, trigger="refresh")
+    >>> encode_recommendation(rec, 1767225600042)[1]
+    b'{"user_id":"u7","items":[{"item_id":"i1","score":2.0}],"model_version":"m-1","generated_at":1767225600042,"event_ts":1767225600000,"trigger":"refresh"}'
+    """
     doc: dict[str, Any] = {
         "user_id": rec.user_id,
         "items": [{"item_id": item, "score": _finite(score)} for item, score in rec.items],
         "model_version": rec.model_version,
         "generated_at": generated_at_ms,
         "event_ts": rec.event_ts,
+        "trigger": rec.trigger,
     }
     if rec.explanation:
         doc["explanation"] = list(rec.explanation)
@@ -329,4 +347,6 @@ def decode_recommendation(value: bytes) -> dict[str, Any]:
     why = doc.get("explanation", [])
     if not isinstance(why, list) or not all(isinstance(item, str) for item in why):
         raise ValueError("explanation is not a list of item ids")
+    if doc.setdefault("trigger", TRIGGERS[0]) not in TRIGGERS:
+        raise ValueError(f"trigger is not one of {', '.join(TRIGGERS)}")
     return doc

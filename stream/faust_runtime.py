@@ -10,7 +10,9 @@ dead letters and changelog records, flushes, then writes the partition stores
 (the same per-partition rocksdict databases, opened when Faust assigns a
 partition, restored from the changelog first, closed when it revokes it).
 Faust acknowledges the batch's events only after that, and commits their
-offsets itself.
+offsets itself. Refresh passes of idle users' stale lists (:mod:`stream.refresh`)
+run on a Faust timer, every ``refresh_interval_ms``, on the same thread as the
+batches, each with an at-least-once checkpoint of its own.
 
 At-least-once, and it says so: Faust's own exactly-once mode has open duplicate
 and fencing issues (faust-streaming #177, #323, #517), and ``stream.take`` with
@@ -178,6 +180,12 @@ class FaustRuntime:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._sync_tick)
 
         app.timer(_SYNC_TICK_S, name="interest-model-sync")(model_sync)
+        if self.pipeline.refresher.enabled:
+
+            async def refresh() -> None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, self.refresh)
+
+            app.timer(max(0.05, w.refresh_interval_ms / 1000.0), name="interest-refresh")(refresh)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_partitions_revoked.connect(self._on_revoked)
         return agent
@@ -271,7 +279,22 @@ class FaustRuntime:
         if self.snapshots is not None:
             self.snapshots.after_batch(self.model, True)
 
-    def _warn_model(self, kind: str, text: str, exc: BaseException) -> None:
+    def refresh(self) -> None:
+        """A refresh pass when one is due, committed like a batch (at-least-once)."""
+        if self.model is None or self._stopping.is_set() or not self.pipeline.refresher.due():
+            return
+        checkpoint = self._checkpoint()
+        if not self.pipeline.stage_refresh(dict(self.store.partitions()), checkpoint):
+            return
+        try:
+            checkpoint.commit()
+        except BaseException:
+            checkpoint.discard()
+            self.pipeline.refresher.aborted()
+            raise
+        self.pipeline.refreshed(checkpoint, self.on_publish)
+
+    def _warn_model(self, kind: str, text: str, exc: BaseException | None) -> None:
         log.warning("%s", text, exc_info=exc)
 
     # --- running on its own ---------------------------------------------------------------

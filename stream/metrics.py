@@ -19,12 +19,19 @@ Names (``interest_`` prefix):
 - ``batch_size_events``                         histogram of messages per micro-batch
 - ``stage_seconds{stage}``                      poll, decode, step, commit
 - ``event_to_list_latency_seconds``             Kafka timestamp of an event -> its list delivered
-- ``lists_published_total``                     recommendation lists delivered
+- ``lists_published_total``                     recommendation lists delivered (refreshed ones too)
+- ``lists_refreshed_total``                     lists re-ranked while their user was idle, delivered
+                                                (``trigger="refresh"``, see stream/refresh.py)
+- ``refresh_seconds``                           histogram of the time per refresh pass (re-rank
+                                                and commit)
+- ``list_age_seconds``                          histogram of the age of the list a user held at
+                                                their next event: the staleness subscribers see
 - ``events_scored_total``, ``list_hits_total``  online hit rate: events whose item was in
                                                 the user's top-K just before the event
 - ``consumer_lag_messages{topic,partition}``    high watermark - next offset to process
 - ``users_in_state{partition}``                 users stored per assigned partition
-- ``transactions_total{outcome}``               exactly-once batches: committed, aborted
+- ``transactions_total{outcome}``               exactly-once batches and refresh passes:
+                                                committed, aborted
 - ``restore_remaining_records{partition}``      changelog records left to restore, per assigned
                                                 partition (0 once restored)
 - ``restored_records_total``                    changelog records put back into stores
@@ -71,6 +78,7 @@ STAGES = ("poll", "decode", "step", "commit")
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 _RESTORE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+_AGE_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0, 7 * 86400.0)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -123,6 +131,9 @@ class WorkerMetrics:
     stage_seconds: Histogram
     latency: Histogram
     lists_published: Counter
+    lists_refreshed: Counter
+    refresh_seconds: Histogram
+    list_age: Histogram
     events_scored: Counter
     list_hits: Counter
     consumer_lag: Gauge
@@ -207,6 +218,23 @@ class WorkerMetrics:
             lists_published=Counter(
                 "interest_lists_published", "Recommendation lists delivered", registry=reg
             ),
+            lists_refreshed=Counter(
+                "interest_lists_refreshed",
+                "Lists re-ranked while their user was idle, delivered",
+                registry=reg,
+            ),
+            refresh_seconds=Histogram(
+                "interest_refresh_seconds",
+                "Seconds per refresh pass (re-rank stale lists and commit them)",
+                buckets=_STAGE_BUCKETS,
+                registry=reg,
+            ),
+            list_age=Histogram(
+                "interest_list_age_seconds",
+                "Age of the list a user held at their next event (from its delivery)",
+                buckets=_AGE_BUCKETS,
+                registry=reg,
+            ),
             events_scored=Counter(
                 "interest_events_scored", "Events scored against the list before them", registry=reg
             ),
@@ -229,7 +257,7 @@ class WorkerMetrics:
             ),
             transactions=Counter(
                 "interest_transactions",
-                "Exactly-once batch transactions, by outcome (committed, aborted)",
+                "Exactly-once transactions of batches and refresh passes, by outcome",
                 ["outcome"],
                 registry=reg,
             ),

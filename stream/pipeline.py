@@ -8,7 +8,10 @@ pure step per partition and gives the checkpoint its outputs, and, once the
 checkpoint committed, :meth:`Pipeline.account` counts what it did. Item
 metadata read from the items topic (:class:`~stream.items.ItemsFeed`, started
 by the runtime) reaches the model at the start of a step, on the model's
-thread; the model encodes it on a thread of its own. The native
+thread; the model encodes it on a thread of its own. Between batches,
+:meth:`Pipeline.stage_refresh` stages a refresh pass of idle users' stale
+lists (:mod:`stream.refresh`) into a checkpoint of its own, which the runtime
+commits like a batch, then :meth:`Pipeline.refreshed` counts it. The native
 confluent-kafka runtime (:mod:`stream.runtime`) and the Faust runtime
 (:mod:`stream.faust_runtime`) share all of it.
 
@@ -33,13 +36,14 @@ from state.store import StorePartition
 from stream.batch import PartitionBatch, Source
 from stream.checkpoint import Checkpoint
 from stream.config import Settings
-from stream.events import EventValidator, Rejected, decode_event
+from stream.events import NEWCOMERS_ID, EventValidator, Rejected, decode_event
 from stream.isolation import ModelGuard
 from stream.items import ItemsFeed
 from stream.metrics import WorkerMetrics
 from stream.modelsync import ModelSync, Publish
 from stream.placement import Placement
 from stream.privacy import UserIds
+from stream.refresh import Refresher
 from stream.snapshots import ModelSnapshots
 from stream.stats import WorkerStats
 
@@ -56,7 +60,7 @@ class Pipeline:
         settings: Settings,
         metrics: WorkerMetrics,
         stats: WorkerStats,
-        warn_model: Callable[[str, str, BaseException], None],
+        warn_model: Callable[[str, str, BaseException | None], None],
     ) -> None:
         self.metrics = metrics
         self.stats = stats
@@ -70,6 +74,16 @@ class Pipeline:
         self.model: RankingModel | None = None
         self.sync: ModelSync | None = None  # one model across the group (share_model)
         self.items: ItemsFeed | None = None
+        w = settings.worker
+        self.refresher = Refresher(
+            w.refresh_policy(),
+            w.refresh_budget_percent,
+            w.k,
+            metrics,
+            warn_model,
+            log_ids=self.ids.log_ids,
+        )
+        self._events_topic = settings.topics.events
         self._last_generated = 0
 
     def share_model(self, sync: ModelSync, snapshots: ModelSnapshots | None) -> None:
@@ -118,6 +132,11 @@ class Pipeline:
         finally:
             sync.close()
 
+    def generated_at(self) -> int:
+        """A ``generated_at`` for the lists of a batch or pass, later than every earlier one."""
+        self._last_generated = max(int(time.time() * 1000), self._last_generated + 1)
+        return self._last_generated
+
     def decode(
         self, part: StorePartition, sources: Iterable[Source], checkpoint: Checkpoint
     ) -> PartitionBatch | None:
@@ -158,8 +177,7 @@ class Pipeline:
         """The guarded pure step on each partition's batch; the outputs go to the checkpoint."""
         assert self.model is not None
         self.give_items()
-        generated_at = max(int(time.time() * 1000), self._last_generated + 1)
-        self._last_generated = generated_at
+        generated_at = self.generated_at()
         stepped = self.guard.step_many(batches, self.model)
         outcomes = [(part, out) for (part, _), out in zip(batches, stepped, strict=True)]
         self.metrics.observe_model(self.model, sum(out.learnt for _, out in outcomes))
@@ -223,5 +241,28 @@ class Pipeline:
             m.users_in_state.labels(str(part.partition)).set(part.user_count())
             recs.extend(out.recommendations)
         m.batches.inc()
+        self.refresher.after_batch(checkpoint)
+        if on_publish is not None and recs:
+            on_publish(recs)
+
+    def stage_refresh(
+        self, parts: dict[tuple[str, int], StorePartition], checkpoint: Checkpoint
+    ) -> int:
+        """Stage a refresh pass over ``parts`` (open, not restoring) into ``checkpoint``.
+
+        Returns the number of lists staged; when it is not 0 the runtime commits
+        ``checkpoint`` and calls :meth:`refreshed`, or ``refresher.aborted()``.
+        """
+        assert self.model is not None
+        home = (self._events_topic, self.placement.of(NEWCOMERS_ID.encode("utf-8")))
+        return self.refresher.stage(parts, self.model, checkpoint, self.generated_at(), home)
+
+    def refreshed(
+        self,
+        checkpoint: Checkpoint,
+        on_publish: Callable[[list[Recommendation]], Any] | None = None,
+    ) -> None:
+        """Count the committed refresh pass of ``checkpoint``."""
+        recs = self.refresher.committed(checkpoint.delivered_ms)
         if on_publish is not None and recs:
             on_publish(recs)

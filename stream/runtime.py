@@ -205,6 +205,8 @@ class Worker:
             )
             while not stop.is_set():
                 committed = self._run_batch()
+                if self.pipeline.refresher.due() and not stop.is_set():
+                    self._refresh()
                 if self.snapshots is not None:
                     self.snapshots.after_batch(self.model, committed)
             # What the model learnt since it last shared, and what committed meanwhile:
@@ -409,6 +411,30 @@ class Worker:
         self.pipeline.account(checkpoint, self.on_publish)
         self._update_lag()
         return True
+
+    def _refresh(self) -> None:
+        """A refresh pass (:mod:`stream.refresh`), committed like a batch, on its own."""
+        parts = {
+            key: part
+            for key, part in self.store.partitions().items()
+            if not self._restorer.restoring(part.partition)
+        }
+        checkpoint = self._checkpoint()
+        if not self.pipeline.stage_refresh(parts, checkpoint):
+            return
+        try:
+            checkpoint.commit()
+        except (BatchAborted, ProducerFenced) as exc:
+            checkpoint.discard()
+            self.pipeline.refresher.aborted()
+            if self.settings.exactly_once:
+                self.metrics.transactions.labels("aborted").inc()
+            if isinstance(exc, ProducerFenced):
+                self._renew_producer(exc)
+            return
+        if self.settings.exactly_once:
+            self.metrics.transactions.labels("committed").inc()
+        self.pipeline.refreshed(checkpoint, self.on_publish)
 
     def _events_partitions(self) -> int:
         self._placement_at = time.monotonic()

@@ -82,6 +82,10 @@ class WorkerStats:
         return sample_total(self.metrics.lists_published)
 
     @property
+    def lists_refreshed(self) -> int:
+        return sample_total(self.metrics.lists_refreshed)
+
+    @property
     def batches(self) -> int:
         return sample_total(self.metrics.batches)
 

@@ -44,7 +44,7 @@ from core.errors import KafkaClientError
 from core.partition import partition_for
 from stream.clients import make_client
 from stream.config import Settings
-from stream.events import decode_recommendation
+from stream.events import NEWCOMERS_ID, decode_recommendation
 
 __all__ = ["tail", "format_list"]
 
@@ -55,14 +55,20 @@ _BATCH = 500
 
 
 def format_list(doc: dict[str, Any], width: int = 10) -> str:
-    """One line: time, user, model, item:score best first, then what drove the list."""
+    """One line: time, user, model, item:score best first, then what drove the list.
+
+    The newcomer list shows as ``(newcomers)``; a refreshed list ends with ``[refresh]``.
+    """
     at = datetime.fromtimestamp(doc.get("generated_at", 0) / 1000, tz=UTC)
+    user = doc.get("user_id")
+    who = "(newcomers)" if user == NEWCOMERS_ID else user
+    refreshed = " [refresh]" if doc.get("trigger") == "refresh" else ""
     items = " ".join(f"{it['item_id']}:{float(it['score']):.3g}" for it in doc["items"][:width])
     why = doc.get("explanation")
     because = f" (because of {', '.join(why)})" if why else ""
     return (
-        f"{at:%H:%M:%S}.{at.microsecond // 1000:03d} {doc.get('user_id')} "
-        f"[{doc.get('model_version')}] {items}{because}"
+        f"{at:%H:%M:%S}.{at.microsecond // 1000:03d} {who} "
+        f"[{doc.get('model_version')}] {items}{because}{refreshed}"
     )
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from core.types import Erasure, Event, Recommendation
 from stream.events import (
+    NEWCOMERS_ID,
     PROCESSING_ERROR,
     REASONS,
     EventValidator,
@@ -222,8 +223,26 @@ def test_recommendation_wire_format():
         "model_version": "m-1",
         "generated_at": NOW,
         "event_ts": NOW - 3,
+        "trigger": "events",
     }
     assert b"NaN" not in value
+
+
+def test_recommendation_trigger_travels_and_defaults_to_events():
+    rec = Recommendation("u1", (("a", 2.5),), "m-1", NOW - 3, trigger="refresh")
+    assert decode_recommendation(encode_recommendation(rec, NOW)[1])["trigger"] == "refresh"
+    # Lists written before the field existed were all caused by events.
+    assert decode_recommendation(b'{"items":[]}')["trigger"] == "events"
+    with pytest.raises(ValueError):
+        decode_recommendation(b'{"items":[],"trigger":"cron"}')
+
+
+def test_the_newcomer_key_is_never_a_valid_user_id():
+    key = NEWCOMERS_ID.encode()
+    value = json.dumps({"user_id": NEWCOMERS_ID, "item_id": "i1", "event": "click"}).encode()
+    assert decode_event(key, value, NOW, now_ms=NOW) == Rejected(
+        "bad-id", "user_id: control or invisible character"
+    )
 
 
 def test_recommendation_carries_its_explanation_when_there_is_one():
@@ -235,8 +254,15 @@ def test_recommendation_carries_its_explanation_when_there_is_one():
         "model_version": "m-1",
         "generated_at": NOW,
         "event_ts": NOW - 3,
+        "trigger": "events",
         "explanation": ["x", "y"],
     }
     assert format_list(doc).endswith("[m-1] a:2.5 (because of x, y)")
     with pytest.raises(ValueError):
         decode_recommendation(b'{"items":[],"explanation":[1]}')
+
+
+def test_tail_names_the_newcomer_list_and_marks_refreshed_lists():
+    rec = Recommendation(NEWCOMERS_ID, (("a", 2.5),), "m-1", 0, trigger="refresh")
+    line = format_list(decode_recommendation(encode_recommendation(rec, NOW)[1]))
+    assert " (newcomers) [m-1] a:2.5 [refresh]" in line and "\x00" not in line

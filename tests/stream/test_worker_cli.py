@@ -224,6 +224,7 @@ def test_tail_prints_lists_for_one_user(kafka_bootstrap, unique_topics):
         "model_version": "m",
         "generated_at": 1000,
         "event_ts": 0,
+        "trigger": "events",
     }
 
 

@@ -1,0 +1,318 @@
+"""Quality as a subscriber sees it: each event scored against the list the user last received.
+
+The pull view (:func:`model.evaluate.evaluate_models`) scores an event against
+a list ranked at that moment. A subscriber of the recommendations topic holds
+something else: the list published after their previous event (or refreshed
+since, see :mod:`model.refresh`), ranked with the model of that time.
+
+:func:`subscriber_replay` replays the stream so that a user's next event comes
+only after the list for their previous one was published: a micro-batch never
+holds two events of the same user (:func:`user_batches`), which is what
+happens when people act on what they are shown. Each scored event is then
+scored three ways in the same replay: pull (ranked now, as a reference for
+this replay), and against the list the user holds under each refresh policy
+given (typically the service's policy and no refresh at all). A user with no
+list yet holds the newcomer list when the policy publishes one (refresh on),
+else nothing: a miss, as for a subscriber.
+
+Refresh passes are driven by event time: between two batches, passes run
+every ``interval_ms`` of event time, each re-ranking at most ``max_users``
+stale users (the same :class:`~model.refresh.RecentUsers` order as the worker),
+until none is stale; the model does not change between batches, so a pass
+that finds nothing stale ends the gap. A refreshed list is received at the
+pass's time; an event-triggered list at the time of its batch's newest event.
+
+Also reported per view: lists refreshed (published, i.e. changed), users
+re-ranked whose list had not changed, and the age of the user's own held list
+at each scored event (seconds of event time: the staleness subscribers
+experience; the newcomer list is left out, as in the worker's metric).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.types import Event, Recommendation, UserState
+from model.evaluate import MemoryStates, ModelReport, give_items
+from model.items import ItemMeta
+from model.refresh import NewcomerList, RecentUsers, RefreshPolicy, refresh_lists
+from model.step import RankingModel, process_batch
+
+__all__ = [
+    "user_batches",
+    "HeldLists",
+    "SubscriberView",
+    "SubscriberReport",
+    "subscriber_replay",
+    "subscriber_summaries",
+    "table",
+]
+
+
+def user_batches(events: Iterable[Event], size: int) -> Iterator[list[Event]]:
+    """Consecutive micro-batches of at most ``size`` events, no user twice in one batch.
+
+    >>> from core.types import Event
+    >>> evs = [Event(u, "i", "click", t) for t, u in enumerate("abacb")]
+    >>> [[e.user_id for e in b] for b in user_batches(evs, 32)]
+    [['a', 'b'], ['a', 'c', 'b']]
+    """
+    batch: list[Event] = []
+    users: set[str] = set()
+    for ev in events:
+        if ev.user_id in users or len(batch) >= size:
+            yield batch
+            batch, users = [], set()
+        batch.append(ev)
+        users.add(ev.user_id)
+    if batch:
+        yield batch
+
+
+class HeldLists:
+    """A :class:`~core.types.StateView` over the replay's states with this view's own lists.
+
+    The replay's states carry the lists their events produced; a refresh
+    under one policy must not change what another view holds, so refreshed
+    lists are kept here and shadow ``last_list`` until the user's next event.
+    """
+
+    def __init__(self, states: MemoryStates) -> None:
+        self.states = states
+        self.lists: dict[str, list[str]] = {}
+
+    def get_many(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        out = self.states.get_many(user_ids)
+        for user, st in out.items():
+            if user in self.lists:
+                st.last_list = list(self.lists[user])
+        return out
+
+    def put(self, user_id: str, state: UserState) -> None:
+        self.lists[user_id] = list(state.last_list)
+
+    def held(self, user_id: str) -> list[str] | None:
+        """The list the user holds (None: the user has no list yet)."""
+        if user_id in self.lists:
+            return self.lists[user_id]
+        st = self.states.states.get(user_id)
+        return None if st is None else st.last_list
+
+    def published(self, user_id: str) -> None:
+        """The user's events produced a new list (in the replay's state)."""
+        self.lists.pop(user_id, None)
+
+
+@dataclass
+class SubscriberView:
+    """What subscribers hold under one refresh policy, and how it scores."""
+
+    policy: RefreshPolicy
+    held: HeldLists
+    k: int
+    report: ModelReport = field(init=False)
+    recent: RecentUsers = field(init=False)
+    newcomers: NewcomerList = field(default_factory=NewcomerList)
+    received_at: dict[str, int] = field(default_factory=dict)  # user -> event time of their list
+    ages: list[float] = field(default_factory=list)
+    refreshed: int = 0
+    unchanged: int = 0
+    next_pass: int | None = None
+
+    def __post_init__(self) -> None:
+        self.report = ModelReport(self.k)
+        self.recent = RecentUsers(self.policy.track_users)
+
+    def score(self, ev: Event) -> None:
+        """Score ``ev`` against the list its user holds now."""
+        held = self.held.held(ev.user_id)
+        at = self.received_at.get(ev.user_id)
+        if held is not None and at is not None:
+            # The user's own list, as the worker's interest_list_age_seconds sees it
+            # (the newcomer list's age is not a user's staleness).
+            self.ages.append(max(0, ev.ts - at) / 1000.0)
+        if held is None and self.policy.enabled and self.newcomers.items:
+            held = self.newcomers.ids
+        listed = held or []
+        self.report.add(listed.index(ev.item_id) if ev.item_id in listed else None, listed)
+
+    def published(self, recs: Sequence[Recommendation], clock: int, at_ms: int) -> None:
+        for rec in recs:
+            self.held.published(rec.user_id)
+            self.recent.published(rec.user_id, clock, at_ms)
+            self.received_at[rec.user_id] = at_ms
+
+    def passes_until(self, until_ms: int, model: RankingModel, clock: int) -> None:
+        """The refresh passes due in event time up to ``until_ms`` (the next batch)."""
+        if not self.policy.enabled:
+            return
+        t0 = time.perf_counter()
+        if self.next_pass is None:
+            self.next_pass = until_ms
+        while self.next_pass <= until_ms:
+            if not self._pass(model, clock, self.next_pass):
+                # Nothing stale: nothing will be before the model learns again.
+                self.next_pass = until_ms + self.policy.interval_ms
+                break
+            self.next_pass += self.policy.interval_ms
+        self.report.seconds += time.perf_counter() - t0
+
+    def _pass(self, model: RankingModel, clock: int, at_ms: int) -> bool:
+        p = self.policy
+        users = self.recent.stale(clock, p.stale_events, p.max_users)
+        recs, same = refresh_lists(users, self.held, model, self.k, explain=False)
+        for rec in recs:
+            self.recent.refreshed(rec.user_id, clock, at_ms)
+            self.received_at[rec.user_id] = at_ms
+        for user in same:
+            self.recent.refreshed(user, clock, None)
+        self.refreshed += len(recs)
+        self.unchanged += len(same)
+        due = self.newcomers.due(p, clock)
+        if due and self.newcomers.rerank(model, self.k, clock, at_ms):
+            self.refreshed += 1
+        return bool(users) or due
+
+    def summary(self, catalogue: int) -> dict[str, float | int | None]:
+        out = self.report.summary(catalogue, with_lag=False)
+        out["refresh_seconds"] = out.pop("seconds")
+        ages = np.asarray(self.ages, dtype=np.float64)
+        out["lists_refreshed"] = self.refreshed
+        out["refreshed_unchanged"] = self.unchanged
+        for name, q in (("list_age_median_s", 50), ("list_age_p90_s", 90)):
+            out[name] = round(float(np.percentile(ages, q)), 1) if ages.size else None
+        return out
+
+
+@dataclass
+class SubscriberReport:
+    """One model's subscriber replay: pull in this replay, and one view per policy."""
+
+    pull: ModelReport
+    views: dict[str, SubscriberView]
+
+    def summary(self, catalogue: int, main: str, others: dict[str, str]) -> dict:
+        """``main``'s view at the top level, ``others`` (view name -> key) and pull nested."""
+        out: dict = self.views[main].summary(catalogue)
+        for view, key in others.items():
+            out[key] = self.views[view].summary(catalogue)
+        out["pull"] = self.pull.summary(catalogue, with_lag=False)
+        return out
+
+
+def subscriber_replay(
+    models: dict[str, RankingModel],
+    warmup: Sequence[Event],
+    test: Sequence[Event],
+    policies: dict[str, RefreshPolicy],
+    *,
+    k: int = 10,
+    batch_size: int = 32,
+    static: Iterable[str] = (),
+    freeze_after: int = 0,
+    progress: Callable[[int], object] | None = None,
+    items: Sequence[ItemMeta] = (),
+) -> dict[str, SubscriberReport]:
+    """Replay ``warmup`` (learn only) then ``test`` in user-distinct batches; score every view.
+
+    ``static``, ``freeze_after`` and ``items`` (item metadata for models that
+    take it) as in :func:`model.evaluate.evaluate_models`. The model clock of
+    the refresh policies is the number of events learnt.
+    """
+    reports: dict[str, SubscriberReport] = {}
+    for name, model in models.items():
+        if items:
+            give_items(model, items)
+        states = MemoryStates()
+        views = {p: SubscriberView(pol, HeldLists(states), k) for p, pol in policies.items()}
+        rep = reports[name] = SubscriberReport(ModelReport(k), views)
+        clock = 0
+        t0 = time.perf_counter()
+        for batch in _chunks(warmup, batch_size):
+            res = process_batch(batch, states, model, k=k, score=False)
+            clock += len(batch)
+            for view in views.values():
+                view.published(res.recommendations, clock, batch[-1].ts)
+            if progress is not None:
+                progress(len(batch))
+        learn, done = True, 0
+        frozen = name in set(static)
+        for batch in user_batches(test, batch_size):
+            if frozen and done >= freeze_after:
+                freeze = getattr(model, "freeze", None)
+                if freeze is not None:
+                    freeze()
+                else:
+                    learn = False
+                frozen = False
+            for view in views.values():
+                view.passes_until(batch[0].ts, model, clock)
+                for ev in batch:
+                    view.score(ev)
+            res = process_batch(batch, states, model, k=k, keep_lists=True, learn=learn)
+            for rank, listed in zip(res.ranks, res.lists, strict=True):
+                rep.pull.add(rank, listed)
+            clock += len(batch)
+            done += len(batch)
+            for view in views.values():
+                view.published(res.recommendations, clock, max(ev.ts for ev in batch))
+            if progress is not None:
+                progress(len(batch))
+        # The replay's own time: the step (scoring, learning, ranking), without refresh passes.
+        rep.pull.seconds = time.perf_counter() - t0 - sum(v.report.seconds for v in views.values())
+    return reports
+
+
+def _chunks(events: Sequence[Event], size: int) -> Iterator[Sequence[Event]]:
+    for i in range(0, len(events), size):
+        yield events[i : i + size]
+
+
+def subscriber_summaries(reports: dict[str, SubscriberReport], catalogue: int) -> dict[str, dict]:
+    """The ``"subscriber"`` entry of each model in ``evaluate --json`` (see the README).
+
+    The view named ``"refresh"`` at the top level (the metric keys of the pull
+    view, plus refresh counts and list ages), ``"without_refresh"`` (view
+    ``"off"``) and ``"pull"`` (this replay's pull view) nested.
+    """
+    return {
+        name: rep.summary(catalogue, "refresh", {"off": "without_refresh"})
+        for name, rep in reports.items()
+    }
+
+
+def table(result: dict, k: int) -> str:
+    """Recall@K per model: pull, and with a subscriber view the subscriber columns beside it."""
+    with_sub = any("subscriber" in m for m in result["models"].values())
+    head = f"{'model':<16} {'pull':>7}"
+    if with_sub:
+        head += (
+            f" {'subscriber':>10} {'no refresh':>10} {'pull*':>7} {'refreshed':>9} {'age p50':>8}"
+        )
+    rows = [head]
+    for name, m in result["models"].items():
+        row = f"{name:<16} {m['recall']:>7.4f}"
+        sub = m.get("subscriber")
+        if sub is not None:
+            age = sub["list_age_median_s"]
+            row += (
+                f" {sub['recall']:>10.4f} {sub['without_refresh']['recall']:>10.4f}"
+                f" {sub['pull']['recall']:>7.4f} {sub['lists_refreshed']:>9}"
+                f" {'-' if age is None else f'{age:.0f} s':>8}"
+            )
+        rows.append(row)
+    if with_sub:
+        rows.append(
+            f"Recall@{k}. pull: a list ranked at each event; subscriber: the list the user "
+            "holds, with refresh and without (* pull in the same replay, where users act "
+            "only after receiving their list); age p50: of the held list at the next event"
+        )
+    else:
+        rows.append(
+            f"Recall@{k} (pull: a list ranked at each event; --subscriber adds the list users hold)"
+        )
+    return "\n".join(rows)

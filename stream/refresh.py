@@ -1,0 +1,275 @@
+"""Refresh passes of a worker: re-rank idle users whose list went stale, within a time budget.
+
+The policy (who is stale, in which order, how many per pass) is
+:mod:`model.refresh`, shared with the evaluator's subscriber view. This module
+runs it inside the worker's loop, between micro-batches, as a batch of its own:
+
+* :meth:`Refresher.after_batch` follows each committed event batch: the users
+  whose lists it published join their partition's recency list with the model
+  clock (events this worker has learnt from), and the age of the list each
+  event's user held is observed (``interest_list_age_seconds``: from the
+  moment the list was delivered to the event's Kafka timestamp).
+* :meth:`Refresher.due` says when the next pass may run: at most one pass per
+  ``refresh_interval_ms``, and after a pass that took ``d`` seconds not before
+  ``d * (100 - p) / p`` more seconds, so passes take at most ``p`` % of the
+  worker's time (``refresh_budget_percent``; 0 turns refresh off).
+* :meth:`Refresher.stage` re-ranks the stalest tracked users (at most
+  ``refresh_max_users``, over every partition not being restored) through each
+  partition's state transaction: a list that changed is put into the user's
+  ``last_list`` and published with ``trigger="refresh"``; an identical one is
+  not published. The newcomer list (key :data:`~stream.events.NEWCOMERS_ID`)
+  is refreshed by the worker that owns the events partition of its key. The
+  runtime commits the checkpoint like an event batch, so lists, changelog
+  records and states go together (one transaction with exactly-once, which
+  also sends the partitions' current offsets again so that a worker that lost
+  them is fenced), and a pass that is aborted leaves nothing behind.
+
+Recency lists are kept in memory: after a restart or a rebalance they fill up
+again as users act. With pseudonymised user ids (:mod:`stream.privacy`) a
+refreshed list goes out under the key the producer used, like the user's
+event lists; that key is known only from the user's own events, so only users
+seen since the worker started are refreshed, and the keys stay in memory. An
+erased user leaves the recency list with the batch that erased them, and a
+user without a state is never re-ranked: a refresh never brings back a list
+that was erased.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import logging
+import time
+from collections.abc import Callable
+
+from core.errors import InterestStreamError
+from core.types import Recommendation
+from model.refresh import NewcomerList, RecentUsers, RefreshPolicy, refresh_lists
+from model.step import RankingModel, served_version
+from state.store import StorePartition
+from stream.batch import StepOutcome
+from stream.checkpoint import Checkpoint
+from stream.events import NEWCOMERS_ID
+from stream.metrics import WorkerMetrics
+from stream.privacy import exception_text
+
+__all__ = ["Refresher"]
+
+log = logging.getLogger("interest_stream.worker")
+
+_Key = tuple[str, int]
+
+
+class Refresher:
+    """Refresh passes of one worker (see the module docstring).
+
+    ``warn(kind, text, exc)`` logs a model failure during a pass (throttled by the caller);
+    ``timer`` is the clock of the time budget (seconds); ``log_ids``: the
+    warning may carry the exception's message (see :mod:`stream.privacy`).
+    """
+
+    def __init__(
+        self,
+        policy: RefreshPolicy,
+        budget_percent: int,
+        k: int,
+        metrics: WorkerMetrics,
+        warn: Callable[[str, str, BaseException | None], None] | None = None,
+        timer: Callable[[], float] = time.monotonic,
+        log_ids: bool = False,
+    ) -> None:
+        self.policy = policy
+        self.enabled = policy.enabled and budget_percent > 0
+        self.share = budget_percent / 100.0
+        self.k = k
+        self.metrics = metrics
+        self.log_ids = log_ids
+        self.clock = 0  # events learnt by this worker: the model clock of the policy
+        self.recent: dict[_Key, RecentUsers] = {}
+        self.newcomers = NewcomerList()
+        self._warn = warn
+        self._next_at = 0.0
+        # (partition, outcome as published, lists by stored user id, users left as they were)
+        self._staged: list[tuple[_Key, StepOutcome, list[Recommendation], list[str]]] = []
+        self._newcomers_staged: tuple[NewcomerList, Recommendation | None] | None = None
+        self._started = 0.0
+        self._now = timer
+
+    # --- following event batches --------------------------------------------------------
+
+    def after_batch(self, checkpoint: Checkpoint) -> None:
+        """A committed event batch: observe list ages, then track the lists it published."""
+        if not self.enabled:
+            return
+        at = int(checkpoint.delivered_ms)
+        for part, out in checkpoint.outcomes:
+            recent = self.recent.get((part.topic, part.partition))
+            self.clock += len(out.applied)
+            if recent is None:
+                continue
+            for user, _ in out.erased:  # never refreshed again, unless they come back
+                recent.forget(user)
+            stored = _stored_ids(out)
+            for src in out.applied:
+                actor = _stored_of(src.key, stored)
+                held = recent.held_at(actor) if actor is not None else None
+                if held is not None and src.timestamp_ms:
+                    self.metrics.list_age.observe(max(0, src.timestamp_ms - held) / 1000.0)
+        for part, out in checkpoint.outcomes:
+            recent = self._recent((part.topic, part.partition))
+            stored = _stored_ids(out)
+            for rec in out.recommendations:
+                # The checkpoint put the producer's key in user_id (pseudonymised ids):
+                # track the stored id, and the key its lists go out under.
+                user = _stored_of(rec.user_id.encode("utf-8"), stored) or rec.user_id
+                recent.published(user, self.clock, at, out.keys.get(user))
+
+    def _recent(self, key: _Key) -> RecentUsers:
+        recent = self.recent.get(key)
+        if recent is None:
+            recent = self.recent[key] = RecentUsers(self.policy.track_users)
+        return recent
+
+    # --- a pass -------------------------------------------------------------------------
+
+    def due(self) -> bool:
+        """True when a pass may run now (refresh on, interval and time budget respected)."""
+        return self.enabled and self._now() >= self._next_at
+
+    def stage(
+        self,
+        parts: dict[_Key, StorePartition],
+        model: RankingModel,
+        checkpoint: Checkpoint,
+        generated_at_ms: int,
+        newcomers_home: _Key | None,
+    ) -> int:
+        """Re-rank the stalest users of ``parts`` into ``checkpoint``; the lists staged.
+
+        ``parts``: the partitions a pass may touch (open, not restoring);
+        ``newcomers_home``: the partition whose owner publishes the newcomer list.
+        Returns 0 when there is nothing to publish (the checkpoint holds nothing; users
+        whose list came out unchanged are accounted for already); otherwise the caller
+        commits the checkpoint and calls :meth:`committed` or :meth:`aborted`.
+        """
+        self._started = self._now()
+        self._staged, self._newcomers_staged = [], None
+        for key in [key for key in self.recent if key not in parts]:
+            del self.recent[key]  # revoked, or being restored: filled again as users act
+        p = self.policy
+        stale = [
+            (recent.ranked_at(user), key, user)
+            for key, recent in self.recent.items()
+            for user in recent.stale(self.clock, p.stale_events, p.max_users)
+        ]
+        picked: dict[_Key, list[str]] = {}
+        for _, key, user in heapq.nsmallest(p.max_users, stale):
+            picked.setdefault(key, []).append(user)
+        home = parts.get(newcomers_home) if newcomers_home is not None else None
+        newcomers = home is not None and self.newcomers.due(p, self.clock)
+        if not picked and not newcomers:
+            self._next_at = self._started + p.interval_ms / 1000.0
+            return 0
+        staged = 0
+        try:
+            for key, users in picked.items():
+                part = parts[key]
+                txn = part.begin()
+                recs, same = refresh_lists(users, txn, model, self.k)
+                # Published under the key the user's own lists went out under.
+                recent = self.recent[key]
+                keys = {r.user_id: k for r in recs if (k := recent.key_of(r.user_id)) is not None}
+                out = StepOutcome(txn, recs, keys=keys)
+                if recs:
+                    self._add(checkpoint, part, out, generated_at_ms)
+                self._staged.append((key, out, recs, same))
+                staged += len(recs)
+            if newcomers and home is not None and home.last_offset() is not None:
+                fresh = copy.deepcopy(self.newcomers)
+                rec = None
+                if fresh.rerank(model, self.k, self.clock, generated_at_ms):
+                    rec = Recommendation(
+                        NEWCOMERS_ID, fresh.items, served_version(model), 0, trigger="refresh"
+                    )
+                    self._add(checkpoint, home, StepOutcome(home.begin(), [rec]), generated_at_ms)
+                    staged += 1
+                self._newcomers_staged = (fresh, rec)
+        except InterestStreamError:
+            raise  # the worker's own trouble (state store, ...)
+        except Exception as exc:  # a model failure: no refresh this time
+            checkpoint.discard()
+            self._staged, self._newcomers_staged = [], None
+            if self._warn is not None:
+                # A model's message may name the user it failed on: only with log_ids.
+                text = exception_text(exc, self.log_ids)
+                self._warn(
+                    f"refresh {type(exc).__name__}",
+                    f"refresh pass failed ({text}); trying again later",
+                    exc if self.log_ids else None,
+                )
+            self._next_at = self._now() + max(1.0, p.interval_ms / 1000.0)
+            return 0
+        if not staged:  # every list re-ranked came out as the user holds it: nothing to send
+            self.committed(time.time() * 1000.0)
+        return staged
+
+    @staticmethod
+    def _add(
+        checkpoint: Checkpoint, part: StorePartition, out: StepOutcome, generated_at_ms: int
+    ) -> None:
+        checkpoint.add(part, out, generated_at_ms)
+        offset = part.last_offset()
+        if offset is not None:
+            # The offsets the partition is at already: committing them again in the
+            # pass's transaction fences a worker that lost the partition (KIP-447).
+            checkpoint.offsets[(part.topic, part.partition)] = offset + 1
+
+    def committed(self, delivered_ms: float) -> list[Recommendation]:
+        """The staged pass was committed: account for it; returns the lists it published."""
+        at = int(delivered_ms)
+        out: list[Recommendation] = []
+        for key, outcome, recs, same in self._staged:
+            out.extend(outcome.recommendations)
+            recent = self.recent.get(key)
+            if recent is None:
+                continue
+            for rec in recs:
+                recent.refreshed(rec.user_id, self.clock, at)
+            for user in same:
+                recent.refreshed(user, self.clock, None)
+        if self._newcomers_staged is not None:
+            self.newcomers, newcomer_list = self._newcomers_staged
+            if newcomer_list is not None:
+                out.append(newcomer_list)
+        self._staged, self._newcomers_staged = [], None
+        m = self.metrics
+        m.lists_published.inc(len(out))
+        m.lists_refreshed.inc(len(out))
+        self._pace(m)
+        return out
+
+    def aborted(self) -> None:
+        """The staged pass was aborted: nothing of it is visible; try again later."""
+        self._staged, self._newcomers_staged = [], None
+        self._pace(self.metrics)
+
+    def _pace(self, m: WorkerMetrics) -> None:
+        now = self._now()
+        spent = now - self._started
+        m.refresh_seconds.observe(spent)
+        # At most `share` of the worker's time: after `spent` seconds of refresh,
+        # spent * (1 - share) / share seconds for everything else.
+        rest = spent * (1.0 - self.share) / self.share if self.share < 1.0 else 0.0
+        self._next_at = now + max(self.policy.interval_ms / 1000.0, rest)
+
+
+def _stored_ids(out: StepOutcome) -> dict[bytes, str]:
+    """Message key -> stored user id, for the users whose two differ (pseudonymised ids)."""
+    return {key: user for user, key in out.keys.items()}
+
+
+def _stored_of(key: bytes | None, stored: dict[bytes, str]) -> str | None:
+    if key is None:
+        return None
+    user = stored.get(key)
+    return user if user is not None else key.decode("utf-8", "replace")
