@@ -48,6 +48,10 @@ from model.vocab import ItemVocab
 
 __all__ = ["ContentPart", "TEXT_DIM", "NEIGHBOURS", "CANDIDATES", "encode_texts", "text_key"]
 
+# Events in a step that take the full content learning rate; smaller steps take a share,
+# so a worker stepping every few events learns content as fast per event as a full batch.
+_FULL_BATCH = 32
+
 log = logging.getLogger("interest_stream.content")
 
 TEXT_DIM = 384
@@ -221,6 +225,7 @@ class ContentPart:
                 {"params": [self.alpha, self.beta, self.fresh_w], "lr": blend_lr},
             ]
         )
+        self._base_lr = [lr, blend_lr]
 
     @property
     def active(self) -> bool:
@@ -460,8 +465,11 @@ class ContentPart:
         return out.astype(np.int64)
 
     # learning ------------------------------------------------------------------------
-    def step(self) -> None:
+    def step(self, events: int = _FULL_BATCH) -> None:
         """Apply the gradients the last backward pass left on the content parameters."""
+        share = min(1.0, events / _FULL_BATCH)
+        for group, base in zip(self._opt.param_groups, self._base_lr, strict=True):
+            group["lr"] = base * share
         self._opt.step()
         self._opt.zero_grad(set_to_none=True)
 

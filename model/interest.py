@@ -505,7 +505,7 @@ class InterestModel(BaseRanker):
         loss.backward()
         self._opt.step()
         if self.content is not None:
-            self.content.step()
+            self.content.step(len(targets))
         for table, rows, leaf in leaves:
             table.step(rows, leaf.grad)
             if table is self.tables["emb_out"] or table is self.tables["emb_in"]:
