@@ -45,11 +45,12 @@ at-least-once (:class:`AtLeastOnceCheckpoint`):
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
@@ -107,6 +108,40 @@ class _Record:
     timestamp_ms: int | None = None
 
 
+class _Calls:
+    """One daemon thread that runs transaction calls in order.
+
+    Not a ThreadPoolExecutor: the interpreter joins those threads at exit, so
+    one call stuck in the client (see :meth:`Outputs.bounded`) would keep the
+    process from ever exiting.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        threading.Thread(target=self._run, name="txn-call", daemon=True).start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller through the future
+                future.set_exception(exc)
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._jobs.put((fn, future))
+        return future
+
+    def close(self) -> None:
+        """The thread ends after the call it is running, if any."""
+        self._jobs.put(None)
+
+
 class Outputs:
     """A confluent-kafka producer as the checkpoints use it.
 
@@ -119,7 +154,7 @@ class Outputs:
         self.producer = producer
         self.stopping = stopping
         self._errors: list[str] = []
-        self._calls: ThreadPoolExecutor | None = None
+        self._calls: _Calls | None = None
 
     def bounded(self, fn: Callable[[], Any], seconds: float) -> Any:
         """``fn()`` (a transaction call), given up after ``seconds``.
@@ -130,19 +165,22 @@ class Outputs:
         replaces it); the stuck call is left to its thread.
         """
         if self._calls is None:
-            self._calls = ThreadPoolExecutor(1, thread_name_prefix="txn-call")
+            self._calls = _Calls()
         future = self._calls.submit(fn)
         try:
             return future.result(timeout=seconds)
         except FutureTimeout:
-            self._calls.shutdown(wait=False)
+            # The stuck call keeps its (daemon) thread; the next call gets a new one.
+            self._calls.close()
+            self._calls = None
             raise ProducerFenced(
                 f"a transaction call did not return within {seconds:.0f}s"
             ) from None
 
     def close(self) -> None:
         if self._calls is not None:
-            self._calls.shutdown(wait=False)
+            self._calls.close()
+            self._calls = None
 
     def produce(self, record: _Record, on_offset: Callable[[int, int], None] | None = None) -> None:
         def delivered(err: KafkaError | None, msg: Any) -> None:
