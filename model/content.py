@@ -43,7 +43,7 @@ from torch import nn
 from model.encoder import TextEncoder, load_encoder
 from model.items import ItemMeta
 from model.memories import EVENT_WEIGHTS, Context
-from model.persist import ModelState
+from model.persist import ModelState, load_params, save_params
 from model.vocab import ItemVocab
 
 __all__ = ["ContentPart", "TEXT_DIM", "NEIGHBOURS", "CANDIDATES", "encode_texts", "text_key"]
@@ -499,10 +499,7 @@ class ContentPart:
             },
             {"items": list(self.item_ids), "keys": list(self.keys)},
         )
-        for name, param in self._params().items():
-            state.arrays[f"param.{name}"] = param.detach().numpy().copy()
-            for key, value in self._opt.state.get(param, {}).items():
-                state.arrays[f"adam.{name}.{key}"] = value.detach().numpy().copy()
+        save_params(state, self._params(), self._opt)
         return state
 
     def load_state_dict(self, state: ModelState) -> None:
@@ -520,19 +517,7 @@ class ContentPart:
         self.slot_row = np.asarray(arrays["slot_row"], dtype=np.int64).copy()
         self.row_slot = np.asarray(arrays["row_slot"], dtype=np.int64).copy()
         self._last = (None, self._last[1])
-        for name, param in self._params().items():
-            value = torch.from_numpy(np.array(arrays[f"param.{name}"]))
-            if value.shape != param.shape:
-                raise ValueError(f"content {name} has shape {tuple(value.shape)}")
-            with torch.no_grad():
-                param.copy_(value)
-            moments = {
-                key: torch.from_numpy(np.array(arrays[f"adam.{name}.{key}"]))
-                for key in ("exp_avg", "exp_avg_sq", "step")
-                if f"adam.{name}.{key}" in arrays
-            }
-            if moments:
-                self._opt.state[param] = moments
+        load_params(arrays, self._params(), self._opt)
 
 
 def _top(cand: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -57,7 +57,7 @@ from model.content import INSTALL_BUDGET as CONTENT_BUDGET
 from model.content import ContentPart
 from model.items import ItemMeta
 from model.memories import EVENT_WEIGHTS, Context, CountMemories, stage
-from model.persist import ModelState
+from model.persist import ModelState, load_params, save_params
 from model.retrieval import DEFAULT_EXPIRE_DAYS, BaseRanker, RowMarks, pad_rows
 from model.rowtable import RowTable
 
@@ -199,10 +199,7 @@ class InterestModel(BaseRanker):
         n, nc = self.vocab.n_rows, self.vocab.n_categories
         for name, table in self.tables.items():
             state.add(name, table.state_dict(nc if name.startswith("cat") else n))
-        for name, param in zip(_DENSE, self._dense(), strict=True):
-            state.arrays[f"param.{name}"] = param.detach().numpy().copy()
-            for key, value in self._opt.state.get(param, {}).items():
-                state.arrays[f"adam.{name}.{key}"] = value.detach().numpy().copy()
+        save_params(state, dict(zip(_DENSE, self._dense(), strict=True)), self._opt)
         state.add("memories", self.memories.state_dict())
         if self.content is not None and self.content.active:
             state.add("content", self.content.state_dict())
@@ -227,19 +224,7 @@ class InterestModel(BaseRanker):
             table.load_state_dict(state.part(name))
         self._ensure()
         arrays = state.arrays
-        for name, param in zip(_DENSE, self._dense(), strict=True):
-            value = torch.from_numpy(np.array(arrays[f"param.{name}"]))
-            if value.shape != param.shape:
-                raise ValueError(f"{name} has shape {tuple(value.shape)}, not {tuple(param.shape)}")
-            with torch.no_grad():
-                param.copy_(value)
-            moments = {
-                key: torch.from_numpy(np.array(arrays[f"adam.{name}.{key}"]))
-                for key in ("exp_avg", "exp_avg_sq", "step")
-                if f"adam.{name}.{key}" in arrays
-            }
-            if moments:
-                self._opt.state[param] = moments
+        load_params(arrays, dict(zip(_DENSE, self._dense(), strict=True)), self._opt)
         if f"base.{_DENSE[0]}" in arrays:
             self._dense_base = [
                 torch.from_numpy(np.array(arrays[f"base.{name}"], dtype=np.float32))

@@ -36,6 +36,8 @@ __all__ = [
     "snapshot_bytes",
     "decode",
     "read_header",
+    "save_params",
+    "load_params",
 ]
 
 SNAPSHOT_FORMAT = "interest-model-3"
@@ -69,6 +71,33 @@ class ModelState:
             {k[cut:]: v for k, v in self.meta.items() if k.startswith(prefix + ".")},
             {k[cut:] for k in self.half if k.startswith(prefix + ".")},
         )
+
+
+def save_params(state: ModelState, params: dict[str, Any], optimizer: Any) -> None:
+    """Torch parameters and their optimiser moments into ``state`` (``param.*``, ``adam.*``)."""
+    for name, param in params.items():
+        state.arrays[f"param.{name}"] = param.detach().numpy().copy()
+        for key, value in optimizer.state.get(param, {}).items():
+            state.arrays[f"adam.{name}.{key}"] = value.detach().numpy().copy()
+
+
+def load_params(arrays: dict[str, np.ndarray], params: dict[str, Any], optimizer: Any) -> None:
+    """The inverse of :func:`save_params`: values copied in place, moments restored."""
+    import torch  # only the models that hold torch parameters call this
+
+    for name, param in params.items():
+        value = torch.from_numpy(np.array(arrays[f"param.{name}"]))
+        if value.shape != param.shape:
+            raise ValueError(f"{name} has shape {tuple(value.shape)}, not {tuple(param.shape)}")
+        with torch.no_grad():
+            param.copy_(value)
+        moments = {
+            key: torch.from_numpy(np.array(arrays[f"adam.{name}.{key}"]))
+            for key in ("exp_avg", "exp_avg_sq", "step")
+            if f"adam.{name}.{key}" in arrays
+        }
+        if moments:
+            optimizer.state[param] = moments
 
 
 @runtime_checkable
