@@ -274,7 +274,7 @@ class FaustRuntime:
             return
         self.metrics.batch_size.observe(len(messages))
         self.pipeline.step(batches, checkpoint)
-        checkpoint.commit()
+        self.pipeline.learn_alongside(checkpoint.commit)
         self.pipeline.account(checkpoint, self.on_publish)
         if self.snapshots is not None:
             self.snapshots.after_batch(self.model, True)
@@ -311,6 +311,8 @@ class FaustRuntime:
             self.settings.worker.group,
             broker=servers,
             store="memory://",
+            # Faust keeps its own table files here; beside our state, not in the cwd.
+            datadir=str(self.settings.worker.state_dir / "faust"),
             web_enabled=False,
             topic_disable_leader=True,
             topic_partitions=self.settings.topics.partitions,
