@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -123,12 +123,15 @@ class BatchResult:
     ``ranks[i]`` is the 0-based rank of ``events[i].item_id`` in the list the
     user had *before* that event (None: not in the top-K, or not scored).
     ``lists[i]`` is that list itself, only when the caller asked to keep it.
+    ``finish_learning``: with ``learn="later"``, the rest of the model's
+    learning from the batch, to be called before the model is used again.
     """
 
     recommendations: list[Recommendation] = field(default_factory=list)
     ranks: list[int | None] = field(default_factory=list)
     scored: int = 0
     lists: list[list[str]] = field(default_factory=list)
+    finish_learning: Callable[[], None] | None = None
 
 
 class StateView(Protocol):

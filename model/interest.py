@@ -431,8 +431,21 @@ class InterestModel(BaseRanker):
     # learning -------------------------------------------------------------------
     def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
         """One optimiser step on the batch's next-item softmax, then update memories."""
+        self.learn_later(events, before)()
+
+    def learn_later(
+        self, events: Sequence[Event], before: Sequence[UserState]
+    ) -> Callable[[], None]:
+        """What learning must do with the batch itself; returns the call that finishes it.
+
+        Now: new items get rows, and when sharing, the batch's counts are queued
+        (they go out in the batch's checkpoint). The returned call takes the
+        optimiser step and, when not sharing, adds the counts (after the step:
+        a target's own pairs must not be a feature of its score). Between the
+        two, the model may rank (one batch behind on the step) but not learn.
+        """
         if self.frozen:
-            return
+            return _nothing
         self._install_content()
         self._expire(events)
         index = self.vocab.index
@@ -441,17 +454,23 @@ class InterestModel(BaseRanker):
         self._ensure()
         self._init_fresh()
         self.batches += 1
+        batch_no = self.batches
         ctx = self._context(before)
-        if self.fine_tune and known.any():
-            # Items first seen in this batch have no trained row yet: no target.
-            idx = np.flatnonzero(known)
-            self._step(ctx.take(idx), rows[idx], [EVENT_INDEX[events[int(i)].event] for i in idx])
         if self._sharing:  # counted when the contribution comes back (apply_count_delta)
             self._pending.append(sharing.contribution(events, rows, ctx, self.vocab))
-            return
-        weights = EVENT_WEIGHTS[[EVENT_INDEX[ev.event] for ev in events]]
-        self.memories.remember(rows, ctx, weights, self.vocab)
-        self._changed[rows] = self.batches
+
+        def finish() -> None:
+            if self.fine_tune and known.any():
+                # Items first seen in this batch have no trained row yet: no target.
+                idx = np.flatnonzero(known)
+                types = [EVENT_INDEX[events[int(i)].event] for i in idx]
+                self._step(ctx.take(idx), rows[idx], types, batch_no)
+            if not self._sharing:
+                weights = EVENT_WEIGHTS[[EVENT_INDEX[ev.event] for ev in events]]
+                self.memories.remember(rows, ctx, weights, self.vocab)
+                self._changed[rows] = batch_no
+
+        return finish
 
     def _train_blocks(
         self, ctx: Context, targets: np.ndarray
@@ -482,7 +501,7 @@ class InterestModel(BaseRanker):
         keep = self.marks.keep(every, ctx.exclude, n, keep_first=True)
         return [own, shared], np.zeros(b, dtype=np.int64), keep
 
-    def _step(self, ctx: Context, targets: np.ndarray, types: list[int]) -> None:
+    def _step(self, ctx: Context, targets: np.ndarray, types: list[int], batch_no: int) -> None:
         blocks, tgt, keep = self._train_blocks(ctx, targets)
         logits, leaves = self._logits(ctx, blocks, train=True)
         loss = _ce(logits.masked_fill(~torch.from_numpy(keep), -1e9), tgt, types)
@@ -494,7 +513,7 @@ class InterestModel(BaseRanker):
         for table, rows, leaf in leaves:
             table.step(rows, leaf.grad)
             if table is self.tables["emb_out"] or table is self.tables["emb_in"]:
-                self._changed[rows] = self.batches
+                self._changed[rows] = batch_no
 
     def _recycle(self, rows: np.ndarray, categories: np.ndarray) -> None:
         self.memories.forget(rows)
@@ -584,6 +603,10 @@ class InterestModel(BaseRanker):
             with torch.no_grad():
                 for param, base in zip(self._dense(), self._dense_base, strict=True):
                     param.copy_(base)
+
+
+def _nothing() -> None:
+    return None
 
 
 def _ce(logits: torch.Tensor, tgt: np.ndarray, types: Sequence[int]) -> torch.Tensor:

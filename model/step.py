@@ -14,6 +14,10 @@ Purity contract (who owns what; ``tests/model/test_step.py`` checks it):
 * if the model raises, nothing has been put: the view is as it was before the
   call, so a caller may retry the batch (the model may have learnt, though:
   see :mod:`stream.isolation` for how the worker avoids learning twice);
+* with ``learn="later"`` a model that has ``learn_later`` does at once only
+  what must go out with the batch (new items, shared counts) and the returned
+  :attr:`~core.types.BatchResult.finish_learning` does the rest; the caller
+  runs it before using the model again (the worker: while the batch commits);
 * apart from the view, only the model changes (``learn_many``; and
   ``update_state`` for model-owned parts of a state). ``events`` are never
   changed; the returned :class:`core.types.BatchResult` shares nothing with the
@@ -43,6 +47,9 @@ class RankingModel(Protocol):
     ``explain_many(user_ids, states, lists)`` (the recent items behind each list),
     and ``served_version`` (the version a list says it was ranked with, when it
     is more precise than ``version``).
+    ``learn_later(events, before)`` splits ``learn_many``: it does what
+    belongs to the batch itself and returns a call that finishes learning
+    (the gradient step), so the batch's lists need not wait for it.
     A model that keeps anything per user outside the states has
     ``forget_users(user_ids)``, which the worker calls when users are erased.
     """
@@ -103,7 +110,7 @@ def process_batch(
     k: int = 10,
     score: bool | Literal["held"] = True,
     keep_lists: bool = False,
-    learn: bool = True,
+    learn: bool | Literal["later"] = True,
 ) -> BatchResult:
     """Test-then-learn on one micro-batch; returns lists for every touched user.
 
@@ -115,7 +122,10 @@ def process_batch(
     ranking cost, which is how the worker measures its online hit rate. Then the model
     learns from the batch (``learn=False`` skips that), the states move on and
     every touched user gets a fresh list. ``keep_lists`` also returns the
-    scored lists (for adaptation metrics).
+    scored lists (for adaptation metrics). ``learn="later"``: the lists are
+    ranked before the model's gradient step on the batch, which comes back as
+    ``result.finish_learning`` (for models with ``learn_later``; others learn
+    at once).
 
     >>> from core.types import Event
     >>> from model.evaluate import MemoryStates
@@ -163,7 +173,10 @@ def process_batch(
         result.scored += len(events)
     else:
         result.ranks.extend([None] * len(events))
-    if learn:
+    later = getattr(model, "learn_later", None) if learn == "later" else None
+    if later is not None:
+        result.finish_learning = later(events, before)
+    elif learn:
         model.learn_many(events, before)
     final = [states[u] for u in users]
     fresh = _rank_many(model, users, final, k)

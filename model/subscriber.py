@@ -253,7 +253,12 @@ def subscriber_replay(
                 view.passes_until(batch[0].ts, model, clock)
                 for ev in batch:
                     view.score(ev)
-            res = process_batch(batch, states, model, k=k, keep_lists=True, learn=learn)
+            # As in the worker: the lists go out before the model's step on the batch.
+            res = process_batch(
+                batch, states, model, k=k, keep_lists=True, learn="later" if learn else False
+            )
+            if res.finish_learning is not None:
+                res.finish_learning()
             for rank, listed in zip(res.ranks, res.lists, strict=True):
                 rep.pull.add(rank, listed)
             clock += len(batch)

@@ -17,8 +17,8 @@ Two rules keep the isolation honest:
   not its message (a model's ``KeyError`` names the user it failed on), unless
   ``log_ids`` is on (see :mod:`stream.privacy`);
 * a retry never learns twice: if the failed call got as far as learning (the
-  model's ``learn_many`` returned, or a torch optimiser stepped inside it), the
-  events are retried with learning off. A failure before learning started is
+  model's ``learn_many`` or ``learn_later`` returned, or a torch optimiser
+  stepped inside it), the events are retried with learning off. A failure before learning started is
   retried with learning on, so an event the model cannot learn from is still
   found and dead-lettered. (A model without a torch optimiser that fails half
   way through ``learn_many`` cannot be told apart from one that failed first.)
@@ -28,6 +28,12 @@ transaction before its events are applied (their earlier events in the batch
 were dropped, see :meth:`stream.batch.PartitionBatch.erase`), and a model
 that keeps data per user (a ``forget_users(user_ids)`` method) forgets them.
 The step never sees an erasure request, so nothing learns from one.
+
+A model with ``learn_later`` ranks the batch's lists before its gradient step
+on the batch; :meth:`ModelGuard.finish_learning` takes the steps the last
+:meth:`ModelGuard.step_many` left (the worker runs it while the batch's
+checkpoint commits). A failure there cannot be retried event by event (the
+lists are out): it is a warning, and the model goes on without that step.
 """
 
 from __future__ import annotations
@@ -84,7 +90,16 @@ class _Watched:
         self.learned = False  # learn_many returned, or an optimiser stepped inside it
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
+        found = getattr(self._model, name)
+        if name != "learn_later":
+            return found
+
+        def learn_later(events: Sequence[Event], before: Sequence[UserState]) -> Any:
+            finish = found(events, before)
+            self.learned = True
+            return finish
+
+        return learn_later
 
     def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
         start = getattr(_steps, "n", 0)
@@ -136,6 +151,40 @@ class ModelGuard:
         self.log_ids = log_ids
         self._warn = warn
         self.failures_in_a_row = 0
+        self._later: list[Callable[[], None]] = []
+
+    @property
+    def learning_pending(self) -> bool:
+        """The last step left gradient steps for :meth:`finish_learning`."""
+        return bool(self._later)
+
+    def drop_learning(self) -> None:
+        """Forget the steps left by a batch that will not commit (it is read again)."""
+        self._later = []
+
+    def finish_learning(self) -> int:
+        """Take the gradient steps the last :meth:`step_many` left; returns how many failed.
+
+        The batch's lists and states are already out, so a failure is logged and
+        the model goes on without that step (an :class:`InterestStreamError` is
+        the worker's own trouble and is raised).
+        """
+        later, self._later = self._later, []
+        failed = 0
+        for finish in later:
+            try:
+                finish()
+            except InterestStreamError:
+                raise
+            except Exception as exc:
+                failed += 1
+                self._warn(
+                    f"model {type(exc).__name__}",
+                    "model failed to learn from a committed batch "
+                    f"({exception_text(exc, self.log_ids)}); going on without that step",
+                    exc if self.log_ids else None,
+                )
+        return failed
 
     def step(self, batch: PartitionBatch, part: StorePartition, model: RankingModel) -> StepOutcome:
         """The pure step on ``batch`` against ``part``'s state; nothing is committed here."""
@@ -154,6 +203,8 @@ class ModelGuard:
         fails, each partition's events are retried one by one as before.
         """
         _install_step_hook()
+        if self._later:  # a caller that did not finish the last batch's learning: now
+            self.finish_learning()
         outs: list[StepOutcome] = []
         forget = getattr(model, "forget_users", None)
         for part, batch in batches:
@@ -176,7 +227,7 @@ class ModelGuard:
         watched = _Watched(model)
         view = _Routed({user: outs[i].txn for user, i in owner.items()})
         try:
-            result = process_batch(events, view, watched, self.k, score="held")
+            result = process_batch(events, view, watched, self.k, score="held", learn="later")
         except InterestStreamError:
             raise  # the worker's own trouble (state store, ...): not the events' fault
         except Exception as exc:  # any model bug: the events are retried one by one below
@@ -196,6 +247,8 @@ class ModelGuard:
                 self._one_by_one(batch, outs[i], model, learn)
             return outs
         self.failures_in_a_row = 0
+        if result.finish_learning is not None:
+            self._later.append(result.finish_learning)
         at = 0
         for i in todo:
             batch, out = batches[i][1], outs[i]
@@ -216,7 +269,9 @@ class ModelGuard:
         part, batch = item
         watched = _Watched(model)
         try:
-            result = process_batch(batch.events, out.txn, watched, self.k, score="held")
+            result = process_batch(
+                batch.events, out.txn, watched, self.k, score="held", learn="later"
+            )
         except InterestStreamError:
             raise
         except Exception as exc:
@@ -233,6 +288,8 @@ class ModelGuard:
             self._one_by_one(batch, out, model, learn)
             return out
         self.failures_in_a_row = 0
+        if result.finish_learning is not None:
+            self._later.append(result.finish_learning)
         out.learnt = True
         out.recommendations = result.recommendations
         out.applied = list(batch.sources)

@@ -17,7 +17,7 @@ Names (``interest_`` prefix):
                                                 their user followed them in the same batch
 - ``batches_total``                             micro-batches committed
 - ``batch_size_events``                         histogram of messages per micro-batch
-- ``stage_seconds{stage}``                      poll, decode, step, commit
+- ``stage_seconds{stage}``                      poll, decode, step, commit, learn
 - ``event_to_list_latency_seconds``             Kafka timestamp of an event -> its list delivered
 - ``lists_published_total``                     recommendation lists delivered (refreshed ones too)
 - ``lists_refreshed_total``                     lists re-ranked while their user was idle, delivered

@@ -5,7 +5,10 @@ records per input partition and hands them here: :meth:`Pipeline.decode`
 validates them (bad ones go to the checkpoint as dead letters, events of
 another partition are forwarded there), :meth:`Pipeline.step` runs the guarded
 pure step per partition and gives the checkpoint its outputs, and, once the
-checkpoint committed, :meth:`Pipeline.account` counts what it did. Item
+checkpoint committed, :meth:`Pipeline.account` counts what it did. The
+model's gradient step on the batch is not on the lists' path: the runtime
+commits through :meth:`Pipeline.learn_alongside`, which takes it on another
+thread while the commit waits for the broker. Item
 metadata read from the items topic (:class:`~stream.items.ItemsFeed`, started
 by the runtime) reaches the model at the start of a step, on the model's
 thread; the model encodes it on a thread of its own. Between batches,
@@ -26,9 +29,10 @@ snapshots.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from core.types import Recommendation
 from model.step import RankingModel
@@ -48,6 +52,8 @@ from stream.snapshots import ModelSnapshots
 from stream.stats import WorkerStats
 
 __all__ = ["Pipeline"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("interest_stream.worker")
 
@@ -116,6 +122,7 @@ class Pipeline:
 
     def aborted(self) -> None:
         """The checkpoint was discarded: its model deltas were not shared."""
+        self.guard.drop_learning()
         if self.sync is not None:
             self.sync.aborted()
 
@@ -186,6 +193,35 @@ class Pipeline:
         if self.sync is not None:  # the batch's model deltas commit with its outputs
             for topic, key, value, partition, headers in self.sync.records(self.model):
                 checkpoint.add_record(topic, value, key, partition, headers)
+
+    def learn_alongside(self, commit: Callable[[], T]) -> T:
+        """``commit()`` (the batch's checkpoint) while the model finishes learning from
+        the batch on another thread; returns when both are done.
+
+        The lists were ranked before the gradient step, so they go out without
+        waiting for it; the commit mostly waits on the broker, which leaves the
+        interpreter to the step. Nothing else touches the model meanwhile.
+        """
+        if not self.guard.learning_pending:
+            return commit()
+        errors: list[BaseException] = []
+
+        def learn() -> None:
+            t0 = time.perf_counter()
+            try:
+                self.guard.finish_learning()
+            except BaseException as exc:  # raised on the runtime's thread below
+                errors.append(exc)
+            self.metrics.stage_seconds.labels("learn").observe(time.perf_counter() - t0)
+
+        learner = threading.Thread(target=learn, name="interest-learn", daemon=True)
+        learner.start()
+        try:
+            return commit()
+        finally:
+            learner.join()
+            if errors:
+                raise errors[0]
 
     def give_items(self) -> int:
         """Hand the item metadata read since the last call to the model; returns how many."""

@@ -388,7 +388,7 @@ class Worker:
         t3 = time.perf_counter()
         m.stage_seconds.labels("step").observe(t3 - t2)
         try:
-            checkpoint.commit()
+            self.pipeline.learn_alongside(checkpoint.commit)
         except (BatchAborted, ProducerFenced) as exc:
             checkpoint.discard()
             self.pipeline.aborted()

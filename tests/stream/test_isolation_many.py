@@ -90,3 +90,49 @@ def test_a_user_on_two_partitions_is_stepped_per_partition():
     assert model.calls == [["i1"], ["i2", "i3"]]
     assert [r.user_id for r in out0.recommendations] == ["a"]
     assert sorted(r.user_id for r in out1.recommendations) == ["a", "b"]
+
+
+class _LearnsLater(TinyPopularity):
+    """Counts at once, takes its 'step' later; the step fails on item ``late-boom``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[list[str]] = []
+
+    def learn_later(self, events: Sequence[Event], before: Sequence[UserState]):  # noqa: ANN201
+        super().learn_many(events, before)
+        items = [ev.item_id for ev in events]
+
+        def finish() -> None:
+            if "late-boom" in items:
+                raise RuntimeError("cannot step")
+            self.steps.append(items)
+
+        return finish
+
+
+def test_the_step_of_a_model_that_learns_later_waits_for_finish_learning():
+    store = MemoryStore()
+    p0, p1 = _parts(store)
+    model = _LearnsLater()
+    warned: list[str] = []
+    guard = ModelGuard(10, lambda kind, text, exc: warned.append(text))
+    out0, out1 = guard.step_many(
+        [(p0, _batch(0, [("a", "i1")])), (p1, _batch(1, [("c", "i2")]))], model
+    )
+    assert out0.learnt and out1.learnt and out0.recommendations and out1.recommendations
+    assert model.steps == [] and guard.learning_pending
+    assert guard.finish_learning() == 0
+    assert model.steps == [["i1", "i2"]] and not guard.learning_pending
+    # A caller that did not finish: the next step takes the pending step first.
+    guard.step_many([(p0, _batch(0, [("a", "i3")], start=1))], model)
+    guard.step_many([(p0, _batch(0, [("a", "i4")], start=2))], model)
+    assert model.steps == [["i1", "i2"], ["i3"]]
+    guard.drop_learning()  # the batch will not commit: it is read (and learnt) again
+    assert not guard.learning_pending
+    # A failing step after the lists went out: a warning, the model goes on.
+    (out,) = guard.step_many([(p0, _batch(0, [("b", "late-boom")], start=3))], model)
+    assert out.applied and out.recommendations and not out.failed
+    assert guard.finish_learning() == 1
+    assert len(warned) == 1 and "committed batch" in warned[0] and "RuntimeError" in warned[0]
+    assert model.steps == [["i1", "i2"], ["i3"]]
