@@ -112,6 +112,7 @@ class FaustRuntime:
         self._restorer = Restorer(settings, self.metrics)
         self._outputs: Outputs | None = None
         self._stopping = threading.Event()
+        self._busy = False  # a batch ran since the last sync tick
         # The step runs on this one thread: Faust's event loop keeps heartbeating.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="interest-step")
         self._server: MetricsServer | None = None
@@ -250,13 +251,17 @@ class FaustRuntime:
         return (self.settings.topics.events, 0) in self.store.partitions()
 
     def _sync_tick(self) -> None:
-        """On the step thread while no events arrive: add deltas, share on the cadence."""
+        """On the step thread, every tick: add deltas; with no batch since the last tick
+        (idle, as an empty poll of the native runtime), share on the cadence."""
+        busy, self._busy = self._busy, False
         if self.pipeline.sync is not None and not self._stopping.is_set():
             self.pipeline.between_batches(self._owner(), self._publish)
-            self.pipeline.idle(self._publish)
+            if not busy:
+                self.pipeline.idle(self._publish)
 
     def process(self, messages: Sequence[Any]) -> None:
         """One micro-batch of Faust messages: decode, step, checkpoint, count."""
+        self._busy = True
         self.pipeline.between_batches(self._owner(), self._publish)
         by_part: dict[tuple[str, int], list[Source]] = defaultdict(list)
         for msg in messages:

@@ -9,9 +9,11 @@ every other worker's:
   and offsets, or not at all. Every worker reads that topic (read_committed,
   assign-only) between batches and adds every record in the topic's order,
   its own included, so every worker counts the same records in the same order
-  and holds the same counts, decayed ones included. After a batch the worker
-  waits (at most :data:`_OWN_WAIT_S`) until its own record came back, so its
-  next batch ranks with its own last events counted. Records carry (sender
+  and holds the same counts, decayed ones included. A batch ranks with the
+  worker's own records up to the batch before last counted (waiting, at most
+  :data:`_OWN_WAIT_S`, in the rare case one is not back yet) and never with
+  the last one's: its lists are the same whatever the round trip took, one
+  batch behind, as for the gradient step. Records carry (sender
   life, sequence number) and every snapshot says which it includes: each is
   counted once.
 * **Parameters.** Every ``sync_every_s`` (default 2 s) a worker adds what its
@@ -45,7 +47,16 @@ from core.errors import DataError
 from core.partition import partition_for
 from model.persist import Persistent, snapshot_bytes
 from model.snapshot import read_snapshot
-from model.sync import COUNTS, PARAMS, Shared, SyncBook, SyncClock, decode_delta, encode_delta
+from model.sync import (
+    COUNTS,
+    PARAMS,
+    Delta,
+    Shared,
+    SyncBook,
+    SyncClock,
+    decode_delta,
+    encode_delta,
+)
 from stream.clients import make_client
 from stream.config import Settings
 from stream.metrics import WorkerMetrics
@@ -61,8 +72,8 @@ _CATCH_UP_S = 30.0  # longest wait for the updates before the first batch (then:
 _POLL_RECORDS = 200
 _CHECK_EVERY_S = 10.0  # how often the updates topic's existence is checked
 _WARN_EVERY_S = 60.0
-# Longest wait, after a batch, for its own count record to come back. Its transaction
-# committed, so it is readable at once; a fetch round trip on loopback takes ~1-5 ms.
+# Longest wait for the worker's own count record of the batch before last to come back
+# (its transaction committed a batch ago, so it is normally back already).
 _OWN_WAIT_S = 0.5
 
 # topic, key, value, partition, headers
@@ -94,6 +105,9 @@ class ModelSync:
         self._counts: Any = None  # the open batch's count delta, counted once delivered
         self._count_header: dict[str, Any] | None = None
         self._awaiting: int | None = None  # seq of own count record not read back yet
+        self._upto = 0  # own count records up to this seq may be counted (see committed)
+        self._newest = 0  # seq of the newest own count record committed
+        self._held: list[tuple[Any, Delta | None]] = []  # read, not counted yet (in order)
         self._records_read = 0  # for the lag in events: events per record read
         self._events_read = 0
         self._gone = False  # the updates topic is missing: count own batches locally
@@ -299,7 +313,11 @@ class ModelSync:
             self.book.events += model.apply_count_delta(self._counts)
         if self._count_header is not None:  # counted when it comes back (poll)
             self.book.counts_sent(self._count_header)
-            self._awaiting = self.book.count_seq
+            # The next batch ranks with the batch before this one counted: its record
+            # is back by now (a wait for this one's round trip cost ~7 ms a batch),
+            # and whatever the timing the lists are the same, one batch behind.
+            self._upto, self._newest = self._newest, self.book.count_seq
+            self._awaiting = self._upto or None
         self._counts = self._count_header = None
         if self._sending is not None:
             model.param_delta_shared()
@@ -322,6 +340,9 @@ class ModelSync:
         cadence, e.g. on a clean stop)."""
         if not self.active:
             return
+        # No events: nothing ranks on the one-batch-behind rule now; count the last
+        # batch's own record as soon as it is back (a snapshot or a refresh sees it).
+        self._upto = self._newest
         if now:
             self.clock.last = None
             self.clock.every_s, every = 0.0, self.clock.every_s
@@ -368,26 +389,50 @@ class ModelSync:
         deadline = now + _OWN_WAIT_S
         read = 0
         while True:
-            msgs = self._reader.consume(limit, timeout=timeout)
+            held, self._held = self._held, []
+            pairs = held or [(m, None) for m in self._reader.consume(limit, timeout=timeout)]
+            msgs = [msg for msg, _ in pairs]
             merged = False
-            for msg in msgs:
+            for i, (msg, delta) in enumerate(pairs):
                 if msg.error() is not None:
                     continue
+                delta = delta or self._decode(msg)
+                if self._too_new(delta):  # this and what follows: after the next batch
+                    self._held = pairs[i:]
+                    msgs = msgs[:i]
+                    break
                 self.positions[msg.partition()] = msg.offset() + 1
-                merged |= self._apply(model, msg)
+                merged |= self._apply(model, msg, delta)
             if merged:
                 self._served(model)
             if msgs:
                 self._lag(msgs[-1])
             read += len(msgs)
+            if self._held:
+                return read
+            if held:
+                continue  # what arrived after them, at once
             if self._awaiting is None or time.monotonic() >= deadline:
                 return read
             timeout = 0.01  # own record not back yet: wait for it
 
-    def _apply(self, model: Any, msg: Any) -> bool:
+    def _decode(self, msg: Any) -> Delta | None:
+        try:
+            return decode_delta(msg.value() or b"")
+        except DataError:
+            return None  # _apply says why
+
+    def _too_new(self, delta: Delta | None) -> bool:
+        """An own count record newer than the next batch may see (see :meth:`committed`)."""
+        if delta is None or delta.kind != COUNTS or delta.header.get("life") != self.book.life:
+            return False
+        return int(delta.header.get("seq", 0)) > self._upto
+
+    def _apply(self, model: Any, msg: Any, delta: Delta | None = None) -> bool:
         where = f"{self.updates}[{msg.partition()}]@{msg.offset()}"
         try:
-            delta = decode_delta(msg.value() or b"")
+            if delta is None:
+                delta = decode_delta(msg.value() or b"")
             if delta.header.get("version") != model.version:
                 raise DataError(f"made by model {delta.header.get('version')!r}")
             if delta.kind == COUNTS:
@@ -470,6 +515,7 @@ class ModelSync:
         """Apply what committed so far (a clean stop saves a model that includes it)."""
         if not self.active or self._gone:
             return
+        self._upto = self._newest  # nothing is held back any more
         try:
             targets = self._ends()
         except KafkaException:

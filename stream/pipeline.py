@@ -116,7 +116,8 @@ class Pipeline:
             self.sync.between_batches(self.model, owner, publish)
 
     def idle(self, publish: Publish) -> None:
-        """No events this poll: still share what the model learnt, on the cadence."""
+        """No events this poll: still share what the model learnt, on the cadence, and
+        count the worker's own last update (held back while batches follow each other)."""
         if self.sync is not None:
             self.sync.share(self.model, publish)
 
