@@ -11,7 +11,7 @@ dead letters and changelog records, flushes, then writes the partition stores
 partition, restored from the changelog first, closed when it revokes it).
 Faust acknowledges the batch's events only after that, and commits their
 offsets itself. Refresh passes of idle users' stale lists (:mod:`stream.refresh`)
-run on a Faust timer, every ``refresh_interval_ms``, on the same thread as the
+run on a Faust timer (paced by the refresher), on the same thread as the
 batches, each with an at-least-once checkpoint of its own.
 
 At-least-once, and it says so: Faust's own exactly-once mode has open duplicate
@@ -186,7 +186,9 @@ class FaustRuntime:
             async def refresh() -> None:
                 await asyncio.get_running_loop().run_in_executor(self._executor, self.refresh)
 
-            app.timer(max(0.05, w.refresh_interval_ms / 1000.0), name="interest-refresh")(refresh)
+            # Often enough for the parts of a pass (Refresher.due paces them).
+            tick = max(0.05, min(0.1, w.refresh_interval_ms / 1000.0))
+            app.timer(tick, name="interest-refresh")(refresh)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_partitions_revoked.connect(self._on_revoked)
         return agent

@@ -18,7 +18,7 @@ from stream.config import TopicsConfig
 from stream.events import NEWCOMERS_ID, decode_recommendation, encode_event
 from stream.metrics import WorkerMetrics
 from stream.publish import Publisher
-from stream.refresh import Refresher
+from stream.refresh import CHUNK_USERS, Refresher
 from stream.runtime import Worker
 from stream.state_cli import read_states
 from stream.topics import ensure_topics, topic_specs
@@ -140,6 +140,22 @@ def test_refresh_keeps_within_its_share_of_time_and_its_users_per_pass() -> None
     assert max(ranked) <= policy.max_users + 1  # + the newcomer list
     assert sum(ranked) > 1000  # it did refresh, a lot
     assert spent <= 0.2 * elapsed + max(ranked) * 0.001  # 20%, give or take the last pass
+
+
+def test_a_pass_goes_out_in_parts_of_at_most_chunk_users_each_paced_by_the_budget() -> None:
+    policy = RefreshPolicy(stale_events=5, max_users=150, interval_ms=10_000)
+    loop = Loop(policy, budget=50)
+    users = [f"u{i}" for i in range(400)]
+    loop.events(_clicks(users, "a"))
+    loop.events(_clicks([f"n{i}" for i in range(5)], "b"))  # every list is stale now
+    for _ in range(400):  # 5 ms batches for 2 s: the pass goes out, the interval holds
+        loop.timer.now += 0.005
+        loop.refresh()
+    parts = [n for n, _ in loop.passes if n]
+    # 150 users of the pass in parts of 64 (the first also re-ranks the newcomer list);
+    # each part of d seconds is followed by d seconds for the rest (50%); then 10 s.
+    assert parts == [CHUNK_USERS + 1, CHUNK_USERS, 150 - 2 * CHUNK_USERS]
+    assert sum(len(recs) for _, recs in loop.passes) >= 150
 
 
 def test_refresh_never_republishes_the_list_a_user_holds() -> None:
