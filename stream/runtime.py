@@ -81,7 +81,7 @@ from stream.isolation import ModelError
 from stream.items import ItemsFeed
 from stream.metrics import MetricsServer, WorkerMetrics
 from stream.modelsync import ModelSync, Record
-from stream.pipeline import Pipeline
+from stream.pipeline import Pipeline, settle_heap
 from stream.preflight import preflight, state_root
 from stream.rebalance import Rebalancer, commit_offsets
 from stream.restore import Restorer, RestoreTask
@@ -203,6 +203,7 @@ class Worker:
                 on_revoke=self._rebalancer.on_revoke,
                 on_lost=self._rebalancer.on_lost,
             )
+            settle_heap()
             while not stop.is_set():
                 committed = self._run_batch()
                 if self.pipeline.refresher.due() and not stop.is_set():
