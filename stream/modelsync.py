@@ -107,6 +107,7 @@ class ModelSync:
         self._awaiting: int | None = None  # seq of own count record not read back yet
         self._upto = 0  # own count records up to this seq may be counted (see committed)
         self._newest = 0  # seq of the newest own count record committed
+        self._counted_own = 0  # seq of the newest own count record counted
         self._held: list[tuple[Any, Delta | None]] = []  # read, not counted yet (in order)
         self._records_read = 0  # for the lag in events: events per record read
         self._events_read = 0
@@ -317,7 +318,8 @@ class ModelSync:
             # is back by now (a wait for this one's round trip cost ~7 ms a batch),
             # and whatever the timing the lists are the same, one batch behind.
             self._upto, self._newest = self._newest, self.book.count_seq
-            self._awaiting = self._upto or None
+            # (Counted already when the worker was idle in between: nothing to wait for.)
+            self._awaiting = self._upto if self._upto > self._counted_own else None
         self._counts = self._count_header = None
         if self._sending is not None:
             model.param_delta_shared()
@@ -436,8 +438,10 @@ class ModelSync:
             if delta.header.get("version") != model.version:
                 raise DataError(f"made by model {delta.header.get('version')!r}")
             if delta.kind == COUNTS:
-                if delta.header.get("life") == self.book.life and self._awaiting is not None:
-                    if int(delta.header.get("seq", 0)) >= self._awaiting:
+                if delta.header.get("life") == self.book.life:
+                    seq = int(delta.header.get("seq", 0))
+                    self._counted_own = max(self._counted_own, seq)
+                    if self._awaiting is not None and seq >= self._awaiting:
                         self._awaiting = None
                 if self.book.take_counts(delta.header):
                     n = model.apply_count_delta(delta.state)
