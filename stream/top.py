@@ -34,7 +34,7 @@ from core.errors import ConfigError, DataError, InterestStreamError
 __all__ = ["Scrape", "parse_metrics", "histogram_quantile", "render", "run_top", "register"]
 
 DEFAULT_URL = "http://localhost:9464/metrics"
-_STAGES = ("poll", "decode", "step", "produce", "commit")
+_STAGES = ("poll", "decode", "step", "produce", "commit", "learn")
 
 Labels = dict[str, str]
 
