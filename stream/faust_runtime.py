@@ -64,7 +64,7 @@ from stream.identity import WorkerIdentity
 from stream.items import ItemsFeed
 from stream.metrics import MetricsServer, WorkerMetrics
 from stream.modelsync import ModelSync, Record
-from stream.pipeline import Pipeline
+from stream.pipeline import Pipeline, settle_heap
 from stream.preflight import preflight, state_root
 from stream.restore import Restorer
 from stream.snapshots import ModelSnapshots, SnapshotPolicy
@@ -158,6 +158,7 @@ class FaustRuntime:
         self._server = MetricsServer(self.metrics.registry, self.settings.worker.metrics_port)
         self.metrics_url = self._server.start().url
         self.stats.started()
+        settle_heap()
         self._prepared = True
 
     def attach(self, app: Any) -> Any:
