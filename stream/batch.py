@@ -107,7 +107,8 @@ class StepOutcome:
     model could not take (dead-lettered as ``processing-error``); ``learnt``:
     the model's ``learn_many`` returned for the batch or some of its events;
     ``erased``: (user id, had a state) of each user the batch erased;
-    ``keys``: the batch's :attr:`PartitionBatch.keys`.
+    ``keys``: the batch's :attr:`PartitionBatch.keys`; ``refresh``: the
+    outcome of a refresh part, accounted for by the refresher, not as a batch.
     """
 
     txn: PartitionTransaction
@@ -119,6 +120,7 @@ class StepOutcome:
     learnt: bool = False
     erased: list[tuple[str, bool]] = field(default_factory=list)
     keys: dict[str, bytes] = field(default_factory=dict)
+    refresh: bool = False  # lists of a refresh part (stream.refresh), no events
 
     def key_of(self, user_id: str) -> bytes:
         """The message key lists and tombstones of ``user_id`` are published under."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -61,6 +62,37 @@ log = logging.getLogger("interest_stream.worker")
 
 
 _settled = False
+
+
+class _Learner:
+    """One daemon thread that takes the model's gradient steps, one at a time.
+
+    The same thread every batch: torch keeps per-thread state (autograd, its
+    thread pools) that a new thread per batch would set up again each time.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], None]) -> threading.Event:
+        """Run ``job`` on the learner thread; the event is set once it returned."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="interest-learn", daemon=True)
+            self._thread.start()
+        done = threading.Event()
+        self._jobs.put((job, done))
+        return done
+
+    def _run(self) -> None:
+        while True:
+            job, done = self._jobs.get()
+            try:
+                job()  # catches what it raises itself (see Pipeline.learn_alongside)
+            finally:
+                done.set()
 
 
 def settle_heap() -> None:
@@ -114,6 +146,7 @@ class Pipeline:
         )
         self._events_topic = settings.topics.events
         self._last_generated = 0
+        self._learner = _Learner()
 
     def share_model(self, sync: ModelSync, snapshots: ModelSnapshots | None) -> None:
         """Share the model with the group's other workers through ``sync``, when it can.
@@ -238,12 +271,11 @@ class Pipeline:
                 errors.append(exc)
             self.metrics.stage_seconds.labels("learn").observe(time.perf_counter() - t0)
 
-        learner = threading.Thread(target=learn, name="interest-learn", daemon=True)
-        learner.start()
+        done = self._learner.submit(learn)
         try:
             return commit()
         finally:
-            learner.join()
+            done.wait()
             if errors:
                 raise errors[0]
 
@@ -280,6 +312,8 @@ class Pipeline:
         recs: list[Recommendation] = []
         m.events_erased.inc(checkpoint.events_erased)
         for part, out in checkpoint.outcomes:
+            if out.refresh:  # a refresh part in the batch's checkpoint: see refreshed()
+                continue
             for user, had in out.erased:
                 m.users_erased.labels("true" if had else "false").inc()
                 if self.ids.log_ids:
@@ -306,16 +340,32 @@ class Pipeline:
             on_publish(recs)
 
     def stage_refresh(
-        self, parts: dict[tuple[str, int], StorePartition], checkpoint: Checkpoint
+        self,
+        parts: dict[tuple[str, int], StorePartition],
+        checkpoint: Checkpoint,
+        batches: list[tuple[StorePartition, PartitionBatch]] | None = None,
     ) -> int:
-        """Stage a refresh pass over ``parts`` (open, not restoring) into ``checkpoint``.
+        """Stage a refresh part over ``parts`` (open, not restoring) into ``checkpoint``.
 
-        Returns the number of lists staged; when it is not 0 the runtime commits
-        ``checkpoint`` and calls :meth:`refreshed`, or ``refresher.aborted()``.
+        ``batches``: the event batches whose outputs ``checkpoint`` holds already
+        (their users are left out of the part). Returns the number of lists
+        staged; when it is not 0 the runtime commits ``checkpoint`` and calls
+        :meth:`refreshed`, or ``refresher.aborted()``.
         """
         assert self.model is not None
         home = (self._events_topic, self.placement.of(NEWCOMERS_ID.encode("utf-8")))
-        return self.refresher.stage(parts, self.model, checkpoint, self.generated_at(), home)
+        exclude = (
+            None
+            if batches is None
+            else {
+                user
+                for _, batch in batches
+                for user in [*(ev.user_id for ev in batch.events), *batch.erased]
+            }
+        )
+        return self.refresher.stage(
+            parts, self.model, checkpoint, self.generated_at(), home, exclude
+        )
 
     def refreshed(
         self,

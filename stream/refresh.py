@@ -42,7 +42,7 @@ import copy
 import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from core.errors import InterestStreamError
 from core.types import Recommendation
@@ -100,6 +100,8 @@ class Refresher:
         self._staged: list[tuple[_Key, StepOutcome, list[Recommendation], list[str]]] = []
         self._newcomers_staged: tuple[NewcomerList, Recommendation | None] | None = None
         self._started = 0.0
+        self._stage_s: float | None = None  # seconds the last part took to stage
+        self._riding = False  # the last part went into an event batch's checkpoint
         self._pass_at = 0.0  # when the current pass started
         self._pass_left = 0  # users the current pass may still re-rank
         self._now = timer
@@ -111,7 +113,8 @@ class Refresher:
         if not self.enabled:
             return
         at = int(checkpoint.delivered_ms)
-        for part, out in checkpoint.outcomes:
+        batch = [(part, out) for part, out in checkpoint.outcomes if not out.refresh]
+        for part, out in batch:
             recent = self.recent.get((part.topic, part.partition))
             self.clock += len(out.applied)
             if recent is None:
@@ -124,7 +127,7 @@ class Refresher:
                 held = recent.held_at(actor) if actor is not None else None
                 if held is not None and src.timestamp_ms:
                     self.metrics.list_age.observe(max(0, src.timestamp_ms - held) / 1000.0)
-        for part, out in checkpoint.outcomes:
+        for part, out in batch:
             recent = self._recent((part.topic, part.partition))
             stored = _stored_ids(out)
             for rec in out.recommendations:
@@ -152,16 +155,23 @@ class Refresher:
         checkpoint: Checkpoint,
         generated_at_ms: int,
         newcomers_home: _Key | None,
+        exclude: Collection[str] | None = None,
     ) -> int:
         """Re-rank the stalest users of ``parts`` into ``checkpoint``; the lists staged.
 
         ``parts``: the partitions a pass may touch (open, not restoring);
-        ``newcomers_home``: the partition whose owner publishes the newcomer list.
+        ``newcomers_home``: the partition whose owner publishes the newcomer list;
+        ``exclude``: users left out (those of an event batch ``checkpoint`` holds
+        already: their state is in the batch's transaction, and their lists too);
+        given, the part rides in that batch's checkpoint.
         Returns 0 when there is nothing to publish (the checkpoint holds nothing; users
         whose list came out unchanged are accounted for already); otherwise the caller
         commits the checkpoint and calls :meth:`committed` or :meth:`aborted`.
         """
         self._started = self._now()
+        self._stage_s = None
+        self._riding = exclude is not None
+        exclude = exclude or ()
         self._staged, self._newcomers_staged = [], None
         for key in [key for key in self.recent if key not in parts]:
             del self.recent[key]  # revoked, or being restored: filled again as users act
@@ -172,7 +182,8 @@ class Refresher:
         stale = [
             (recent.ranked_at(user), key, user)
             for key, recent in self.recent.items()
-            for user in recent.stale(self.clock, p.stale_events, take)
+            for user in recent.stale(self.clock, p.stale_events, take + len(exclude))
+            if user not in exclude
         ]
         chosen = heapq.nsmallest(take, stale)
         # Fewer stale users than this part may take: the pass ends with it.
@@ -185,18 +196,11 @@ class Refresher:
         if not picked and not newcomers:
             self._next_at = self._pass_at + p.interval_ms / 1000.0
             return 0
-        staged = 0
+        # The model calls first: a failure leaves nothing in the checkpoint, which may
+        # hold an event batch's outputs too.
         try:
-            for key, (txn, recs, same) in self._rerank(picked, parts, model).items():
-                part = parts[key]
-                # Published under the key the user's own lists went out under.
-                recent = self.recent[key]
-                keys = {r.user_id: k for r in recs if (k := recent.key_of(r.user_id)) is not None}
-                out = StepOutcome(txn, recs, keys=keys)
-                if recs:
-                    self._add(checkpoint, part, out, generated_at_ms)
-                self._staged.append((key, out, recs, same))
-                staged += len(recs)
+            reranked = self._rerank(picked, parts, model)
+            newcomer: tuple[NewcomerList, Recommendation | None] | None = None
             if newcomers and home is not None and home.last_offset() is not None:
                 fresh = copy.deepcopy(self.newcomers)
                 rec = None
@@ -204,14 +208,10 @@ class Refresher:
                     rec = Recommendation(
                         NEWCOMERS_ID, fresh.items, served_version(model), 0, trigger="refresh"
                     )
-                    self._add(checkpoint, home, StepOutcome(home.begin(), [rec]), generated_at_ms)
-                    staged += 1
-                self._newcomers_staged = (fresh, rec)
+                newcomer = (fresh, rec)
         except InterestStreamError:
             raise  # the worker's own trouble (state store, ...)
         except Exception as exc:  # a model failure: no refresh this time
-            checkpoint.discard()
-            self._staged, self._newcomers_staged = [], None
             if self._warn is not None:
                 # A model's message may name the user it failed on: only with log_ids.
                 text = exception_text(exc, self.log_ids)
@@ -223,6 +223,24 @@ class Refresher:
             self._next_at = self._now() + max(1.0, p.interval_ms / 1000.0)
             self._pass_left = 0
             return 0
+        staged = 0
+        for key, (txn, recs, same) in reranked.items():
+            part = parts[key]
+            # Published under the key the user's own lists went out under.
+            recent = self.recent[key]
+            keys = {r.user_id: k for r in recs if (k := recent.key_of(r.user_id)) is not None}
+            out = StepOutcome(txn, recs, keys=keys, refresh=True)
+            if recs:
+                self._add(checkpoint, part, out, generated_at_ms)
+            self._staged.append((key, out, recs, same))
+            staged += len(recs)
+        if newcomer is not None and home is not None:
+            if newcomer[1] is not None:
+                out = StepOutcome(home.begin(), [newcomer[1]], refresh=True)
+                self._add(checkpoint, home, out, generated_at_ms)
+                staged += 1
+            self._newcomers_staged = newcomer
+        self._stage_s = self._now() - self._started
         if not staged:  # every list re-ranked came out as the user holds it: nothing to send
             self.committed(time.time() * 1000.0)
         return staged
@@ -264,7 +282,8 @@ class Refresher:
         if offset is not None:
             # The offsets the partition is at already: committing them again in the
             # pass's transaction fences a worker that lost the partition (KIP-447).
-            checkpoint.offsets[(part.topic, part.partition)] = offset + 1
+            # (An event batch in the same checkpoint has moved them on: its stay.)
+            checkpoint.offsets.setdefault((part.topic, part.partition), offset + 1)
 
     def committed(self, delivered_ms: float) -> list[Recommendation]:
         """The staged pass was committed: account for it; returns the lists it published."""
@@ -298,6 +317,8 @@ class Refresher:
     def _pace(self, m: WorkerMetrics) -> None:
         now = self._now()
         spent = now - self._started
+        if self._riding and self._stage_s is not None:
+            spent = self._stage_s  # the commit was the event batch's anyway
         m.refresh_seconds.observe(spent)
         # At most `share` of the worker's time: after `spent` seconds of refresh,
         # spent * (1 - share) / share seconds for everything else.

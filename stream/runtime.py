@@ -206,7 +206,9 @@ class Worker:
             settle_heap()
             while not stop.is_set():
                 committed = self._run_batch()
-                if self.pipeline.refresher.due() and not stop.is_set():
+                # Parts due while batches flow ride in them (_run_batch); on their own
+                # only when no batch came.
+                if not committed and self.pipeline.refresher.due() and not stop.is_set():
                     self._refresh()
                 if self.snapshots is not None:
                     self.snapshots.after_batch(self.model, committed)
@@ -388,11 +390,19 @@ class Worker:
         self.pipeline.step(batches, checkpoint)
         t3 = time.perf_counter()
         m.stage_seconds.labels("step").observe(t3 - t2)
+        # A refresh part due now rides in the batch's transaction: one commit, not two.
+        riding = (
+            self.pipeline.refresher.due()
+            and not self._stop.is_set()
+            and self.pipeline.stage_refresh(self._refreshable(), checkpoint, batches) > 0
+        )
         try:
             self.pipeline.learn_alongside(checkpoint.commit)
         except (BatchAborted, ProducerFenced) as exc:
             checkpoint.discard()
             self.pipeline.aborted()
+            if riding:
+                self.pipeline.refresher.aborted()
             self._rewind([batch for _, batch in batches])
             m.transactions.labels("aborted").inc()
             if isinstance(exc, ProducerFenced):
@@ -410,18 +420,24 @@ class Worker:
         if self.settings.exactly_once:
             m.transactions.labels("committed").inc()
         self.pipeline.account(checkpoint, self.on_publish)
+        if riding:
+            self.pipeline.refreshed(checkpoint, self.on_publish)
         self._update_lag()
         return True
 
-    def _refresh(self) -> None:
-        """A refresh pass (:mod:`stream.refresh`), committed like a batch, on its own."""
-        parts = {
+    def _refreshable(self) -> dict[tuple[str, int], StorePartition]:
+        """The open partitions a refresh part may touch (not being restored)."""
+        return {
             key: part
             for key, part in self.store.partitions().items()
             if not self._restorer.restoring(part.partition)
         }
+
+    def _refresh(self) -> None:
+        """A refresh part (:mod:`stream.refresh`) on its own, committed like a batch (when
+        no event batch came to carry it)."""
         checkpoint = self._checkpoint()
-        if not self.pipeline.stage_refresh(parts, checkpoint):
+        if not self.pipeline.stage_refresh(self._refreshable(), checkpoint):
             return
         try:
             checkpoint.commit()

@@ -343,3 +343,41 @@ def test_a_part_over_several_partitions_is_one_ranking_call_with_states_kept_apa
     assert parts[(TOPIC, 0)].begin().get_many(["a", "b", "c"]).keys() == {"a", "b"}
     assert parts[(TOPIC, 1)].begin().get_many(["a", "b", "c"]).keys() == {"c"}
     assert parts[(TOPIC, 1)].begin().get_many(["c"])["c"].last_list[0] == "y"
+
+
+def test_a_part_riding_in_an_event_batch_leaves_its_users_and_offsets_alone() -> None:
+    store, model = MemoryStore(), CountingRanker()
+    metrics = WorkerMetrics.create(CollectorRegistry())
+    refresher = Refresher(RefreshPolicy(stale_events=1, max_users=64), 50, 3, metrics)
+    parts = {(TOPIC, p): store.open_partition(TOPIC, p) for p in (0, 1)}
+    first = Checkpoint(None, TopicsConfig(), "changelog")
+    for key, users in {(TOPIC, 0): ["a", "b"], (TOPIC, 1): ["c"]}.items():
+        txn = parts[key].begin()
+        txn.set_offset(4)
+        result = process_batch(_clicks(users, "x"), txn, model, 3)
+        sources = [Source(TOPIC, key[1], i, u.encode(), b"{}", T0) for i, u in enumerate(users)]
+        first.add(parts[key], StepOutcome(txn, result.recommendations, sources), 0)
+        txn.commit()
+    first.delivered_ms = 0.0
+    refresher.after_batch(first)
+    model.learn_many(_clicks(["z"] * 5, "y"), [UserState()] * 5)  # every list is stale now
+    refresher.clock += 10
+    # An event batch of "a" on partition 0 (offsets 5-6), then the part rides along.
+    batch = Checkpoint(None, TopicsConfig(), "changelog")
+    txn = parts[(TOPIC, 0)].begin()
+    txn.set_offset(6)
+    result = process_batch(_clicks(["a", "a"], "w"), txn, model, 3)
+    batch.add(parts[(TOPIC, 0)], StepOutcome(txn, result.recommendations), 0)
+    batch.offsets[(TOPIC, 0)] = 7
+    assert refresher.stage(parts, model, batch, 0, None, exclude={"a"}) == 2
+    refreshed = sorted(
+        r.user_id for _, out in batch.outcomes if out.refresh for r in out.recommendations
+    )
+    assert refreshed == ["b", "c"]  # "a" is the batch's: its state is in the batch's transaction
+    assert batch.offsets == {(TOPIC, 0): 7, (TOPIC, 1): 5}  # the batch's offset stays
+    for _, out in batch.outcomes:
+        out.txn.commit()
+    refresher.committed(0.0)
+    assert parts[(TOPIC, 0)].last_offset() == 6
+    a = parts[(TOPIC, 0)].begin().get_many(["a"])["a"]
+    assert a.recent_items[-2:] == ["w", "w"]  # the batch's events are in "a"'s state
