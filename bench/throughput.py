@@ -41,7 +41,8 @@ from stream.topics import ensure_topics, topic_specs
 __all__ = ["main"]
 
 
-_WARM_UP = 2000  # events before the latency run, not measured
+_WARM_UP = 2000  # events before the latency run, not measured (at least)
+_WARM_UP_S = 3.0  # seconds of the rate before the latency run, not measured (at least)
 
 
 def _settings(bootstrap: str, state_dir: Path, args: argparse.Namespace) -> Settings:
@@ -126,18 +127,22 @@ def measure_latency(bootstrap: str, state_dir: Path, args: argparse.Namespace) -
     settings = _settings(bootstrap, state_dir / "latency", args)
     ensure_topics(settings.kafka, topic_specs(settings.topics))
     worker, th, stop = _start_worker(settings, args.model)
-    # Warm up on the stream's first events: the first batches pay for imports, lazy
-    # allocations and the catalogue's first rows; the steady state is what is measured.
+    # Warm up on the stream's first events, at the rate: the first batches pay for
+    # imports, lazy allocations and the catalogue's first rows, and a new producer's
+    # first transactions commit several times slower (the first half second or so);
+    # the steady state is what is measured.
     events = iter(SyntheticStream(seed=3))
+    warm = max(_WARM_UP, int(args.rate * _WARM_UP_S))
     with Publisher(settings) as pub:
-        pub.publish(events, limit=_WARM_UP)
+        _wait(worker.assigned.is_set, 120)
+        pub.publish(events, rate=args.rate, limit=warm)
         # Every warm-up event's latency is in before they are dropped (``applied`` counts
         # a batch's partitions one by one, each before its latencies).
-        _wait(lambda: len(worker.stats.latency_samples()) >= _WARM_UP, 120)
+        _wait(lambda: len(worker.stats.latency_samples()) >= warm, 120)
         worker.stats.clear_latencies()
         n = int(args.rate * args.seconds)
         pub.publish(events, rate=args.rate, limit=n)
-        _wait(lambda: worker.stats.applied >= _WARM_UP + n, args.timeout)
+        _wait(lambda: worker.stats.applied >= warm + n, args.timeout)
     stop.set()
     th.join(60)
     stats = worker.stats
