@@ -2,7 +2,8 @@
 
 The policy (who is stale, in which order, how many per pass) is
 :mod:`model.refresh`, shared with the evaluator's subscriber view. This module
-runs it inside the worker's loop, between micro-batches, as a batch of its own:
+runs it inside the worker's loop: in the transaction of the event batch about
+to commit when one is, on its own between micro-batches when none comes:
 
 * :meth:`Refresher.after_batch` follows each committed event batch: the users
   whose lists it published join their partition's recency list with the model
@@ -17,14 +18,16 @@ runs it inside the worker's loop, between micro-batches, as a batch of its own:
   ``refresh_max_users`` a pass, over every partition not being restored; a
   pass goes out in parts of at most :data:`CHUNK_USERS` users, each paced by
   the budget, so event batches wait behind one part, not a whole pass) through each
-  partition's state transaction: a list that changed is put into the user's
+  partition's state transaction (never a user of the event batch the part
+  rides in: that user's state is in the batch's): a list that changed is put into the user's
   ``last_list`` and published with ``trigger="refresh"``; an identical one is
   not published. The newcomer list (key :data:`~stream.events.NEWCOMERS_ID`)
   is refreshed by the worker that owns the events partition of its key. The
-  runtime commits the checkpoint like an event batch, so lists, changelog
-  records and states go together (one transaction with exactly-once, which
-  also sends the partitions' current offsets again so that a worker that lost
-  them is fenced), and a pass that is aborted leaves nothing behind.
+  runtime commits the checkpoint (the batch's, or a part's own), so lists,
+  changelog records and states go together (one transaction with
+  exactly-once, which also sends the current offsets of the partitions the
+  batch did not read so that a worker that lost them is fenced), and a part
+  that is aborted leaves nothing behind.
 
 Recency lists are kept in memory: after a restart or a rebalance they fill up
 again as users act. With pseudonymised user ids (:mod:`stream.privacy`) a
@@ -57,10 +60,10 @@ from stream.privacy import exception_text
 
 __all__ = ["Refresher", "CHUNK_USERS"]
 
-# Users re-ranked per transaction. A pass of 256 users took ~45 ms on the 2-core box
-# (ranking plus its own commit), during which the events behind it waited: parts of
-# 64 keep that wait near one event batch's.
-CHUNK_USERS = 64
+# Users re-ranked per part. A pass of 256 users took ~45 ms on the 2-core box (ranking
+# plus its own commit), during which the events behind it waited; a part of 32 riding
+# in an event batch's transaction adds ~6 ms to that batch.
+CHUNK_USERS = 32
 
 log = logging.getLogger("interest_stream.worker")
 
