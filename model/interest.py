@@ -123,6 +123,8 @@ class InterestModel(BaseRanker):
         self.cooc, self.pop_l = self.memories.cooc, self.memories.pop_l
         self.batches = 0  # learning steps so far: the clock of :meth:`changed_rows`
         self._changed = np.zeros(0, dtype=np.int64)
+        # (states, their context) of the last rank_many, for explain_many of the same list
+        self._ranked: tuple[Sequence[UserState], Context] | None = None
         scale = 0.1 / np.sqrt(dim)
         self.tables = {
             name: RowTable(
@@ -358,6 +360,7 @@ class InterestModel(BaseRanker):
         if not user_ids or len(self.vocab) == 0:
             return [[] for _ in user_ids]
         ctx = self._context(states)
+        self._ranked = (states, ctx)  # explain_many of the same states reads it again
         cols = self._columns(ctx)
         with torch.no_grad():
             scores, _ = self._logits(ctx, [cols])
@@ -399,9 +402,10 @@ class InterestModel(BaseRanker):
         # numpy views share memory with the tables; a torch op per event would
         # cost more than the whole update.
         emb_in, cat_in = self.emb_in.numpy(), self.tables["cat_in"].weight.numpy()
-        vec = emb_in[row] + cat_in[self.vocab.categories_of(np.array(row))]
-        rate = max(1.0 / max(state.n_events, 1), 0.02)
-        state.long_term += np.float32(rate) * (vec - state.long_term)
+        vec = emb_in[row] + cat_in[self.vocab.item_categories()[row]]
+        rate = np.float32(max(1.0 / max(state.n_events, 1), 0.02))
+        lt = state.long_term
+        lt += rate * (vec - lt)
 
     def explain_many(
         self,
@@ -412,7 +416,8 @@ class InterestModel(BaseRanker):
         """Up to three recent items that contributed most (via co-occurrence) to each list."""
         if not states:
             return []
-        ctx = self._context(states)
+        ranked, self._ranked = self._ranked, None
+        ctx = ranked[1] if ranked is not None and ranked[0] is states else self._context(states)
         index = self.vocab.index
         listed = pad_rows([[index[i] for i, _ in ranked if i in index] for ranked in lists])
         # contrib[u, l] = sum over u's listed items of the co-occurrence with recent item l
