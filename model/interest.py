@@ -138,7 +138,10 @@ class InterestModel(BaseRanker):
         self._sharing = False  # counts only from apply_count_delta (see model.sync)
         self._pending: list[sharing.Contribution] = []
         self._dense_base: list[torch.Tensor] | None = None
-        self._outbox: list[tuple[str, np.ndarray, np.ndarray]] = []
+        # (table, rows, sent, table clock when taken) and the dense changes of the last
+        # param_delta, applied to the agreed values once delivered
+        self._outbox: list[tuple[str, np.ndarray, np.ndarray, int]] = []
+        self._dense_sent: list[torch.Tensor] = []
         self.type_w = nn.Parameter(torch.log(torch.from_numpy(EVENT_WEIGHTS.copy())))
         self.decay = nn.Parameter(torch.tensor(0.3))
         self.lt_gain = nn.Parameter(torch.tensor(0.5))
@@ -577,15 +580,22 @@ class InterestModel(BaseRanker):
             name: (p.detach() - base).numpy()
             for name, p, base in zip(_DENSE, self._dense(), self._dense_base, strict=True)
         }
-        parts, self._outbox = sharing.param_parts(self.tables, dense, self.vocab, max_bytes)
+        clocks = {name: table.clock for name, table in self.tables.items()}
+        parts, outbox = sharing.param_parts(self.tables, dense, self.vocab, max_bytes)
+        self._outbox = [(name, rows, sent, clocks[name]) for name, rows, sent in outbox]
+        self._dense_sent = [torch.from_numpy(dense[name].copy()) for name in _DENSE]
         return parts
 
     def param_delta_shared(self) -> None:
-        for name, rows, sent in self._outbox:
-            self.tables[name].shared(rows, sent)
+        # What was sent, not the weights now: a step taken since (the worker shares
+        # while the batch's step runs) is shared next time.
+        for name, rows, sent, clock in self._outbox:
+            self.tables[name].shared(rows, sent, clock)
         self._outbox = []
-        if self._dense_base is not None:
-            self._dense_base = [p.detach().clone() for p in self._dense()]
+        if self._dense_base is not None and self._dense_sent:
+            for base, change in zip(self._dense_base, self._dense_sent, strict=True):
+                base += change
+        self._dense_sent = []
 
     def apply_param_delta(self, delta: ModelState, adopt: bool = False) -> None:
         sharing.apply_params(self, delta, adopt)

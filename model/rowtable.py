@@ -107,6 +107,11 @@ class RowTable:
         self.steps = torch.zeros(0, dtype=torch.int32)
         self.base: torch.Tensor | None = None  # last agreed weights (see track_changes)
         self.dirty = np.zeros(0, dtype=np.bool_)  # rows trained since they were last shared
+        # Steps taken, and the step each row was last trained in: a share computed
+        # before a step (the worker shares while the batch's step runs) leaves the
+        # rows that step trained dirty.
+        self.clock = 0
+        self.trained = np.zeros(0, dtype=np.int64)
 
     @property
     def capacity(self) -> int:
@@ -124,6 +129,7 @@ class RowTable:
         if self.base is None:
             self.base = self.weight.clone()
             self.dirty = np.zeros(self.capacity, dtype=np.bool_)
+            self.trained = np.zeros(self.capacity, dtype=np.int64)
 
     def ensure(self, n: int) -> None:
         """Make room for rows ``0..n-1``; capacity doubles (from 256).
@@ -145,6 +151,7 @@ class RowTable:
         if self.base is not None:
             self.base = torch.cat([self.base, torch.zeros(extra, self.width)])
             self.dirty = np.concatenate([self.dirty, np.zeros(extra, dtype=np.bool_)])
+            self.trained = np.concatenate([self.trained, np.zeros(extra, dtype=np.int64)])
 
     def reset(self, rows: np.ndarray, keys: Sequence[str] | None = None) -> None:
         """Give ``rows`` fresh weights and no optimiser history (their owner changed).
@@ -190,7 +197,10 @@ class RowTable:
         v_hat = v / (1 - b2**t)
         self.weight[r] -= self.lr * m_hat / (v_hat.sqrt() + _EPS)
         if self.base is not None:
-            self.dirty[np.asarray(rows, dtype=np.int64)] = True
+            self.clock += 1
+            trained = np.asarray(rows, dtype=np.int64)
+            self.dirty[trained] = True
+            self.trained[trained] = self.clock
 
     # sharing (see the module docstring) -------------------------------------------
     def trained_rows(self) -> np.ndarray:
@@ -203,14 +213,18 @@ class RowTable:
         r = torch.from_numpy(np.asarray(rows, dtype=np.int64))
         return (self.weight[r] - self.base[r]).numpy()
 
-    def shared(self, rows: np.ndarray, sent: np.ndarray) -> None:
+    def shared(self, rows: np.ndarray, sent: np.ndarray, as_of: int | None = None) -> None:
         """``sent`` (float32[len(rows), width], as the others will add it) was shared.
 
         What was not sent (rounding) stays in weight - base, for a later share.
+        ``as_of``: the :attr:`clock` when ``sent`` was taken; rows trained since
+        stay dirty (what that step learnt is in weight - base, not in ``sent``).
         """
         assert self.base is not None, "track_changes() first"
         rows = np.asarray(rows, dtype=np.int64)
         self.base[torch.from_numpy(rows)] += torch.from_numpy(np.asarray(sent, dtype=np.float32))
+        if as_of is not None:
+            rows = rows[self.trained[rows] <= as_of]
         self.dirty[rows] = False
 
     def add_delta(self, rows: np.ndarray, delta: np.ndarray, adopt: bool = False) -> None:
