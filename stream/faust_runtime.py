@@ -356,6 +356,7 @@ class FaustRuntime:
             self._executor.submit(self.pipeline.stop_sharing, self._publish).result()
         self._stopping.set()
         self._executor.shutdown(wait=True)
+        self.pipeline.close()
         if self.pipeline.items is not None:
             self.pipeline.items.close()
         if self._outputs is not None:

@@ -86,13 +86,26 @@ class _Learner:
         self._jobs.put((job, done))
         return done
 
+    def close(self) -> None:
+        """End the thread once the jobs before are done (a later submit starts another)."""
+        if self._thread is not None:
+            self._jobs.put((_STOP, threading.Event()))
+            self._thread.join()
+            self._thread = None
+
     def _run(self) -> None:
         while True:
             job, done = self._jobs.get()
+            if job is _STOP:
+                return
             try:
                 job()  # catches what it raises itself (see Pipeline.learn_alongside)
             finally:
                 done.set()
+
+
+def _STOP() -> None:  # the job that ends a learner thread
+    return None
 
 
 def settle_heap() -> None:
@@ -182,6 +195,10 @@ class Pipeline:
         self.guard.drop_learning()
         if self.sync is not None:
             self.sync.aborted()
+
+    def close(self) -> None:
+        """End the learner thread (the runtime stops; nothing learns after this)."""
+        self._learner.close()
 
     def stop_sharing(self, publish: Publish | None) -> None:
         """On a stop: share what is left (``publish``: a clean stop) and apply what

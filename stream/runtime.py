@@ -219,6 +219,7 @@ class Worker:
         finally:
             try:
                 self.pipeline.stop_sharing(None)
+                self.pipeline.close()
                 if self.pipeline.items is not None:
                     self.pipeline.items.close()
                 self._shutdown()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import threading
 import time
 from contextlib import ExitStack
 
@@ -219,6 +220,8 @@ def test_a_fresh_worker_starts_from_the_group_model(kafka_bootstrap, unique_topi
         merged = _exposed(first)
         assert merged["interest_model_merges_total"][0][1] > 0
         assert 0 <= merged["interest_model_seconds_since_merge"][0][1] < 60
+    # Stopped workers leave no thread taking gradient steps behind.
+    assert not [t for t in threading.enumerate() if t.name == "interest-learn"]
 
 
 def test_broken_model_topics_are_a_warning_and_the_worker_keeps_serving(
