@@ -104,8 +104,9 @@ class ModelSync:
         self._sending: int | None = None  # seq of the parameter delta in the open batch
         self._counts: Any = None  # the open batch's count delta, counted once delivered
         self._count_header: dict[str, Any] | None = None
-        self._awaiting: int | None = None  # seq of own count record not read back yet
-        self._upto = 0  # own count records up to this seq may be counted (see committed)
+        # Own count records up to seq _upto may be counted (see committed); poll waits
+        # while the newest of them is not counted yet.
+        self._upto = 0
         self._newest = 0  # seq of the newest own count record committed
         self._counted_own = 0  # seq of the newest own count record counted
         self._held: list[tuple[Any, Delta | None]] = []  # read, not counted yet (in order)
@@ -318,8 +319,6 @@ class ModelSync:
             # is back by now (a wait for this one's round trip cost ~7 ms a batch),
             # and whatever the timing the lists are the same, one batch behind.
             self._upto, self._newest = self._newest, self.book.count_seq
-            # (Counted already when the worker was idle in between: nothing to wait for.)
-            self._awaiting = self._upto if self._upto > self._counted_own else None
         self._counts = self._count_header = None
         if self._sending is not None:
             model.param_delta_shared()
@@ -385,8 +384,8 @@ class ModelSync:
         if now - self._checked > _CHECK_EVERY_S:
             self._checked = now
             self._check_topic()
-        if self._gone:
-            self._awaiting = None
+        if self._gone:  # nothing of ours comes back from a deleted topic: wait for none
+            self._counted_own = max(self._counted_own, self._upto)
             return 0
         deadline = now + _OWN_WAIT_S
         read = 0
@@ -414,7 +413,7 @@ class ModelSync:
                 return read
             if held:
                 continue  # what arrived after them, at once
-            if self._awaiting is None or time.monotonic() >= deadline:
+            if self._counted_own >= self._upto or time.monotonic() >= deadline:
                 return read
             timeout = 0.01  # own record not back yet: wait for it
 
@@ -439,10 +438,7 @@ class ModelSync:
                 raise DataError(f"made by model {delta.header.get('version')!r}")
             if delta.kind == COUNTS:
                 if delta.header.get("life") == self.book.life:
-                    seq = int(delta.header.get("seq", 0))
-                    self._counted_own = max(self._counted_own, seq)
-                    if self._awaiting is not None and seq >= self._awaiting:
-                        self._awaiting = None
+                    self._counted_own = max(self._counted_own, int(delta.header.get("seq", 0)))
                 if self.book.take_counts(delta.header):
                     n = model.apply_count_delta(delta.state)
                     self.book.events += n

@@ -72,7 +72,8 @@ class _Learner:
     """
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = (
+        # (job, set when it returned); a None job ends the thread
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None] | None, threading.Event]] = (
             queue.SimpleQueue()
         )
         self._thread: threading.Thread | None = None
@@ -89,23 +90,19 @@ class _Learner:
     def close(self) -> None:
         """End the thread once the jobs before are done (a later submit starts another)."""
         if self._thread is not None:
-            self._jobs.put((_STOP, threading.Event()))
+            self._jobs.put((None, threading.Event()))
             self._thread.join()
             self._thread = None
 
     def _run(self) -> None:
         while True:
             job, done = self._jobs.get()
-            if job is _STOP:
+            if job is None:
                 return
             try:
                 job()  # catches what it raises itself (see Pipeline.learn_alongside)
             finally:
                 done.set()
-
-
-def _STOP() -> None:  # the job that ends a learner thread
-    return None
 
 
 def settle_heap() -> None:

@@ -312,25 +312,30 @@ class CountingRanker(TinyPopularity):
         return [self.rank(u, st, k) for u, st in zip(users, states, strict=True)]
 
 
-def test_a_part_over_several_partitions_is_one_ranking_call_with_states_kept_apart() -> None:
+def _stale_on_two_partitions() -> tuple[CountingRanker, Refresher, dict]:
+    """Users a, b on partition 0 and c on 1 (offsets up to 4), every list stale."""
     store, model = MemoryStore(), CountingRanker()
     metrics = WorkerMetrics.create(CollectorRegistry())
     refresher = Refresher(RefreshPolicy(stale_events=1, max_users=64), 50, 3, metrics)
     parts = {(TOPIC, p): store.open_partition(TOPIC, p) for p in (0, 1)}
-    owners = {(TOPIC, 0): ["a", "b"], (TOPIC, 1): ["c"]}
-    checkpoint = Checkpoint(None, TopicsConfig(), "changelog")
-    for key, users in owners.items():
+    first = Checkpoint(None, TopicsConfig(), "changelog")
+    for key, users in {(TOPIC, 0): ["a", "b"], (TOPIC, 1): ["c"]}.items():
         txn = parts[key].begin()
-        txn.set_offset(len(users) - 1)
+        txn.set_offset(4)
         result = process_batch(_clicks(users, "x"), txn, model, 3)
         sources = [Source(TOPIC, key[1], i, u.encode(), b"{}", T0) for i, u in enumerate(users)]
-        checkpoint.add(parts[key], StepOutcome(txn, result.recommendations, sources), 0)
+        first.add(parts[key], StepOutcome(txn, result.recommendations, sources), 0)
         txn.commit()
-    checkpoint.delivered_ms = 0.0
-    refresher.after_batch(checkpoint)
+    first.delivered_ms = 0.0
+    refresher.after_batch(first)
     model.learn_many(_clicks(["z"] * 5, "y"), [UserState()] * 5)  # every list is stale now
     refresher.clock += 10
     model.calls.clear()
+    return model, refresher, parts
+
+
+def test_a_part_over_several_partitions_is_one_ranking_call_with_states_kept_apart() -> None:
+    model, refresher, parts = _stale_on_two_partitions()
     staged = Checkpoint(None, TopicsConfig(), "changelog")
     assert refresher.stage(parts, model, staged, 0, None) == 3
     assert model.calls == [3]  # one call for both partitions
@@ -348,22 +353,7 @@ def test_a_part_over_several_partitions_is_one_ranking_call_with_states_kept_apa
 
 
 def test_a_part_riding_in_an_event_batch_leaves_its_users_and_offsets_alone() -> None:
-    store, model = MemoryStore(), CountingRanker()
-    metrics = WorkerMetrics.create(CollectorRegistry())
-    refresher = Refresher(RefreshPolicy(stale_events=1, max_users=64), 50, 3, metrics)
-    parts = {(TOPIC, p): store.open_partition(TOPIC, p) for p in (0, 1)}
-    first = Checkpoint(None, TopicsConfig(), "changelog")
-    for key, users in {(TOPIC, 0): ["a", "b"], (TOPIC, 1): ["c"]}.items():
-        txn = parts[key].begin()
-        txn.set_offset(4)
-        result = process_batch(_clicks(users, "x"), txn, model, 3)
-        sources = [Source(TOPIC, key[1], i, u.encode(), b"{}", T0) for i, u in enumerate(users)]
-        first.add(parts[key], StepOutcome(txn, result.recommendations, sources), 0)
-        txn.commit()
-    first.delivered_ms = 0.0
-    refresher.after_batch(first)
-    model.learn_many(_clicks(["z"] * 5, "y"), [UserState()] * 5)  # every list is stale now
-    refresher.clock += 10
+    model, refresher, parts = _stale_on_two_partitions()
     # An event batch of "a" on partition 0 (offsets 5-6), then the part rides along.
     batch = Checkpoint(None, TopicsConfig(), "changelog")
     txn = parts[(TOPIC, 0)].begin()
