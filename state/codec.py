@@ -1,16 +1,23 @@
 """Versioned binary codec for per-user state (no pickle).
 
-Layout of version 2 (little endian)::
+Layout of version 3 (little endian)::
 
     b"U" u8:version
     u32[4] counts per event type        i64 last_ts (ms)
     u16 d, u8 w, (f16 | f32)[d] long-term vector, w = 2 (float16) or 4 (float32) bytes a value
-    u16 n, (i64 ts, u8 event type)[n], str[n] recent items (oldest first)
-    u32 n, str[n] seen items            u32 n, str[n] purchased items
-    u16 n, str[n] last published list
+    u16 n, i64[n] event times, u8[n] event types of the recent items (oldest first)
+    strs recent items (n of them)       strs seen items
+    strs purchased items                strs last published list
 
-where ``str`` is ``u16 length`` + UTF-8 bytes. Version 1 (still read) had no
-``w``: the vector was always float32.
+where ``strs`` is ``u32 count, u32 size`` and ``size`` bytes: the strings in
+UTF-8 joined by NUL, so a list is read with one decode and one split instead of
+a step per string (item ids never hold NUL: events refuse control characters).
+A state with a NUL in one of its strings is written in version 2, which stored
+each string as ``u16 length`` + UTF-8 bytes and list counts as ``u16 n``
+(recent, last list) or ``u32 n`` (seen, purchased). Versions 1 and 2 are still
+read; version 1 had no ``w``: the vector was always float32. A worker writes
+version 3, so a release that reads only versions 1 and 2 cannot take over its
+states (roll back to one that reads version 3).
 
 The long-term vector is stored as float16 by default: half the bytes, and the
 model works on it in float32 again as soon as it is read. Its relative rounding
@@ -25,7 +32,7 @@ bytes with :class:`CodecError`.
 ...                   recent_types=[0, 3], seen=["i1", "i2"], purchased=["i2"])
 >>> raw = encode_state(state)
 >>> raw[:1], raw[1]  # magic byte, codec version
-(b'U', 2)
+(b'U', 3)
 >>> decode_state(raw) == state
 True
 >>> state.long_term = np.array([0.1, -2.0], dtype=np.float32)
@@ -50,12 +57,14 @@ from core.types import UserState
 
 __all__ = ["CodecError", "encode_state", "decode_state", "CODEC_VERSION", "Precision"]
 
-CODEC_VERSION = 2
-_READS = (1, 2)  # versions decode_state understands
+CODEC_VERSION = 3
+_READS = (1, 2, 3)  # versions decode_state understands
 _HEAD = struct.Struct("<cB4Iq")
 _U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
+_LIST = struct.Struct("<II")  # count, size of a NUL-joined string list (version 3)
+_SEP = "\x00"
 _MAX_STR = 0xFFFF
 _F16_MAX = float(np.finfo(np.float16).max)
 Precision = Literal["float16", "float32"]
@@ -94,8 +103,7 @@ def encode_state(state: UserState, precision: Precision = "float16") -> bytes:
     if width == 2:
         vec = np.clip(vec, -_F16_MAX, _F16_MAX)  # NaN stays NaN
     vec = np.ascontiguousarray(vec, dtype=_DTYPE[width])
-    out: list[bytes] = [
-        _HEAD.pack(b"U", CODEC_VERSION, *state.counts, state.last_ts),
+    body = [
         _U16.pack(vec.shape[0]),
         _U8.pack(width),
         vec.tobytes(),
@@ -103,10 +111,18 @@ def encode_state(state: UserState, precision: Precision = "float16") -> bytes:
         np.asarray(state.recent_ts, dtype="<i8").tobytes(),
         np.asarray(state.recent_types, dtype="u1").tobytes(),
     ]
-    _pack_strs(out, state.recent_items, None)
-    _pack_strs(out, state.seen, _U32)
-    _pack_strs(out, state.purchased, _U32)
-    _pack_strs(out, state.last_list, _U16)
+    lists = (state.recent_items, state.seen, state.purchased, state.last_list)
+    joined = [_SEP.join(items) for items in lists]
+    if any(j.count(_SEP) != max(len(items) - 1, 0) for j, items in zip(joined, lists, strict=True)):
+        # A string holds NUL: the length-prefixed layout of version 2 keeps it.
+        out = [_HEAD.pack(b"U", 2, *state.counts, state.last_ts), *body]
+        for items, count_fmt in zip(lists, (None, _U32, _U32, _U16), strict=True):
+            _pack_strs(out, items, count_fmt)
+        return b"".join(out)
+    out = [_HEAD.pack(b"U", CODEC_VERSION, *state.counts, state.last_ts), *body]
+    for j, items in zip(joined, lists, strict=True):
+        blob = j.encode("utf-8")
+        out += [_LIST.pack(len(items), len(blob)), blob]
     return b"".join(out)
 
 
@@ -138,6 +154,22 @@ class _Reader:
                 raise CodecError("user state holds invalid UTF-8") from None
         return out
 
+    def joined(self) -> list[str]:
+        """A version-3 string list: count, size, NUL-joined UTF-8."""
+        count, size = self.unpack(_LIST)
+        raw = self.take(size)
+        if count == 0:
+            if size:
+                raise CodecError("corrupt user state: bytes in an empty list")
+            return []
+        try:
+            out = str(raw, "utf-8").split(_SEP)
+        except UnicodeDecodeError:
+            raise CodecError("user state holds invalid UTF-8") from None
+        if len(out) != count:
+            raise CodecError("corrupt user state: a list does not hold its count")
+        return out
+
 
 def decode_state(data: bytes) -> UserState:
     """Read bytes written by :func:`encode_state`."""
@@ -154,10 +186,15 @@ def decode_state(data: bytes) -> UserState:
     (n,) = r.unpack(_U16)
     ts = np.frombuffer(r.take(8 * n), dtype="<i8").tolist()
     types = list(r.take(n))
-    recent = r.strs(n)
-    seen = r.strs(r.unpack(_U32)[0])
-    purchased = r.strs(r.unpack(_U32)[0])
-    last_list = r.strs(r.unpack(_U16)[0])
+    if version >= 3:
+        recent, seen, purchased, last_list = r.joined(), r.joined(), r.joined(), r.joined()
+        if len(recent) != n:
+            raise CodecError("corrupt user state: recent items and their times differ")
+    else:
+        recent = r.strs(n)
+        seen = r.strs(r.unpack(_U32)[0])
+        purchased = r.strs(r.unpack(_U32)[0])
+        last_list = r.strs(r.unpack(_U16)[0])
     if r.pos != len(r.buf):
         raise CodecError("trailing bytes after user state")
     return UserState(

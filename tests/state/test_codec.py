@@ -1,5 +1,5 @@
 """The user-state codec: exact round trips (float16 vectors within their rounding), states
-written by version 1 still read; truncated or foreign bytes are refused."""
+written by versions 1 and 2 still read; truncated, corrupt or foreign bytes are refused."""
 
 from __future__ import annotations
 
@@ -76,8 +76,58 @@ def test_states_written_by_version_1_are_read() -> None:
     for cut in range(len(_V1)):
         with pytest.raises(CodecError):
             decode_state(_V1[:cut])
-    # Written again, a version-1 state becomes version 2.
-    assert encode_state(st)[1] == CODEC_VERSION == 2
+    # Written again, a version-1 state becomes version 3.
+    assert encode_state(st)[1] == CODEC_VERSION == 3
+
+
+# The same state written by codec version 2 (float16 vector, u16-length-prefixed strings).
+_V2 = bytes.fromhex(
+    "5502030000000100000002000000010000007ba8da769b010000040002003800bd0042662e020000"
+    "a8da769b0100007ba8da769b0100000003010061030062c3a902000000010061030062c3a9010000"
+    "00030062c3a90100010078"
+)
+
+
+def test_states_written_by_version_2_are_read() -> None:
+    st, v1 = decode_state(_V2), decode_state(_V1)
+    np.testing.assert_allclose(st.long_term, v1.long_term, rtol=2**-11)  # float16 there
+    st.long_term = v1.long_term
+    assert st == v1
+    for cut in range(len(_V2)):
+        with pytest.raises(CodecError):
+            decode_state(_V2[:cut])
+    assert decode_state(encode_state(st, precision="float32")) == st
+
+
+def test_empty_strings_and_empty_lists_round_trip() -> None:
+    st = _state()
+    st.seen, st.purchased, st.last_list = ["", "a", ""], [], [""]
+    raw = encode_state(st, precision="float32")
+    assert raw[1] == 3
+    assert decode_state(raw) == st
+
+
+def test_a_string_holding_nul_is_written_in_version_2_and_read_back() -> None:
+    st = _state()
+    st.seen = ["a\x00b", "c"]
+    raw = encode_state(st, precision="float32")
+    assert raw[1] == 2  # NUL separates version 3's strings: the older layout keeps it
+    assert decode_state(raw) == st
+
+
+def test_a_list_that_does_not_hold_its_count_is_refused() -> None:
+    data = bytearray(encode_state(_state(), precision="float32"))
+    # The seen list's count: after the header, vector, recent times and types and the
+    # recent list (count, size, bytes).
+    at = 1 + 1 + 4 * 4 + 8 + 2 + 1 + 4 * 8 + 2 + 3 * 8 + 3
+    at += 8 + len("a\x00bé\x00ç".encode())
+    assert int.from_bytes(data[at : at + 4], "little") == 4
+    data[at] = 5
+    with pytest.raises(CodecError, match="count"):
+        decode_state(bytes(data))
+    data[at] = 0
+    with pytest.raises(CodecError, match="empty"):
+        decode_state(bytes(data))
 
 
 def test_truncated_bytes_are_refused_at_every_length() -> None:
