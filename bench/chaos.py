@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from core.types import EVENT_INDEX, Event
 from stream.config import BOOTSTRAP_ENV, KafkaConfig, Settings, TopicsConfig, WorkerConfig
@@ -184,6 +184,13 @@ class WorkerPool:
             log.close()
 
 
+_NO_COORDINATOR = (
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+)
+
+
 def group_lag(settings: Settings) -> int | None:
     """Events not yet processed by the group (None while it has no committed offsets)."""
     topic, group = settings.topics.events, settings.worker.group
@@ -192,7 +199,14 @@ def group_lag(settings: Settings) -> int | None:
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
         tps = [TopicPartition(topic, p) for p in parts]
-        committed = c.committed(tps, timeout=20)
+        try:
+            committed = c.committed(tps, timeout=20)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and (err.retriable() or err.code() in _NO_COORDINATOR):
+                return None  # e.g. a new broker's offsets topic is still loading: ask again
+
+            raise
         lag = 0
         for tp in committed:
             low, high = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
