@@ -426,15 +426,25 @@ class InterestModel(BaseRanker):
         # contrib[u, l] = sum over u's listed items of the co-occurrence with recent item l
         pair = self.cooc.pairs(ctx.rows[:, :, None], listed[:, None, :])  # [U, L, K]
         contrib = (pair * (listed >= 0)[:, None, :]).sum(2) * ctx.mask  # [U, L]
+        # Per user, recent items by contribution (ties: older first), each item once (an
+        # item may fill several recent slots), the first three that contributed.
+        u, n = contrib.shape
+        order = np.argsort(-contrib, axis=1, kind="stable")
+        rows = np.take_along_axis(ctx.rows, order, axis=1)
+        repeat = ((rows[:, :, None] == rows[:, None, :]) & np.tri(n, k=-1, dtype=bool)).any(2)
+        keep = (np.take_along_axis(contrib, order, axis=1) > 0) & ~repeat
+        keep &= np.cumsum(keep, axis=1) <= 3
+        # Nothing contributed: the newest recent item, if any.
+        has = np.asarray(ctx.mask.any(axis=1)).tolist()
+        newest = ctx.rows[np.arange(u), n - 1 - np.argmax(ctx.mask[:, ::-1], axis=1)].tolist()
         ids = self.vocab.ids
-        out: list[tuple[str, ...]] = []
-        for i in range(len(states)):
-            order = np.argsort(-contrib[i], kind="stable")
-            picked = [str(ids[ctx.rows[i, j]]) for j in order if contrib[i, j] > 0]
-            if not picked and ctx.mask[i].any():
-                picked = [str(ids[ctx.rows[i, np.flatnonzero(ctx.mask[i])[-1]]])]
-            out.append(tuple(dict.fromkeys(picked))[:3])
-        return out
+        picked: list[list[str]] = [[] for _ in range(u)]
+        who, at = np.nonzero(keep)
+        for i, row in zip(who.tolist(), rows[who, at].tolist(), strict=True):
+            picked[i].append(str(ids[row]))
+        return [
+            tuple(p) if p or not has[i] else (str(ids[newest[i]]),) for i, p in enumerate(picked)
+        ]
 
     # learning -------------------------------------------------------------------
     def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
