@@ -359,11 +359,13 @@ class ModelSync:
 
     # --- between batches -------------------------------------------------------------------
 
-    def between_batches(self, model: Any, owner: bool, publish: Publish) -> None:
-        """Add what arrived; as the owner of events[0], publish a snapshot when due."""
+    def between_batches(self, model: Any, owner: bool, publish: Publish, poll: bool = True) -> None:
+        """Add what arrived (``poll``: not done already); as the owner of events[0],
+        publish a snapshot when due."""
         if not self.active:
             return
-        self.poll(model)
+        if poll:
+            self.poll(model)
         if self.snapshot_due(owner):
             self.prepare_snapshot(model)
         version, records = self.take_snapshot()
@@ -376,10 +378,18 @@ class ModelSync:
         if publish([(self.topic, k, v, 0, h) for k, v, h in records]):
             self.snapshot_published(version, model)
 
-    def poll(self, model: Any, limit: int = _POLL_RECORDS, timeout: float = 0.0) -> int:
-        """Apply the updates that arrived; returns how many records were read."""
+    def poll(
+        self, model: Any, limit: int = _POLL_RECORDS, timeout: float = 0.0, committing: bool = False
+    ) -> int:
+        """Apply the updates that arrived; returns how many records were read.
+
+        ``committing``: while a batch commits, the own records the next batch may
+        count (see :meth:`committed`) are known already: up to the batch before it.
+        """
         if not self.active:
             return 0
+        if committing:
+            self._upto = self._newest
         now = time.monotonic()
         if now - self._checked > _CHECK_EVERY_S:
             self._checked = now

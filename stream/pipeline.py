@@ -164,6 +164,7 @@ class Pipeline:
         self._events_topic = settings.topics.events
         self._last_generated = 0
         self._batches = 0  # committed batches (see settle_heap)
+        self._polled = False  # the model deltas that arrived were added alongside a commit
         self._learner = _Learner()
 
     def share_model(self, sync: ModelSync, snapshots: ModelSnapshots | None) -> None:
@@ -184,10 +185,12 @@ class Pipeline:
             snapshots.describe = sync.describe
 
     def between_batches(self, owner: bool, publish: Publish) -> None:
-        """Add the deltas that arrived; as the owner of the events topic's partition 0,
+        """Add the deltas that arrived (unless the last commit did, see
+        :meth:`learn_alongside`); as the owner of the events topic's partition 0,
         publish a model snapshot when due (``publish`` sends records on their own)."""
+        polled, self._polled = self._polled, False
         if self.sync is not None:
-            self.sync.between_batches(self.model, owner, publish)
+            self.sync.between_batches(self.model, owner, publish, poll=not polled)
 
     def idle(self, publish: Publish) -> None:
         """No events this poll: still share what the model learnt, on the cadence, and
@@ -279,19 +282,30 @@ class Pipeline:
 
         The lists were ranked before the gradient step, so they go out without
         waiting for it; the commit mostly waits on the broker, which leaves the
-        interpreter to the step. Nothing else touches the model meanwhile.
+        interpreter to the step. After the step, the same thread adds the model
+        deltas that arrived (what :meth:`between_batches` would do before the next
+        batch, off the runtime's path, with the same own count records). Nothing
+        else touches the model meanwhile.
         """
-        if not self.guard.learning_pending:
+        pending, sync = self.guard.learning_pending, self.sync
+        if not pending and sync is None:
             return commit()
         errors: list[BaseException] = []
 
         def learn() -> None:
-            t0 = time.perf_counter()
-            try:
-                self.guard.finish_learning()
-            except BaseException as exc:  # raised on the runtime's thread below
-                errors.append(exc)
-            self.metrics.stage_seconds.labels("learn").observe(time.perf_counter() - t0)
+            if pending:
+                t0 = time.perf_counter()
+                try:
+                    self.guard.finish_learning()
+                except BaseException as exc:  # raised on the runtime's thread below
+                    errors.append(exc)
+                self.metrics.stage_seconds.labels("learn").observe(time.perf_counter() - t0)
+            if sync is not None and not errors:
+                try:
+                    sync.poll(self.model, committing=True)
+                    self._polled = True
+                except Exception:  # between_batches polls again, and says what failed
+                    self._polled = False
 
         done = self._learner.submit(learn)
         try:
