@@ -7,7 +7,9 @@ Two measurements, each on fresh topics:
    events/s = events / (last batch done - first batch started).
 2. **latency**: the worker runs while a publisher sends ``--rate`` events/s for
    ``--seconds``; event-to-list latency = list delivered - the event's Kafka
-   timestamp, reported as p50/p99 over every event.
+   timestamp, reported as p50/p99 over every event. The publisher is a process
+   of its own, as producers are: in the worker's process it took the
+   interpreter from the worker's threads for ~15% of the run.
 
     python -m bench.throughput [--model interest] [--events 50000] [--rate 1000]
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -27,6 +30,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -123,6 +127,25 @@ def _stage_seconds(worker: Worker) -> dict[str, float]:
     }
 
 
+def _load(settings: Settings, rate: float, counts: tuple[int, ...], conn: Any) -> None:
+    """The publisher's process: each count of events at ``rate`` when told, then "sent"."""
+    events = iter(SyntheticStream(seed=3))
+    with Publisher(settings) as pub:
+        for count in counts:
+            conn.recv()
+            pub.publish(events, rate=rate, limit=count)
+            conn.send("sent")
+
+
+def _step(conn: Any, load: Any) -> None:
+    """Let the publisher's process send its next count of events; wait until it has."""
+    conn.send("go")
+    while not conn.poll(1.0):
+        if not load.is_alive():
+            raise RuntimeError(f"the publisher's process stopped (exit code {load.exitcode})")
+    conn.recv()
+
+
 def measure_latency(bootstrap: str, state_dir: Path, args: argparse.Namespace) -> dict:
     settings = _settings(bootstrap, state_dir / "latency", args)
     ensure_topics(settings.kafka, topic_specs(settings.topics))
@@ -131,18 +154,25 @@ def measure_latency(bootstrap: str, state_dir: Path, args: argparse.Namespace) -
     # imports, lazy allocations and the catalogue's first rows, and a new producer's
     # first transactions commit several times slower (the first half second or so);
     # the steady state is what is measured.
-    events = iter(SyntheticStream(seed=3))
     warm = max(_WARM_UP, int(args.rate * _WARM_UP_S))
-    with Publisher(settings) as pub:
+    n = int(args.rate * args.seconds)
+    ctx = multiprocessing.get_context("spawn")
+    here, there = ctx.Pipe()
+    load = ctx.Process(target=_load, args=(settings, args.rate, (warm, n), there), daemon=True)
+    load.start()
+    try:
         _wait(worker.assigned.is_set, 120)
-        pub.publish(events, rate=args.rate, limit=warm)
+        _step(here, load)  # the warm-up events are out
         # Every warm-up event's latency is in before they are dropped (``applied`` counts
         # a batch's partitions one by one, each before its latencies).
         _wait(lambda: len(worker.stats.latency_samples()) >= warm, 120)
         worker.stats.clear_latencies()
-        n = int(args.rate * args.seconds)
-        pub.publish(events, rate=args.rate, limit=n)
+        _step(here, load)  # the measured ones are out
         _wait(lambda: worker.stats.applied >= warm + n, args.timeout)
+    finally:
+        load.join(10)
+        if load.is_alive():
+            load.kill()
     stop.set()
     th.join(60)
     stats = worker.stats
