@@ -2,12 +2,14 @@
 
 For a terminal without Grafana: every ``--interval`` seconds it reads the
 worker's ``/metrics`` (the Prometheus text format, parsed with
-prometheus-client's parser) and shows rates over the last interval (messages
-in, events applied, lists out, dead letters), lag, event-to-list latency
-quantiles (from the histogram's buckets, as ``histogram_quantile`` does), the
-online hit rate, users in state, transactions, time per stage and the model's
-health. On a terminal the view is redrawn in place; otherwise each refresh is
-printed as plain lines followed by a blank line (``-n`` stops after that many).
+prometheus-client's parser) and shows rates over the last interval (messages in, events
+applied, lists out, dead letters), lag, event-to-list latency quantiles (from
+the histogram's buckets, as ``histogram_quantile`` does), the online hit rate,
+users in state, transactions, time per stage, the model's health and freshness
+(lists refreshed while their user was idle, the age of the list a user held at
+their next event, how far behind model sharing is). On a terminal the view is
+redrawn in place; otherwise each refresh is printed as plain lines followed by
+a blank line (``-n`` stops after that many).
 
 An endpoint that cannot be read at the first attempt is one line on stderr
 and exit 1. Once it has been read, a worker that goes away (restarting,
@@ -245,6 +247,7 @@ def render(prev: Scrape | None, cur: Scrape, url: str) -> list[str]:
         )
 
     lines.append("  model        " + _model_line(w, cur))
+    lines.append("  freshness    " + _freshness_line(w, cur))
 
     stage_parts = []
     for stage in _STAGES:
@@ -253,6 +256,29 @@ def render(prev: Scrape | None, cur: Scrape, url: str) -> list[str]:
         stage_parts.append(f"{stage} {_ms(spent / count) if spent is not None and count else '-'}")
     lines.append("  per batch    " + "   ".join(stage_parts))
     return lines
+
+
+def _age(seconds: float | None) -> str:
+    return _ms(seconds) if seconds is None or seconds < 1 else f"{seconds:,.1f} s"
+
+
+def _freshness_line(w: _Window, cur: Scrape) -> str:
+    """Refresh of idle users' lists, the age of the list held at the next event, sharing."""
+    ages = w.buckets("interest_list_age_seconds")
+    parts = [
+        f"refreshed {_num(w.rate('interest_lists_refreshed_total'), '/s')}",
+        f"list held p50 {_age(histogram_quantile(0.5, ages))} "
+        f"p90 {_age(histogram_quantile(0.9, ages))} old",
+    ]
+    if cur.total("interest_model_update_bytes_total") or cur.total("interest_model_merges_total"):
+        behind = cur.total("interest_model_sync_lag_events")
+        parts.append(
+            f"sharing {behind:,.0f} events behind, "
+            f"{_num(w.rate('interest_model_merges_total'), '/s')} merges"
+        )
+    else:
+        parts.append("no model deltas shared")
+    return "   ".join(parts)
 
 
 def _model_line(w: _Window, cur: Scrape) -> str:

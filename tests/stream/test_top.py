@@ -109,10 +109,15 @@ def test_top_follows_a_worker_and_says_when_it_goes_away(kafka_bootstrap, unique
             assert re.search(
                 r"per batch    poll [\d.]+ ms   decode [\d.]+ ms   step [\d.]+ ms", text
             ), text
+            assert re.search(
+                r"freshness    refreshed [\d.]+/s   list held p50 \S+ \S* ?p90 .* old   "
+                r"no model deltas shared",
+                text,
+            ), text
             # On a terminal the view is redrawn in place.
             screen = _on_a_terminal([*CLI, "--url", url, "--interval", "0.3", "-n", "3"])
             assert screen.count("interest-stream top") == 3
-            assert screen.count("\x1b[10F\x1b[J") == 2  # up over the 10 lines drawn, clear
+            assert screen.count("\x1b[11F\x1b[J") == 2  # up over the 11 lines drawn, clear
             feeding.set()
             feeder.join(30)
         # The worker stopped: top says so on one line and keeps trying.
@@ -228,3 +233,36 @@ def test_rates_and_quantiles_are_over_the_window_and_survive_a_restart():
     restarted = _scrape(14.0, 100, 100, 0)
     text = "\n".join(render(after, restarted, "u"))
     assert "throughput   in 50.0/s" in text and "p50 5.0 ms" in text
+
+
+def test_freshness_shows_refresh_list_age_and_how_far_behind_sharing_is():
+    def scrape(at: float, refreshed: float, young: float, old: float, merges: float) -> Scrape:
+        text = (
+            "# TYPE interest_lists_refreshed_total counter\n"
+            f"interest_lists_refreshed_total {refreshed}\n"
+            "# TYPE interest_list_age_seconds histogram\n"
+            f'interest_list_age_seconds_bucket{{le="0.5"}} {young}\n'
+            f'interest_list_age_seconds_bucket{{le="60.0"}} {young + old}\n'
+            f'interest_list_age_seconds_bucket{{le="+Inf"}} {young + old}\n'
+            f"interest_list_age_seconds_count {young + old}\n"
+            "interest_list_age_seconds_sum 1.0\n"
+            "# TYPE interest_model_merges_total counter\n"
+            f"interest_model_merges_total {merges}\n"
+            "# TYPE interest_model_update_bytes_total counter\n"
+            f'interest_model_update_bytes_total{{kind="counts"}} {100 * merges}\n'
+            "# TYPE interest_model_sync_lag_events gauge\n"
+            "interest_model_sync_lag_events 1234\n"
+        )
+        return parse_metrics(text, at=at, wall=at)
+
+    # 10 lists refreshed in 2 s; in the window every list held was 0.5-60 s old.
+    line = next(
+        x
+        for x in render(scrape(10.0, 0, 100, 0, 4), scrape(12.0, 10, 100, 10, 6), "u")
+        if x.startswith("  freshness")
+    )
+    assert line.startswith("  freshness    refreshed 5.0/s   list held p50 30.2 s p90 54.0 s old")
+    assert line.endswith("sharing 1,234 events behind, 1.0/s merges")
+    # Without sharing (nothing published, nothing merged) it says so.
+    line = render(None, scrape(1.0, 0, 0, 0, 0), "u")[-2]
+    assert line == "  freshness    refreshed -   list held p50 - p90 - old   no model deltas shared"
