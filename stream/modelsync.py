@@ -133,8 +133,7 @@ class ModelSync:
         mine = (local or {}).get("sync")
         snap = read_newest(self.settings, self.topic)
         chosen = None if snap is None else self._loadable(snap, model)
-        if chosen is not None and (mine is None or _ahead(snap, mine)):
-            assert snap is not None
+        if snap is not None and chosen is not None and (mine is None or _ahead(snap, mine)):
             model = chosen
             model.drop_unshared()  # the writer's unshared learning is not the group's
             book = snap.book

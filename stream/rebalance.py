@@ -48,7 +48,10 @@ def commit_offsets(consumer: Consumer, parts: list[StorePartition], asynchronous
     if not offsets:
         return
     try:
-        consumer.commit(offsets=offsets, asynchronous=asynchronous)
+        if asynchronous:
+            consumer.commit(offsets=offsets, asynchronous=True)
+        else:
+            consumer.commit(offsets=offsets, asynchronous=False)
     except KafkaException as exc:
         err = exc.args[0]
         if err.code() != KafkaError._NO_OFFSET:

@@ -48,7 +48,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
@@ -295,7 +295,8 @@ class Worker:
             }
         # Defaults first, the user's client settings win.
         kafka = self.settings.kafka
-        producer: Producer = make_client(Producer, kafka.client_config(**(conf | kafka.client)))
+        conf |= kafka.client
+        producer: Producer = make_client(Producer, kafka.client_config(**conf))
         if self.transactional_id is not None:
             self._init_transactions(producer)
         return producer
@@ -571,7 +572,7 @@ class Worker:
                     raise KafkaClientError(f"consumer failed: {err.str()}", err.name())
                 self._warn_throttled(f"consume {err.name()}", f"consume: {err.str()}")
                 continue
-            by_part[(msg.topic(), msg.partition())].append(msg)
+            by_part[_where(msg)].append(msg)
         out = []
         for key, plist in by_part.items():
             part = self.store.partitions().get(key)
@@ -624,15 +625,29 @@ class Worker:
         }
 
 
+def _where(msg: Message) -> tuple[str, int]:
+    """(topic, partition) of a consumed message (never unset on one)."""
+    topic, partition = msg.topic(), msg.partition()
+    if topic is None or partition is None:
+        raise KafkaClientError("the consumer returned a message without topic or partition")
+    return topic, partition
+
+
 def _source(msg: Message) -> Source:
     """A confluent-kafka message as plain data."""
     ts_type, kafka_ts = msg.timestamp()
+    topic, partition = _where(msg)
+    offset = msg.offset()
+    if offset is None:
+        raise KafkaClientError("the consumer returned a message without an offset")
+    # Header values are bytes (or None) as read; the client types them more widely.
+    headers = cast(list[tuple[str, bytes]], msg.headers() or [])
     return Source(
-        msg.topic(),
-        msg.partition(),
-        msg.offset(),
+        topic,
+        partition,
+        offset,
         msg.key(),
         msg.value(),
         None if ts_type == TIMESTAMP_NOT_AVAILABLE else kafka_ts,
-        tuple(msg.headers() or ()),
+        tuple(headers),
     )

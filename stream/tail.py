@@ -148,7 +148,8 @@ class _Reader:
             if self.stop.is_set():
                 return
             for msg in self._consume():
-                if pending or msg.offset() >= end:
+                at = msg.offset()
+                if pending or (at is not None and at >= end):
                     pending.append(msg)
                 elif msg.key() == key:
                     if every:
