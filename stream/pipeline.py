@@ -122,12 +122,14 @@ def settle_heap(again: bool = False) -> None:
     collected).
     """
     global _settled
-    if _settled < (2 if again else 1):
-        if not _settled:
-            atexit.register(gc.unfreeze)
-        _settled = 2 if again else 1
-        gc.collect()
-        gc.freeze()
+    stage = 2 if again else 1
+    if _settled >= stage:
+        return
+    if not _settled:
+        atexit.register(gc.unfreeze)
+    _settled = stage
+    gc.collect()
+    gc.freeze()
 
 
 class Pipeline:
@@ -304,8 +306,8 @@ class Pipeline:
                 try:
                     sync.poll(self.model, committing=True)
                     self._polled = True
-                except Exception:  # between_batches polls again, and says what failed
-                    self._polled = False
+                except Exception:  # left unset: between_batches polls again, and raises
+                    pass
 
         done = self._learner.submit(learn)
         try:
