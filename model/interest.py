@@ -343,11 +343,13 @@ class InterestModel(BaseRanker):
         Blocks and the rows to step as in :meth:`_emb_scores`.
         """
         embs, leaves = self._emb_scores(ctx, blocks, train)
-        weights = (self.alpha + torch.from_numpy(ctx.cold).unsqueeze(1) * self.beta).unsqueeze(1)
+        weights = self.alpha + torch.from_numpy(ctx.cold).unsqueeze(1) * self.beta  # [B, F]
         out = []
         for cols, emb in zip(blocks, embs, strict=True):
-            counts = torch.from_numpy(self.memories.features(ctx, cols, self.vocab))
-            score = (torch.cat([emb.unsqueeze(2), counts], dim=2) * weights).sum(2)
+            counts = torch.from_numpy(self.memories.features(ctx, cols, self.vocab))  # [B, 6, C]
+            # sum_f w_f * feature_f: one [1, 6] x [6, C] product per user, no [B, C, F] copies
+            mixed = torch.bmm(weights[:, None, 1:], counts).squeeze(1)
+            score = emb * weights[:, :1] + mixed
             if self.content is not None and self.content.active:
                 seen = self.memories.pop_l.at(cols)
                 score = score + self.content.score(ctx, cols, seen, ctx.cold)

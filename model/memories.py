@@ -227,10 +227,12 @@ class CountMemories:
         return compact(cand, marks.keep(cand, ctx.exclude, vocab.n_rows))
 
     def features(self, ctx: Context, cols: np.ndarray, vocab: ItemVocab) -> np.ndarray:
-        """float32[B, C, 6] count features (:data:`COUNT_FEATURES`) of columns ``cols``.
+        """float32[B, 6, C] count features (:data:`COUNT_FEATURES`) of columns ``cols``.
 
         ``cols`` is int64[C] (the same columns for every user) or int64[B, C]
-        (per user; -1: padding, scored as an unseen item).
+        (per user; -1: padding, scored as an unseen item). Feature first: each
+        feature is one contiguous [C] row per user, which the blend reads as one
+        small matrix product per user.
         """
         b, c = ctx.rows.shape[0], cols.shape[-1]
         w = self._knn_weights(ctx)
@@ -242,25 +244,21 @@ class CountMemories:
             knn = self.cooc.scores(ctx.rows, w, cols)
         knn *= (self._knn_scale(cols) ** np.float32(2 * self.knn_norm))[..., None, :]
         knn /= np.maximum(knn.max(axis=2, keepdims=True, initial=0.0), 1e-9)
+        out = np.empty((b, len(COUNT_FEATURES), c), dtype=np.float32)
+        out[:, :2] = knn
         cats, w_cat = self._category_weights(ctx, vocab)
         cand_cat = vocab.categories_of(cols)
         share = np.zeros((b, c), dtype=np.float32)
         kern.category_share(
             cats, w_cat, np.broadcast_to(cand_cat, (b, c)), self._cat_scratch, share
         )
-        pop_b = np.empty((b, c), dtype=np.float32)
+        out[:, 2] = share
+        out[:, 3] = _log_share(self.pop_s, cols)
+        out[:, 4] = _log_share(self.pop_l, cols)
         for s in np.unique(ctx.stage):
             idx = np.flatnonzero(ctx.stage == s)
-            pop_b[idx] = _log_share(self.pop_b[s], cols if cols.ndim == 1 else cols[idx])
-        feats = [
-            knn[:, 0],
-            knn[:, 1],
-            share,
-            np.broadcast_to(_log_share(self.pop_s, cols), (b, c)),
-            np.broadcast_to(_log_share(self.pop_l, cols), (b, c)),
-            pop_b,
-        ]
-        return np.stack(feats, axis=2)
+            out[idx, 5] = _log_share(self.pop_b[s], cols if cols.ndim == 1 else cols[idx])
+        return out
 
     # persistence ----------------------------------------------------------------
     def _counts(self) -> dict[str, DecayedCounts]:
