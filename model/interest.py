@@ -406,7 +406,7 @@ class InterestModel(BaseRanker):
             return
         # numpy views share memory with the tables; a torch op per event would
         # cost more than the whole update.
-        emb_in, cat_in = self.emb_in.numpy(), self.tables["cat_in"].weight.numpy()
+        emb_in, cat_in = self.tables["emb_in"].array(), self.tables["cat_in"].array()
         vec = emb_in[row] + cat_in[self.vocab.item_categories()[row]]
         rate = np.float32(max(1.0 / max(state.n_events, 1), 0.02))
         lt = state.long_term

@@ -112,10 +112,20 @@ class RowTable:
         # rows that step trained dirty.
         self.clock = 0
         self.trained = np.zeros(0, dtype=np.int64)
+        self._view: tuple[torch.Tensor, np.ndarray] | None = None
 
     @property
     def capacity(self) -> int:
         return int(self.weight.shape[0])
+
+    def array(self) -> np.ndarray:
+        """The weights as a numpy view (same memory), made again only when the table grows.
+
+        For per-event reads: ``Tensor.numpy()`` costs microseconds a call.
+        """
+        if self._view is None or self._view[0] is not self.weight:
+            self._view = (self.weight, self.weight.numpy())
+        return self._view[1]
 
     def _fresh(self, n: int, keys: Sequence[str] | None = None) -> torch.Tensor:
         if self.std == 0.0:
