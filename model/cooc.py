@@ -246,12 +246,21 @@ class SparseCoOccurrence:
         return out
 
     def weighted_sum(
-        self, rows: np.ndarray, weights: np.ndarray, n: int, cols: np.ndarray | None = None
+        self,
+        rows: np.ndarray,
+        weights: np.ndarray,
+        n: int,
+        cols: np.ndarray | None = None,
+        shift: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
         """float32[B, K, C]: as :meth:`scores` with the same columns for every user.
 
         ``cols`` int[C] shared candidates, or None for all items ``0..n-1``
-        (then the output alone is O(B * n): for small catalogues).
+        (then the output alone is O(B * n): for small catalogues). ``shift``
+        (int64[B, L] event types of the rows, float32[K] ratios): the weights
+        are geometric in position (``weights[b, k, l] = ratio[k] * weights[b, k,
+        l + 1]`` for the same row and type), so a context that is another's moved
+        on by one event is computed from that one (equal to float rounding).
         """
         rows, w = self._users(rows, weights)
         if cols is not None:
@@ -259,7 +268,13 @@ class SparseCoOccurrence:
             return self.scores(rows, w, np.broadcast_to(cols, (w.shape[0], cols.size)))
         out = np.zeros((w.shape[0], w.shape[1], n), dtype=np.float32)
         if out.size and rows.size:
-            kern.dense_scores(self._start, self._length, self._nbr, self._val, rows, w, out)
+            arena = (self._start, self._length, self._nbr, self._val)
+            if shift is None:
+                kern.dense_scores(*arena, rows, w, out)
+            else:
+                types = np.ascontiguousarray(shift[0], dtype=np.int64)
+                ratio = np.ascontiguousarray(shift[1], dtype=np.float32)
+                kern.dense_scores_shifted(*arena, rows, types, w, ratio, out)
             out *= self._scale()
         return out
 

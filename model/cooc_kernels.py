@@ -23,6 +23,7 @@ __all__ = [
     "add_pairs",
     "candidate_scores",
     "dense_scores",
+    "dense_scores_shifted",
     "forget_rows",
     "lookup_pairs",
     "top_items",
@@ -223,6 +224,92 @@ def _dense_scores(start, length, nbr, val, rows, w, out):
                         out[b, k, i] += w[b, k, li] * v
 
 
+def _add_row(start, length, nbr, val, r, coef, out_b):
+    """``out_b[k, i] += coef[k] * C[r, i]`` for items i < out_b.shape[1] (r < 0: nothing)."""
+    if r < 0 or r >= start.shape[0] or start[r] < 0:
+        return
+    width = out_b.shape[1]
+    off = start[r]
+    for j in range(off, off + length[r]):
+        i = nbr[j]
+        if i < width:
+            v = val[j]
+            for k in range(coef.shape[0]):
+                out_b[k, i] += coef[k] * v
+
+
+def _window_hash(rows, types, lo, hi):
+    h = np.uint64(1469598103934665603)
+    for li in range(lo, hi):
+        h = (h ^ np.uint64(rows[li] + 2)) * np.uint64(1099511628211)
+        h = (h ^ np.uint64(types[li])) * np.uint64(1099511628211)
+    return h
+
+
+def _dense_scores_shifted(start, length, nbr, val, rows, types, w, ratio, out):
+    """As :func:`_dense_scores`, reusing contexts that are another's moved on by one event.
+
+    When context b's rows and types, but the newest, are context p's but the oldest
+    (p earlier in the batch: the same user one event before, or any context with that
+    window), and the weights are geometric in position (``w[b, k, l] = ratio[k] *
+    w[p, k, l + 1]``, as with a per-age decay), then
+    ``out[b] = ratio * (out[p] - w[p, :, 0] C[rows[p, 0]]) + w[b, :, L-1] C[rows[b, L-1]]``:
+    two neighbour rows instead of L. Contexts are found by a hash of their windows,
+    checked slot by slot.
+    """
+    bsz, ksz, lsz = w.shape
+    size = 16
+    while size < 2 * bsz:
+        size *= 2
+    mask = np.uint64(size - 1)
+    keys = np.zeros(size, dtype=np.uint64)
+    owner = np.full(size, -1, dtype=np.int64)
+    coef = np.empty(ksz, dtype=np.float32)
+    for b in range(bsz):
+        p = -1
+        if lsz > 1:
+            h = _window_hash(rows[b], types[b], 0, lsz - 1)
+            slot = h & mask
+            while owner[slot] >= 0:
+                if keys[slot] == h:
+                    q = owner[slot]
+                    same = True
+                    for li in range(lsz - 1):
+                        if rows[b, li] != rows[q, li + 1] or types[b, li] != types[q, li + 1]:
+                            same = False
+                            break
+                    if same:
+                        p = q
+                        break
+                slot = (slot + np.uint64(1)) & mask
+        if p >= 0:
+            for k in range(ksz):
+                r = ratio[k]
+                for i in range(out.shape[2]):
+                    out[b, k, i] = r * out[p, k, i]
+                coef[k] = -r * w[p, k, 0]
+            _add_row(start, length, nbr, val, rows[p, 0], coef, out[b])
+            for k in range(ksz):
+                coef[k] = w[b, k, lsz - 1]
+            _add_row(start, length, nbr, val, rows[b, lsz - 1], coef, out[b])
+            for k in range(ksz):  # what the subtraction leaves of a true zero
+                for i in range(out.shape[2]):
+                    if out[b, k, i] < 0.0:
+                        out[b, k, i] = 0.0
+        else:
+            for li in range(lsz):
+                for k in range(ksz):
+                    coef[k] = w[b, k, li]
+                _add_row(start, length, nbr, val, rows[b, li], coef, out[b])
+        if lsz > 1:
+            h = _window_hash(rows[b], types[b], 1, lsz)
+            slot = h & mask
+            while owner[slot] >= 0 and keys[slot] != h:
+                slot = (slot + np.uint64(1)) & mask
+            keys[slot] = h
+            owner[slot] = b
+
+
 def _select(values, items, m, out_items, out_scores):
     """Write the ``m`` largest ``values`` (ties: lower position first) with their items."""
     n = values.shape[0]
@@ -352,6 +439,9 @@ add_pairs = compile_loop(_add_pairs)
 lookup_pairs = compile_loop(_lookup_pairs)
 candidate_scores = compile_loop(_candidate_scores)
 dense_scores = compile_loop(_dense_scores)
+_add_row = compile_loop(_add_row)
+_window_hash = compile_loop(_window_hash)
+dense_scores_shifted = compile_loop(_dense_scores_shifted)
 top_items = compile_loop(_top_items)
 top_neighbours = compile_loop(_top_neighbours)
 forget_rows = compile_loop(_forget_rows)

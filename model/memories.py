@@ -95,6 +95,13 @@ class Context:
         )
 
 
+def _positional(ages: np.ndarray) -> bool:
+    """True when every context's ages are its slots' distances from the newest (L-1 .. 0)."""
+    if ages.shape[0] < 2:
+        return False
+    return bool((ages == np.arange(ages.shape[1] - 1, -1, -1, dtype=ages.dtype)).all())
+
+
 def compact(cand: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """int64[B, C']: the kept entries of each row first (order kept), -1 after, C' = most kept."""
     order = np.argsort(~keep, axis=1, kind="stable")
@@ -237,7 +244,10 @@ class CountMemories:
         b, c = ctx.rows.shape[0], cols.shape[-1]
         w = self._knn_weights(ctx)
         if cols.ndim == 1 and len(cols) == vocab.n_rows:  # every row, in order: a dense pass
-            knn = self.cooc.weighted_sum(ctx.rows, w, len(cols))
+            # A training batch holds each user's consecutive windows: with ages by
+            # position, one is the last moved on by one event (see weighted_sum).
+            shift = (ctx.types, self.knn_decay) if _positional(ctx.ages) else None
+            knn = self.cooc.weighted_sum(ctx.rows, w, len(cols), shift=shift)
         elif cols.ndim == 1:
             knn = self.cooc.weighted_sum(ctx.rows, w, 0, cols)
         else:

@@ -304,3 +304,35 @@ def test_without_a_writable_cache_the_loops_compile_in_process() -> None:
         check=True,
     )
     assert out.stdout.split() == ["False", "[0.0]"]
+
+
+def test_windows_moved_on_by_one_event_score_as_computed_afresh() -> None:
+    # Three users' consecutive windows, interleaved as in a training batch, plus
+    # windows shared by two users and one that only looks like a shift (other types).
+    n, L = 60, 8
+    co, _ = _both(n_items=n, limit=16)  # full rows: the dropped item's row is capped too
+    rng = np.random.default_rng(9)
+    decay = np.array([0.6, 0.95], dtype=np.float32)
+    rows, types = [], []
+    seqs = {u: [] for u in range(3)}
+    for _ in range(40):
+        u = int(rng.integers(0, 3))
+        window = ([-1] * L + seqs[u])[-L:]
+        rows.append(window)
+        types.append([0 if r < 0 else (r * 7 + u) % 4 for r in window])
+        seqs[u].append(int(rng.integers(0, n)))
+    rows.append(rows[5][1:] + [3])
+    types.append([(t + 1) % 4 for t in types[5][1:]] + [1])  # same rows, other types
+    rows.append(list(rows[-2]))  # the same window twice
+    types.append(list(types[-2]))
+    rows_a, types_a = np.array(rows, dtype=np.int64), np.array(types, dtype=np.int64)
+    ages = np.arange(L - 1, -1, -1, dtype=np.float32)
+    base = rng.uniform(0.5, 2.0, 4).astype(np.float32)[types_a] * (rows_a >= 0)
+    w = (base[:, None, :] * decay[None, :, None] ** ages[None, None, :]).astype(np.float32)
+    fresh = co.weighted_sum(rows_a, w, n)
+    moved = co.weighted_sum(rows_a, w, n, shift=(types_a, decay))
+    np.testing.assert_allclose(moved, fresh, rtol=1e-4, atol=1e-5)
+    stored = np.vstack([_as_dense(co, n), np.zeros((1, n))])  # row -1: padding, nothing
+    want = np.einsum("bkl,bli->bki", w, stored[rows_a])
+    np.testing.assert_allclose(fresh, want, rtol=1e-4, atol=1e-5)
+    assert (moved >= 0).all()
