@@ -98,7 +98,6 @@ class WorkerPool:
         self.model = model
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.started: dict[int, float] = {}
-        self.started: dict[int, float] = {}
         self.logs: dict[int, Any] = {}
         self.starts = 0
 
@@ -246,8 +245,9 @@ def committed_messages(kafka: KafkaConfig, topic: str) -> list[tuple[int, bytes]
         deadline = time.monotonic() + 120
         while pending and time.monotonic() < deadline:
             for msg in c.consume(5000, timeout=0.2):
-                if msg.error() is None and msg.value() is not None:
-                    out.append((msg.timestamp()[1], msg.value()))
+                value = msg.value()
+                if msg.error() is None and value is not None:
+                    out.append((msg.timestamp()[1], value))
             pos = c.position([TopicPartition(topic, p) for p in pending])
             pending = {tp.partition for tp in pos if tp.offset < ends[tp.partition]}
         return out

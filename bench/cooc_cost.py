@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class _Stream:
         return item, window
 
 
-def _pairs(item: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, ...]:
+def _pairs(item: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     src = window.ravel()
     dst = np.repeat(item, WINDOW)
     w = np.tile(0.95 ** np.arange(WINDOW - 1, -1, -1), BATCH)
@@ -118,7 +119,7 @@ class _NumpyRows:
         return out
 
 
-def _time(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
+def _time(fn: Callable[[], object], repeat: int) -> float:
     t0 = time.perf_counter()
     for _ in range(repeat):
         fn()
@@ -144,7 +145,7 @@ def _run(n: int, m: int, warmup: int, repeat: int, with_numpy: bool) -> None:
         lambda: co.scores(window, w2, cand),
         lambda: co.top_items(window, w2[:, 0], 200),
         lambda: co.weighted_sum(window, w2, n, cols),
-        lambda: co.pairs(0, 1),
+        lambda: co.pairs(np.zeros(1, dtype=np.int64), np.ones(1, dtype=np.int64)),
     ):
         fn()  # the first call of a process loads (or compiles) the loop
     score_ms = _time(lambda: co.scores(window, w2, cand), repeat)

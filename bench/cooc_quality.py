@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any, cast
 
 import numpy as np
 
@@ -52,7 +53,8 @@ class DenseCoOccurrence:
 
 def _variants(neighbours: list[int], exclude_seen: bool) -> dict[str, SequentialItemKNN]:
     dense = SequentialItemKNN(exclude_seen=exclude_seen)
-    dense.cooc = DenseCoOccurrence(1 << 14)  # big enough for the data sets here
+    # The dense reference has the same reading and learning methods (duck-typed).
+    cast(Any, dense).cooc = DenseCoOccurrence(1 << 14)  # big enough for the data sets here
     out = {"dense": dense}
     for m in neighbours:
         out[f"sparse-{m}"] = SequentialItemKNN(exclude_seen=exclude_seen, max_neighbours=m)

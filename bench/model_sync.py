@@ -29,7 +29,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from model.factory import create_serving_model
-from model.persist import model_to_bytes
+from model.persist import Persistent, model_to_bytes
 from model.synthetic import SyntheticStream
 from stream.config import BOOTSTRAP_ENV, KafkaConfig, Settings, TopicsConfig, WorkerConfig
 from stream.modeltopic import CHUNK_BYTES
@@ -93,7 +93,9 @@ def drain(bootstrap: str, state_dir: Path, args: argparse.Namespace, n: int, sha
     for th in threads:
         th.join(60)
     applied = sum(w.stats.applied for w in workers)
-    snapshot = len(model_to_bytes(workers[0].model))
+    model = workers[0].model
+    assert isinstance(model, Persistent), "the interest model saves itself"
+    snapshot = len(model_to_bytes(model))
     return {
         "workers": n,
         "sharing": sharing,

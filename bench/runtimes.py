@@ -72,9 +72,10 @@ def ceiling(bootstrap: str, events: int, partitions: int, batch: int) -> dict[st
         if t0 is None:
             t0 = time.monotonic()
         for msg in msgs:
-            if msg.error() is not None:
+            value = msg.value()
+            if msg.error() is not None or value is None:
                 continue
-            doc = json.loads(msg.value())
+            doc = json.loads(value)
             while True:
                 try:
                     producer.produce(sink, json.dumps(doc).encode(), msg.key())

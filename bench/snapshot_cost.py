@@ -71,7 +71,7 @@ def main() -> None:
         json.dumps(
             {
                 "events": args.events,
-                "items": len(model.vocab),
+                "items": len(getattr(model, "vocab", ())),
                 "train_s": round(train_s, 1),
                 "snapshot_mb": round(size / 1e6, 1),
                 "copy_ms_on_worker_thread": [round(x * 1000, 1) for x in copies],

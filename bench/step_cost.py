@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> None:
             t, lt = np.asarray(times), np.asarray(lists)
             q = max(len(t) // 4, 1)
             name = ",".join(f"{k}={v}" for k, v in kw.items()) or "default"
+            items = len(getattr(model, "vocab", ()))
             print(
-                f"{size:>10,} {name:<24} {len(model.vocab):>10,} {t[:q].mean() * 1000:>17.1f} "
+                f"{size:>10,} {name:<24} {items:>10,} {t[:q].mean() * 1000:>17.1f} "
                 f"{t[-q:].mean() * 1000:>8.1f} {lt[-q:].mean() * 1000:>6.1f} "
                 f"{args.batch / t[-q:].mean():>16,.0f}",
                 flush=True,

@@ -107,7 +107,7 @@ def measure_throughput(bootstrap: str, state_dir: Path, args: argparse.Namespace
         "events": s["applied"],
         "completed": done,
         "seconds": round(elapsed, 2),
-        "events_per_s": round(s["applied"] / elapsed, 1) if elapsed else None,
+        "events_per_s": round(worker.stats.applied / elapsed, 1) if elapsed else None,
         "batches": s["batches"],
         "lists": s["lists_published"],
         "lists_refreshed": worker.stats.lists_refreshed,
