@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 UNIT = 4  # smallest block; every block size is a multiple of it
+# A score within this share of what was added to and taken from it is rounding.
+_ROUNDING = np.float32(64.0 * np.finfo(np.float32).eps)
 
 
 def compile_loop(fn):
@@ -255,7 +257,11 @@ def _dense_scores_shifted(start, length, nbr, val, rows, types, w, ratio, out):
     w[p, k, l + 1]``, as with a per-age decay), then
     ``out[b] = ratio * (out[p] - w[p, :, 0] C[rows[p, 0]]) + w[b, :, L-1] C[rows[b, L-1]]``:
     two neighbour rows instead of L. Contexts are found by a hash of their windows,
-    checked slot by slot.
+    checked slot by slot. Taking the dropped row off leaves float rounding where the
+    true score is zero (no other item of the window has that neighbour), which a later
+    normalisation by the row's largest score would blow up: each score carries the size
+    of everything added to or taken from it (``mag``), and a score within rounding of
+    that size is zero.
     """
     bsz, ksz, lsz = w.shape
     size = 16
@@ -265,6 +271,8 @@ def _dense_scores_shifted(start, length, nbr, val, rows, types, w, ratio, out):
     keys = np.zeros(size, dtype=np.uint64)
     owner = np.full(size, -1, dtype=np.int64)
     coef = np.empty(ksz, dtype=np.float32)
+    mag = np.empty(out.shape, dtype=np.float32)
+    tol = _ROUNDING
     for b in range(bsz):
         p = -1
         if lsz > 1:
@@ -287,20 +295,28 @@ def _dense_scores_shifted(start, length, nbr, val, rows, types, w, ratio, out):
                 r = ratio[k]
                 for i in range(out.shape[2]):
                     out[b, k, i] = r * out[p, k, i]
+                    mag[b, k, i] = r * mag[p, k, i]
                 coef[k] = -r * w[p, k, 0]
             _add_row(start, length, nbr, val, rows[p, 0], coef, out[b])
             for k in range(ksz):
+                coef[k] = -coef[k]
+            _add_row(start, length, nbr, val, rows[p, 0], coef, mag[b])
+            for k in range(ksz):
                 coef[k] = w[b, k, lsz - 1]
             _add_row(start, length, nbr, val, rows[b, lsz - 1], coef, out[b])
-            for k in range(ksz):  # what the subtraction leaves of a true zero
+            _add_row(start, length, nbr, val, rows[b, lsz - 1], coef, mag[b])
+            for k in range(ksz):
                 for i in range(out.shape[2]):
-                    if out[b, k, i] < 0.0:
+                    if out[b, k, i] <= tol * mag[b, k, i]:
                         out[b, k, i] = 0.0
         else:
             for li in range(lsz):
                 for k in range(ksz):
                     coef[k] = w[b, k, li]
                 _add_row(start, length, nbr, val, rows[b, li], coef, out[b])
+            for k in range(ksz):  # weights and counts are >= 0: nothing cancelled
+                for i in range(out.shape[2]):
+                    mag[b, k, i] = out[b, k, i]
         if lsz > 1:
             h = _window_hash(rows[b], types[b], 1, lsz)
             slot = h & mask

@@ -332,7 +332,25 @@ def test_windows_moved_on_by_one_event_score_as_computed_afresh() -> None:
     fresh = co.weighted_sum(rows_a, w, n)
     moved = co.weighted_sum(rows_a, w, n, shift=(types_a, decay))
     np.testing.assert_allclose(moved, fresh, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(moved[fresh == 0], 0.0)  # no rounding left where none is
     stored = np.vstack([_as_dense(co, n), np.zeros((1, n))])  # row -1: padding, nothing
     want = np.einsum("bkl,bli->bki", w, stored[rows_a])
     np.testing.assert_allclose(fresh, want, rtol=1e-4, atol=1e-5)
     assert (moved >= 0).all()
+
+
+def test_a_window_left_without_neighbours_scores_exactly_zero() -> None:
+    # Only row 0 has neighbours; once it drops out of the window nothing is left, and a
+    # later normalisation by the row's largest score must not blow rounding up to 1.
+    co = SparseCoOccurrence(max_neighbours=64)
+    rng = np.random.default_rng(3)
+    co.add(np.zeros(40, dtype=np.int64), np.arange(1, 41), rng.uniform(0.1, 9.0, 40), 1)
+    rows = np.array([[0, 1, 2, 3], [1, 2, 3, 1]], dtype=np.int64)
+    types = np.array([[1, 0, 2, 0], [0, 2, 0, 3]], dtype=np.int64)
+    decay = np.array([0.6, 0.95], dtype=np.float32)
+    ages = np.arange(3, -1, -1, dtype=np.float32)
+    w = (rng.uniform(0.5, 3.0, (2, 1, 4)) * decay[None, :, None] ** ages).astype(np.float32)
+    moved = co.weighted_sum(rows, w, 50, shift=(types, decay))
+    assert moved[0].max() > 0
+    np.testing.assert_array_equal(moved[1], 0.0)
+    np.testing.assert_allclose(moved, co.weighted_sum(rows, w, 50), rtol=1e-5)
