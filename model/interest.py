@@ -45,6 +45,7 @@ with 54,000 long-tail items, 3.5 KiB with 9,000 busy ones (bench/RESULTS.md).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import cast
 
 import numpy as np
@@ -58,7 +59,14 @@ from model.content import ContentPart
 from model.items import ItemMeta
 from model.memories import EVENT_WEIGHTS, Context, CountMemories, stage
 from model.persist import ModelState, load_params, save_params
-from model.retrieval import DEFAULT_EXPIRE_DAYS, BaseRanker, RowMarks, pad_rows
+from model.retrieval import (
+    DEFAULT_EXPIRE_DAYS,
+    BaseRanker,
+    RowMarks,
+    lookup_ragged,
+    pad_rows,
+    right_aligned,
+)
 from model.rowtable import RowTable
 
 __all__ = ["InterestModel", "FEATURES", "EVENT_WEIGHTS", "EXHAUSTIVE_ROWS"]
@@ -249,27 +257,27 @@ class InterestModel(BaseRanker):
     def _context(self, states: Sequence[UserState]) -> Context:
         """Pack the users' recent windows into padded arrays (see :class:`Context`)."""
         b, L, d = len(states), self.window, self.dim
-        rows = np.full((b, L), -1, dtype=np.int64)
-        types = np.zeros((b, L), dtype=np.int64)
+        # Each state's newest L items and their types, right-aligned (padding on the left).
+        found, lens = lookup_ragged([st.recent_items[-L:] for st in states], self.vocab.index)
+        rows = right_aligned(found, lens, L)
+        kinds = np.fromiter(
+            chain.from_iterable(st.recent_types[-L:] for st in states),
+            dtype=np.int64,
+            count=found.size,
+        )
+        types = right_aligned(kinds, lens, L, fill=0)
         lt = np.zeros((b, d), dtype=np.float32)
-        cold = np.empty(b, dtype=np.float32)
-        stages = np.empty(b, dtype=np.int64)
-        index = self.vocab.index
         for i, st in enumerate(states):
-            recent = st.recent_items[-L:]
-            if recent:
-                n = len(recent)
-                rows[i, L - n :] = [index.get(it, -1) for it in recent]
-                types[i, L - n :] = st.recent_types[-L:]
             if st.long_term.shape == (d,):
                 lt[i] = st.long_term
-            cold[i] = 1.0 / (1.0 + st.n_events / 3.0)
-            stages[i] = stage(st.n_events)
+        n_events = [sum(st.counts) for st in states]
+        cold = np.array([1.0 / (1.0 + n / 3.0) for n in n_events], dtype=np.float32)
+        stages = np.array([stage(n) for n in n_events], dtype=np.int64)
         # Items the model does not know (expired, or state restored elsewhere) are
         # padding, but they still count for the age of older items.
         mask = rows >= 0
         ages = np.broadcast_to(np.arange(L - 1, -1, -1, dtype=np.float32), (b, L)).copy()
-        exclude = pad_rows([self.excluded_rows(st) for st in states])
+        exclude = self.excluded_matrix(states)
         return Context(rows, mask, types, ages, lt, cold, stages, exclude)
 
     def _columns(self, ctx: Context) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,8 @@ from core.types import Event, UserState
 from model.evaluate import MemoryStates, evaluate_models
 from model.factory import create_model
 from model.interest import EXHAUSTIVE_ROWS, InterestModel
+from model.memories import stage
+from model.retrieval import pad_rows
 from model.step import process_batch
 from model.synthetic import SyntheticStream
 
@@ -176,3 +180,49 @@ def test_learning_later_learns_the_same_and_lists_the_batch_before_the_step(
         # Equal up to float rounding (the same sums in other buffers; Adam scales
         # the last bits of tiny entries): a missed or doubled step moves rows by ~1e-2.
         np.testing.assert_allclose(value, b.arrays[name], rtol=1e-3, atol=1e-6, err_msg=name)
+
+
+def _context_one_by_one(model: InterestModel, states: list[UserState]) -> dict[str, np.ndarray]:
+    """The context packed state by state, the plain way: the reference for the batched packing."""
+    L, d, index = model.window, model.dim, model.vocab.index
+    rows = np.full((len(states), L), -1, dtype=np.int64)
+    types = np.zeros((len(states), L), dtype=np.int64)
+    lt = np.zeros((len(states), d), dtype=np.float32)
+    excluded = []
+    for i, st in enumerate(states):
+        recent = st.recent_items[-L:]
+        if recent:
+            rows[i, L - len(recent) :] = [index.get(it, -1) for it in recent]
+            types[i, L - len(recent) :] = st.recent_types[-L:]
+        if st.long_term.shape == (d,):
+            lt[i] = st.long_term
+        ids = st.seen if model.exclude_seen else st.purchased
+        excluded.append([index[it] for it in ids if it in index])
+    n = [sum(st.counts) for st in states]
+    return {
+        "rows": rows,
+        "types": types,
+        "lt": lt,
+        "cold": np.array([1.0 / (1.0 + k / 3.0) for k in n], dtype=np.float32),
+        "stage": np.array([stage(k) for k in n], dtype=np.int64),
+        "exclude": pad_rows(excluded),
+    }
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_the_batched_context_packs_what_packing_each_state_does(exclude_seen: bool) -> None:
+    model = InterestModel(seed=0, exclude_seen=exclude_seen)
+    events = list(itertools.islice(iter(SyntheticStream(seed=2, n_users=40)), 3000))
+    view = MemoryStates()
+    for i in range(0, len(events), 200):
+        process_batch(events[i : i + 200], view, model)
+    states = [view.states[u] for u in sorted(view.states)]
+    states += [UserState(), UserState(long_term=np.ones(3, dtype=np.float32))]  # empty, odd dim
+    odd = states[0].copy()  # ids the model never saw: padding in place, dropped from exclusions
+    odd.recent_items[-1] = odd.seen[0] = "never-seen"
+    odd.purchased = ["never-seen", *odd.purchased]
+    states.append(odd)
+    ctx, want = model._context(states), _context_one_by_one(model, states)
+    for name, expected in want.items():
+        np.testing.assert_array_equal(getattr(ctx, name), expected, err_msg=name)
+    assert (ctx.exclude >= 0).any() and (ctx.rows == -1).any()
