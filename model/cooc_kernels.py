@@ -209,21 +209,10 @@ def _candidate_scores(start, length, nbr, val, rows, w, cand, slot, out):
 
 def _dense_scores(start, length, nbr, val, rows, w, out):
     """``out[b, k, i] += sum_l w[b, k, l] * C[rows[b, l], i]`` for items i < out.shape[2]."""
-    n_rows = start.shape[0]
-    bsz, ksz, lsz = w.shape
-    width = out.shape[2]
+    bsz, _, lsz = w.shape
     for b in range(bsz):
         for li in range(lsz):
-            r = rows[b, li]
-            if r < 0 or r >= n_rows or start[r] < 0:
-                continue
-            off = start[r]
-            for j in range(off, off + length[r]):
-                i = nbr[j]
-                if i < width:
-                    v = val[j]
-                    for k in range(ksz):
-                        out[b, k, i] += w[b, k, li] * v
+            _add_row(start, length, nbr, val, rows[b, li], w[b, :, li], out[b])
 
 
 def _add_row(start, length, nbr, val, r, coef, out_b):
@@ -311,9 +300,7 @@ def _dense_scores_shifted(start, length, nbr, val, rows, types, w, ratio, out):
                         out[b, k, i] = 0.0
         else:
             for li in range(lsz):
-                for k in range(ksz):
-                    coef[k] = w[b, k, li]
-                _add_row(start, length, nbr, val, rows[b, li], coef, out[b])
+                _add_row(start, length, nbr, val, rows[b, li], w[b, :, li], out[b])
             for k in range(ksz):  # weights and counts are >= 0: nothing cancelled
                 for i in range(out.shape[2]):
                     mag[b, k, i] = out[b, k, i]

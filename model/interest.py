@@ -64,7 +64,7 @@ from model.retrieval import (
     BaseRanker,
     RowMarks,
     lookup_ragged,
-    pad_rows,
+    pad_known,
     right_aligned,
 )
 from model.rowtable import RowTable
@@ -431,8 +431,7 @@ class InterestModel(BaseRanker):
             return []
         ranked, self._ranked = self._ranked, None
         ctx = ranked[1] if ranked is not None and ranked[0] is states else self._context(states)
-        index = self.vocab.index
-        listed = pad_rows([[index[i] for i, _ in ranked if i in index] for ranked in lists])
+        listed = pad_known(*lookup_ragged([[i for i, _ in r] for r in lists], self.vocab.index))
         # contrib[u, l] = sum over u's listed items of the co-occurrence with recent item l
         pair = self.cooc.pairs(ctx.rows[:, :, None], listed[:, None, :])  # [U, L, K]
         contrib = (pair * (listed >= 0)[:, None, :]).sum(2) * ctx.mask  # [U, L]

@@ -27,7 +27,6 @@ from model.vocab import ItemVocab
 __all__ = [
     "BaseRanker",
     "RowMarks",
-    "pad_rows",
     "pad_known",
     "lookup_ragged",
     "right_aligned",
@@ -38,16 +37,6 @@ __all__ = [
 DAY_MS = 86_400_000
 # Items (and categories) unseen for this long are forgotten and their rows reused.
 DEFAULT_EXPIRE_DAYS = 90.0
-
-
-def pad_rows(lists: Sequence[Sequence[int]], width: int | None = None) -> np.ndarray:
-    """int64[B, E]: ``lists`` as rows of a matrix padded with -1 (E >= 1)."""
-    e = max((len(x) for x in lists), default=0) if width is None else width
-    out = np.full((len(lists), max(e, 1)), -1, dtype=np.int64)
-    for i, rows in enumerate(lists):
-        if rows:
-            out[i, : len(rows)] = rows[:e]
-    return out
 
 
 def lookup_ragged(
@@ -73,7 +62,8 @@ def right_aligned(values: np.ndarray, lens: np.ndarray, width: int, fill: int = 
 
 
 def pad_known(values: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """As :func:`pad_rows` of each run of ``lens`` consecutive ``values`` without its -1s."""
+    """int64[B, E]: each run of ``lens`` consecutive ``values`` without its -1s, left-aligned,
+    padded with -1 (E: the longest, at least 1)."""
     known = values >= 0
     users = np.repeat(np.arange(len(lens)), lens)[known]
     counts = np.bincount(users, minlength=len(lens))
@@ -173,11 +163,8 @@ class BaseRanker:
         """float32[B, C] scores of the candidates ``cols`` (None: float32[B, n_rows], every row)."""
         raise NotImplementedError
 
-    def excluded_rows(self, state: UserState) -> list[int]:
-        return self.vocab.rows(state.seen if self.exclude_seen else state.purchased)
-
     def excluded_matrix(self, states: Sequence[UserState]) -> np.ndarray:
-        """int64[B, E] :meth:`excluded_rows` of every state, padded with -1."""
+        """int64[B, E] rows never to list per state (seen or purchased items), -1 padded."""
         lists = [st.seen if self.exclude_seen else st.purchased for st in states]
         return pad_known(*lookup_ragged(lists, self.vocab.index))
 

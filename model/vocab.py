@@ -197,11 +197,6 @@ class ItemVocab:
         self._cat_last_seen[cats] = _NEVER
         return rows.astype(np.int64), cats.astype(np.int64)
 
-    def rows(self, item_ids: Iterable[str]) -> list[int]:
-        """Rows of the known items among ``item_ids`` (unknown ones are dropped)."""
-        index = self.index
-        return [index[i] for i in item_ids if i in index]
-
     def category_index(self, name: str) -> int:
         """Row of category ``name`` ("": the unknown category, 0), -1 when there is none."""
         return self._cat_index.get(name, -1) if name else 0

@@ -13,7 +13,6 @@ from model.evaluate import MemoryStates, evaluate_models
 from model.factory import create_model
 from model.interest import EXHAUSTIVE_ROWS, InterestModel
 from model.memories import stage
-from model.retrieval import pad_rows
 from model.step import process_batch
 from model.synthetic import SyntheticStream
 
@@ -199,13 +198,16 @@ def _context_one_by_one(model: InterestModel, states: list[UserState]) -> dict[s
         ids = st.seen if model.exclude_seen else st.purchased
         excluded.append([index[it] for it in ids if it in index])
     n = [sum(st.counts) for st in states]
+    width = max(1, *map(len, excluded))
     return {
         "rows": rows,
         "types": types,
         "lt": lt,
         "cold": np.array([1.0 / (1.0 + k / 3.0) for k in n], dtype=np.float32),
         "stage": np.array([stage(k) for k in n], dtype=np.int64),
-        "exclude": pad_rows(excluded),
+        "exclude": np.array(
+            [x + [-1] * (width - len(x)) for x in excluded], dtype=np.int64
+        ).reshape(len(states), width),
     }
 
 
