@@ -78,6 +78,8 @@ EXHAUSTIVE_ROWS = 2048
 # Co-occurrence neighbours kept per item. ML-100K (FluRS, Recall@10, seed 0): 128 -> 0.2002,
 # 256 -> 0.2025, 4,096 (exact) -> 0.2021; synthetic stream: no difference.
 NEIGHBOURS = 256
+# Most events one optimiser step learns from: the worker's usual micro-batch cap.
+STEP_EVENTS = 500
 _TABLES = ("emb_in", "emb_out", "bias", "cat_in", "cat_out")
 _DENSE = ("type_w", "decay", "lt_gain", "alpha", "beta")
 _Leaves = list[tuple[RowTable, np.ndarray, torch.Tensor]]
@@ -113,6 +115,7 @@ class InterestModel(BaseRanker):
         max_neighbours: int = NEIGHBOURS,
         expire_days: float | None = DEFAULT_EXPIRE_DAYS,
         content: bool = True,
+        step_events: int = STEP_EVENTS,
     ) -> None:
         # Constructor arguments as given, so the model can be cloned or snapshotted.
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -122,6 +125,7 @@ class InterestModel(BaseRanker):
         self.fine_tune = fine_tune
         self.frozen = False
         self.exhaustive_rows, self.n_negatives = exhaustive_rows, n_negatives
+        self.step_events = max(1, step_events)
         self._gen = torch.Generator().manual_seed(seed)
         self._rng = np.random.default_rng(seed)
         self._cat_marks = RowMarks()
@@ -489,15 +493,44 @@ class InterestModel(BaseRanker):
         def finish() -> None:
             if self.fine_tune and known.any():
                 # Items first seen in this batch have no trained row yet: no target.
-                idx = np.flatnonzero(known)
-                types = [EVENT_INDEX[events[int(i)].event] for i in idx]
-                self._step(ctx.take(idx), rows[idx], types, batch_no)
+                known_at = np.flatnonzero(known)
+                # A long batch (a worker catching up) learns in steps of the usual
+                # size: as many optimiser steps as if the events had come in time.
+                for lo in range(0, len(known_at), self.step_events):
+                    idx = known_at[lo : lo + self.step_events]
+                    types = [EVENT_INDEX[events[int(i)].event] for i in idx]
+                    self._step(ctx.take(idx), rows[idx], types, batch_no)
             if not self._sharing:
                 weights = EVENT_WEIGHTS[[EVENT_INDEX[ev.event] for ev in events]]
                 self.memories.remember(rows, ctx, weights, self.vocab)
                 self._changed[rows] = batch_no
 
         return finish
+
+    def warm_up(self) -> None:
+        """Take throwaway copies of this model through two small made-up batches.
+
+        What loads at a model's first use (compiled loops from numba's cache,
+        modules imported on demand, torch's autograd) took ~0.1 s of a worker's
+        first batch; a worker calls this before it consumes. Both ranking paths
+        run: every item (small catalogues) and candidates (large ones). This
+        model is not touched.
+        """
+        from model.evaluate import MemoryStates
+        from model.step import process_batch
+
+        kinds = list(EVENT_INDEX)
+        events = [
+            Event(f"u{i % 6}", f"i{(i * 7) % 24}", kinds[i % len(kinds)], 1_000 * i, f"c{i % 3}")
+            for i in range(96)
+        ]
+        for rows in (self.exhaustive_rows, 8):
+            copy = InterestModel(**{**self.config, "exhaustive_rows": rows})
+            view = MemoryStates()
+            for lo in (0, 48):
+                result = process_batch(events[lo : lo + 48], view, copy, score=False, learn="later")
+                if result.finish_learning is not None:
+                    result.finish_learning()
 
     def _train_blocks(
         self, ctx: Context, targets: np.ndarray

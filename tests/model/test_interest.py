@@ -181,6 +181,46 @@ def test_learning_later_learns_the_same_and_lists_the_batch_before_the_step(
         np.testing.assert_allclose(value, b.arrays[name], rtol=1e-3, atol=1e-6, err_msg=name)
 
 
+def test_a_long_batch_learns_in_steps_of_step_events() -> None:
+    # A worker catching up takes batches of several thousand events: the model must
+    # still learn in steps of the usual size (one step per batch learnt much less).
+    events = list(SyntheticStream(seed=6, n_events=1400))
+    model = InterestModel(seed=0, step_events=100)
+    views = MemoryStates()
+    process_batch(events[:400], views, model)  # most items known from here on
+    sizes: list[int] = []
+    step = model._step
+
+    def counted(ctx, targets, types, batch_no):  # noqa: ANN001
+        sizes.append(len(targets))
+        step(ctx, targets, types, batch_no)
+
+    model._step = counted  # type: ignore[method-assign]
+    process_batch(events[400:], views, model)
+    known = sum(sizes)  # events on items the model had rows for before the batch
+    assert known > 400 and len(sizes) == -(-known // 100)
+    assert all(n == 100 for n in sizes[:-1]) and 0 < sizes[-1] <= 100
+
+
+def test_warm_up_leaves_the_model_and_what_it_lists_as_they_were() -> None:
+    events = list(SyntheticStream(seed=7, n_events=900))
+    warmed, plain = InterestModel(seed=2), InterestModel(seed=2)
+    views_w, views_p = MemoryStates(), MemoryStates()
+    process_batch(events[:300], views_w, warmed)
+    process_batch(events[:300], views_p, plain)
+    before = {name: value.copy() for name, value in warmed.state_dict().arrays.items()}
+    warmed.warm_up()
+    after = warmed.state_dict()
+    assert before.keys() == after.arrays.keys()
+    for name, value in before.items():
+        np.testing.assert_array_equal(value, after.arrays[name], err_msg=name)
+    for i in range(300, len(events), 150):
+        a = process_batch(events[i : i + 150], views_w, warmed, keep_lists=True)
+        b = process_batch(events[i : i + 150], views_p, plain, keep_lists=True)
+        assert a.lists == b.lists
+        assert [r.items for r in a.recommendations] == [r.items for r in b.recommendations]
+
+
 def _context_one_by_one(model: InterestModel, states: list[UserState]) -> dict[str, np.ndarray]:
     """The context packed state by state, the plain way: the reference for the batched packing."""
     L, d, index = model.window, model.dim, model.vocab.index
