@@ -158,6 +158,7 @@ class FaustRuntime:
         self._server = MetricsServer(self.metrics.registry, self.settings.worker.metrics_port)
         self.metrics_url = self._server.start().url
         self.stats.started()
+        self.pipeline.warm_up()
         settle_heap()
         self._prepared = True
 

@@ -128,6 +128,7 @@ class WorkerMetrics:
     events_erased: Counter
     batches: Counter
     batch_size: Histogram
+    batch_cap: Gauge
     stage_seconds: Histogram
     latency: Histogram
     lists_published: Counter
@@ -200,6 +201,11 @@ class WorkerMetrics:
                 "interest_batch_size_events",
                 "Messages per micro-batch",
                 buckets=_BATCH_BUCKETS,
+                registry=reg,
+            ),
+            batch_cap=Gauge(
+                "interest_batch_cap_events",
+                "Most messages the next micro-batch takes (above batch_max_events: catching up)",
                 registry=reg,
             ),
             stage_seconds=Histogram(

@@ -169,6 +169,17 @@ class Pipeline:
         self._polled = False  # the model deltas that arrived were added alongside a commit
         self._learner = _Learner()
 
+    def warm_up(self) -> None:
+        """Let the model load what it loads at first use now, before the first batch
+        (see ``InterestModel.warm_up``); a model that fails here is left to its first batch."""
+        warm = getattr(self.model, "warm_up", None)
+        if warm is None:
+            return
+        try:
+            warm()
+        except Exception:
+            log.warning("the model's warm-up failed; its first batch will be slower", exc_info=True)
+
     def share_model(self, sync: ModelSync, snapshots: ModelSnapshots | None) -> None:
         """Share the model with the group's other workers through ``sync``, when it can.
 

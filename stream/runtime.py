@@ -21,7 +21,10 @@ everything before returning. ``worker.stats`` can be read from another thread.
 
 One micro-batch holds at most ``batch_max_events`` messages gathered within
 ``batch_max_ms``, and closes early as soon as no more messages wait (a lightly
-loaded worker answers each event at once; a loaded one fills its batches):
+loaded worker answers each event at once; a loaded one fills its batches). A
+worker that is behind (its batches come full) doubles the cap batch by batch up
+to ``batch_catch_up_events``, and goes back to ``batch_max_events`` at the first
+batch that is not full:
 
 1. decode every message into a per-partition :class:`~stream.batch.PartitionBatch`;
    bad ones go to the checkpoint as dead letters (reason code in the ``error``
@@ -149,6 +152,7 @@ class Worker:
         self.transactional_id: str | None = None
         self._fenced_at: list[float] = []
         self._aborts = 0  # batch transactions aborted in a row
+        self._cap = settings.worker.batch_max_events  # this batch's cap (see _run_batch)
         self._placement_at = 0.0
         self._client_errors: dict[str, tuple[float, int]] = {}  # kind -> (logged at, repeats)
         self.pipeline = Pipeline(settings, self.metrics, self.stats, self._warn_model)
@@ -203,6 +207,7 @@ class Worker:
                 on_revoke=self._rebalancer.on_revoke,
                 on_lost=self._rebalancer.on_lost,
             )
+            self.pipeline.warm_up()
             settle_heap()
             while not stop.is_set():
                 committed = self._run_batch()
@@ -371,7 +376,12 @@ class Worker:
         owner = (self.settings.topics.events, 0) in self.store.partitions()
         self.pipeline.between_batches(owner, self._commit_records)
         t0 = time.perf_counter()
-        msgs = self._poll(w.batch_max_events, w.batch_max_ms / 1000.0)
+        cap = self._cap
+        msgs = self._poll(cap, w.batch_max_ms / 1000.0)
+        # Full: more is waiting (a backlog, or a load beyond the usual batches).
+        top = max(w.batch_max_events, w.batch_catch_up_events)
+        self._cap = min(2 * cap, top) if len(msgs) >= cap else w.batch_max_events
+        m.batch_cap.set(self._cap)
         t1 = time.perf_counter()
         m.stage_seconds.labels("poll").observe(t1 - t0)
         if not msgs:

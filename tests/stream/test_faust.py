@@ -32,6 +32,7 @@ def _worker(
             "INTEREST_TOPIC_DEAD_LETTER": topics.dead_letter,
             "INTEREST_TOPIC_PARTITIONS": "1",
             "INTEREST_BATCH_MAX_EVENTS": "1",  # one event a batch: the same model steps in both
+            "INTEREST_BATCH_CATCH_UP_EVENTS": "1",  # (the native worker's would grow)
             "INTEREST_MODEL": "interest",
             "INTEREST_SNAPSHOT_EVERY_S": "0",
             # Refresh passes run on the clock: their lists would differ from run to run.

@@ -58,6 +58,7 @@ def test_hostile_messages_never_reach_the_lists(kafka_bootstrap, unique_topics, 
         topics,
         tmp_path / "state",
         batch_max_events=BATCH,
+        batch_catch_up_events=BATCH,  # k covers every item of a batch: batches never grow
         k=BATCH + 10,
         max_payload_bytes=4096,
     )

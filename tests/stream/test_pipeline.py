@@ -31,6 +31,8 @@ from tests.stream.helpers import (
 def test_every_touched_user_gets_lists_without_purchased_items(
     kafka_bootstrap, unique_topics, tmp_path
 ):
+    # A backlog: the batches grow from 150 towards 600 events (catching up) and the
+    # cap comes back to 150 once the worker has caught up; nothing else changes.
     topics = unique_topics(partitions=4)
     port = free_port()
     settings = make_settings(
@@ -38,6 +40,7 @@ def test_every_touched_user_gets_lists_without_purchased_items(
         topics,
         tmp_path / "state",
         batch_max_events=150,
+        batch_catch_up_events=600,
         metrics_port=port,
     )
     ensure_topics(settings.kafka, topic_specs(topics))
@@ -60,8 +63,20 @@ def test_every_touched_user_gets_lists_without_purchased_items(
             30,
             "consumer lag 0 on every partition",
         )
+        wait_for(
+            lambda: registry.get_sample_value("interest_batch_cap_events") == 150,
+            30,
+            "the batch cap back to batch_max_events",
+        )
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     stats = worker.stats
+    sizes = {
+        le: registry.get_sample_value("interest_batch_size_events_bucket", {"le": le})
+        for le in ("250.0", "500.0", "1000.0")
+    }
+    batches = registry.get_sample_value("interest_batch_size_events_count")
+    assert sizes["250.0"] < batches  # batches above 250 events: the cap grew
+    assert sizes["1000.0"] == batches  # never above 600
     assert stats.consumed == stats.applied == len(events) and stats.dead_lettered == 0
     metrics = body.decode()
     for name in (
