@@ -72,6 +72,7 @@ class ChaosConfig:
     seed: int = 0
     drain_timeout: float = 300.0
     restart_after: float | None = None  # seconds; None: 0.2-2 s at random
+    batch_catch_up_events: int = WorkerConfig.batch_catch_up_events
 
 
 def chaos_events(cfg: ChaosConfig) -> list[Event]:
@@ -115,6 +116,7 @@ class WorkerPool:
                 "INTEREST_TOPIC_PARTITIONS": str(t.partitions),
                 "INTEREST_PROCESSING_GUARANTEE": w.processing_guarantee,
                 "INTEREST_BATCH_MAX_EVENTS": str(w.batch_max_events),
+                "INTEREST_BATCH_CATCH_UP_EVENTS": str(w.batch_catch_up_events),
                 "INTEREST_MODEL": self.model,
                 "INTEREST_LOG_LEVEL": "INFO",
                 "INTEREST_SNAPSHOT_EVERY_S": "0",
@@ -342,6 +344,7 @@ def chaos_settings(bootstrap: str, cfg: ChaosConfig) -> Settings:
         group=f"chaos-{tag}",
         processing_guarantee=cfg.guarantee,
         batch_max_events=200,
+        batch_catch_up_events=cfg.batch_catch_up_events,
         metrics_port=0,
     )
     return Settings(kafka=KafkaConfig(bootstrap_servers=bootstrap), topics=topics, worker=worker)
@@ -452,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guarantee", choices=("exactly-once", "at-least-once"), default=d.guarantee)
     p.add_argument("--model", default=d.model, help="the model the workers serve")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--batch-catch-up-events",
+        type=int,
+        default=d.batch_catch_up_events,
+        help="the workers' batch cap while catching up (at most 200, their usual cap: off)",
+    )
     p.add_argument(
         "--restart-after",
         dest="restart_after",

@@ -222,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guarantees", default=",".join(GUARANTEES))
     p.add_argument("--batch-max-events", type=int, default=WorkerConfig.batch_max_events)
     p.add_argument("--batch-max-ms", type=int, default=WorkerConfig.batch_max_ms)
+    p.add_argument(
+        "--batch-catch-up-events",
+        type=int,
+        default=WorkerConfig.batch_catch_up_events,
+        help="the native worker's cap while catching up (at most --batch-max-events: off)",
+    )
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument(
         "--no-faust", dest="faust", action="store_false", help="leave the Faust runtime out"

@@ -63,6 +63,9 @@ def _settings(bootstrap: str, state_dir: Path, args: argparse.Namespace) -> Sett
         metrics_port=0,
         batch_max_events=args.batch_max_events,
         batch_max_ms=args.batch_max_ms,
+        batch_catch_up_events=getattr(
+            args, "batch_catch_up_events", WorkerConfig.batch_catch_up_events
+        ),
         processing_guarantee=args.guarantee,
         refresh_budget_percent=getattr(
             args, "refresh_budget_percent", WorkerConfig.refresh_budget_percent
@@ -203,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--batch-max-events", type=int, default=WorkerConfig.batch_max_events)
     p.add_argument("--batch-max-ms", type=int, default=WorkerConfig.batch_max_ms)
+    p.add_argument(
+        "--batch-catch-up-events",
+        type=int,
+        default=WorkerConfig.batch_catch_up_events,
+        help="the native worker's cap while catching up (at most --batch-max-events: off)",
+    )
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--only", choices=("throughput", "latency"))
     p.add_argument(
@@ -227,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 "partitions": args.partitions,
                 "batch_max_events": args.batch_max_events,
                 "batch_max_ms": args.batch_max_ms,
+                "batch_catch_up_events": args.batch_catch_up_events,
                 "machine": f"{platform.machine()} {os.cpu_count()} cpu",
                 "broker": "embedded" if broker else bootstrap,
             }
