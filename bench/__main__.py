@@ -22,6 +22,7 @@ SECTIONS: dict[str, str] = {
     "forwarding": "bench.forwarding",
     "model_sync": "bench.model_sync",
     "refresh": "bench.refresh_cost",
+    "catch_up": "bench.catch_up",
 }
 
 
