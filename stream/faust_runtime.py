@@ -98,6 +98,7 @@ class FaustRuntime:
         self.model = model
         self._build_model = build_model
         self.metrics = WorkerMetrics.create(registry)
+        self.metrics.batch_cap.set(settings.worker.batch_max_events)  # fixed: no catching up
         self.stats = WorkerStats(self.metrics)
         self.store: Store = store if store is not None else RocksDBStore(state_root(settings))
         location = self.store.location

@@ -153,6 +153,7 @@ class Worker:
         self._fenced_at: list[float] = []
         self._aborts = 0  # batch transactions aborted in a row
         self._cap = settings.worker.batch_max_events  # this batch's cap (see _run_batch)
+        self.metrics.batch_cap.set(self._cap)
         self._placement_at = 0.0
         self._client_errors: dict[str, tuple[float, int]] = {}  # kind -> (logged at, repeats)
         self.pipeline = Pipeline(settings, self.metrics, self.stats, self._warn_model)
