@@ -31,10 +31,15 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
-from bench.throughput import _settings, measure_latency, measure_throughput
+from bench.throughput import (
+    _settings,
+    add_batch_options,
+    measure_latency,
+    measure_throughput,
+)
 from model.synthetic import SyntheticStream
 from stream.broker import free_port
-from stream.config import BOOTSTRAP_ENV, KafkaConfig, Settings, TopicsConfig, WorkerConfig
+from stream.config import BOOTSTRAP_ENV, KafkaConfig, Settings, TopicsConfig
 from stream.publish import Publisher
 from stream.topics import TopicSpec, ensure_topics, topic_specs
 
@@ -229,14 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--guarantees", default=",".join(GUARANTEES))
-    p.add_argument("--batch-max-events", type=int, default=WorkerConfig.batch_max_events)
-    p.add_argument("--batch-max-ms", type=int, default=WorkerConfig.batch_max_ms)
-    p.add_argument(
-        "--batch-catch-up-events",
-        type=int,
-        default=WorkerConfig.batch_catch_up_events,
-        help="the native worker's cap while catching up (at most --batch-max-events: off)",
-    )
+    add_batch_options(p)
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument(
         "--repeat", type=int, default=3, help="drains per ceiling and native backlog (median)"

@@ -193,6 +193,18 @@ def measure_latency(bootstrap: str, state_dir: Path, args: argparse.Namespace) -
     }
 
 
+def add_batch_options(p: argparse.ArgumentParser) -> None:
+    """The worker's micro-batch settings, as ``_settings`` reads them."""
+    p.add_argument("--batch-max-events", type=int, default=WorkerConfig.batch_max_events)
+    p.add_argument("--batch-max-ms", type=int, default=WorkerConfig.batch_max_ms)
+    p.add_argument(
+        "--batch-catch-up-events",
+        type=int,
+        default=WorkerConfig.batch_catch_up_events,
+        help="the native worker's cap while catching up (at most --batch-max-events: off)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.throughput",
@@ -204,14 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=1000.0, help="events/s for the latency run")
     p.add_argument("--seconds", type=float, default=20.0, help="length of the latency run")
     p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--batch-max-events", type=int, default=WorkerConfig.batch_max_events)
-    p.add_argument("--batch-max-ms", type=int, default=WorkerConfig.batch_max_ms)
-    p.add_argument(
-        "--batch-catch-up-events",
-        type=int,
-        default=WorkerConfig.batch_catch_up_events,
-        help="the native worker's cap while catching up (at most --batch-max-events: off)",
-    )
+    add_batch_options(p)
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--only", choices=("throughput", "latency"))
     p.add_argument(
