@@ -148,11 +148,13 @@ def process_batch(
     result = BatchResult()
     before: list[UserState] = []
     update_state = getattr(model, "update_state", None)
+    # A model that says what it reads of a state copies only that (one copy per event).
+    snapshot = getattr(model, "state_before", None) or UserState.copy
     for ev in events:
         st = states.get(ev.user_id)
         if st is None:
             st = states[ev.user_id] = UserState()
-        before.append(st.copy())
+        before.append(snapshot(st))
         apply_event(st, ev)
         if update_state is not None:
             update_state(st, ev)

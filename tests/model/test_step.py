@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+import torch
 
 from core.types import Event, UserState
 from model.evaluate import MemoryStates
@@ -136,3 +137,30 @@ def test_held_scoring_uses_the_list_published_after_the_users_previous_batch() -
     # A fresh ranking puts i1 first: pull and held scoring differ on this stream.
     again = process_batch(second[:1], pulled, model, k=2, score=True)
     assert again.ranks == [0]
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_what_a_model_keeps_of_the_state_before_an_event_is_all_it_reads(
+    name: str, exclude_seen: bool
+) -> None:
+    events = list(SyntheticStream(seed=3, n_users=25, n_events=900))
+    model, views = create_model(name, seed=0, exclude_seen=exclude_seen), MemoryStates()
+    for i in range(0, len(events), 60):
+        process_batch(events[i : i + 60], views, model, score=False)
+    users = sorted(views.states)
+    states = [views.states[u] for u in users]
+    lean = [model.state_before(st) for st in states]  # type: ignore[attr-defined]
+    full = [st.copy() for st in states]
+    # Everything but the exclusion list the model does not use, and nothing shared
+    # that the next event changes in place.
+    for st, kept, copy in zip(states, lean, full, strict=True):
+        assert kept.seen == (copy.seen if exclude_seen else [])
+        kept.seen = copy.seen
+        assert kept == copy
+        apply_event(st, Event("someone", "i-new", "purchase", st.last_ts + 1))
+    assert lean == full
+    assert any(len(st.seen) > len(st.purchased) for st in full)
+    excluded = model.excluded_matrix  # type: ignore[attr-defined]
+    assert np.array_equal(excluded(lean), excluded(full))
+    torch.testing.assert_close(model.scores(users, lean), model.scores(users, full))  # type: ignore[attr-defined]
