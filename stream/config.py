@@ -62,8 +62,9 @@ if _RDKAFKA_LOG.level == logging.NOTSET:
     _RDKAFKA_LOG.setLevel(logging.CRITICAL)
 
 
-def _env(name: str) -> dict[str, str]:
-    return {"env": name}
+def _env(name: str, empty: bool = False) -> dict[str, Any]:
+    """The environment variable of a setting; ``empty``: set but empty counts (as "")."""
+    return {"env": name, "empty": empty}
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class TopicsConfig:
         default="interest.dead-letter", metadata=_env("INTEREST_TOPIC_DEAD_LETTER")
     )
     # Item metadata (stream/items.py): optional, compacted; empty: none is read.
-    items: str = field(default="interest.items", metadata=_env("INTEREST_TOPIC_ITEMS"))
+    items: str = field(default="interest.items", metadata=_env("INTEREST_TOPIC_ITEMS", empty=True))
     # Empty: "<group>.<events>.changelog" (see Settings.changelog_topic).
     changelog: str = field(default="", metadata=_env("INTEREST_TOPIC_CHANGELOG"))
     # Empty: "<group>.model-updates" and "<group>.model" (see Settings.model_updates_topic).
@@ -322,7 +323,7 @@ def _build(
         env_name = f.metadata.get("env")
         if flags.get(f.name) is not None:
             values[f.name] = _convert(section, f, flags[f.name], "flag")
-        elif env_name and env.get(env_name):
+        elif env_name and (env.get(env_name) or (f.metadata.get("empty") and env_name in env)):
             values[f.name] = _convert(section, f, env[env_name], env_name)
         elif f.name in table:
             values[f.name] = _convert(section, f, table[f.name], "config file")

@@ -151,7 +151,9 @@ class ItemsPublisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         if not settings.topics.items:
-            raise ConfigError("no items topic configured (INTEREST_TOPIC_ITEMS is empty)")
+            raise ConfigError(
+                "no items topic configured (INTEREST_TOPIC_ITEMS or [topics] items is empty)"
+            )
         ensure_topics(settings.kafka, [items_topic_spec(settings)])
         conf = settings.kafka.client_config(**{"enable.idempotence": True, "linger.ms": 5})
         self._producer = make_client(Producer, conf)

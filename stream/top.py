@@ -36,7 +36,7 @@ from core.errors import ConfigError, DataError, InterestStreamError
 __all__ = ["Scrape", "parse_metrics", "histogram_quantile", "render", "run_top", "register"]
 
 DEFAULT_URL = "http://localhost:9464/metrics"
-_STAGES = ("poll", "decode", "step", "produce", "commit", "learn")
+_STAGES = ("poll", "decode", "step", "commit", "learn")
 
 Labels = dict[str, str]
 

@@ -139,3 +139,10 @@ def test_user_id_key_mistakes_are_one_clear_error(tmp_path: Path, env, toml, mes
     with pytest.raises(ConfigError, match=message) as info:
         load_settings({}, env=env, config_file=f)
     assert "k" * 20 not in str(info.value)
+
+
+def test_an_empty_items_topic_variable_turns_item_metadata_off():
+    assert load_settings(env={}).topics.items == "interest.items"
+    off = load_settings(env={"INTEREST_TOPIC_ITEMS": "", "INTEREST_TOPIC_EVENTS": ""})
+    assert off.topics.items == ""
+    assert off.topics.events == "interest.events"  # other empty variables are unset ones
