@@ -6,6 +6,8 @@ The settings these flags feed are resolved by :func:`stream.config.settings_from
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Mapping
 
 from core.errors import ConfigError
 
@@ -68,3 +70,16 @@ def check_items(items: int | None, fmt: str = "synthetic") -> int | None:
     if items < 2:
         raise ConfigError("--items must be at least 2")
     return items
+
+
+LOG_LEVEL_ENV = "INTEREST_LOG_LEVEL"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(env: Mapping[str, str] | None = None) -> str:
+    """``$INTEREST_LOG_LEVEL`` (default WARNING), upper-cased; ConfigError when unknown."""
+    raw = (os.environ if env is None else env).get(LOG_LEVEL_ENV) or "WARNING"
+    level = raw.strip().upper()
+    if level not in _LOG_LEVELS:
+        raise ConfigError(f"{LOG_LEVEL_ENV} must be one of {', '.join(_LOG_LEVELS)}, got {raw!r}")
+    return level

@@ -190,15 +190,23 @@ def run(args: argparse.Namespace) -> int:
             f"(choose from {', '.join(MODEL_NAMES)})"
         )
     for out in (args.json, args.plot):
+        if out is not None and out.is_dir():
+            raise ConfigError(f"cannot write {out}: it is a directory (give a file name)")
         if out is not None and not _writable_dir(out.parent):
             raise ConfigError(f"cannot write {out}: {out.parent} is not a writable directory")
     if args.plot is not None:
         try:
-            import matplotlib  # noqa: F401
+            from matplotlib.figure import Figure
         except ImportError:
             raise ConfigError(
                 "--plot needs matplotlib: pip install 'interest-stream[plot]'"
             ) from None
+        kinds = Figure().canvas.get_supported_filetypes()
+        if args.plot.suffix.lower().lstrip(".") not in kinds:
+            raise ConfigError(
+                f"--plot {args.plot}: the file name must end in one of "
+                f"{', '.join('.' + k for k in sorted(kinds))}"
+            )
     torch.set_num_threads(max(1, args.threads))
     torch.use_deterministic_algorithms(True)
     events, ratings, stream = _load(args)

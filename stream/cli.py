@@ -11,12 +11,23 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.cliargs import add_kafka_flags
+from core.cliargs import add_kafka_flags, log_level
 from core.errors import InterestStreamError
 from model import cli as model_cli
 from stream import demo, forget, state_cli, top, worker_cli
 
 __all__ = ["main", "build_parser"]
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is from 1 to 65535, got {port}")
+    return port
 
 
 def _broker_start(args: argparse.Namespace) -> int:
@@ -29,7 +40,8 @@ def _broker_start(args: argparse.Namespace) -> int:
     print(broker.bootstrap)
     print(
         f"Kafka broker running (pid {broker.pid}, started in {time.monotonic() - t0:.1f}s); "
-        f"log: {broker.log_path}; stop with: interest-stream broker stop",
+        f"log: {broker.log_path}; stop with: interest-stream broker stop"
+        + (f" --data-dir {args.data_dir}" if args.data_dir else ""),
         file=sys.stderr,
     )
     return 0
@@ -88,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker = sub.add_parser("broker", help="the embedded local Kafka broker (demo, tests)")
     bsub = broker.add_subparsers(dest="broker_command", required=True, metavar="ACTION")
     start = bsub.add_parser("start", help="start it, print its bootstrap address, leave it running")
-    start.add_argument("--port", type=int, help="listener port (default: a free one)")
+    start.add_argument("--port", type=_port, help="listener port (default: a free one)")
     start.set_defaults(func=_broker_start)
     status = bsub.add_parser("status", help="is it running, and where")
     status.set_defaults(func=_broker_status)
@@ -125,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        log_level()  # a bad INTEREST_LOG_LEVEL is one clear line, whatever the command
         return int(args.func(args) or 0)
     except InterestStreamError as exc:
         print(f"interest-stream: error: {exc}", file=sys.stderr)

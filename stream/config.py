@@ -340,6 +340,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+            f"at offset {exc.start})"
+        ) from None
 
 
 def load_settings(
@@ -369,12 +374,26 @@ def load_settings(
             client[name[len(CLIENT_ENV_PREFIX) :].lower().replace("_", ".")] = value
     client.update(flags.get("client") or {})
 
-    return Settings(
+    settings = Settings(
         kafka=KafkaConfig(client=client, **_build(KafkaConfig, "kafka", flags, env, kafka_table)),
         topics=TopicsConfig(**_build(TopicsConfig, "topics", flags, env, doc.get("topics", {}))),
         worker=WorkerConfig(**_build(WorkerConfig, "worker", flags, env, doc.get("worker", {}))),
         privacy=_privacy(flags, env, doc.get("privacy", {})),
     )
+    named = {
+        "consumer group (--group, INTEREST_GROUP, [worker] group)": settings.worker.group,
+        "events topic (INTEREST_TOPIC_EVENTS, [topics] events)": settings.topics.events,
+        "recommendations topic (INTEREST_TOPIC_RECOMMENDATIONS, [topics] recommendations)": (
+            settings.topics.recommendations
+        ),
+        "dead-letter topic (INTEREST_TOPIC_DEAD_LETTER, [topics] dead_letter)": (
+            settings.topics.dead_letter
+        ),
+    }
+    for what, name in named.items():
+        if not name.strip():
+            raise ConfigError(f"the {what} must not be empty")
+    return settings
 
 
 def _privacy(flags: Mapping[str, Any], env: Mapping[str, str], table: Any) -> PrivacyConfig:

@@ -18,7 +18,13 @@ import sys
 import threading
 from typing import Any
 
-from core.cliargs import add_csv_flags, add_items_flag, add_kafka_flags, check_items
+from core.cliargs import (
+    add_csv_flags,
+    add_items_flag,
+    add_kafka_flags,
+    check_items,
+    log_level,
+)
 from core.errors import ConfigError, KafkaClientError
 from model.factory import MODEL_ENV, THREADS_ENV
 from stream.config import GUARANTEES, RUNTIMES, settings_from_args
@@ -62,7 +68,7 @@ def _worker(args: argparse.Namespace) -> int:
     from stream.runtime import Worker
 
     logging.basicConfig(
-        level=os.environ.get("INTEREST_LOG_LEVEL", "WARNING").upper(),
+        level=log_level(),
         format="interest-stream: %(name)s: %(message)s",
         stream=sys.stderr,
     )

@@ -81,6 +81,22 @@ def test_config_mistakes_exit_non_zero_without_traceback(args, monkeypatch):
     assert "Traceback" not in out.stderr and out.stderr.startswith("interest-stream: error:")
 
 
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["broker", "start", "--port", "70000"], {}, "a port is from 1 to 65535, got 70000"),
+        (["broker", "start", "--port", "x"], {}, "not a port number: 'x'"),
+        (["topics"], {"INTEREST_LOG_LEVEL": "LOUD"}, "INTEREST_LOG_LEVEL must be one of"),
+        (["worker", "--group", ""], {}, "the consumer group"),
+    ],
+)
+def test_bad_values_are_one_line_before_anything_starts(args, env, message):
+    out = _run(args, env={"INTEREST_KAFKA_BOOTSTRAP": "127.0.0.1:9", **env}, timeout=60)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) <= 2
+
+
 def test_cluster_ids_are_valid_for_the_storage_tool():
     from stream.broker import new_cluster_id
 

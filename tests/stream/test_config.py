@@ -146,3 +146,28 @@ def test_an_empty_items_topic_variable_turns_item_metadata_off():
     off = load_settings(env={"INTEREST_TOPIC_ITEMS": "", "INTEREST_TOPIC_EVENTS": ""})
     assert off.topics.items == ""
     assert off.topics.events == "interest.events"  # other empty variables are unset ones
+
+
+def test_a_config_file_that_is_not_utf8_is_one_clear_error(tmp_path: Path):
+    f = tmp_path / "c.toml"
+    f.write_bytes(b"[worker]\ngroup = 'caf\xe9'\n")
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 0xe9 at offset 21\)"):
+        load_settings({}, env={}, config_file=f)
+
+
+@pytest.mark.parametrize(
+    "flags, env, toml, message",
+    [
+        ({"group": ""}, {}, "", "consumer group"),
+        ({"group": "  "}, {}, "", "consumer group"),
+        ({}, {}, "[worker]\ngroup = ''\n", "consumer group"),
+        ({}, {}, "[topics]\nevents = ''\n", "events topic"),
+        ({}, {}, "[topics]\nrecommendations = ''\n", "recommendations topic"),
+        ({}, {}, "[topics]\ndead_letter = ''\n", "dead-letter topic"),
+    ],
+)
+def test_an_empty_group_or_topic_name_is_one_clear_error(tmp_path: Path, flags, env, toml, message):
+    f = tmp_path / "c.toml"
+    f.write_text(toml)
+    with pytest.raises(ConfigError, match=f"the {message} .*must not be empty"):
+        load_settings(flags, env=env, config_file=f)
