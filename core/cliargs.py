@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from core.errors import ConfigError
 
@@ -83,3 +84,21 @@ def log_level(env: Mapping[str, str] | None = None) -> str:
     if level not in _LOG_LEVELS:
         raise ConfigError(f"{LOG_LEVEL_ENV} must be one of {', '.join(_LOG_LEVELS)}, got {raw!r}")
     return level
+
+
+ENCODER_DIR_ENV = "INTEREST_ENCODER_DIR"
+ENCODER_FILES = ("model.safetensors", "vocab.txt", "config.json")
+
+
+def check_encoder_dir(env: Mapping[str, str] | None = None) -> None:
+    """``$INTEREST_ENCODER_DIR``, when set, names a directory with the encoder's files."""
+    raw = (os.environ if env is None else env).get(ENCODER_DIR_ENV)
+    if raw is None:
+        return
+    missing = [f for f in ENCODER_FILES if not (Path(raw) / f).is_file()]
+    if not raw.strip() or missing:
+        what = "is empty" if not raw.strip() else f"{raw} lacks {', '.join(missing)}"
+        raise ConfigError(
+            f"{ENCODER_DIR_ENV} {what}: it names a directory with the item-content encoder's "
+            f"files ({', '.join(ENCODER_FILES)}); unset it to use the installed package's"
+        )

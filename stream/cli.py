@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.cliargs import add_kafka_flags, log_level
+from core.cliargs import add_kafka_flags, check_encoder_dir, log_level
 from core.errors import InterestStreamError
 from model import cli as model_cli
 from stream import demo, forget, state_cli, top, worker_cli
@@ -137,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        log_level()  # a bad INTEREST_LOG_LEVEL is one clear line, whatever the command
+        # Broken process-level settings are one clear line, whatever the command.
+        log_level()
+        check_encoder_dir()
         return int(args.func(args) or 0)
     except InterestStreamError as exc:
         print(f"interest-stream: error: {exc}", file=sys.stderr)

@@ -404,6 +404,12 @@ def _privacy(flags: Mapping[str, Any], env: Mapping[str, str], table: Any) -> Pr
         )
     values = _build(PrivacyConfig, "privacy", flags, env, table)
     secret = env.get(ID_KEY_ENV)
+    if secret is not None and not secret.strip():
+        # Set but empty: ids would go out as sent although pseudonymising was asked for.
+        raise ConfigError(
+            f"${ID_KEY_ENV} is set but empty: unset it to keep user ids as sent, or give "
+            f"a key of at least {MIN_ID_KEY_BYTES} bytes"
+        )
     path: Path | None = values.get("id_key_file")
     if secret and path is not None:
         raise ConfigError(

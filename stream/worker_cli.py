@@ -25,7 +25,7 @@ from core.cliargs import (
     check_items,
     log_level,
 )
-from core.errors import ConfigError, KafkaClientError
+from core.errors import ConfigError, DataError, KafkaClientError
 from model.factory import MODEL_ENV, THREADS_ENV
 from stream.config import GUARANTEES, RUNTIMES, settings_from_args
 
@@ -161,6 +161,8 @@ def _publish(args: argparse.Namespace) -> int:
 
         ensure_topics(settings.kafka, topic_specs(settings.topics))
         stats = pub.publish(events, rate=args.rate, limit=args.limit, progress=True, stop=stop)
+    if stats.delivered == 0 and args.limit != 0 and not stop.is_set():
+        raise DataError(f"no usable events in {args.data or args.format}: nothing was published")
     print(
         f"interest-stream: published {stats.delivered} event(s) to {settings.topics.events} "
         f"in {stats.elapsed_s:.1f}s ({stats.rate:.0f}/s)",

@@ -119,3 +119,26 @@ def test_csv_custom_event_map_and_errors(tmp_path: Path) -> None:
         load_events(path, "csv", column_map={"ts": "when"})
     with pytest.raises(DataError, match="unknown data format"):
         load_events(path, "parquet")
+
+
+def test_rows_that_are_not_utf8_are_skipped_and_a_byte_order_mark_is_no_column(
+    tmp_path: Path,
+) -> None:
+    csv_file = tmp_path / "ev.csv"
+    csv_file.write_bytes(
+        b"\xef\xbb\xbfuser,item,type,ts\n"  # as spreadsheets save UTF-8
+        b"u1,a,click,1700000000\n"
+        b"u\xe91,b,click,1700000001\n"  # Latin-1, not UTF-8
+        b"caf\xc3\xa9,c,click,1700000002\n"
+    )
+    res = load_events(csv_file, "csv")
+    assert [(e.user_id, e.item_id) for e in res.events] == [("u1", "a"), ("caf\u00e9", "c")]
+    assert res.bad_rows == 1 and "ev.csv:3: not UTF-8" in res.examples[0]
+    inter = _recbole(tmp_path, ["1\t10\t4\t100", "2\t20\t5\t200"])
+    inter.write_bytes(inter.read_bytes() + b"\xff\t10\t3\t300\n")
+    res = load_events(inter, "recbole")
+    assert len(res.events) == 2 and res.bad_rows == 1 and "not UTF-8" in res.examples[0]
+    udata = tmp_path / "u.data"
+    udata.write_bytes(b"1\t10\t4\t100\n2\xff\t20\t5\t200\n")
+    res = load_events(udata, "movielens")
+    assert len(res.events) == 1 and res.bad_rows == 1 and "not UTF-8" in res.examples[0]

@@ -88,6 +88,7 @@ def test_config_mistakes_exit_non_zero_without_traceback(args, monkeypatch):
         (["broker", "start", "--port", "x"], {}, "not a port number: 'x'"),
         (["topics"], {"INTEREST_LOG_LEVEL": "LOUD"}, "INTEREST_LOG_LEVEL must be one of"),
         (["worker", "--group", ""], {}, "the consumer group"),
+        (["topics"], {"INTEREST_ENCODER_DIR": "/nonexistent"}, "/nonexistent lacks model."),
     ],
 )
 def test_bad_values_are_one_line_before_anything_starts(args, env, message):

@@ -126,6 +126,7 @@ def test_the_user_id_key_comes_from_the_environment_or_a_file_and_is_never_print
     "env, toml, message",
     [
         ({"INTEREST_ID_KEY": "short"}, "", r"\$INTEREST_ID_KEY holds 5 bytes; .* at least 16"),
+        ({"INTEREST_ID_KEY": ""}, "", r"\$INTEREST_ID_KEY is set but empty"),
         ({"INTEREST_ID_KEY_FILE": "/nonexistent/id.key"}, "", "cannot be read"),
         ({"INTEREST_ID_KEY": "k" * 20, "INTEREST_ID_KEY_FILE": "x"}, "", "set only one"),
         ({}, "[privacy]\nid_key = 'k'\n", "secret in the config file"),

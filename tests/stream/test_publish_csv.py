@@ -55,3 +55,24 @@ def test_publish_maps_columns_and_behaviours(kafka_config, unique_topics, tmp_pa
         ("3", "12", "cart"),
     ]
     assert values[0]["ts"] == 1_700_000_000_000  # seconds in the file, ms on the topic
+
+
+def test_a_file_without_one_usable_event_publishes_nothing_and_fails(
+    kafka_config, unique_topics, tmp_path
+):
+    topics = unique_topics(partitions=2)
+    data = tmp_path / "bad.csv"
+    data.write_text("user,item,type,ts\nu1,a,click,not-a-time\n")
+    env = {**os.environ, "INTEREST_TOPIC_EVENTS": topics.events, "INTEREST_TOPIC_PARTITIONS": "2"}
+    out = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "publish", "--bootstrap-servers"]
+        + [kafka_config.bootstrap_servers, "--data", str(data), "--format", "csv"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"interest-stream: error: no usable events in {data}: nothing was published"
+    )
