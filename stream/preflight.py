@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient
 
 from core.errors import ConfigError, KafkaClientError
 from stream.clients import make_client
-from stream.config import Settings
+from stream.config import KafkaConfig, Settings
 from stream.topics import (
     ensure_changelog,
     ensure_model_topics,
@@ -25,7 +25,7 @@ from stream.topics import (
     updates_retention_ms,
 )
 
-__all__ = ["state_root", "check_writable", "preflight", "CONNECT_TIMEOUT_S"]
+__all__ = ["state_root", "check_writable", "check_reachable", "preflight", "CONNECT_TIMEOUT_S"]
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -53,6 +53,17 @@ def check_writable(root: Path) -> None:
         ) from None
 
 
+def check_reachable(kafka: KafkaConfig) -> None:
+    """One clear line (KafkaClientError) when the cluster does not answer in time."""
+    admin = make_client(AdminClient, kafka.client_config())
+    try:
+        admin.list_topics(timeout=CONNECT_TIMEOUT_S)
+    except KafkaException as exc:
+        raise KafkaClientError(
+            f"cannot reach Kafka at {kafka.bootstrap_servers}", exc.args[0].name()
+        ) from None
+
+
 def preflight(settings: Settings, state_dir: Path | None) -> None:
     """Fail fast, with one clear line, on an unusable state dir or an unreachable broker;
     create missing topics (existing ones are used as they are, with a WARNING where
@@ -63,13 +74,7 @@ def preflight(settings: Settings, state_dir: Path | None) -> None:
     if state_dir is not None:
         check_writable(state_dir)
     kafka = settings.kafka
-    admin = make_client(AdminClient, kafka.client_config())
-    try:
-        admin.list_topics(timeout=CONNECT_TIMEOUT_S)
-    except KafkaException as exc:
-        raise KafkaClientError(
-            f"cannot reach Kafka at {kafka.bootstrap_servers}", exc.args[0].name()
-        ) from None
+    check_reachable(kafka)
     ensure_topics(kafka, topic_specs(settings.topics))
     ensure_changelog(
         kafka, settings.changelog_topic, settings.topics.events, settings.topics.replication_factor

@@ -65,8 +65,9 @@ def test_missing_java_is_one_clear_line(tmp_path: Path):
     assert len(lines) == 1 and "not found on PATH" in lines[0] and "install" in lines[0]
 
 
-def test_unreachable_broker_is_one_clear_line():
-    out = _run(["topics", "--bootstrap-servers", "127.0.0.1:9"], timeout=60)
+@pytest.mark.parametrize("command", [["topics"], ["demo", "--seconds", "5"]])
+def test_unreachable_broker_is_one_clear_line(command):
+    out = _run([*command, "--bootstrap-servers", "127.0.0.1:9"], timeout=60)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines() == [
         "interest-stream: error: cannot reach Kafka at 127.0.0.1:9 (_TRANSPORT)"
@@ -88,6 +89,8 @@ def test_config_mistakes_exit_non_zero_without_traceback(args, monkeypatch):
         (["broker", "start", "--port", "x"], {}, "not a port number: 'x'"),
         (["topics"], {"INTEREST_LOG_LEVEL": "LOUD"}, "INTEREST_LOG_LEVEL must be one of"),
         (["worker", "--group", ""], {}, "the consumer group"),
+        (["demo", "--seconds", "0"], {}, "--seconds must be a positive number"),
+        (["demo", "--rate", "0"], {}, "--rate must be a positive number"),
         (["topics"], {"INTEREST_ENCODER_DIR": "/nonexistent"}, "/nonexistent lacks model."),
     ],
 )
