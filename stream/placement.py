@@ -31,13 +31,15 @@ class Placement:
     """The events topic's partition count, and each key's partition under it."""
 
     def __init__(self, partitions: int) -> None:
-        self.partitions = partitions
+        self.partitions = partitions  # the configured count until the topic's is known
+        self._known = False
         self._cache: dict[bytes, int] = {}
         self._warned_at = -_WARN_EVERY_S
         self._since_warning = 0
 
     def resize(self, partitions: int) -> None:
-        if partitions != self.partitions:
+        """The events topic has ``partitions`` (as just read from the cluster)."""
+        if partitions != self.partitions and self._known:
             log.warning(
                 "the events topic now has %d partitions (was %d): users whose key "
                 "hashes elsewhere now are forwarded there, their earlier state stays "
@@ -45,8 +47,10 @@ class Placement:
                 partitions,
                 self.partitions,
             )
+        if partitions != self.partitions:
             self.partitions = partitions
             self._cache.clear()
+        self._known = True
 
     def of(self, key: bytes) -> int:
         """The partition ``key`` belongs to."""

@@ -89,8 +89,8 @@ def ensure_topics(
             have = len(existing[spec.name].partitions)
             if have != spec.partitions:
                 log.warning(
-                    "topic %s exists with %d partitions, the configuration says %d; "
-                    "using the existing topic",
+                    "topic %s exists with %d partitions (the topics created here get %d: "
+                    "--partitions, INTEREST_TOPIC_PARTITIONS); using it as it is",
                     spec.name,
                     have,
                     spec.partitions,

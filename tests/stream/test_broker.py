@@ -145,8 +145,8 @@ def test_existing_topic_with_other_partition_count_is_reported(kafka_config, uni
         }
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     assert (
-        f"topic {topics.events} exists with 2 partitions, the configuration says 5; "
-        "using the existing topic"
+        f"topic {topics.events} exists with 2 partitions (the topics created here get 5: "
+        "--partitions, INTEREST_TOPIC_PARTITIONS); using it as it is"
     ) in caplog.text
     admin = AdminClient(kafka_config.client_config())
     assert len(admin.list_topics(timeout=10).topics[topics.events].partitions) == 2

@@ -131,3 +131,19 @@ def test_the_worker_applies_the_id_byte_limit_from_its_settings():
     assert [(src.offset, r.reason, r.detail) for src, r in checkpoint.dead_letters] == [
         (10, "bad-id", "item_id: longer than 2 bytes")
     ]
+
+
+def test_the_partition_count_read_at_start_is_no_change_but_a_later_one_is(caplog):
+    from stream.placement import Placement
+
+    placement = Placement(4)  # the configured count of new topics
+    with caplog.at_level("WARNING", logger="interest_stream.worker"):
+        placement.resize(2)  # the topic as the worker finds it at start
+        assert placement.partitions == 2 and not caplog.records
+        placement.resize(2)
+        assert not caplog.records
+        placement.resize(3)
+    assert placement.partitions == 3
+    assert [r.getMessage()[:45] for r in caplog.records] == [
+        "the events topic now has 3 partitions (was 2)"
+    ]

@@ -341,7 +341,8 @@ def test_publish_uses_an_existing_topic_with_another_partition_count(
     )
     assert proc.returncode == 0, proc.stderr
     assert (
-        f"topic {topics.events} exists with 3 partitions, the configuration says 4" in proc.stderr
+        f"topic {topics.events} exists with 3 partitions (the topics created here get 4"
+        in proc.stderr
     )
     assert "published 20 event(s)" in proc.stderr
     assert len(read_topic(kafka, topics.events)) == 20
