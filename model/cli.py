@@ -162,6 +162,8 @@ def _load(args: argparse.Namespace) -> tuple[list, list | None, Any]:
     if args.format == "synthetic":
         from model.synthetic import SyntheticStream
 
+        if args.data is not None:
+            raise ConfigError("--data is not read with --format synthetic (the stream is made up)")
         if args.events < 10:
             raise ConfigError("--events must be at least 10")
         stream = SyntheticStream(seed=args.seed, n_events=args.events, n_items=items)
@@ -207,7 +209,9 @@ def run(args: argparse.Namespace) -> int:
                 f"--plot {args.plot}: the file name must end in one of "
                 f"{', '.join('.' + k for k in sorted(kinds))}"
             )
-    torch.set_num_threads(max(1, args.threads))
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     events, ratings, stream = _load(args)
     exclude_seen = args.protocol == "flurs" if args.exclude_seen is None else args.exclude_seen

@@ -188,10 +188,10 @@ def _load_recbole(path: Path) -> ItemsLoad:
 def _load_movielens(path: Path) -> ItemsLoad:
     if path.is_dir():
         item_file = path / "u.item"
-    elif path.name == "u.item":
-        item_file = path
-    else:
+    elif path.name == "u.data":  # the events file: its catalogue is beside it
         item_file = path.with_name("u.item")
+    else:  # the file named is the catalogue, whatever its name
+        item_file = path
     if not item_file.exists():
         raise DataError(f"cannot read {item_file}: no such file")
     from model.datasets import _ML_GENRES

@@ -25,9 +25,19 @@ from core.errors import ConfigError, KafkaClientError
 from stream.config import Settings, settings_from_args
 from stream.events import EventValidator, Rejected, decode_event, encode_erasure
 
-__all__ = ["register", "request_erasure"]
+__all__ = ["register", "request_erasure", "check_user_id"]
 
 _POLL_S = 0.2
+
+
+def check_user_id(settings: Settings, user: str) -> None:
+    """ConfigError unless the workers (with these settings) accept ``user`` as a user id."""
+    key, value = encode_erasure(user)
+    w = settings.worker
+    verdict = decode_event(key, value, None, EventValidator(w.max_payload_bytes, w.max_id_bytes))
+    if isinstance(verdict, Rejected):
+        why = verdict.detail or verdict.reason
+        raise ConfigError(f"--user {user!r}: not a user id the workers accept ({why})")
 
 
 def request_erasure(settings: Settings, user: str, wait_s: float | None = None) -> bool:
@@ -35,11 +45,8 @@ def request_erasure(settings: Settings, user: str, wait_s: float | None = None) 
 
     Returns True when the tombstone was seen (always True without ``wait_s``).
     """
+    check_user_id(settings, user)
     key, value = encode_erasure(user)
-    w = settings.worker
-    verdict = decode_event(key, value, None, EventValidator(w.max_payload_bytes, w.max_id_bytes))
-    if isinstance(verdict, Rejected):
-        raise ConfigError(f"--user: not a user id the workers accept ({verdict.detail})")
     from stream.publish import Publisher
 
     watch = _TombstoneWatch(settings, key) if wait_s is not None else None

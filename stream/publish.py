@@ -58,6 +58,8 @@ def event_source(
     if fmt == "synthetic":
         from model.synthetic import SyntheticStream
 
+        if data is not None:
+            raise ConfigError("--data is not read with --format synthetic (the stream is made up)")
         return SyntheticStream(seed=seed, n_items=n_items)
     if fmt not in SOURCES:
         raise ConfigError(f"unknown format {fmt!r} (choose from {', '.join(SOURCES)})")

@@ -34,14 +34,11 @@ __all__ = ["register"]
 _STATUS_EVERY_S = 10.0
 
 
-def _install_stop_handlers(stop: threading.Event) -> None:
+def _install_stop_handlers(stop: threading.Event, doing: str = "finishing the batch") -> None:
     def handler(signum: int, frame: object) -> None:
         if stop.is_set():
             raise KeyboardInterrupt  # second signal: give up waiting
-        print(
-            f"interest-stream: {signal.Signals(signum).name} received, finishing the batch",
-            file=sys.stderr,
-        )
+        print(f"interest-stream: {signal.Signals(signum).name} received, {doing}", file=sys.stderr)
         stop.set()
 
     signal.signal(signal.SIGINT, handler)
@@ -154,7 +151,7 @@ def _publish(args: argparse.Namespace) -> int:
         n_items=check_items(args.items, args.format),
     )
     stop = threading.Event()
-    _install_stop_handlers(stop)
+    _install_stop_handlers(stop, "stopping after the events sent so far")
     with Publisher(settings) as pub:
         pub.check_connection()
         from stream.topics import ensure_topics, topic_specs
@@ -195,8 +192,12 @@ def _tail(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     settings.kafka.client_config()
+    if args.user is not None:
+        from stream.forget import check_user_id
+
+        check_user_id(settings, args.user)  # an id no worker accepts never has a list
     stop = threading.Event()
-    _install_stop_handlers(stop)
+    _install_stop_handlers(stop, "stopping")
     tail(settings, user=args.user, stop=stop, from_beginning=args.from_beginning)
     return 0
 

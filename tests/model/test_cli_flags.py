@@ -97,3 +97,16 @@ def test_evaluate_on_a_synthetic_catalogue_of_a_given_size(tmp_path, capsys):
     assert json.loads(out.read_text())["events_tested"] == 600
     assert main([*args[:-1], "1"]) != 0
     assert "--items must be at least 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
+        (["--data", "/tmp"], "--data is not read with --format synthetic"),
+    ],
+)
+def test_synthetic_evaluation_mistakes_are_one_line(capsys, extra, message):
+    code = main(["evaluate", "--format", "synthetic", "--events", "100", *extra])
+    err = capsys.readouterr().err
+    assert code != 0 and message in err and "Traceback" not in err

@@ -47,6 +47,18 @@ def test_movielens_u_item_titles_and_genres(tmp_path: Path) -> None:
     assert loaded.bad_rows == 1 and "u.item:3" in (loaded.report("u.item") or "")
 
 
+def test_movielens_items_come_from_the_file_named_or_beside_the_events(tmp_path: Path) -> None:
+    flags = "|".join(["0"] * 19)
+    (tmp_path / "u.item").write_text(f"1|Beside (1995)|01-Jan-1995||http://x|{flags}\n")
+    (tmp_path / "mine.txt").write_text(f"2|Named (1996)|01-Jan-1996||http://x|{flags}\n")
+    (tmp_path / "u.data").write_text("1\t1\t5\t881250949\n")
+    assert [i.title for i in load_items(tmp_path / "mine.txt", "movielens").items] == [
+        "Named (1996)"
+    ]
+    for beside in (tmp_path / "u.data", tmp_path):
+        assert [i.title for i in load_items(beside, "movielens").items] == ["Beside (1995)"]
+
+
 def test_recbole_item_file_with_year_and_classes(tmp_path: Path) -> None:
     (tmp_path / "ml.item").write_text(
         "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
