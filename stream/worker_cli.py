@@ -10,12 +10,14 @@ A worker prints a start line, a status line every 10 s and a summary on exit;
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from core.cliargs import (
@@ -26,6 +28,7 @@ from core.cliargs import (
     log_level,
 )
 from core.errors import ConfigError, DataError, KafkaClientError
+from core.types import Event
 from model.factory import MODEL_ENV, THREADS_ENV
 from stream.config import GUARANTEES, RUNTIMES, settings_from_args
 
@@ -150,6 +153,10 @@ def _publish(args: argparse.Namespace) -> int:
         event_map=parse_mapping(args.event_map, "--event-map"),
         n_items=check_items(args.items, args.format),
     )
+    if args.retime and args.format == "synthetic":
+        raise ConfigError("--retime is for files (the synthetic stream's times are now)")
+    if args.format != "synthetic":
+        events = _in_time_range(list(events), args.retime)
     stop = threading.Event()
     _install_stop_handlers(stop, "stopping after the events sent so far")
     with Publisher(settings) as pub:
@@ -166,6 +173,32 @@ def _publish(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _in_time_range(events: list[Event], retime: bool) -> list[Event]:
+    """The events whose ``ts`` the workers accept (1990 to a day ahead); ``retime``: all of
+    them, moved so that the last one is now. Those left out are reported on stderr."""
+    from stream.events import MAX_FUTURE_MS, MIN_TS_MS
+
+    if not events:
+        return events
+    now = int(time.time() * 1000)
+    if retime:
+        shift = now - max(ev.ts for ev in events)
+        if min(ev.ts for ev in events) + shift < MIN_TS_MS:
+            raise DataError("--retime: the file's events span more time than since 1990")
+        return [dataclasses.replace(ev, ts=ev.ts + shift) for ev in events]
+    kept = [ev for ev in events if MIN_TS_MS <= ev.ts <= now + MAX_FUTURE_MS]
+    if len(kept) < len(events):
+        odd = next(ev for ev in events if not MIN_TS_MS <= ev.ts <= now + MAX_FUTURE_MS)
+        print(
+            f"interest-stream: skipped {len(events) - len(kept)} of {len(events)} event(s) "
+            f"whose time the workers reject as bad-timestamp (before 1990-01-01 or more "
+            f"than a day ahead; the first: user {odd.user_id!r} at {odd.ts} ms); --retime "
+            "moves the file's times so that its last event is now",
+            file=sys.stderr,
+        )
+    return kept
 
 
 def _publish_items(args: argparse.Namespace) -> int:
@@ -252,6 +285,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="events per second (default: as fast as the broker takes them)",
     )
     p.add_argument("--limit", type=int, metavar="N", help="stop after N events")
+    p.add_argument(
+        "--retime",
+        action="store_true",
+        help="move the file's timestamps (gaps kept) so that its last event is now: for "
+        "logs with relative or synthetic times, which the workers would dead-letter",
+    )
     add_items_flag(p)
     add_csv_flags(p)
     p.set_defaults(func=_publish)

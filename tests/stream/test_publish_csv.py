@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from stream.topics import ensure_topics, topic_specs
 from tests.stream.helpers import read_topic
@@ -76,3 +77,34 @@ def test_a_file_without_one_usable_event_publishes_nothing_and_fails(
     assert out.stderr.strip().splitlines()[-1] == (
         f"interest-stream: error: no usable events in {data}: nothing was published"
     )
+
+
+def test_relative_times_are_skipped_with_a_hint_or_moved_to_now_with_retime(
+    kafka_config, unique_topics, tmp_path
+):
+    topics = unique_topics(partitions=2)
+    data = tmp_path / "relative.csv"
+    data.write_text("user,item,type,ts\nu1,a,click,1\nu2,b,click,3\nu1,c,cart,4\n")
+    env = {**os.environ, "INTEREST_TOPIC_EVENTS": topics.events, "INTEREST_TOPIC_PARTITIONS": "2"}
+
+    def publish(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "stream.cli", "publish", "--bootstrap-servers"]
+            + [kafka_config.bootstrap_servers, "--data", str(data), "--format", "csv", *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+
+    out = publish()
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "skipped 3 of 3 event(s) whose time the workers reject" in out.stderr
+    assert "--retime" in out.stderr
+    before = int(time.time() * 1000)
+    out = publish("--retime")
+    assert out.returncode == 0, out.stderr
+    values = [json.loads(m.value()) for m in read_topic(kafka_config, topics.events)]
+    ts = sorted(v["ts"] for v in values)
+    assert len(ts) == 3 and before - 60_000 < ts[-1] <= int(time.time() * 1000)
+    assert [t - ts[0] for t in ts] == [0, 2000, 3000]  # the file's gaps, in ms
