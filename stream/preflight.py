@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 import tempfile
+import threading
 from pathlib import Path
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from core.errors import ConfigError, KafkaClientError
-from stream.clients import make_client
+from stream.clients import list_topics, make_client
 from stream.config import KafkaConfig, Settings
 from stream.topics import (
     ensure_changelog,
@@ -53,18 +54,21 @@ def check_writable(root: Path) -> None:
         ) from None
 
 
-def check_reachable(kafka: KafkaConfig) -> None:
-    """One clear line (KafkaClientError) when the cluster does not answer in time."""
+def check_reachable(kafka: KafkaConfig, stop: threading.Event | None = None) -> None:
+    """One clear line (KafkaClientError) when the cluster does not answer in time; ``stop``
+    set meanwhile (a signal) ends the wait (KeyboardInterrupt)."""
     admin = make_client(AdminClient, kafka.client_config())
     try:
-        admin.list_topics(timeout=CONNECT_TIMEOUT_S)
+        list_topics(admin, CONNECT_TIMEOUT_S, stop=stop)
     except KafkaException as exc:
         raise KafkaClientError(
             f"cannot reach Kafka at {kafka.bootstrap_servers}", exc.args[0].name()
         ) from None
 
 
-def preflight(settings: Settings, state_dir: Path | None) -> None:
+def preflight(
+    settings: Settings, state_dir: Path | None, stop: threading.Event | None = None
+) -> None:
     """Fail fast, with one clear line, on an unusable state dir or an unreachable broker;
     create missing topics (existing ones are used as they are, with a WARNING where
     they differ from the configuration). Cheap enough to call before loading a model.
@@ -74,7 +78,7 @@ def preflight(settings: Settings, state_dir: Path | None) -> None:
     if state_dir is not None:
         check_writable(state_dir)
     kafka = settings.kafka
-    check_reachable(kafka)
+    check_reachable(kafka, stop)
     ensure_topics(kafka, topic_specs(settings.topics))
     ensure_changelog(
         kafka, settings.changelog_topic, settings.topics.events, settings.topics.replication_factor

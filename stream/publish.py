@@ -28,7 +28,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from core.errors import ConfigError, KafkaClientError
 from core.types import Event
 from model.datasets import SOURCES
-from stream.clients import make_client
+from stream.clients import list_topics, make_client
 from stream.config import Settings
 from stream.events import encode_event
 
@@ -106,10 +106,11 @@ class Publisher:
     ) -> None:
         self.close()
 
-    def check_connection(self, timeout: float = 10.0) -> None:
-        """Raise one clear error when the broker cannot be reached."""
+    def check_connection(self, timeout: float = 10.0, stop: threading.Event | None = None) -> None:
+        """Raise one clear error when the broker cannot be reached (``stop``: see
+        :func:`stream.clients.list_topics`)."""
         try:
-            self._producer.list_topics(self.settings.topics.events, timeout=timeout)
+            list_topics(self._producer, timeout, self.settings.topics.events, stop)
         except KafkaException as exc:
             raise KafkaClientError(
                 f"cannot reach Kafka at {self.settings.kafka.bootstrap_servers}", exc.args[0].name()

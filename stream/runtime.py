@@ -174,7 +174,7 @@ class Worker:
         """Process batches until ``stop`` is set; returns the final stats."""
         stop = stop if stop is not None else threading.Event()
         self._stop = stop
-        preflight(self.settings, self.store.location)
+        preflight(self.settings, self.store.location, stop)
         self.pipeline.placement.resize(self._events_partitions())
         if self.model is None:
             assert self._build_model is not None

@@ -42,7 +42,7 @@ from confluent_kafka import (
 
 from core.errors import KafkaClientError
 from core.partition import partition_for
-from stream.clients import make_client
+from stream.clients import list_topics, make_client
 from stream.config import Settings
 from stream.events import NEWCOMERS_ID, decode_recommendation
 
@@ -211,7 +211,7 @@ class _Reader:
         deadline = time.monotonic() + _METADATA_WAIT_S
         while True:
             try:
-                meta = self.consumer.list_topics(self.topic, timeout=10).topics[self.topic]
+                meta = list_topics(self.consumer, 10, self.topic, self.stop).topics[self.topic]
             except KafkaException as exc:
                 raise self._unreachable(exc) from None
             ready = (

@@ -14,7 +14,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from core.errors import ConfigError, KafkaClientError
-from stream.clients import make_client
+from stream.clients import list_topics, make_client
 from stream.config import KafkaConfig, TopicsConfig
 
 __all__ = [
@@ -76,7 +76,7 @@ def ensure_topics(
     """
     admin = make_client(AdminClient, kafka.client_config())
     try:
-        existing = admin.list_topics(timeout=timeout).topics
+        existing = list_topics(admin, timeout).topics
     except KafkaException as exc:
         err = exc.args[0]
         raise KafkaClientError(
@@ -124,7 +124,7 @@ def partition_count(kafka: KafkaConfig, topic: str, timeout: float = 15.0) -> in
     """Partitions of ``topic`` (None when it does not exist)."""
     admin = make_client(AdminClient, kafka.client_config())
     try:
-        meta = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+        meta = list_topics(admin, timeout, topic).topics.get(topic)
     except KafkaException as exc:
         raise KafkaClientError(
             f"cannot reach Kafka at {kafka.bootstrap_servers}", exc.args[0].name()

@@ -160,7 +160,7 @@ def _publish(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _install_stop_handlers(stop, "stopping after the events sent so far")
     with Publisher(settings) as pub:
-        pub.check_connection()
+        pub.check_connection(stop=stop)
         from stream.topics import ensure_topics, topic_specs
 
         ensure_topics(settings.kafka, topic_specs(settings.topics))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,24 @@ def test_bad_values_are_one_line_before_anything_starts(args, env, message):
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert message in out.stderr and len(out.stderr.strip().splitlines()) <= 2
+
+
+@pytest.mark.parametrize("command", [["worker", "--metrics-port", "0"], ["tail"], ["topics"]])
+def test_ctrl_c_while_the_broker_does_not_answer_ends_the_wait(command, tmp_path):
+    proc = subprocess.Popen(
+        [*CLI, *command, "--bootstrap-servers", "127.0.0.1:9"],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "INTEREST_STATE_DIR": str(tmp_path / "state")},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    time.sleep(3)  # past start-up, inside the 10 s the client is given to reach the broker
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    # Not "cannot reach Kafka" once the wait ran out: the signal ended it.
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interest-stream: interrupted"
 
 
 def test_cluster_ids_are_valid_for_the_storage_tool():
