@@ -80,11 +80,14 @@ def _worker(args: argparse.Namespace) -> int:
     # The worker checks the state dir and the broker before it builds the model:
     # a mistake shows in a second, not ten.
     worker = Worker(settings, build_model=create_serving_model, registry=CollectorRegistry())
-    worker.on_start = lambda info: print(
-        f"interest-stream: worker starting: {json.dumps(info)}", file=sys.stderr, flush=True
-    )
+    # Status lines once the worker runs: none before an error that stops it at start.
     status = threading.Thread(target=_status_loop, args=(worker, stop), daemon=True)
-    status.start()
+
+    def started(info: dict[str, Any]) -> None:
+        print(f"interest-stream: worker starting: {json.dumps(info)}", file=sys.stderr, flush=True)
+        status.start()
+
+    worker.on_start = started
     try:
         stats = worker.run(stop)
     except KafkaException as exc:

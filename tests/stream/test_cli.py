@@ -67,9 +67,12 @@ def test_missing_java_is_one_clear_line(tmp_path: Path):
     assert len(lines) == 1 and "not found on PATH" in lines[0] and "install" in lines[0]
 
 
-@pytest.mark.parametrize("command", [["topics"], ["demo", "--seconds", "5"]])
-def test_unreachable_broker_is_one_clear_line(command):
-    out = _run([*command, "--bootstrap-servers", "127.0.0.1:9"], timeout=60)
+@pytest.mark.parametrize(
+    "command", [["topics"], ["demo", "--seconds", "5"], ["worker", "--metrics-port", "0"]]
+)
+def test_unreachable_broker_is_one_clear_line(command, tmp_path):
+    env = {"INTEREST_STATE_DIR": str(tmp_path / "state")}
+    out = _run([*command, "--bootstrap-servers", "127.0.0.1:9"], env=env, timeout=60)
     assert out.returncode != 0
     assert out.stderr.strip().splitlines() == [
         "interest-stream: error: cannot reach Kafka at 127.0.0.1:9 (_TRANSPORT)"
