@@ -68,8 +68,9 @@ class UserState:
     def n_events(self) -> int:
         return sum(self.counts)
 
-    def copy(self) -> UserState:
-        """An independent copy (no list or array is shared with ``self``)."""
+    def copy(self, seen: bool = True) -> UserState:
+        """An independent copy (no list or array is shared with ``self``); ``seen=False``
+        leaves the seen list out (empty), for readers that never look at it."""
         return UserState(
             counts=list(self.counts),
             last_ts=self.last_ts,
@@ -77,7 +78,7 @@ class UserState:
             recent_items=list(self.recent_items),
             recent_ts=list(self.recent_ts),
             recent_types=list(self.recent_types),
-            seen=list(self.seen),
+            seen=list(self.seen) if seen else [],
             purchased=list(self.purchased),
             last_list=list(self.last_list),
         )

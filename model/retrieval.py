@@ -165,22 +165,10 @@ class BaseRanker:
 
     def state_before(self, state: UserState) -> UserState:
         """What ranking and learning read of ``state``, as it is now (see
-        :func:`model.step.process_batch`): a copy of everything but the exclusion
-        list the ranker does not use (``seen`` holds up to 2,000 items, and a
-        batch keeps one of these per event). ``last_list`` is shared: it is only
-        ever replaced, never changed in place.
+        :func:`model.step.process_batch`, which keeps one per event): a copy without
+        the seen list (up to 2,000 items) unless the ranker excludes seen items.
         """
-        return UserState(
-            counts=list(state.counts),
-            last_ts=state.last_ts,
-            long_term=state.long_term.copy(),
-            recent_items=list(state.recent_items),
-            recent_ts=list(state.recent_ts),
-            recent_types=list(state.recent_types),
-            seen=list(state.seen) if self.exclude_seen else [],
-            purchased=list(state.purchased),
-            last_list=state.last_list,
-        )
+        return state.copy(seen=self.exclude_seen)
 
     def excluded_matrix(self, states: Sequence[UserState]) -> np.ndarray:
         """int64[B, E] rows never to list per state (seen or purchased items), -1 padded."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from core.errors import ConfigError
+from core.errors import ConfigError, KafkaClientError
 
 __all__ = ["make_client", "list_topics"]
 
@@ -28,11 +28,17 @@ def make_client(cls: type, conf: dict[str, Any]) -> Any:
 
 
 def list_topics(
-    client: Any, seconds: float, topic: str | None = None, stop: threading.Event | None = None
+    client: Any,
+    bootstrap: str | None,
+    seconds: float,
+    topic: str | None = None,
+    stop: threading.Event | None = None,
 ) -> Any:
-    """``client.list_topics`` given ``seconds`` to reach the cluster, in waits of at most half
-    a second: Ctrl-C (KeyboardInterrupt, or ``stop`` set by a signal handler) ends the wait
-    at once instead of after the whole timeout. Raises the client's KafkaException."""
+    """``client.list_topics`` given ``seconds`` to reach the cluster at ``bootstrap``, in
+    waits of at most half a second: Ctrl-C (KeyboardInterrupt, or ``stop`` set by a signal
+    handler) ends the wait at once instead of after the whole timeout. A cluster that does
+    not answer (or refuses) is one KafkaClientError, "cannot reach Kafka at ...".
+    """
     deadline = time.monotonic() + seconds
     while True:
         wait = max(0.05, min(_SLICE_S, deadline - time.monotonic()))
@@ -42,9 +48,9 @@ def list_topics(
             return client.list_topics(topic, timeout=wait)
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
-            if not isinstance(err, KafkaError) or err.code() not in _UNREACHABLE:
-                raise
-            if stop is not None and stop.is_set():
+            retry = isinstance(err, KafkaError) and err.code() in _UNREACHABLE
+            if retry and stop is not None and stop.is_set():
                 raise KeyboardInterrupt from None
-            if time.monotonic() >= deadline:
-                raise
+            if not retry or time.monotonic() >= deadline:
+                name = err.name() if isinstance(err, KafkaError) else None
+                raise KafkaClientError(f"cannot reach Kafka at {bootstrap}", name) from None

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from core.errors import ConfigError, KafkaClientError
 from core.types import Event
@@ -109,12 +109,8 @@ class Publisher:
     def check_connection(self, timeout: float = 10.0, stop: threading.Event | None = None) -> None:
         """Raise one clear error when the broker cannot be reached (``stop``: see
         :func:`stream.clients.list_topics`)."""
-        try:
-            list_topics(self._producer, timeout, self.settings.topics.events, stop)
-        except KafkaException as exc:
-            raise KafkaClientError(
-                f"cannot reach Kafka at {self.settings.kafka.bootstrap_servers}", exc.args[0].name()
-            ) from None
+        kafka, events = self.settings.kafka, self.settings.topics.events
+        list_topics(self._producer, kafka.bootstrap_servers, timeout, events, stop)
 
     def send(
         self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None

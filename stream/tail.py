@@ -210,10 +210,8 @@ class _Reader:
         # A topic created a moment ago may have no leaders yet: ask again for a while.
         deadline = time.monotonic() + _METADATA_WAIT_S
         while True:
-            try:
-                meta = list_topics(self.consumer, 10, self.topic, self.stop).topics[self.topic]
-            except KafkaException as exc:
-                raise self._unreachable(exc) from None
+            meta = list_topics(self.consumer, self.bootstrap, 10, self.topic, self.stop)
+            meta = meta.topics[self.topic]
             ready = (
                 meta.error is None
                 and meta.partitions

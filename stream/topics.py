@@ -75,13 +75,7 @@ def ensure_topics(
     that is not compacted keeps every list ever published).
     """
     admin = make_client(AdminClient, kafka.client_config())
-    try:
-        existing = list_topics(admin, timeout).topics
-    except KafkaException as exc:
-        err = exc.args[0]
-        raise KafkaClientError(
-            f"cannot reach Kafka at {kafka.bootstrap_servers}", err.name()
-        ) from None
+    existing = list_topics(admin, kafka.bootstrap_servers, timeout).topics
     result: dict[str, bool] = {}
     missing = []
     for spec in specs:
@@ -123,12 +117,7 @@ def ensure_topics(
 def partition_count(kafka: KafkaConfig, topic: str, timeout: float = 15.0) -> int | None:
     """Partitions of ``topic`` (None when it does not exist)."""
     admin = make_client(AdminClient, kafka.client_config())
-    try:
-        meta = list_topics(admin, timeout, topic).topics.get(topic)
-    except KafkaException as exc:
-        raise KafkaClientError(
-            f"cannot reach Kafka at {kafka.bootstrap_servers}", exc.args[0].name()
-        ) from None
+    meta = list_topics(admin, kafka.bootstrap_servers, timeout, topic).topics.get(topic)
     if meta is None or meta.error is not None:
         return None
     return len(meta.partitions)

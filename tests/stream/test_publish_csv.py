@@ -16,33 +16,32 @@ CSV = (
 )
 
 
+def _publish(kafka_config, topics, data, *extra: str) -> subprocess.CompletedProcess:
+    """``interest-stream publish --format csv`` of ``data`` into ``topics.events``."""
+    env = {**os.environ, "INTEREST_TOPIC_EVENTS": topics.events, "INTEREST_TOPIC_PARTITIONS": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "stream.cli", "publish", "--bootstrap-servers"]
+        + [kafka_config.bootstrap_servers, "--data", str(data), "--format", "csv", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
 def test_publish_maps_columns_and_behaviours(kafka_config, unique_topics, tmp_path):
     topics = unique_topics(partitions=2)
     ensure_topics(kafka_config, topic_specs(topics))
     data = tmp_path / "log.csv"
     data.write_text(CSV)
-    env = {**os.environ, "INTEREST_TOPIC_EVENTS": topics.events, "INTEREST_TOPIC_PARTITIONS": "2"}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stream.cli",
-            "publish",
-            "--bootstrap-servers",
-            kafka_config.bootstrap_servers,
-            "--data",
-            str(data),
-            "--format",
-            "csv",
-            "--columns",
-            "user=uid,item=iid,type=behavior,ts=time",
-            "--event-map",
-            "zzz=cart",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
+    out = _publish(
+        kafka_config,
+        topics,
+        data,
+        "--columns",
+        "user=uid,item=iid,type=behavior,ts=time",
+        "--event-map",
+        "zzz=cart",
     )
     assert out.returncode == 0, out.stderr
     assert "skipped 1 unreadable row(s)" in out.stderr and "'bad,row'" in out.stderr
@@ -64,15 +63,7 @@ def test_a_file_without_one_usable_event_publishes_nothing_and_fails(
     topics = unique_topics(partitions=2)
     data = tmp_path / "bad.csv"
     data.write_text("user,item,type,ts\nu1,a,click,not-a-time\n")
-    env = {**os.environ, "INTEREST_TOPIC_EVENTS": topics.events, "INTEREST_TOPIC_PARTITIONS": "2"}
-    out = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "publish", "--bootstrap-servers"]
-        + [kafka_config.bootstrap_servers, "--data", str(data), "--format", "csv"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    out = _publish(kafka_config, topics, data)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == (
         f"interest-stream: error: no usable events in {data}: nothing was published"
@@ -85,24 +76,12 @@ def test_relative_times_are_skipped_with_a_hint_or_moved_to_now_with_retime(
     topics = unique_topics(partitions=2)
     data = tmp_path / "relative.csv"
     data.write_text("user,item,type,ts\nu1,a,click,1\nu2,b,click,3\nu1,c,cart,4\n")
-    env = {**os.environ, "INTEREST_TOPIC_EVENTS": topics.events, "INTEREST_TOPIC_PARTITIONS": "2"}
-
-    def publish(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "stream.cli", "publish", "--bootstrap-servers"]
-            + [kafka_config.bootstrap_servers, "--data", str(data), "--format", "csv", *extra],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-        )
-
-    out = publish()
+    out = _publish(kafka_config, topics, data)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "skipped 3 of 3 event(s) whose time the workers reject" in out.stderr
     assert "--retime" in out.stderr
     before = int(time.time() * 1000)
-    out = publish("--retime")
+    out = _publish(kafka_config, topics, data, "--retime")
     assert out.returncode == 0, out.stderr
     values = [json.loads(m.value()) for m in read_topic(kafka_config, topics.events)]
     ts = sorted(v["ts"] for v in values)
