@@ -28,6 +28,7 @@ from model.datasets import (
 )
 from model.evaluate import PROTOCOLS, CodecStates, MemoryStates, evaluate_models, split_flurs
 from model.factory import MODEL_NAMES, create_model, model_spec
+from model.pacing import BATCH_CATCH_UP_EVENTS, BATCH_MAX_EVENTS
 from model.refresh import RefreshPolicy
 from model.scaleout import ScaledOut
 from model.subscriber import subscriber_replay, subscriber_summaries, table
@@ -135,6 +136,17 @@ def _add_subscriber_flags(p: argparse.ArgumentParser) -> None:
     ):
         p.add_argument(
             f"--refresh-{name}", type=int, default=default, help=f"{what} (default {default})"
+        )
+    # The worker's batch caps: the warm-up is drained as a worker drains a backlog.
+    for name, default, what in (
+        ("max-events", BATCH_MAX_EVENTS, "a worker's usual batch cap"),
+        ("catch-up-events", BATCH_CATCH_UP_EVENTS, "a worker's batch cap while catching up"),
+    ):
+        p.add_argument(
+            f"--batch-{name}",
+            type=int,
+            default=default,
+            help=f"--subscriber: {what}, for the warm-up drained as a backlog (default {default})",
         )
 
 
@@ -317,6 +329,8 @@ def _refresh_policy(args: argparse.Namespace) -> RefreshPolicy | None:
     values = (args.refresh_stale_events, args.refresh_max_users, args.refresh_interval_ms)
     if min(values) < 1:
         raise ConfigError("--refresh-stale-events, -max-users and -interval-ms must be positive")
+    if min(args.batch_max_events, args.batch_catch_up_events) < 1:
+        raise ConfigError("--batch-max-events and --batch-catch-up-events must be positive")
     return RefreshPolicy(*values)
 
 
@@ -350,6 +364,7 @@ def _subscriber(
             freeze_after=0 if warmup else int(len(test) * STATIC_TRAIN_SHARE),
             progress=bar.update,
             items=items,
+            backlog=(args.batch_max_events, args.batch_catch_up_events),
         )
     return subscriber_summaries(reports, catalogue)
 

@@ -15,6 +15,12 @@ given (typically the service's policy and no refresh at all). A user with no
 list yet holds the newcomer list when the policy publishes one (refresh on),
 else nothing: a miss, as for a subscriber.
 
+The warm-up (learn only) is drained as a worker started on that history
+drains a backlog (:func:`model.pacing.backlog_batches`: batches of the
+worker's usual cap, doubling while they come full up to its catch-up cap),
+so the model the scored events meet is the one a live worker has then
+(``python -m bench.live_quality`` measures the same replay through Kafka).
+
 Refresh passes are driven by event time: between two batches, passes run
 every ``interval_ms`` of event time, each re-ranking at most ``max_users``
 stale users (the same :class:`~model.refresh.RecentUsers` order as the worker),
@@ -23,9 +29,13 @@ that finds nothing stale ends the gap. A refreshed list is received at the
 pass's time; an event-triggered list at the time of its batch's newest event.
 
 Also reported per view: lists refreshed (published, i.e. changed), users
-re-ranked whose list had not changed, and the age of the user's own held list
+re-ranked whose list had not changed, the age of the user's own held list
 at each scored event (seconds of event time: the staleness subscribers
-experience; the newcomer list is left out, as in the worker's metric).
+experience; the newcomer list is left out, as in the worker's metric) and
+how many events learnt it was behind, and what was held at each scored event
+with its hits (``held``: the user's list from their own events, a refreshed
+one, the newcomer list, nothing); ``recall_own_lists`` leaves the newcomer
+list out, as a subscriber that reads only the user's own key sees it.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import numpy as np
 from core.types import Event, Recommendation, UserState
 from model.evaluate import MemoryStates, ModelReport, give_items
 from model.items import ItemMeta
+from model.pacing import BATCH_CATCH_UP_EVENTS, BATCH_MAX_EVENTS, backlog_batches
 from model.refresh import NewcomerList, RecentUsers, RefreshPolicy, refresh_lists
 from model.step import RankingModel, process_batch
 
@@ -119,6 +130,12 @@ class SubscriberView:
     newcomers: NewcomerList = field(default_factory=NewcomerList)
     received_at: dict[str, int] = field(default_factory=dict)  # user -> event time of their list
     ages: list[float] = field(default_factory=list)
+    staleness: list[int] = field(default_factory=list)  # events learnt since the held list
+    # What the user held at each scored event, and the hits on it: their list from
+    # their own events ("events"), a refreshed one ("refresh"), the newcomer list, none.
+    held_kinds: dict[str, int] = field(default_factory=dict)
+    # (user, ts, what was held, the list) per scored event, when asked for
+    trace: list[tuple[str, int, str, tuple[str, ...]]] | None = None
     refreshed: int = 0
     unchanged: int = 0
     next_pass: int | None = None
@@ -127,18 +144,27 @@ class SubscriberView:
         self.report = ModelReport(self.k)
         self.recent = RecentUsers(self.policy.track_users)
 
-    def score(self, ev: Event) -> None:
-        """Score ``ev`` against the list its user holds now."""
+    def score(self, ev: Event, clock: int) -> None:
+        """Score ``ev`` against the list its user holds now (``clock``: events learnt)."""
         held = self.held.held(ev.user_id)
         at = self.received_at.get(ev.user_id)
         if held is not None and at is not None:
             # The user's own list, as the worker's interest_list_age_seconds sees it
             # (the newcomer list's age is not a user's staleness).
             self.ages.append(max(0, ev.ts - at) / 1000.0)
+            ranked = self.recent.ranked_at(ev.user_id)
+            if ranked >= 0:
+                self.staleness.append(clock - ranked)
+        kind = "none" if held is None else "refresh" if ev.user_id in self.held.lists else "events"
         if held is None and self.policy.enabled and self.newcomers.items:
-            held = self.newcomers.ids
+            held, kind = self.newcomers.ids, "newcomers"
         listed = held or []
-        self.report.add(listed.index(ev.item_id) if ev.item_id in listed else None, listed)
+        hit = ev.item_id in listed
+        self.report.add(listed.index(ev.item_id) if hit else None, listed)
+        self.held_kinds[kind] = self.held_kinds.get(kind, 0) + 1
+        self.held_kinds[f"{kind}_hits"] = self.held_kinds.get(f"{kind}_hits", 0) + hit
+        if self.trace is not None:
+            self.trace.append((ev.user_id, ev.ts, kind, tuple(listed)))
 
     def published(self, recs: Sequence[Recommendation], clock: int, at_ms: int) -> None:
         for rec in recs:
@@ -185,6 +211,17 @@ class SubscriberView:
         out["refreshed_unchanged"] = self.unchanged
         for name, q in (("list_age_median_s", 50), ("list_age_p90_s", 90)):
             out[name] = round(float(np.percentile(ages, q)), 1) if ages.size else None
+        # In events learnt: how far behind the model the held list was at the next event.
+        stale = np.asarray(self.staleness, dtype=np.float64)
+        for name, q in (("list_staleness_median_events", 50), ("list_staleness_p90_events", 90)):
+            out[name] = float(np.percentile(stale, q)) if stale.size else None
+        out["stale_share"] = (
+            round(float((stale >= self.policy.stale_events).mean()), 4) if stale.size else None
+        )
+        out["held"] = dict(sorted(self.held_kinds.items()))
+        # As a subscriber that reads only the user's own key sees it (no newcomer list).
+        own = sum(self.report.hits) - self.held_kinds.get("newcomers_hits", 0)
+        out["recall_own_lists"] = round(own / max(len(self.report.hits), 1), 5)
         return out
 
 
@@ -216,12 +253,19 @@ def subscriber_replay(
     freeze_after: int = 0,
     progress: Callable[[int], object] | None = None,
     items: Sequence[ItemMeta] = (),
+    backlog: tuple[int, int] | None = (BATCH_MAX_EVENTS, BATCH_CATCH_UP_EVENTS),
+    trace: bool = False,
 ) -> dict[str, SubscriberReport]:
     """Replay ``warmup`` (learn only) then ``test`` in user-distinct batches; score every view.
 
     ``static``, ``freeze_after`` and ``items`` (item metadata for models that
     take it) as in :func:`model.evaluate.evaluate_models`. The model clock of
-    the refresh policies is the number of events learnt.
+    the refresh policies is the number of events learnt. ``backlog``: the
+    worker's ``(batch_max_events, batch_catch_up_events)``: the warm-up is
+    drained as a worker started on it drains a backlog
+    (:func:`model.pacing.backlog_batches`); None: in batches of ``batch_size``.
+    ``trace``: each view keeps what every scored event was scored against
+    (:attr:`SubscriberView.trace`).
     """
     reports: dict[str, SubscriberReport] = {}
     for name, model in models.items():
@@ -229,10 +273,14 @@ def subscriber_replay(
             give_items(model, items)
         states = MemoryStates()
         views = {p: SubscriberView(pol, HeldLists(states), k) for p, pol in policies.items()}
+        if trace:
+            for view in views.values():
+                view.trace = []
         rep = reports[name] = SubscriberReport(ModelReport(k), views)
         clock = 0
         t0 = time.perf_counter()
-        for batch in _chunks(warmup, batch_size):
+        warm = _chunks(warmup, batch_size) if backlog is None else backlog_batches(warmup, *backlog)
+        for batch in warm:
             res = process_batch(batch, states, model, k=k, score=False)
             clock += len(batch)
             for view in views.values():
@@ -252,7 +300,7 @@ def subscriber_replay(
             for view in views.values():
                 view.passes_until(batch[0].ts, model, clock)
                 for ev in batch:
-                    view.score(ev)
+                    view.score(ev, clock)
             # As in the worker: the lists go out before the model's step on the batch.
             res = process_batch(
                 batch, states, model, k=k, keep_lists=True, learn="later" if learn else False
@@ -296,7 +344,8 @@ def table(result: dict, k: int) -> str:
     head = f"{'model':<16} {'pull':>7}"
     if with_sub:
         head += (
-            f" {'subscriber':>10} {'no refresh':>10} {'pull*':>7} {'refreshed':>9} {'age p50':>8}"
+            f" {'subscriber':>10} {'own key':>8} {'no refresh':>10} {'pull*':>7}"
+            f" {'refreshed':>9} {'age p50':>8}"
         )
     rows = [head]
     for name, m in result["models"].items():
@@ -305,7 +354,8 @@ def table(result: dict, k: int) -> str:
         if sub is not None:
             age = sub["list_age_median_s"]
             row += (
-                f" {sub['recall']:>10.4f} {sub['without_refresh']['recall']:>10.4f}"
+                f" {sub['recall']:>10.4f} {sub['recall_own_lists']:>8.4f}"
+                f" {sub['without_refresh']['recall']:>10.4f}"
                 f" {sub['pull']['recall']:>7.4f} {sub['lists_refreshed']:>9}"
                 f" {'-' if age is None else f'{age:.0f} s':>8}"
             )
@@ -313,8 +363,10 @@ def table(result: dict, k: int) -> str:
     if with_sub:
         rows.append(
             f"Recall@{k}. pull: a list ranked at each event; subscriber: the list the user "
-            "holds, with refresh and without (* pull in the same replay, where users act "
-            "only after receiving their list); age p50: of the held list at the next event"
+            "holds, with refresh (a user with no list yet holds the newcomer list; own key: "
+            "not counting it) and without (* pull in the same replay, where the warm-up is "
+            "drained as a worker drains a backlog and users act only after receiving their "
+            "list); age p50: of the held list at the next event"
         )
     else:
         rows.append(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from model.pacing import BATCH_CATCH_UP_EVENTS, BATCH_MAX_EVENTS
 from model.refresh import RefreshPolicy
 
 __all__ = [
@@ -123,14 +124,16 @@ class WorkerConfig:
     metrics_port: int = field(
         default=9464, metadata={**_env("INTEREST_METRICS_PORT"), "min": 0, "max": 65535}
     )
-    batch_max_events: int = field(default=500, metadata=_env("INTEREST_BATCH_MAX_EVENTS"))
+    batch_max_events: int = field(
+        default=BATCH_MAX_EVENTS, metadata=_env("INTEREST_BATCH_MAX_EVENTS")
+    )
     batch_max_ms: int = field(default=50, metadata=_env("INTEREST_BATCH_MAX_MS"))
     # A worker behind (its batches come full) doubles its cap batch by batch up to this
     # many events, and goes back to batch_max_events as soon as a batch is not full: a
     # backlog drains faster while the model still learns in steps of the usual size.
     # At most batch_max_events turns it off.
     batch_catch_up_events: int = field(
-        default=2000, metadata=_env("INTEREST_BATCH_CATCH_UP_EVENTS")
+        default=BATCH_CATCH_UP_EVENTS, metadata=_env("INTEREST_BATCH_CATCH_UP_EVENTS")
     )
     k: int = field(default=10, metadata=_env("INTEREST_K"))
     max_payload_bytes: int = field(default=64 * 1024, metadata=_env("INTEREST_MAX_PAYLOAD_BYTES"))

@@ -66,6 +66,7 @@ from prometheus_client import CollectorRegistry
 
 from core.errors import KafkaClientError
 from core.types import Recommendation
+from model.pacing import next_cap
 from model.step import RankingModel
 from state.store import RocksDBStore, Store, StorePartition
 from stream.batch import PartitionBatch, Source
@@ -380,8 +381,7 @@ class Worker:
         cap = self._cap
         msgs = self._poll(cap, w.batch_max_ms / 1000.0)
         # Full: more is waiting (a backlog, or a load beyond the usual batches).
-        top = max(w.batch_max_events, w.batch_catch_up_events)
-        self._cap = min(2 * cap, top) if len(msgs) >= cap else w.batch_max_events
+        self._cap = next_cap(cap, len(msgs), w.batch_max_events, w.batch_catch_up_events)
         m.batch_cap.set(self._cap)
         t1 = time.perf_counter()
         m.stage_seconds.labels("poll").observe(t1 - t0)
