@@ -193,6 +193,8 @@ class Pipeline:
             sync.close()
             return
         self.sync = sync
+        book = sync.book
+        self.refresher.model_clock = lambda: book.events  # every worker's events
         if snapshots is not None:
             snapshots.describe = sync.describe
 
@@ -226,6 +228,7 @@ class Pipeline:
         sync, self.sync = self.sync, None
         if sync is None:
             return
+        self.refresher.model_clock = None
         try:
             if publish is not None:
                 sync.share(self.model, publish, now=True)

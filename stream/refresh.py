@@ -94,7 +94,11 @@ class Refresher:
         self.k = k
         self.metrics = metrics
         self.log_ids = log_ids
-        self.clock = 0  # events learnt by this worker: the model clock of the policy
+        self.clock = 0  # events the model learnt from: the model clock of the policy
+        # With a model shared across workers (stream.modelsync), the events it counted,
+        # every worker's: this worker's own batches alone would make the group's lists
+        # stale N times later with N workers. None: this worker's own events.
+        self.model_clock: Callable[[], int] | None = None
         self.recent: dict[_Key, RecentUsers] = {}
         self.newcomers = NewcomerList()
         self._warn = warn
@@ -119,7 +123,8 @@ class Refresher:
         batch = [(part, out) for part, out in checkpoint.outcomes if not out.refresh]
         for part, out in batch:
             recent = self.recent.get((part.topic, part.partition))
-            self.clock += len(out.applied)
+            if self.model_clock is None:
+                self.clock += len(out.applied)
             if recent is None:
                 continue
             for user, _ in out.erased:  # never refreshed again, unless they come back
@@ -130,6 +135,7 @@ class Refresher:
                 held = recent.held_at(actor) if actor is not None else None
                 if held is not None and src.timestamp_ms:
                     self.metrics.list_age.observe(max(0, src.timestamp_ms - held) / 1000.0)
+        self._sync_clock()
         for part, out in batch:
             recent = self._recent((part.topic, part.partition))
             stored = _stored_ids(out)
@@ -138,6 +144,10 @@ class Refresher:
                 # track the stored id, and the key its lists go out under.
                 user = _stored_of(rec.user_id.encode("utf-8"), stored) or rec.user_id
                 recent.published(user, self.clock, at, out.keys.get(user))
+
+    def _sync_clock(self) -> None:
+        if self.model_clock is not None:
+            self.clock = max(self.clock, self.model_clock())
 
     def _recent(self, key: _Key) -> RecentUsers:
         recent = self.recent.get(key)
@@ -173,6 +183,7 @@ class Refresher:
         """
         self._started = self._now()
         self._stage_s = None
+        self._sync_clock()
         self._riding = exclude is not None
         exclude = exclude or ()
         self._staged, self._newcomers_staged = [], None
