@@ -23,6 +23,7 @@ SECTIONS: dict[str, str] = {
     "model_sync": "bench.model_sync",
     "refresh": "bench.refresh_cost",
     "catch_up": "bench.catch_up",
+    "live": "bench.live_quality",
 }
 
 

@@ -93,10 +93,17 @@ def chaos_events(cfg: ChaosConfig) -> list[Event]:
 class WorkerPool:
     """Worker processes of one consumer group, each with its own state dir and log."""
 
-    def __init__(self, settings: Settings, workdir: Path, model: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        workdir: Path,
+        model: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.workdir = workdir
         self.model = model
+        self.extra_env = dict(extra_env or {})
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.started: dict[int, float] = {}
         self.logs: dict[int, Any] = {}
@@ -122,6 +129,7 @@ class WorkerPool:
                 "INTEREST_SNAPSHOT_EVERY_S": "0",
             }
         )
+        env.update(self.extra_env)
         return env
 
     def start(self, slot: int) -> None:
