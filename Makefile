@@ -54,8 +54,8 @@ demo: $(STAMP) jars
 
 # Style, formatting, the import layers (pyproject: [tool.importlinter]) and types.
 lint: $(STAMP)
-	$(BIN)/ruff check core state model stream bench tests
-	$(BIN)/ruff format --check core state model stream bench tests
+	$(BIN)/ruff check core state model engine stream bench tests
+	$(BIN)/ruff format --check core state model engine stream bench tests
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 

@@ -53,7 +53,7 @@ def _settings(bootstrap: str, state_dir: Path, tag: str, partitions: int) -> Any
 
 
 def _stream(args: argparse.Namespace, size: int) -> Any:
-    from model.synthetic import SyntheticStream
+    from model.data.synthetic import SyntheticStream
 
     return SyntheticStream(seed=args.seed, n_users=args.users, n_items=size)
 
@@ -89,7 +89,7 @@ def _child(spec: dict[str, Any]) -> int:
     from prometheus_client import CollectorRegistry
 
     from model.factory import create_serving_model
-    from stream.runtime import Worker
+    from stream.runtime.native import Worker
 
     state_dir = Path(spec["state_dir"])
     settings = _settings(spec["bootstrap"], state_dir, spec["tag"], spec["partitions"])
@@ -125,8 +125,8 @@ def _child(spec: dict[str, Any]) -> int:
 
 
 def _measure(args: argparse.Namespace, bootstrap: str, tmp: Path, size: int, model: str) -> dict:
-    from stream.publish import Publisher
-    from stream.topics import ensure_topics, topic_specs
+    from stream.cli.publish import Publisher
+    from stream.kafka.topics import ensure_topics, topic_specs
 
     tag = uuid.uuid4().hex[:8]
     settings = _settings(bootstrap, tmp / tag, tag, args.partitions)
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="interest-bench-") as tmp:
         if not bootstrap:
-            from stream.broker import EmbeddedBroker
+            from stream.kafka.broker import EmbeddedBroker
 
             broker = EmbeddedBroker(data_dir=Path(tmp) / "kafka").start(timeout=120)
             bootstrap = broker.bootstrap

@@ -18,11 +18,12 @@ import itertools
 import numpy as np
 import torch
 
-from model.evaluate import MemoryStates, evaluate_models
+from engine.replay.pull import evaluate_models
+from model.data.synthetic import SyntheticStream
 from model.factory import create_model
-from model.interest import STEP_EVENTS
+from model.interest.model import STEP_EVENTS
 from model.step import process_batch
-from model.synthetic import SyntheticStream
+from state.views import MemoryStates
 
 __all__ = ["main"]
 

@@ -46,11 +46,11 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from core.types import EVENT_INDEX, Event
+from engine.events import decode_recommendation
+from stream.cli.publish import Publisher
+from stream.cli.state import read_states
 from stream.config import BOOTSTRAP_ENV, KafkaConfig, Settings, TopicsConfig, WorkerConfig
-from stream.events import decode_recommendation
-from stream.publish import Publisher
-from stream.state_cli import read_states
-from stream.topics import ensure_topics, topic_specs
+from stream.kafka.topics import ensure_topics, topic_specs
 
 __all__ = ["ChaosConfig", "WorkerPool", "run_chaos", "main"]
 
@@ -331,7 +331,7 @@ def _broker(workdir: Path) -> Iterator[str]:
     if existing:
         yield existing
         return
-    from stream.broker import EmbeddedBroker
+    from stream.kafka.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(data_dir=workdir / "kafka").start(timeout=120)
     try:

@@ -30,13 +30,15 @@ from typing import Any
 import torch
 
 from core.types import Event
-from model.datasets import load_events
-from model.evaluate import CodecStates, evaluate_models, split_flurs
+from engine.replay.pull import evaluate_models
+from model.data.datasets import load_events
+from model.data.synthetic import SyntheticStream
+from model.eval.metrics import split_flurs
 from model.factory import create_model
 from model.persist import model_to_bytes
 from model.snapshot import model_from_bytes
-from model.synthetic import SyntheticStream
 from state.codec import Precision, decode_state, encode_state
+from state.views import CodecStates
 
 __all__ = ["main"]
 

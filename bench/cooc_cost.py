@@ -1,4 +1,4 @@
-"""Per-batch cost and memory of :class:`model.cooc.SparseCoOccurrence` by catalogue size.
+"""Per-batch cost and memory of :class:`model.counts.cooc.SparseCoOccurrence` by catalogue size.
 
 A synthetic long-tail stream: items in categories of 100, popularity Zipf(1)
 overall and within each category; every event pairs its item with a window
@@ -14,7 +14,7 @@ it times, per batch of 500 users with windows of 30:
   interest model's training step uses today);
 
 and once: ``forget`` of 1,000 rows (a full pass over the stored pairs). It also
-times :class:`model.topitems.TopIndex` updates for a batch's 500 items: trending
+times :class:`model.counts.topitems.TopIndex` updates for a batch's 500 items: trending
 (top 200 overall) and top 50 per category. With
 ``--numpy`` it also times a pure-numpy prototype of ``add`` and ``scores`` on
 fixed-width rows (replace-the-lightest on a miss, no probability), to compare
@@ -31,9 +31,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from model.cooc import SparseCoOccurrence
-from model.signals import DecayedCounts
-from model.topitems import TopIndex
+from model.counts.cooc import SparseCoOccurrence
+from model.counts.signals import DecayedCounts
+from model.counts.topitems import TopIndex
 
 __all__ = ["main"]
 

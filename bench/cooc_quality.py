@@ -1,6 +1,6 @@
 """Recall of the item-kNN baseline with bounded sparse co-occurrence vs the dense matrix.
 
-Replays a data set through :class:`model.baselines.SequentialItemKNN` once with
+Replays a data set through :class:`model.baselines.classic.SequentialItemKNN` once with
 an exact dense item x item matrix (:class:`DenseCoOccurrence`, the reference)
 and once per ``--neighbours`` value with :class:`model.cooc.SparseCoOccurrence`. Recall@K is
 printed for the first 30% of the scored events (where parameters may be
@@ -18,9 +18,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from model.baselines import SequentialItemKNN
-from model.cli import _load
-from model.evaluate import evaluate_models, split_flurs
+from engine.replay.pull import evaluate_models
+from model.baselines.classic import SequentialItemKNN
+from model.eval.metrics import split_flurs
+from stream.cli.evaluate import _load
 
 __all__ = ["main", "DenseCoOccurrence"]
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--neighbours", default="16,32,64,128")
     args = p.parse_args(argv)
-    # model.cli's loader wants its CSV flags too.
+    # stream.cli.evaluate's loader wants its CSV flags too.
     args.strict, args.columns, args.event_map = False, None, None
     events, ratings, stream = _load(args)
     flurs = args.protocol == "flurs"

@@ -25,10 +25,10 @@ import time
 import numpy as np
 import torch
 
-from model.content import encode_texts
-from model.datasets import load_events
-from model.evaluate import evaluate_models
+from engine.replay.pull import evaluate_models
+from model.data.datasets import load_events
 from model.factory import create_model
+from model.interest.content import encode_texts
 from model.items import load_items
 
 __all__ = ["main", "DOMAIN_A"]

@@ -1,4 +1,4 @@
-"""What validating one event costs: :func:`stream.events.decode_event` on valid messages.
+"""What validating one event costs: :func:`engine.events.decode_event` on valid messages.
 
     python -m bench.decode_cost [--events 100000] [--repeat 5]
 
@@ -15,7 +15,7 @@ import random
 import time
 
 from core.types import Event
-from stream.events import EventValidator, decode_event, encode_event
+from engine.events import EventValidator, decode_event, encode_event
 
 __all__ = ["main"]
 

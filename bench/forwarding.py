@@ -26,12 +26,12 @@ from prometheus_client import CollectorRegistry
 
 from bench.throughput import _settings
 from core.partition import partition_for
+from engine.events import encode_event
+from model.data.synthetic import SyntheticStream
 from model.factory import create_serving_model
-from model.synthetic import SyntheticStream
 from stream.config import BOOTSTRAP_ENV, Settings
-from stream.events import encode_event
-from stream.runtime import Worker
-from stream.topics import ensure_topics, topic_specs
+from stream.kafka.topics import ensure_topics, topic_specs
+from stream.runtime.native import Worker
 
 __all__ = ["main"]
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     broker = None
     with tempfile.TemporaryDirectory(prefix="interest-bench-") as tmp:
         if not bootstrap:
-            from stream.broker import EmbeddedBroker
+            from stream.kafka.broker import EmbeddedBroker
 
             broker = EmbeddedBroker(data_dir=Path(tmp) / "kafka").start(timeout=120)
             bootstrap = broker.bootstrap

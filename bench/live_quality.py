@@ -22,7 +22,7 @@ real worker processes (``interest-stream worker``, default settings):
   times real time) has come.
 
 In the same run, the evaluator's subscriber replay
-(:func:`model.subscriber.subscriber_replay`, what ``evaluate --subscriber``
+(:func:`engine.replay.subscriber.subscriber_replay`, what ``evaluate --subscriber``
 prints) on the same events and split, with the workers' refresh policy and
 without refresh. Printed: live Recall@K of the held lists, the evaluator's
 figures, lists refreshed per scored event, freshness (from sending an event
@@ -51,16 +51,16 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from bench.chaos import WorkerPool, _broker
 from core.cliargs import add_csv_flags, add_items_flag
 from core.types import Event
-from model.cli import _load
-from model.evaluate import split_flurs
+from engine.events import NEWCOMERS_ID, decode_recommendation, encode_event
+from engine.replay.subscriber import subscriber_replay
+from model.eval.metrics import split_flurs
 from model.factory import create_model
 from model.pacing import BATCH_CATCH_UP_EVENTS, BATCH_MAX_EVENTS
 from model.refresh import RefreshPolicy
-from model.subscriber import subscriber_replay
+from stream.cli.evaluate import _load
+from stream.cli.publish import PRODUCER_DEFAULTS, Publisher
 from stream.config import KafkaConfig, Settings, TopicsConfig, WorkerConfig
-from stream.events import NEWCOMERS_ID, decode_recommendation, encode_event
-from stream.publish import PRODUCER_DEFAULTS, Publisher
-from stream.topics import ensure_topics, topic_specs
+from stream.kafka.topics import ensure_topics, topic_specs
 
 __all__ = ["LiveConfig", "Replay", "live_events", "run_live", "run_offline", "main"]
 
@@ -236,7 +236,7 @@ def run_live(
     """The live replay (module docstring) against the broker at ``bootstrap``.
 
     ``trace``: gets (user, ts, what was held, the list) per scored event, as
-    :attr:`model.subscriber.SubscriberView.trace` does offline.
+    :attr:`engine.replay.subscriber.SubscriberView.trace` does offline.
     """
     settings = _settings(bootstrap, cfg)
     ensure_topics(settings.kafka, topic_specs(settings.topics))

@@ -28,14 +28,14 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from model.data.synthetic import SyntheticStream
 from model.factory import create_serving_model
 from model.persist import Persistent, model_to_bytes
-from model.synthetic import SyntheticStream
+from stream.cli.publish import Publisher
 from stream.config import BOOTSTRAP_ENV, KafkaConfig, Settings, TopicsConfig, WorkerConfig
-from stream.modeltopic import CHUNK_BYTES
-from stream.publish import Publisher
-from stream.runtime import Worker
-from stream.topics import ensure_topics, topic_specs
+from stream.kafka.modeltopic import CHUNK_BYTES
+from stream.kafka.topics import ensure_topics, topic_specs
+from stream.runtime.native import Worker
 
 __all__ = ["main"]
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     with tempfile.TemporaryDirectory(prefix="interest-bench-") as tmp:
         if not bootstrap:
-            from stream.broker import EmbeddedBroker
+            from stream.kafka.broker import EmbeddedBroker
 
             broker = EmbeddedBroker(data_dir=Path(tmp) / "kafka").start(timeout=120)
             bootstrap = broker.bootstrap

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from core.types import Event, UserState
-from model.cli import _load
-from model.evaluate import MemoryStates, split_flurs
-from model.interest import EXHAUSTIVE_ROWS, InterestModel
+from model.eval.metrics import split_flurs
+from model.interest.model import EXHAUSTIVE_ROWS, InterestModel
 from model.step import apply_event, process_batch
+from state.views import MemoryStates
+from stream.cli.evaluate import _load
 
 __all__ = ["main"]
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    args.strict, args.columns, args.event_map = False, None, None  # model.cli's loader wants them
+    args.strict, args.columns, args.event_map = False, None, None  # the loader wants them
     events, ratings, _ = _load(args)
     flurs = args.protocol == "flurs"
     if flurs:

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="interest-bench-") as tmp:
         if not bootstrap:
-            from stream.broker import EmbeddedBroker
+            from stream.kafka.broker import EmbeddedBroker
 
             broker = EmbeddedBroker(data_dir=Path(tmp) / "kafka").start(timeout=120)
             bootstrap = broker.bootstrap

@@ -2,7 +2,7 @@
 
 The model's path does not depend on the refresh policy (a refresh only
 re-ranks), so every policy is scored in the same user-distinct replay
-(:func:`model.subscriber.subscriber_replay`). Recall is printed for the first
+(:func:`engine.replay.subscriber.subscriber_replay`). Recall is printed for the first
 30% of the scored events (where the policy's thresholds are chosen) and for the
 remaining 70% (held out), with the refresh count and the time passes took.
 
@@ -20,11 +20,11 @@ import time
 
 import numpy as np
 
-from model.cli import _item_metadata, _load
-from model.evaluate import split_flurs
+from engine.replay.subscriber import subscriber_replay
+from model.eval.metrics import split_flurs
 from model.factory import create_model
 from model.refresh import RefreshPolicy
-from model.subscriber import subscriber_replay
+from stream.cli.evaluate import _item_metadata, _load
 
 __all__ = ["main"]
 

@@ -37,11 +37,11 @@ from bench.throughput import (
     measure_latency,
     measure_throughput,
 )
-from model.synthetic import SyntheticStream
-from stream.broker import free_port
+from model.data.synthetic import SyntheticStream
+from stream.cli.publish import Publisher
 from stream.config import BOOTSTRAP_ENV, KafkaConfig, Settings, TopicsConfig
-from stream.publish import Publisher
-from stream.topics import TopicSpec, ensure_topics, topic_specs
+from stream.kafka.broker import free_port
+from stream.kafka.topics import TopicSpec, ensure_topics, topic_specs
 
 __all__ = ["ceiling", "main"]
 
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="interest-bench-") as tmp:
         if not bootstrap:
-            from stream.broker import EmbeddedBroker
+            from stream.kafka.broker import EmbeddedBroker
 
             broker = EmbeddedBroker(data_dir=Path(tmp) / "kafka").start(timeout=120)
             bootstrap = broker.bootstrap

@@ -3,7 +3,7 @@
     python -m bench.snapshot_cost [--events 50000] [--items-per-category 40] [--users 400]
 
 Trains the interest model through the pure step (batches of 500, one torch
-thread, as the worker runs), then times what :mod:`stream.snapshots` does: the
+thread, as the worker runs), then times what :mod:`stream.runtime.snapshots` does: the
 copy on the worker's thread (the only pause on the hot path), the write of that
 copy (on a background thread in the worker: safetensors, fsync, rename) and a
 load on start. No Kafka involved. Prints one JSON line.
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
+from model.data.synthetic import SyntheticStream
 from model.factory import create_model
 from model.step import process_batch
-from model.synthetic import SyntheticStream
 from state.store import MemoryStore
-from stream.snapshots import ModelSnapshots, SnapshotPolicy
+from stream.runtime.snapshots import ModelSnapshots, SnapshotPolicy
 
 __all__ = ["main"]
 

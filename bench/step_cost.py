@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.evaluate import MemoryStates
+from model.data.synthetic import SyntheticStream
 from model.factory import create_model
 from model.step import process_batch
-from model.synthetic import SyntheticStream
+from state.views import MemoryStates
 
 __all__ = ["main", "memory_per_row"]
 

@@ -57,31 +57,31 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 
 def _interest(**kw: Any) -> RankingModel:
-    from model.interest import InterestModel
+    from model.interest.model import InterestModel
 
     return InterestModel(**kw)
 
 
 def _popular(seed: int = 0, **kw: Any) -> RankingModel:
-    from model.popular import MostPopular
+    from model.baselines.popular import MostPopular
 
     return MostPopular(**kw)
 
 
 def _popular_decayed(seed: int = 0, **kw: Any) -> RankingModel:
-    from model.popular import DecayedPopularity
+    from model.baselines.popular import DecayedPopularity
 
     return DecayedPopularity(**kw)
 
 
 def _imf(**kw: Any) -> RankingModel:
-    from model.baselines import IncrementalMF
+    from model.baselines.classic import IncrementalMF
 
     return IncrementalMF(**kw)
 
 
 def _itemknn(seed: int = 0, **kw: Any) -> RankingModel:
-    from model.baselines import SequentialItemKNN
+    from model.baselines.classic import SequentialItemKNN
 
     return SequentialItemKNN(**kw)
 

@@ -11,7 +11,7 @@ An :class:`ItemMeta` is one record of the optional items topic
 * ``movielens``: GroupLens ``u.item`` (``id|title|release date|...|19 genre flags``);
 * ``csv``: a header row with ``item`` and ``title``, optional ``text`` and ``category``.
 
-The category is the first genre (as the event loaders of :mod:`model.datasets`
+The category is the first genre (as the event loaders of :mod:`model.data.datasets`
 give it, so events and metadata agree); every genre goes into the text.
 
 >>> meta = ItemMeta("1", "Toy Story (1995)", "Animation", "Animation, Children's, Comedy")
@@ -194,7 +194,7 @@ def _load_movielens(path: Path) -> ItemsLoad:
         item_file = path
     if not item_file.exists():
         raise DataError(f"cannot read {item_file}: no such file")
-    from model.datasets import _ML_GENRES
+    from model.data.datasets import _ML_GENRES
 
     genre_names = list(_ML_GENRES)
     genre_file = item_file.with_name("u.genre")

@@ -3,8 +3,8 @@
 A subscriber holds the list published after their previous event, ranked with
 the model of that time. While they are idle the model keeps learning from
 everyone else's events, so their list goes stale. The worker
-(:mod:`stream.refresh`) and the evaluator's subscriber view
-(:mod:`model.subscriber`) run the same policy, here, on different clocks:
+(:mod:`engine.refresh`) and the evaluator's subscriber view
+(:mod:`engine.replay.subscriber`) run the same policy, here, on different clocks:
 wall time live, event time offline.
 
 * **Stale** means the model has learnt from at least ``stale_events`` events
@@ -24,7 +24,7 @@ wall time live, event time offline.
   again (:func:`refresh_lists`); the user counts as refreshed all the same.
 * **Newcomers**: the list for a user with no history (an empty state) is
   refreshed under the same rule and published under a reserved key (see
-  :mod:`stream.events`), for apps to show to users they know nothing about.
+  :mod:`engine.events`), for apps to show to users they know nothing about.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.types import TRIGGERS, Recommendation, StateView, UserState
-from model.step import RankingModel, served_version
+from model.capabilities import Capabilities, RankingModel, capabilities
 
 __all__ = [
     "RefreshPolicy",
@@ -176,9 +176,16 @@ class NewcomerList:
     def due(self, policy: RefreshPolicy, clock: int) -> bool:
         return self.clock < 0 or policy.is_stale(self.clock, clock)
 
-    def rerank(self, model: RankingModel, k: int, clock: int, at_ms: int) -> bool:
+    def rerank(
+        self,
+        model: RankingModel,
+        k: int,
+        clock: int,
+        at_ms: int,
+        caps: Capabilities | None = None,
+    ) -> bool:
         """Rank it again; True when it changed (and should be published)."""
-        (ranked,), _ = rank_lists(model, [""], [UserState()], k, explain=False)
+        (ranked,), _ = rank_lists(model, [""], [UserState()], k, explain=False, caps=caps)
         changed = [item for item, _ in ranked] != self.ids or self.clock < 0
         self.clock = clock
         if changed:
@@ -192,20 +199,26 @@ def rank_lists(
     states: Sequence[UserState],
     k: int,
     explain: bool = True,
+    caps: Capabilities | None = None,
 ) -> tuple[list[list[tuple[str, float]]], list[tuple[str, ...]]]:
     """Top-``k`` lists of ``users`` with the model as it is now, and their explanations."""
-    batched = getattr(model, "rank_many", None)
-    if batched is not None:
-        ranked = batched(users, states, k)
-    else:
-        ranked = [model.rank(u, st, k) for u, st in zip(users, states, strict=True)]
-    why_many = getattr(model, "explain_many", None) if explain else None
-    why = why_many(users, states, ranked) if why_many is not None else [()] * len(users)
-    return ranked, [tuple(w) for w in why]
+    caps = capabilities(model) if caps is None else caps
+    ranked = caps.rank_many(users, states, k)
+    why: list[tuple[str, ...]] = (
+        caps.explain_many(users, states, ranked) if explain else [()] * len(users)
+    )
+    return ranked, why
 
 
 def refresh_lists(
-    users: Sequence[str], view: StateView, model: RankingModel, k: int, explain: bool = True
+    users: Sequence[str],
+    view: StateView,
+    model: RankingModel,
+    k: int,
+    explain: bool = True,
+    *,
+    caps: Capabilities | None = None,
+    version: str | None = None,
 ) -> tuple[list[Recommendation], list[str]]:
     """Re-rank ``users`` and put the lists that changed into their states.
 
@@ -213,10 +226,11 @@ def refresh_lists(
     event each includes) and the users whose list came out identical to the
     one they hold (nothing to publish; ``last_list`` is what they hold). Users
     without a state are skipped; ``explain=False`` leaves explanations out.
+    ``caps`` and ``version`` as in :func:`model.step.process_batch`.
 
     >>> from core.types import Event
-    >>> from model.evaluate import MemoryStates
-    >>> from model.popular import MostPopular
+    >>> from state.views import MemoryStates
+    >>> from model.baselines.popular import MostPopular
     >>> from model.step import process_batch
     >>> view, model = MemoryStates(), MostPopular()
     >>> _ = process_batch([Event("u1", "i1", "purchase", 1767225600000)], view, model, k=2)
@@ -234,7 +248,7 @@ def refresh_lists(
     if not known:
         return [], []
     final = [states[u] for u in known]
-    ranked, why = rank_lists(model, known, final, k, explain)
+    ranked, why = rank_lists(model, known, final, k, explain, caps)
     out: list[Recommendation] = []
     same: list[str] = []
     for user, st, items, reasons in zip(known, final, ranked, why, strict=True):
@@ -248,7 +262,7 @@ def refresh_lists(
             Recommendation(
                 user,
                 tuple(items),
-                served_version(model),
+                version or model.version,
                 st.last_ts,
                 reasons,
                 trigger=TRIGGER_REFRESH,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from core.types import Event, UserState
-from model import cand_kernels as kern
+from model.counts import cand_kernels as kern
 from model.persist import ModelState
 from model.vocab import ItemVocab
 
@@ -76,7 +76,7 @@ def pad_known(values: np.ndarray, lens: np.ndarray) -> np.ndarray:
 
 
 class RowMarks:
-    """Per-row scratch of the loops in :mod:`model.cand_kernels` (12 bytes a row, never cleared).
+    """Per-row scratch of the loops in :mod:`model.counts.cand_kernels` (12 bytes a row, kept).
 
     >>> marks = RowMarks()
     >>> marks.keep(np.array([[3, 1, 3, -1]]), np.array([[1]]), 4).tolist()

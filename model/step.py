@@ -13,7 +13,7 @@ Purity contract (who owns what; ``tests/model/test_step.py`` checks it):
   the model has learnt and ranked;
 * if the model raises, nothing has been put: the view is as it was before the
   call, so a caller may retry the batch (the model may have learnt, though:
-  see :mod:`stream.isolation` for how the worker avoids learning twice);
+  see :mod:`engine.isolation` for how the worker avoids learning twice);
 * with ``learn="later"`` a model that has ``learn_later`` does at once only
   what must go out with the batch (new items, shared counts) and the returned
   :attr:`~core.types.BatchResult.finish_learning` does the rest; the caller
@@ -27,61 +27,15 @@ Purity contract (who owns what; ``tests/model/test_step.py`` checks it):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Literal
 
 from core.types import EVENT_INDEX, BatchResult, Event, Recommendation, StateView, UserState
+from model.capabilities import Capabilities, RankingModel, capabilities
 
-__all__ = ["RankingModel", "process_batch", "apply_event", "served_version", "RECENT_CAPACITY"]
+__all__ = ["process_batch", "apply_event", "RECENT_CAPACITY"]
 
 RECENT_CAPACITY = 50
 SEEN_CAPACITY = 2000
-
-
-class RankingModel(Protocol):
-    """What the step needs from a model (see model/interest.py and baselines).
-
-    Optional hooks the step uses when a model has them:
-    ``rank_many(user_ids, states, k)`` (one batched call instead of ``rank``
-    per user), ``update_state(state, event)`` (model-owned parts of the state,
-    e.g. the long-term vector, after :func:`apply_event`) and
-    ``explain_many(user_ids, states, lists)`` (the recent items behind each list),
-    and ``served_version`` (the version a list says it was ranked with, when it
-    is more precise than ``version``).
-    ``learn_later(events, before)`` splits ``learn_many``: it does what
-    belongs to the batch itself and returns a call that finishes learning
-    (the gradient step), so the batch's lists need not wait for it.
-    A model that keeps anything per user outside the states has
-    ``forget_users(user_ids)``, which the worker calls when users are erased.
-    """
-
-    version: str
-
-    def rank(self, user_id: str, state: UserState, k: int) -> list[tuple[str, float]]:
-        """Top-``k`` (item_id, score), best first, excluding what the state excludes."""
-        ...
-
-    def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
-        """Learn from ``events``; ``before[i]`` is the user's state before ``events[i]``."""
-        ...
-
-
-def _rank_many(
-    model: RankingModel, users: Sequence[str], states: Sequence[UserState], k: int
-) -> list[list[tuple[str, float]]]:
-    # Models with a batched ranker score the whole batch in one matrix product.
-    batched = getattr(model, "rank_many", None)
-    if batched is not None:
-        return batched(users, states, k)
-    return [model.rank(u, st, k) for u, st in zip(users, states, strict=True)]
-
-
-def served_version(model: RankingModel) -> str:
-    """The version a list ranked by ``model`` carries.
-
-    A model shared across workers names the merge it ranked with
-    (``served_version``, see :class:`model.sync.SyncBook`).
-    """
-    return getattr(model, "served_version", None) or model.version
 
 
 def apply_event(state: UserState, ev: Event) -> None:
@@ -111,6 +65,9 @@ def process_batch(
     score: bool | Literal["held"] = True,
     keep_lists: bool = False,
     learn: bool | Literal["later"] = True,
+    *,
+    caps: Capabilities | None = None,
+    version: str | None = None,
 ) -> BatchResult:
     """Test-then-learn on one micro-batch; returns lists for every touched user.
 
@@ -124,12 +81,14 @@ def process_batch(
     every touched user gets a fresh list. ``keep_lists`` also returns the
     scored lists (for adaptation metrics). ``learn="later"``: the lists are
     ranked before the model's gradient step on the batch, which comes back as
-    ``result.finish_learning`` (for models with ``learn_later``; others learn
-    at once).
+    ``result.finish_learning`` (for models that learn later; others learn
+    at once). ``caps``: the model's capabilities (:func:`model.capabilities.capabilities`,
+    checked here when not given); ``version``: what the lists say they were
+    ranked with (default: the model's version).
 
     >>> from core.types import Event
-    >>> from model.evaluate import MemoryStates
-    >>> from model.popular import MostPopular
+    >>> from state.views import MemoryStates
+    >>> from model.baselines.popular import MostPopular
     >>> view, model = MemoryStates(), MostPopular()
     >>> t = 1767225600000
     >>> first = [Event("u1", "i1", "click", t), Event("u2", "i1", "click", t + 1),
@@ -143,21 +102,23 @@ def process_batch(
     >>> result.ranks  # i2 was second in u1's list before this event
     [1]
     """
+    caps = capabilities(model) if caps is None else caps
     users = list(dict.fromkeys(ev.user_id for ev in events))
     states = state_view.get_many(users)
     result = BatchResult()
     before: list[UserState] = []
-    update_state = getattr(model, "update_state", None)
+    owner = caps.keeps_user_parts
     # A model that says what it reads of a state copies only that (one copy per event).
-    snapshot = getattr(model, "state_before", None) or UserState.copy
+    reader = caps.reads_part_of_state
+    snapshot = reader.state_before if reader is not None else UserState.copy
     for ev in events:
         st = states.get(ev.user_id)
         if st is None:
             st = states[ev.user_id] = UserState()
         before.append(snapshot(st))
         apply_event(st, ev)
-        if update_state is not None:
-            update_state(st, ev)
+        if owner is not None:
+            owner.update_state(st, ev)
     if score == "held":
         for ev, st in zip(events, before, strict=True):
             held = st.last_list
@@ -166,7 +127,7 @@ def process_batch(
                 result.lists.append(list(held))
         result.scored += len(events)
     elif score:
-        lists = _rank_many(model, [ev.user_id for ev in events], before, k)
+        lists = caps.rank_many([ev.user_id for ev in events], before, k)
         for ev, ranked in zip(events, lists, strict=True):
             ids = [item for item, _ in ranked]
             result.ranks.append(ids.index(ev.item_id) if ev.item_id in ids else None)
@@ -175,20 +136,16 @@ def process_batch(
         result.scored += len(events)
     else:
         result.ranks.extend([None] * len(events))
-    later = getattr(model, "learn_later", None) if learn == "later" else None
-    if later is not None:
-        result.finish_learning = later(events, before)
-    elif learn:
-        model.learn_many(events, before)
+    if learn == "later" and caps.learns_later is not None:
+        result.finish_learning = caps.learns_later.learn_later(events, before)
+    elif learn and caps.learns is not None:
+        caps.learns.learn_many(events, before)
     final = [states[u] for u in users]
-    fresh = _rank_many(model, users, final, k)
-    served = served_version(model)
-    explain = getattr(model, "explain_many", None)
-    reasons = explain(users, final, fresh) if explain is not None else [()] * len(users)
+    fresh = caps.rank_many(users, final, k)
+    served = version or model.version
+    reasons = caps.explain_many(users, final, fresh)
     for user, st, items, why in zip(users, final, fresh, reasons, strict=True):
         st.last_list = [item for item, _ in items]
         state_view.put(user, st)
-        result.recommendations.append(
-            Recommendation(user, tuple(items), served, st.last_ts, tuple(why))
-        )
+        result.recommendations.append(Recommendation(user, tuple(items), served, st.last_ts, why))
     return result

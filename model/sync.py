@@ -1,8 +1,8 @@
 """One model across workers: what a shareable model offers, the wire format, the bookkeeping.
 
 Every worker trains its own copy of the model on the events it owns. Copies
-stay one model in two ways (the worker in :mod:`stream.modelsync` and the
-offline twin in :mod:`model.scaleout` run this same code):
+stay one model in two ways (the worker in :mod:`stream.runtime.modelsync` and the
+offline twin in :mod:`engine.replay.scaleout` run this same code):
 
 * **Count memories are sums.** With :meth:`Shared.start_sharing`, a model no
   longer counts what it learns from; :meth:`Shared.count_delta` hands out the

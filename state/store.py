@@ -32,7 +32,7 @@ an erasure): the key goes, and the batch's changelog records carry a
 tombstone (the key with no value) that deletes it wherever the changelog is
 restored.
 
-The changelog (see :mod:`stream.restore`) mirrors the user keys and the offset
+The changelog (see :mod:`stream.runtime.restore`) mirrors the user keys and the offset
 key record for record: :meth:`PartitionTransaction.changes` is what a batch adds
 to it, :meth:`StorePartition.apply_changelog` puts records back.
 """
@@ -56,6 +56,8 @@ __all__ = [
     "ids_of_record",
     "offset_of_record",
     "Store",
+    "StatePartition",
+    "StateTransaction",
     "StorePartition",
     "PartitionTransaction",
     "RocksDBStore",
@@ -99,6 +101,33 @@ def offset_of_record(key: bytes, value: bytes | None) -> int | None:
     if key != _OFFSET_KEY or value is None or len(value) != _I64.size:
         return None
     return int(_I64.unpack(value)[0])
+
+
+class StateTransaction(Protocol):
+    """What a batch's step does with a partition's states (:class:`PartitionTransaction`)."""
+
+    def get_many(self, user_ids: Sequence[str]) -> dict[str, UserState]: ...
+    def put(self, user_id: str, state: UserState) -> None: ...
+    def delete(self, user_id: str) -> bool: ...
+    def set_offset(self, offset: int) -> None: ...
+    def changes(self) -> list[tuple[bytes, bytes | None]]: ...
+    def commit(self, changelog_offset: int | None = None) -> None: ...
+    def discard(self) -> None: ...
+
+
+class StatePartition(Protocol):
+    """One input partition's states as the batch driver uses them (:class:`StorePartition`;
+    offline replays keep theirs in memory)."""
+
+    topic: str
+    partition: int
+
+    @property
+    def name(self) -> str: ...
+    def last_offset(self) -> int | None: ...
+    def user_count(self) -> int: ...
+    def claim_ids(self, scheme: bytes) -> None: ...
+    def begin(self) -> StateTransaction: ...
 
 
 class _Backend(Protocol):

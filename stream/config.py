@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
+from engine.config import DriverConfig, OutputTopics
 from model.pacing import BATCH_CATCH_UP_EVENTS, BATCH_MAX_EVENTS
 from model.refresh import RefreshPolicy
 
@@ -104,7 +105,7 @@ class TopicsConfig:
     dead_letter: str = field(
         default="interest.dead-letter", metadata=_env("INTEREST_TOPIC_DEAD_LETTER")
     )
-    # Item metadata (stream/items.py): optional, compacted; empty: none is read.
+    # Item metadata (stream/runtime/items.py): optional, compacted; empty: none is read.
     items: str = field(default="interest.items", metadata=_env("INTEREST_TOPIC_ITEMS", empty=True))
     # Empty: "<group>.<events>.changelog" (see Settings.changelog_topic).
     changelog: str = field(default="", metadata=_env("INTEREST_TOPIC_CHANGELOG"))
@@ -153,7 +154,7 @@ class WorkerConfig:
     runtime: str = field(
         default="native", metadata={**_env("INTEREST_RUNTIME"), "choices": RUNTIMES}
     )
-    # One model across the group's workers (stream/modelsync.py): shared count deltas,
+    # One model across the group's workers (stream/runtime/modelsync.py): shared count deltas,
     # learned parameters merged every sync_every_s, snapshots on the model topic.
     model_sharing: str = field(
         default="on", metadata={**_env("INTEREST_MODEL_SHARING"), "choices": ("on", "off")}
@@ -162,7 +163,7 @@ class WorkerConfig:
     model_publish_every_s: int = field(
         default=300, metadata={**_env("INTEREST_MODEL_PUBLISH_EVERY_S"), "min": 0}
     )
-    # Refresh of idle users' stale lists (model/refresh.py, stream/refresh.py):
+    # Refresh of idle users' stale lists (model/refresh.py, engine/refresh.py):
     # at most this share of the worker's time (0 turns refresh and the newcomer list off),
     refresh_budget_percent: int = field(
         default=10,
@@ -237,6 +238,26 @@ class Settings:
     def model_topic(self) -> str:
         """Where the group's model snapshots are kept: ``<group>.model`` by default."""
         return self.topics.model or _topic_name(f"{self.worker.group}.model")
+
+    def driver_config(self) -> DriverConfig:
+        """What the batch driver needs of these settings."""
+        w, p = self.worker, self.privacy
+        return DriverConfig(
+            events_topic=self.topics.events,
+            partitions=self.topics.partitions,
+            k=w.k,
+            max_payload_bytes=w.max_payload_bytes,
+            max_id_bytes=w.max_id_bytes,
+            refresh=w.refresh_policy(),
+            refresh_budget_percent=w.refresh_budget_percent,
+            id_key=p.id_key,
+            log_ids=p.log_ids,
+        )
+
+    def output_topics(self) -> OutputTopics:
+        """Where a batch's lists, dead letters and changelog records go."""
+        t = self.topics
+        return OutputTopics(t.recommendations, t.dead_letter, self.changelog_topic)
 
     @property
     def model_sharing(self) -> bool:

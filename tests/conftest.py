@@ -66,7 +66,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if existing:
         yield existing
         return
-    from stream.broker import EmbeddedBroker
+    from stream.kafka.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(data_dir=tmp_path_factory.mktemp("kafka"))
     broker.start(timeout=120)

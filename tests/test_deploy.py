@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from stream.broker import KAFKA_VERSION
 from stream.config import WorkerConfig
+from stream.kafka.broker import KAFKA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 

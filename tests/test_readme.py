@@ -39,9 +39,9 @@ from typing import IO
 
 import pytest
 
-from model.evaluate import FLURS_TRAIN, FLURS_UPDATE
-from stream.broker import KAFKA_VERSION, ensure_jars, free_port, read_running
+from model.eval.metrics import FLURS_TRAIN, FLURS_UPDATE
 from stream.config import load_settings
+from stream.kafka.broker import KAFKA_VERSION, ensure_jars, free_port, read_running
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from core.types import Event, UserState
-from model.baselines import IncrementalMF, SequentialItemKNN
-from model.evaluate import MemoryStates
-from model.popular import DecayedPopularity, MostPopular
+from model.baselines.classic import IncrementalMF, SequentialItemKNN
+from model.baselines.popular import DecayedPopularity, MostPopular
 from model.step import process_batch
+from state.views import MemoryStates
 
 
 def _ev(user: str, item: str, ts: int, kind: str = "click") -> Event:

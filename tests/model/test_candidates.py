@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from core.types import Event, UserState
-from model import cand_kernels as kern
-from model.evaluate import MemoryStates
+from model.counts import cand_kernels as kern
+from model.data.synthetic import SyntheticStream
 from model.factory import create_model
-from model.interest import InterestModel
+from model.interest.model import InterestModel
 from model.retrieval import RowMarks
 from model.rowtable import RowTable
 from model.step import process_batch
-from model.synthetic import SyntheticStream
+from state.views import MemoryStates
 
 
 def test_keep_mask_drops_padding_repeats_and_excluded_rows() -> None:

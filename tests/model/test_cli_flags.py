@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import DataError
-from model.datasets import bad_rows_message, load_events, parse_mapping
-from stream.cli import main
+from model.data.datasets import bad_rows_message, load_events, parse_mapping
+from stream.cli.main import main
 
 CSV = (
     "uid,iid,behavior,time\n"

@@ -11,14 +11,14 @@ import pytest
 
 from core.errors import DataError
 from core.types import Event
-from model.encoder import load_encoder
-from model.evaluate import MemoryStates
-from model.interest import InterestModel
+from model.data.synthetic import SyntheticStream
+from model.interest.encoder import load_encoder
+from model.interest.model import InterestModel
 from model.items import ItemMeta, item_from_json, load_items
 from model.persist import model_to_bytes
 from model.snapshot import model_from_bytes
 from model.step import process_batch
-from model.synthetic import SyntheticStream
+from state.views import MemoryStates
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_encoder = pytest.mark.skipif(load_encoder() is None, reason="no text encoder installed")

@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from core.errors import DataError
-from model.cooc import SparseCoOccurrence
+from model.counts.cooc import SparseCoOccurrence
 from model.persist import ModelState
 
 
@@ -289,8 +289,8 @@ def test_without_a_writable_cache_the_loops_compile_in_process() -> None:
         "    return njit(*a, **k)\n"
         "numba.njit = refuse\n"
         "import numpy as np\n"
-        "import model.cooc_kernels as kern\n"
-        "from model.cooc import SparseCoOccurrence\n"
+        "import model.counts.cooc_kernels as kern\n"
+        "from model.counts.cooc import SparseCoOccurrence\n"
         "co = SparseCoOccurrence()\n"
         "print(kern.CACHED, co.pairs(np.array([0]), np.array([1])).tolist())\n"
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import DataError
-from model.datasets import load_events, rating_to_event
+from model.data.datasets import load_events, rating_to_event
 
 
 def _recbole(tmp_path: Path, rows: list[str]) -> Path:

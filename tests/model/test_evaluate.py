@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from core.types import Event
-from model import cli
-from model.evaluate import ModelReport, _LagTracker, split_flurs
-from model.synthetic import Switch
+from model.data.synthetic import Switch
+from model.eval.metrics import ModelReport, _LagTracker, split_flurs
+from stream.cli import evaluate as cli
 
 
 def _ev(user: str, item: str, ts: int = 0) -> Event:

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from core.types import Event, UserState
-from model.evaluate import MemoryStates
-from model.interest import InterestModel
-from model.memories import Context
+from model.baselines.popular import MostPopular
+from model.data.synthetic import SyntheticStream
+from model.interest.memories import Context
+from model.interest.model import InterestModel
 from model.persist import model_to_bytes
-from model.popular import MostPopular
 from model.snapshot import model_from_bytes
 from model.step import process_batch
-from model.synthetic import SyntheticStream
+from state.views import MemoryStates
 
 DAY = 86_400_000
 

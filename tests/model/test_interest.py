@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from core.types import Event, UserState
-from model.evaluate import MemoryStates, evaluate_models
+from engine.replay.pull import evaluate_models
+from model.data.synthetic import SyntheticStream
 from model.factory import create_model
-from model.interest import EXHAUSTIVE_ROWS, InterestModel
-from model.memories import stage
+from model.interest.memories import stage
+from model.interest.model import EXHAUSTIVE_ROWS, InterestModel
 from model.step import process_batch
-from model.synthetic import SyntheticStream
+from state.views import MemoryStates
 
 # Every row a candidate (small catalogues), or the bounded candidate lists of large ones.
 PATHS = pytest.mark.parametrize(

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from core.errors import ConfigError, DataError
-from model.evaluate import MemoryStates
+from model.data.synthetic import SyntheticStream
 from model.factory import _REGISTRY, create_model, model_spec
 from model.persist import Persistent, decode, model_to_bytes, read_header, snapshot_bytes
 from model.snapshot import load_snapshot, model_from_bytes, save_snapshot
 from model.step import process_batch
-from model.synthetic import SyntheticStream
+from state.views import MemoryStates
 
 
 def _continue(model, views: MemoryStates, events, lo: int, hi: int) -> list[list[str]]:

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from core.types import Event, UserState
-from model.evaluate import MemoryStates
+from model.baselines.popular import MostPopular
+from model.data.synthetic import SyntheticStream
 from model.factory import MODEL_NAMES, create_model
-from model.popular import MostPopular
 from model.step import RECENT_CAPACITY, apply_event, process_batch
-from model.synthetic import SyntheticStream
+from state.views import MemoryStates
 
 T0 = 1_767_225_600_000
 
@@ -84,6 +84,7 @@ def test_long_term_vector_is_kept_in_the_state() -> None:
 class _FailsWhileLearning:
     """A model that ranks, then fails half way through learning."""
 
+    name = "fails"
     version = "fails-1"
 
     def rank(self, user_id: str, state: UserState, k: int) -> list[tuple[str, float]]:

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from core.types import Event, UserState
-from model import cli
-from model.evaluate import MemoryStates
+from engine.replay.subscriber import subscriber_replay, user_batches
 from model.refresh import RecentUsers, RefreshPolicy, refresh_lists
 from model.step import process_batch
-from model.subscriber import subscriber_replay, user_batches
+from state.views import MemoryStates
+from stream.cli import evaluate as cli
 
 S = 1000  # ms
 
@@ -22,6 +22,7 @@ S = 1000  # ms
 class Counting:
     """Items ranked by how often they were touched, ties by id; nothing excluded."""
 
+    name = "counting"
     version = "counting-1"
 
     def __init__(self) -> None:

@@ -11,15 +11,16 @@ import torch
 
 from core.errors import DataError
 from core.types import Event
-from model.cli import main as cli_main
-from model.evaluate import MemoryStates, evaluate_models
+from engine.replay.pull import evaluate_models
+from engine.replay.scaleout import ScaledOut
+from model.data.synthetic import SyntheticStream
 from model.factory import create_model
 from model.persist import ModelState, model_to_bytes
-from model.scaleout import ScaledOut
 from model.snapshot import model_from_bytes
 from model.step import process_batch
 from model.sync import COUNTS, PARAMS, decode_delta, encode_delta
-from model.synthetic import SyntheticStream
+from state.views import MemoryStates
+from stream.cli.evaluate import main as cli_main
 
 T0 = 1767225600000
 

@@ -6,7 +6,7 @@ import itertools
 from collections import Counter
 
 from core.types import EVENT_TYPES
-from model.synthetic import EVENT_RATES, SyntheticStream
+from model.data.synthetic import EVENT_RATES, SyntheticStream
 
 
 def test_same_seed_same_stream_and_other_seed_differs() -> None:

@@ -7,12 +7,12 @@ import doctest
 import numpy as np
 import pytest
 
-import model.cooc
-import model.topitems
+import model.counts.cooc
+import model.counts.topitems
 from core.errors import DataError
+from model.counts.signals import DecayedCounts
+from model.counts.topitems import TopIndex
 from model.persist import ModelState
-from model.signals import DecayedCounts
-from model.topitems import TopIndex
 
 
 def _truth(counts: DecayedCounts, groups: np.ndarray, group: int, k: int) -> list[int]:
@@ -120,7 +120,7 @@ def test_state_dict_round_trip() -> None:
         )
 
 
-@pytest.mark.parametrize("module", [model.cooc, model.topitems])
+@pytest.mark.parametrize("module", [model.counts.cooc, model.counts.topitems])
 def test_docstring_examples_run(module: object) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

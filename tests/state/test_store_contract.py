@@ -204,7 +204,7 @@ def test_offset_can_be_reset_backwards_for_a_recreated_log(reopenable):
 def state_view(request: pytest.FixtureRequest, tmp_path) -> Iterator[object]:
     """Every StateView this project has, each holding u1 = _state(1)."""
     if request.param == "evaluator":
-        from model.evaluate import MemoryStates
+        from state.views import MemoryStates
 
         view = MemoryStates()
         view.put("u1", _state(1))

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 
 from core.types import Event, UserState
 from stream.config import KafkaConfig, Settings, TopicsConfig, WorkerConfig
-from stream.runtime import Worker
+from stream.runtime.native import Worker
 
 __all__ = [
     "make_events",
@@ -52,6 +52,7 @@ def make_events(
 class TinyPopularity:
     """Counts per item; ranks the most frequent items the user has not purchased."""
 
+    name = "tiny-pop"
     version = "tiny-pop-1"
 
     def __init__(self) -> None:

@@ -14,11 +14,11 @@ import subprocess
 from collections.abc import Sequence
 
 from core.types import Event, UserState
-from stream.events import decode_recommendation, encode_event
-from stream.publish import Publisher
-from stream.runtime import Worker
-from stream.state_cli import read_states
-from stream.topics import ensure_topics, topic_specs
+from engine.events import decode_recommendation, encode_event
+from stream.cli.publish import Publisher
+from stream.cli.state import read_states
+from stream.kafka.topics import ensure_topics, topic_specs
+from stream.runtime.native import Worker
 from tests.conftest import require_tool
 from tests.stream.helpers import make_events, make_settings, running_worker, wait_for
 
@@ -26,6 +26,7 @@ from tests.stream.helpers import make_events, make_settings, running_worker, wai
 class RecentFirst:
     """Lists the user's own recent items, newest first: a list depends on that user only."""
 
+    name = "recent-first"
     version = "recent-first-1"
 
     def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:

@@ -7,10 +7,10 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from stream.events import encode_event
-from stream.publish import Publisher
-from stream.runtime import Worker
-from stream.topics import ensure_topics, topic_specs
+from engine.events import encode_event
+from stream.cli.publish import Publisher
+from stream.kafka.topics import ensure_topics, topic_specs
+from stream.runtime.native import Worker
 from tests.stream.helpers import (
     TinyPopularity,
     make_events,

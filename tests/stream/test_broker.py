@@ -10,7 +10,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from stream.config import KafkaConfig
-from stream.topics import TopicSpec, ensure_topics, topic_specs
+from stream.kafka.topics import TopicSpec, ensure_topics, topic_specs
 
 
 def _consume_all(conf: dict, topic: str, expected: int, timeout: float = 30.0) -> list:

@@ -13,10 +13,10 @@ import pytest
 
 from core.types import EVENT_INDEX
 from state.store import RocksDBStore
-from stream.broker import EmbeddedBroker
-from stream.publish import Publisher
-from stream.runtime import Worker, state_root
-from stream.topics import ensure_topics, topic_specs
+from stream.cli.publish import Publisher
+from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.topics import ensure_topics, topic_specs
+from stream.runtime.native import Worker, state_root
 from tests.stream.helpers import (
     TinyPopularity,
     make_events,

@@ -128,7 +128,7 @@ def test_ctrl_c_while_the_broker_does_not_answer_ends_the_wait(command, tmp_path
 
 
 def test_cluster_ids_are_valid_for_the_storage_tool():
-    from stream.broker import new_cluster_id
+    from stream.kafka.broker import new_cluster_id
 
     ids = {new_cluster_id() for _ in range(2000)}
     assert len(ids) == 2000
@@ -152,7 +152,7 @@ def test_broker_port_in_use_is_one_clear_line(tmp_path: Path):
 
 def test_building_the_parser_imports_neither_torch_nor_the_kafka_client():
     probe = (
-        "import sys, stream.cli; stream.cli.build_parser(); "
+        "import sys, stream.cli.main; stream.cli.main.build_parser(); "
         "print(sorted(m for m in ('torch', 'confluent_kafka') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)

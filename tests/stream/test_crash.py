@@ -15,11 +15,11 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from core.types import EVENT_INDEX
+from engine.events import NEWCOMERS_ID, decode_recommendation, encode_event
 from state.store import RocksDBStore
+from stream.cli.publish import Publisher
 from stream.config import KafkaConfig, TopicsConfig
-from stream.events import NEWCOMERS_ID, decode_recommendation, encode_event
-from stream.publish import Publisher
-from stream.topics import ensure_topics, topic_specs
+from stream.kafka.topics import ensure_topics, topic_specs
 from tests.stream.helpers import make_events, make_settings, read_topic, wait_for
 
 KILLS = 4

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from stream.broker import free_port
 from stream.config import BOOTSTRAP_ENV
+from stream.kafka.broker import free_port
 
 
 @pytest.mark.kafka  # starts a broker of its own

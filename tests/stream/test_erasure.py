@@ -24,16 +24,16 @@ from prometheus_client import CollectorRegistry
 
 from core.errors import ConfigError
 from core.types import Event
+from engine.events import decode_recommendation, encode_erasure, encode_event
+from engine.privacy import UserIds
 from model.factory import create_model
 from state.store import MemoryStore, RocksDBStore
+from stream.cli.forget import request_erasure
+from stream.cli.publish import Publisher
+from stream.cli.tail import tail
 from stream.config import PrivacyConfig, Settings
-from stream.events import decode_recommendation, encode_erasure, encode_event
-from stream.forget import request_erasure
-from stream.privacy import UserIds
-from stream.publish import Publisher
-from stream.runtime import Worker, state_root
-from stream.tail import tail
-from stream.topics import ensure_topics, topic_specs
+from stream.kafka.topics import ensure_topics, topic_specs
+from stream.runtime.native import Worker, state_root
 from tests.stream.helpers import (
     TinyPopularity,
     make_events,

@@ -12,11 +12,12 @@ import threading
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
 
 from core.types import Event
+from engine.config import OutputTopics
+from engine.privacy import UserIds
 from state.store import MemoryStore
-from stream.checkpoint import AtLeastOnceCheckpoint, Outputs
 from stream.config import KafkaConfig, PrivacyConfig, Settings, TopicsConfig
-from stream.privacy import UserIds
-from stream.runtime import Worker
+from stream.runtime.checkpoint import AtLeastOnceCheckpoint, Outputs
+from stream.runtime.native import Worker
 from tests.stream.helpers import TinyPopularity
 
 TS = 1_780_000_000_000
@@ -56,16 +57,25 @@ def _message(offset: int, user: str, doc: dict) -> Message:
 def _run(worker: Worker, msgs: list[Message]) -> tuple[list, object]:
     """Decode, step and checkpoint one batch; what it produced, and its outcome."""
     producer = _Recorded()
-    topics = worker.settings.topics
     checkpoint = AtLeastOnceCheckpoint(
-        Outputs(producer, threading.Event()), topics, "changelog", lambda offsets: None
+        Outputs(producer, threading.Event()), _topics(worker), lambda offsets: None
     )
-    ((part, batch),) = worker._decode(msgs, checkpoint)
-    outcome = worker.pipeline.guard.step(batch, part, worker.model)
+    assert worker.model is not None
+    worker.driver.model = worker.model
+    (part,) = worker.store.partitions().values()
+    (sources,) = worker._group(msgs).values()
+    batch = worker.driver.decode(part, sources, checkpoint)
+    assert batch is not None
+    outcome = worker.driver.guard.step(batch, part, worker.driver.caps)
     checkpoint.add(part, outcome, TS)
     checkpoint._produce_all()
-    checkpoint._commit_state()
+    checkpoint.commit_state()
     return producer.sent, outcome
+
+
+def _topics(worker: Worker) -> OutputTopics:
+    t = worker.settings.topics
+    return OutputTopics(t.recommendations, t.dead_letter, "changelog")
 
 
 def _worker(store: MemoryStore, model: object, key: bytes | None = None) -> Worker:
@@ -160,7 +170,7 @@ def test_the_stored_ids_scheme_stops_a_worker_with_another_key():
 
 
 def test_models_that_keep_users_forget_them():
-    from model.baselines import IncrementalMF
+    from model.baselines.classic import IncrementalMF
 
     store, model = MemoryStore(), IncrementalMF(seed=1)
     worker = _worker(store, model)
@@ -175,8 +185,11 @@ def test_pseudonymised_events_decode_to_pseudonyms():
     worker = _worker(MemoryStore(), TinyPopularity(), key=KEY)
     producer = _Recorded()
     checkpoint = AtLeastOnceCheckpoint(
-        Outputs(producer, threading.Event()), worker.settings.topics, "c", lambda o: None
+        Outputs(producer, threading.Event()), _topics(worker), lambda o: None
     )
-    ((_, batch),) = worker._decode([_event(0, "carol", "i1")], checkpoint)
+    (part,) = worker.store.partitions().values()
+    (sources,) = worker._group([_event(0, "carol", "i1")]).values()
+    batch = worker.driver.decode(part, sources, checkpoint)
+    assert batch is not None
     assert batch.events == [Event(UserIds(KEY).of("carol"), "i1", "click", TS)]
     assert batch.keys == {UserIds(KEY).of("carol"): b"carol"}

@@ -17,7 +17,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from core.types import EVENT_TYPES, Erasure, Event
-from stream.events import (
+from engine.events import (
     MAX_FUTURE_MS,
     MIN_TS_MS,
     REASONS,

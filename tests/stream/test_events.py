@@ -7,7 +7,7 @@ import json
 import pytest
 
 from core.types import Erasure, Event, Recommendation
-from stream.events import (
+from engine.events import (
     NEWCOMERS_ID,
     PROCESSING_ERROR,
     REASONS,
@@ -19,7 +19,7 @@ from stream.events import (
     encode_event,
     encode_recommendation,
 )
-from stream.tail import format_list
+from stream.cli.tail import format_list
 
 NOW = 1_790_000_000_000
 KAFKA_TS = NOW - 5_000

@@ -17,13 +17,13 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from bench.chaos import ChaosConfig, WorkerPool, chaos_events, chaos_settings, run_chaos, verify
+from engine.metrics import WorkerMetrics
 from state.store import MemoryStore
+from stream.cli.publish import Publisher
 from stream.config import Settings
-from stream.metrics import WorkerMetrics
-from stream.publish import Publisher
-from stream.restore import Restorer
-from stream.runtime import Worker
-from stream.topics import ensure_changelog, ensure_topics, topic_specs
+from stream.kafka.topics import ensure_changelog, ensure_topics, topic_specs
+from stream.runtime.native import Worker
+from stream.runtime.restore import Restorer
 from tests.stream.helpers import TinyPopularity, make_events, running_worker, wait_for
 
 

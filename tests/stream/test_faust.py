@@ -11,11 +11,11 @@ import uuid
 from pathlib import Path
 
 from bench.chaos import committed_messages, group_lag
+from engine.events import decode_recommendation
+from stream.cli.publish import Publisher
+from stream.cli.state import read_states
 from stream.config import KafkaConfig, Settings, TopicsConfig, WorkerConfig
-from stream.events import decode_recommendation
-from stream.publish import Publisher
-from stream.state_cli import read_states
-from stream.topics import ensure_topics, topic_specs
+from stream.kafka.topics import ensure_topics, topic_specs
 from tests.stream.helpers import make_events, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

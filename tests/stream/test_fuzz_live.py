@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from core.types import Event, UserState
-from stream.events import (
+from engine.events import (
     NEWCOMERS_ID,
     EventValidator,
     Rejected,
@@ -23,9 +23,9 @@ from stream.events import (
     decode_recommendation,
     encode_event,
 )
-from stream.publish import Publisher
-from stream.runtime import Worker
-from stream.topics import ensure_topics, topic_specs
+from stream.cli.publish import Publisher
+from stream.kafka.topics import ensure_topics, topic_specs
+from stream.runtime.native import Worker
 from tests.stream.helpers import make_events, make_settings, read_topic, running_worker, wait_for
 from tests.stream.hostile import hostile_messages, id_rule_broken
 
@@ -39,6 +39,7 @@ BATCH = 50
 class LatestBatchItems:
     """Ranks the items of the batch it learned last: every applied item reaches a list."""
 
+    name = "latest-batch"
     version = "latest-batch-1"
 
     def __init__(self) -> None:

@@ -8,14 +8,14 @@ import time
 import pytest
 
 from core.types import Event
-from model.encoder import load_encoder
 from model.factory import create_model
+from model.interest.encoder import load_encoder
 from model.items import ItemMeta
-from stream.cli import main
-from stream.items import ItemsFeed, ItemsPublisher
-from stream.publish import Publisher
-from stream.runtime import Worker
-from stream.topics import ensure_topics, topic_specs
+from stream.cli.main import main
+from stream.cli.publish import Publisher
+from stream.kafka.topics import ensure_topics, topic_specs
+from stream.runtime.items import ItemsFeed, ItemsPublisher
+from stream.runtime.native import Worker
 from tests.stream.helpers import make_settings, read_topic, running_worker, wait_for
 
 needs_encoder = pytest.mark.skipif(load_encoder() is None, reason="no text encoder installed")
@@ -134,7 +134,7 @@ def test_a_new_item_reaches_users_of_similar_items_before_anyone_touched_it(
         wait_for(lambda: worker.stats.applied > applied, 60, "the last event")
     assert "s3" in model.vocab.index and "r3" in model.vocab.index
     from state.store import RocksDBStore
-    from stream.runtime import state_root
+    from stream.runtime.native import state_root
 
     store = RocksDBStore(state_root(settings))
     try:

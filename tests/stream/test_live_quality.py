@@ -23,12 +23,12 @@ import pytest
 
 from bench.live_quality import LiveConfig, _distinct_ts, run_live
 from core.types import UserState
-from model.evaluate import MemoryStates
-from model.popular import MostPopular
+from engine.replay.subscriber import subscriber_replay
+from model.baselines.popular import MostPopular
+from model.data.synthetic import SyntheticStream
 from model.refresh import RefreshPolicy
 from model.step import process_batch
-from model.subscriber import subscriber_replay
-from model.synthetic import SyntheticStream
+from state.views import MemoryStates
 
 K = 10
 POLICY = RefreshPolicy(stale_events=15, max_users=64, interval_ms=200)

@@ -9,9 +9,9 @@ import pytest
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from stream.publish import Publisher
-from stream.runtime import Worker
-from stream.topics import ensure_topics, topic_specs
+from stream.cli.publish import Publisher
+from stream.kafka.topics import ensure_topics, topic_specs
+from stream.runtime.native import Worker
 from tests.stream.helpers import (
     TinyPopularity,
     make_events,

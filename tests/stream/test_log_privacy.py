@@ -22,14 +22,15 @@ from confluent_kafka import Producer
 from core.errors import InterestStreamError
 from core.partition import partition_for
 from core.types import Event, UserState
+from engine.events import encode_erasure, encode_event
+from engine.isolation import ModelGuard
+from engine.privacy import exception_text
+from model.capabilities import capabilities
 from state.store import RocksDBStore
+from stream.cli.publish import Publisher
 from stream.config import PrivacyConfig
-from stream.events import encode_erasure, encode_event
-from stream.isolation import ModelGuard
-from stream.privacy import exception_text
-from stream.publish import Publisher
-from stream.runtime import Worker, state_root
-from stream.topics import ensure_topics, topic_specs
+from stream.kafka.topics import ensure_topics, topic_specs
+from stream.runtime.native import Worker, state_root
 from tests.stream.helpers import TinyPopularity, make_settings, running_worker, wait_for
 
 
@@ -116,8 +117,8 @@ def test_with_log_ids_the_same_failure_names_the_user():
     assert "fail-user-7" not in exception_text(caught, log_ids=False)
     assert exception_text(caught, log_ids=True) == "KeyError: 'fail-user-7'"
     warned: list[tuple[str, BaseException | None]] = []
+    from engine.batch import PartitionBatch, Source
     from state.store import MemoryStore
-    from stream.batch import PartitionBatch, Source
 
     part = MemoryStore().open_partition("ev", 0)
     for log_ids in (False, True):
@@ -126,7 +127,7 @@ def test_with_log_ids_the_same_failure_names_the_user():
         batch.add(
             Event("fail-user-7", "i1", "click", 1_780_000_000_000), Source("ev", 0, 0, b"", b"")
         )
-        guard.step(batch, part, _FailsOnSomeUsers())
+        guard.step(batch, part, capabilities(_FailsOnSomeUsers()))
     (quiet, no_trace), (loud, trace) = warned
     assert "fail-user-7" not in quiet and no_trace is None
     assert "fail-user-7" in loud and isinstance(trace, KeyError)
@@ -138,8 +139,8 @@ def test_log_ids_setting_reaches_the_worker():
     settings = Settings(
         kafka=KafkaConfig(bootstrap_servers="unused:9092"), privacy=PrivacyConfig(log_ids=True)
     )
-    assert Worker(settings, TinyPopularity()).pipeline.guard.log_ids is True
+    assert Worker(settings, TinyPopularity()).driver.guard.log_ids is True
     assert (
-        Worker(replace(settings, privacy=PrivacyConfig()), TinyPopularity()).pipeline.guard.log_ids
+        Worker(replace(settings, privacy=PrivacyConfig()), TinyPopularity()).driver.guard.log_ids
         is False
     )

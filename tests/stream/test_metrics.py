@@ -9,10 +9,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.types import Event
+from engine.batch import PartitionBatch, Source
+from engine.isolation import ModelGuard
+from engine.metrics import WorkerMetrics
+from model.capabilities import capabilities
 from state.store import MemoryStore
-from stream.batch import PartitionBatch, Source
-from stream.isolation import ModelGuard
-from stream.metrics import WorkerMetrics
 from tests.stream.helpers import TinyPopularity
 
 TS = 1_780_000_000_000
@@ -39,25 +40,28 @@ class _Lossy(TinyPopularity):
 
 def test_a_model_without_a_loss_has_no_loss_series_and_its_version_is_shown():
     metrics = WorkerMetrics.create(CollectorRegistry())
-    metrics.observe_model(TinyPopularity(), steps=2)
+    metrics.observe_model(capabilities(TinyPopularity()), steps=2)
+    metrics.observe_loss(capabilities(TinyPopularity()))
     exposed = _exposed(metrics)
     assert "interest_training_loss" not in exposed  # absent, not a misleading 0
     assert exposed["interest_model_steps_total"] == [({}, 2.0)]
-    assert exposed["interest_model_info"] == [
-        ({"model": "TinyPopularity", "version": "tiny-pop-1"}, 1.0)
-    ]
+    assert exposed["interest_model_info"] == [({"model": "tiny-pop", "version": "tiny-pop-1"}, 1.0)]
     assert "interest_model_last_snapshot_timestamp_seconds" not in exposed
 
 
 def test_the_loss_is_the_last_batch_s_and_nan_stays_nan():
     metrics, model = WorkerMetrics.create(CollectorRegistry()), _Lossy()
-    metrics.observe_model(model)  # before any batch: no loss yet
+    caps = capabilities(model)
+    metrics.observe_model(caps)
+    metrics.observe_loss(caps)  # before any batch: no loss yet
     assert "interest_training_loss" not in _exposed(metrics)
     model.last_loss = 0.75
-    metrics.observe_model(model, steps=1)
+    metrics.observe_model(caps, steps=1)
+    metrics.observe_loss(caps)
     assert _exposed(metrics)["interest_training_loss"] == [({}, 0.75)]
     model.last_loss = float("nan")  # what the not-finite alert looks for
-    metrics.observe_model(model, steps=1)
+    metrics.observe_model(caps, steps=1)
+    metrics.observe_loss(caps)
     ((_, loss),) = _exposed(metrics)["interest_training_loss"]
     assert math.isnan(loss)
     assert _exposed(metrics)["interest_model_steps_total"] == [({}, 2.0)]
@@ -65,9 +69,9 @@ def test_the_loss_is_the_last_batch_s_and_nan_stays_nan():
 
 def test_a_new_model_version_replaces_the_old_info_series():
     metrics, model = WorkerMetrics.create(CollectorRegistry()), _Lossy()
-    metrics.observe_model(model)
+    metrics.observe_model(capabilities(model))
     model.version = "lossy-2"
-    metrics.observe_model(model)
+    metrics.observe_model(capabilities(model))
     assert _exposed(metrics)["interest_model_info"] == [
         ({"model": "lossy", "version": "lossy-2"}, 1.0)
     ]
@@ -122,11 +126,11 @@ def test_a_step_counts_as_learnt_only_when_learn_many_returned():
     part = MemoryStore().open_partition("ev", 0)
     guard = ModelGuard(10, lambda kind, text, exc: None)
     model = _FailsAfterLearning()
-    assert guard.step(_batch(["i1", "i2", "i3"]), part, model).learnt
+    assert guard.step(_batch(["i1", "i2", "i3"]), part, capabilities(model)).learnt
     # learn_many raised after the optimiser step: the events are applied one by one
     # without learning again, so no learning step completed.
-    out = guard.step(_batch(["i1", "boom", "i3"]), part, model)
+    out = guard.step(_batch(["i1", "boom", "i3"]), part, capabilities(model))
     assert len(out.applied) == 3 and not out.learnt
     # Raised before learning: the events are learnt one by one.
-    out = guard.step(_batch(["i1", "boom", "i3"]), part, _FailsBeforeLearning())
+    out = guard.step(_batch(["i1", "boom", "i3"]), part, capabilities(_FailsBeforeLearning()))
     assert len(out.applied) == 3 and out.learnt

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from core.types import EVENT_INDEX
+from engine.events import decode_recommendation
 from state.store import MemoryStore, RocksDBStore, StateStoreError
-from stream.events import decode_recommendation
-from stream.publish import Publisher
-from stream.runtime import ModelError, Worker, state_root
-from stream.topics import ensure_topics, topic_specs
+from stream.cli.publish import Publisher
+from stream.kafka.topics import ensure_topics, topic_specs
+from stream.runtime.native import ModelError, Worker, state_root
 from tests.stream.helpers import (
     TinyPopularity,
     make_events,
@@ -29,6 +29,7 @@ from tests.stream.helpers import (
 class FragileModel(TinyPopularity):
     """Raises whenever it meets the item ``boom`` (or every item, when ``always``)."""
 
+    name = "fragile"
     version = "fragile-1"
 
     def __init__(self, always: bool = False) -> None:
@@ -129,6 +130,7 @@ def test_an_unreadable_user_state_stops_the_worker_instead_of_dead_lettering(
 class StepsThenFails(TinyPopularity):
     """Takes a torch optimiser step on every batch, then fails on batches holding ``boom``."""
 
+    name = "steps-then-fails"
     version = "steps-then-fails-1"
 
     def __init__(self) -> None:

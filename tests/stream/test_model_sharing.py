@@ -23,12 +23,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.types import Event
+from engine.events import decode_recommendation
 from model.factory import create_model
-from stream.events import decode_recommendation
-from stream.publish import Publisher
-from stream.runtime import Worker
-from stream.state_cli import read_states
-from stream.topics import ensure_model_topics, ensure_topics, topic_specs
+from stream.cli.publish import Publisher
+from stream.cli.state import read_states
+from stream.kafka.topics import ensure_model_topics, ensure_topics, topic_specs
+from stream.runtime.native import Worker
 from tests.stream.helpers import make_settings, read_topic, running_worker, wait_for
 
 N_ITEMS = 40
@@ -204,7 +204,7 @@ def test_a_fresh_worker_starts_from_the_group_model(kafka_bootstrap, unique_topi
             assert np.allclose(
                 [s for r in mine for _, s in r], [s for r in theirs for _, s in r], atol=1e-3
             )
-            version = fresh.model.served_version
+            version = fresh.driver.served_version()
             assert version.startswith(f"interest-3@{fresh.sync.book.snapshot}+")
             exposed = _exposed(fresh)
             served = f"interest-3@{fresh.sync.book.snapshot}"

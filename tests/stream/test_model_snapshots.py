@@ -11,10 +11,10 @@ import torch
 from core.errors import ConfigError
 from model.factory import create_model
 from state.store import RocksDBStore
-from stream.publish import Publisher
-from stream.runtime import Worker, state_root
-from stream.snapshots import ModelSnapshots, SnapshotPolicy
-from stream.topics import ensure_topics, topic_specs
+from stream.cli.publish import Publisher
+from stream.kafka.topics import ensure_topics, topic_specs
+from stream.runtime.native import Worker, state_root
+from stream.runtime.snapshots import ModelSnapshots, SnapshotPolicy
 from tests.stream.helpers import make_events, make_settings, running_worker, wait_for
 
 

@@ -29,9 +29,9 @@ import yaml
 
 from core.types import Event, UserState
 from model.persist import ModelState
-from stream.broker import free_port
-from stream.publish import Publisher
-from stream.runtime import Worker
+from stream.cli.publish import Publisher
+from stream.kafka.broker import free_port
+from stream.runtime.native import Worker
 from tests.stream.helpers import (
     TinyPopularity,
     make_events,

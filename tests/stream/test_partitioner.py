@@ -5,7 +5,7 @@ from __future__ import annotations
 from confluent_kafka import Producer
 
 from core.partition import partition_for
-from stream.topics import TopicSpec, ensure_topics
+from stream.kafka.topics import TopicSpec, ensure_topics
 from tests.stream.helpers import read_topic
 
 

@@ -12,12 +12,12 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from core.types import EVENT_INDEX
+from engine.events import NEWCOMERS_ID, decode_recommendation
 from state.store import RocksDBStore
-from stream.broker import free_port
-from stream.events import NEWCOMERS_ID, decode_recommendation
-from stream.publish import Publisher
-from stream.runtime import Worker, state_root
-from stream.topics import ensure_topics, topic_specs
+from stream.cli.publish import Publisher
+from stream.kafka.broker import free_port
+from stream.kafka.topics import ensure_topics, topic_specs
+from stream.runtime.native import Worker, state_root
 from tests.stream.helpers import (
     TinyPopularity,
     make_events,

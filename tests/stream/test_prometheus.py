@@ -8,9 +8,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from stream.broker import free_port
-from stream.publish import Publisher
-from stream.runtime import Worker
+from stream.cli.publish import Publisher
+from stream.kafka.broker import free_port
+from stream.runtime.native import Worker
 from tests.stream.helpers import (
     TinyPopularity,
     make_events,

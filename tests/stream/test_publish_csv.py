@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from stream.topics import ensure_topics, topic_specs
+from stream.kafka.topics import ensure_topics, topic_specs
 from tests.stream.helpers import read_topic
 
 CSV = (

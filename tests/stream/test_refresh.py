@@ -9,19 +9,21 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry
 
 from core.types import Event, UserState
+from engine.batch import Source, StepOutcome
+from engine.checkpoint import MemoryCheckpoint
+from engine.config import OutputTopics
+from engine.events import NEWCOMERS_ID, decode_recommendation, encode_event
+from engine.metrics import WorkerMetrics
+from engine.refresh import CHUNK_USERS, Refresher
+from model.capabilities import capabilities
 from model.refresh import RefreshPolicy
 from model.step import process_batch
 from state.store import MemoryStore, StorePartition
-from stream.batch import Source, StepOutcome
-from stream.checkpoint import Checkpoint
-from stream.config import TopicsConfig
-from stream.events import NEWCOMERS_ID, decode_recommendation, encode_event
-from stream.metrics import WorkerMetrics
-from stream.publish import Publisher
-from stream.refresh import CHUNK_USERS, Refresher
-from stream.runtime import Worker
-from stream.state_cli import read_states
-from stream.topics import ensure_topics, topic_specs
+from stream.cli.publish import Publisher
+from stream.cli.state import read_states
+from stream.kafka.topics import ensure_topics, topic_specs
+from stream.runtime.checkpoint import Checkpoint
+from stream.runtime.native import Worker
 from tests.stream.helpers import (
     TinyPopularity,
     make_settings,
@@ -95,7 +97,7 @@ class Loop:
             for i, ev in enumerate(events)
         ]
         out = StepOutcome(txn, result.recommendations, sources, erased=erased, keys=keys)
-        checkpoint = Checkpoint(None, TopicsConfig(), "changelog")
+        checkpoint = MemoryCheckpoint(OutputTopics("lists", "dead", "changelog"))
         checkpoint.add(self.part, out, 0)
         txn.commit()
         checkpoint.delivered_ms = self.timer.now * 1000.0
@@ -106,10 +108,10 @@ class Loop:
         """One pass if due: staged, then committed (the runtime's part)."""
         if not self.refresher.due():
             return None
-        checkpoint = Checkpoint(None, TopicsConfig(), "changelog")
+        checkpoint = MemoryCheckpoint(OutputTopics("lists", "dead", "changelog"))
         before = self.model.ranked
         staged = self.refresher.stage(
-            {(TOPIC, 0): self.part}, self.model, checkpoint, 0, (TOPIC, 0)
+            {(TOPIC, 0): self.part}, capabilities(self.model), checkpoint, 0, (TOPIC, 0)
         )
         recs = []
         if staged:
@@ -318,7 +320,7 @@ def _stale_on_two_partitions() -> tuple[CountingRanker, Refresher, dict]:
     metrics = WorkerMetrics.create(CollectorRegistry())
     refresher = Refresher(RefreshPolicy(stale_events=1, max_users=64), 50, 3, metrics)
     parts = {(TOPIC, p): store.open_partition(TOPIC, p) for p in (0, 1)}
-    first = Checkpoint(None, TopicsConfig(), "changelog")
+    first = MemoryCheckpoint(OutputTopics("lists", "dead", "changelog"))
     for key, users in {(TOPIC, 0): ["a", "b"], (TOPIC, 1): ["c"]}.items():
         txn = parts[key].begin()
         txn.set_offset(4)
@@ -336,8 +338,8 @@ def _stale_on_two_partitions() -> tuple[CountingRanker, Refresher, dict]:
 
 def test_a_part_over_several_partitions_is_one_ranking_call_with_states_kept_apart() -> None:
     model, refresher, parts = _stale_on_two_partitions()
-    staged = Checkpoint(None, TopicsConfig(), "changelog")
-    assert refresher.stage(parts, model, staged, 0, None) == 3
+    staged = MemoryCheckpoint(OutputTopics("lists", "dead", "changelog"))
+    assert refresher.stage(parts, capabilities(model), staged, 0, None) == 3
     assert model.calls == [3]  # one call for both partitions
     by_part = {
         part.partition: sorted(r.user_id for r in out.recommendations)
@@ -355,13 +357,13 @@ def test_a_part_over_several_partitions_is_one_ranking_call_with_states_kept_apa
 def test_a_part_riding_in_an_event_batch_leaves_its_users_and_offsets_alone() -> None:
     model, refresher, parts = _stale_on_two_partitions()
     # An event batch of "a" on partition 0 (offsets 5-6), then the part rides along.
-    batch = Checkpoint(None, TopicsConfig(), "changelog")
+    batch = MemoryCheckpoint(OutputTopics("lists", "dead", "changelog"))
     txn = parts[(TOPIC, 0)].begin()
     txn.set_offset(6)
     result = process_batch(_clicks(["a", "a"], "w"), txn, model, 3)
     batch.add(parts[(TOPIC, 0)], StepOutcome(txn, result.recommendations), 0)
     batch.offsets[(TOPIC, 0)] = 7
-    assert refresher.stage(parts, model, batch, 0, None, exclude={"a"}) == 2
+    assert refresher.stage(parts, capabilities(model), batch, 0, None, exclude={"a"}) == 2
     refreshed = sorted(
         r.user_id for _, out in batch.outcomes if out.refresh for r in out.recommendations
     )

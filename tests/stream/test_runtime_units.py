@@ -7,10 +7,11 @@ import threading
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
 
+from engine.checkpoint import Checkpoint
 from state.store import MemoryStore
-from stream.checkpoint import AtLeastOnceCheckpoint, Checkpoint, Outputs
-from stream.config import KafkaConfig, Settings, TopicsConfig
-from stream.runtime import Worker
+from stream.config import KafkaConfig, Settings
+from stream.runtime.checkpoint import AtLeastOnceCheckpoint, Outputs
+from stream.runtime.native import Worker
 from tests.stream.helpers import TinyPopularity
 
 TS = 1_780_000_000_000
@@ -42,7 +43,7 @@ class _Recorded:
 
 def _checkpoint() -> Checkpoint:
     outputs = Outputs(_Recorded(), threading.Event())
-    return AtLeastOnceCheckpoint(outputs, TopicsConfig(), "changelog", lambda offsets: None)
+    return AtLeastOnceCheckpoint(outputs, Settings().output_topics(), lambda offsets: None)
 
 
 def test_a_message_handed_out_twice_in_one_poll_is_applied_once():
@@ -56,8 +57,9 @@ def test_a_message_handed_out_twice_in_one_poll_is_applied_once():
     )
     # Offsets 8-9 are already in state; 10-11 come twice, as after a re-seek mid-poll.
     plist = [_msg(o) for o in (8, 9, 10, 11, 10, 11, 12)]
-    ((decoded_part, batch),) = worker._decode(plist, _checkpoint())
-    assert decoded_part is part
+    (sources,) = worker._group(plist).values()
+    batch = worker.driver.decode(part, sources, _checkpoint())
+    assert batch is not None
     assert [ev.item_id for ev in batch.events] == ["i10", "i11", "i12"]
     assert [src.offset for src in batch.sources] == [10, 11, 12]
     assert batch.last_offset == 12 and batch.messages == 3
@@ -70,13 +72,14 @@ def test_messages_of_a_partition_revoked_mid_poll_are_left_for_the_new_owner():
         store=MemoryStore(),
     )
     checkpoint = _checkpoint()
-    assert worker._decode([_msg(0)], checkpoint) == []
+    polled = worker._group([_msg(0)])
+    assert worker.driver.run(polled, worker._refreshable(), checkpoint) is None
     assert checkpoint.messages == 0 and not checkpoint.offsets
 
 
 def test_group_name_cannot_escape_the_state_dir(tmp_path):
     from stream.config import WorkerConfig
-    from stream.preflight import state_root
+    from stream.runtime.preflight import state_root
 
     for group in ("../../etc", "..", ".", "a/b", "interest-stream"):
         root = state_root(Settings(worker=WorkerConfig(group=group, state_dir=tmp_path)))
@@ -84,7 +87,7 @@ def test_group_name_cannot_escape_the_state_dir(tmp_path):
 
 
 def test_latency_percentiles_and_summary():
-    from stream.stats import WorkerStats, percentile
+    from engine.stats import WorkerStats, percentile
 
     assert percentile([], 50) is None
     assert percentile([3.0], 99) == 3.0
@@ -120,13 +123,15 @@ def test_the_worker_applies_the_id_byte_limit_from_its_settings():
     from stream.config import WorkerConfig
 
     store = MemoryStore()
-    store.open_partition("ev", 0)
+    part = store.open_partition("ev", 0)
     settings = Settings(
         kafka=KafkaConfig(bootstrap_servers="unused:9092"), worker=WorkerConfig(max_id_bytes=2)
     )
     worker = Worker(settings, TinyPopularity(), store=store)
     checkpoint = _checkpoint()
-    ((_, batch),) = worker._decode([_msg(o) for o in (8, 9, 10)], checkpoint)
+    (sources,) = worker._group([_msg(o) for o in (8, 9, 10)]).values()
+    batch = worker.driver.decode(part, sources, checkpoint)
+    assert batch is not None
     assert [ev.item_id for ev in batch.events] == ["i8", "i9"]
     assert [(src.offset, r.reason, r.detail) for src, r in checkpoint.dead_letters] == [
         (10, "bad-id", "item_id: longer than 2 bytes")
@@ -134,7 +139,7 @@ def test_the_worker_applies_the_id_byte_limit_from_its_settings():
 
 
 def test_the_partition_count_read_at_start_is_no_change_but_a_later_one_is(caplog):
-    from stream.placement import Placement
+    from engine.placement import Placement
 
     placement = Placement(4)  # the configured count of new topics
     with caplog.at_level("WARNING", logger="interest_stream.worker"):

@@ -11,9 +11,9 @@ from collections import defaultdict
 from core.partition import partition_for
 from core.types import EVENT_TYPES
 from state.store import MemoryStore
-from stream.publish import Publisher
-from stream.runtime import Worker
-from stream.topics import ensure_topics, topic_specs
+from stream.cli.publish import Publisher
+from stream.kafka.topics import ensure_topics, topic_specs
+from stream.runtime.native import Worker
 from tests.stream.helpers import (
     TinyPopularity,
     make_events,

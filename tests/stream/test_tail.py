@@ -17,10 +17,10 @@ from confluent_kafka import Producer
 
 from core.partition import partition_for
 from core.types import Recommendation
+from engine.events import encode_recommendation
+from stream.cli.tail import tail
 from stream.config import KafkaConfig, Settings, TopicsConfig
-from stream.events import encode_recommendation
-from stream.tail import tail
-from stream.topics import ensure_topics, topic_specs
+from stream.kafka.topics import ensure_topics, topic_specs
 from tests.stream.helpers import wait_for
 
 

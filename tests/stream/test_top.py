@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from stream.broker import free_port
-from stream.publish import Publisher
-from stream.runtime import Worker
-from stream.top import Scrape, parse_metrics, render
+from stream.cli.publish import Publisher
+from stream.cli.top import Scrape, parse_metrics, render
+from stream.kafka.broker import free_port
+from stream.runtime.native import Worker
 from tests.stream.helpers import (
     TinyPopularity,
     make_events,
@@ -101,9 +101,9 @@ def test_top_follows_a_worker_and_says_when_it_goes_away(kafka_bootstrap, unique
             assert rate_in > 0, text
             assert re.search(r"total 3: not-json 3", text), text
             assert re.search(r"latency      p50 [\d.]+ ms", text), text
-            assert re.search(
-                r"model        TinyPopularity tiny-pop-1   loss -   steps [\d.]+/s", text
-            ), text
+            assert re.search(r"model        tiny-pop tiny-pop-1   loss -   steps [\d.]+/s", text), (
+                text
+            )
             assert re.search(r"state        \d+ users in 2 partition\(s\)", text), text
             assert re.search(r"transactions committed [\d.]+/s   aborted 0\.0/s", text), text
             assert re.search(

@@ -15,10 +15,10 @@ import pytest
 from confluent_kafka import Producer
 
 from core.types import Recommendation
+from engine.events import decode_recommendation, encode_recommendation
+from stream.cli.tail import tail
 from stream.config import KafkaConfig, Settings
-from stream.events import decode_recommendation, encode_recommendation
-from stream.tail import tail
-from stream.topics import ensure_topics, topic_specs
+from stream.kafka.topics import ensure_topics, topic_specs
 from tests.stream.helpers import read_topic, wait_for
 
 CLI = [sys.executable, "-m", "stream.cli"]

@@ -1,0 +1,1 @@
+"""What a worker does with a micro-batch, whatever the transport (no Kafka client)."""

@@ -1,0 +1,1 @@
+"""Offline replays of a stream through the engine: the evaluator's views."""

@@ -1,0 +1,1 @@
+"""Baseline models: most popular, incremental MF, sequential item-kNN."""

@@ -1,0 +1,1 @@
+"""Count memories the models share: co-occurrence, popularity, top lists."""

@@ -1,0 +1,1 @@
+"""Event sources: data set loaders and the synthetic drift stream."""

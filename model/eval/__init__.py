@@ -1,0 +1,1 @@
+"""What the evaluator measures: protocols and metrics."""

@@ -1,0 +1,1 @@
+"""The interest model: embeddings blended with count and content signals."""

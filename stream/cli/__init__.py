@@ -1,0 +1,1 @@
+"""The ``interest-stream`` command line."""

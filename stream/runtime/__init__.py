@@ -1,0 +1,1 @@
+"""The runtimes: Kafka clients around the engine's batch driver."""
