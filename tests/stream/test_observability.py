@@ -6,7 +6,9 @@ deploy/alerts.yml whose ``for`` durations are cut to one second: the
 expressions are the real ones. While events flow, every query of every panel
 of deploy/grafana/dashboards/interest-stream.json must return data; injected
 bad input must fire the dead-letter alert, and a stopped worker the
-worker-down alert.
+worker-down alert. The default worker (the interest model, default settings)
+must export every metric family the README lists, and a training loss driven
+to NaN by the model's own training code must fire the loss alert.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from core.types import Event, UserState
+from model.factory import create_serving_model
+from model.interest.model import InterestModel
 from model.persist import ModelState
 from stream.cli.publish import Publisher
 from stream.kafka.broker import free_port
@@ -276,6 +281,100 @@ def test_every_panel_has_data_and_alerts_fire_in_a_real_prometheus(
         ]
         assert alert["labels"]["instance"] == f"127.0.0.1:{port}"
         assert alert["annotations"]["summary"] == f"interest-stream worker 127.0.0.1:{port} is down"
+    finally:
+        feeding.set()
+        prom.stop()
+
+
+def _readme_metrics() -> set[str]:
+    """The metric families the README's Metrics table lists."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Metrics") : text.index("### Dashboard")]
+    return set(re.findall(r"`(interest_[a-z_]+)", table))
+
+
+def test_the_default_worker_exports_every_metric_and_a_nan_loss_fires_its_alert(
+    prometheus_bin, kafka_bootstrap, unique_topics, tmp_path
+):
+    """The model the service runs (interest, default settings) under the shipped dashboard
+    and rules; its own training code diverges to NaN and the loss alert fires."""
+    topics = unique_topics(partitions=2)
+    port = free_port()
+    # Default settings, but for snapshots every 20 batches instead of every minute, and on
+    # the model topic every 10 s instead of 5 minutes: their gauges are absent until then.
+    settings = make_settings(
+        kafka_bootstrap,
+        topics,
+        tmp_path / "state",
+        metrics_port=port,
+        snapshot_every_batches=20,
+        model_publish_every_s=10,
+    )
+    worker = Worker(settings, build_model=create_serving_model)
+    prom = PrometheusServer(
+        prometheus_bin, f"127.0.0.1:{port}", _fast_rules(tmp_path / "alerts.yml"), tmp_path
+    )
+    feeding = threading.Event()
+    try:
+        with running_worker(worker), Publisher(settings) as pub:
+            wait_for(worker.assigned.is_set, 120, "the worker's partitions")
+            events = make_events(40_000, n_users=60, n_items=300)
+            feeder = threading.Thread(
+                target=pub.publish, args=(events,), kwargs={"rate": 200, "stop": feeding}
+            )
+            feeder.start()
+            wait_for(
+                lambda: prom.finite("interest_training_loss"),
+                90,
+                "Prometheus to see the interest model's training loss",
+            )
+            # Every family the README lists is exported, with a value.
+            wanted = _readme_metrics()
+            assert "interest_training_loss" in wanted and len(wanted) > 30
+
+            def missing() -> set[str]:
+                names = set(prom.api("label/__name__/values"))
+                return {
+                    m
+                    for m in wanted
+                    if not {m, f"{m}_total", f"{m}_count", f"{m}_bucket"} & names
+                }
+
+            deadline = time.monotonic() + 60
+            while missing() and time.monotonic() < deadline:
+                time.sleep(1)
+            assert not missing(), f"README metrics Prometheus does not have: {missing()}"
+            # Every panel has data, but the firing alerts (none yet: checked below).
+            queries = [(t, q) for t, q in dashboard_queries() if "ALERTS" not in q]
+            pending = dict.fromkeys(queries)
+            deadline = time.monotonic() + 60
+            while pending and time.monotonic() < deadline:
+                pending = {q: None for q in pending if not prom.finite(q[1])}
+                time.sleep(0.5)
+            assert not pending, "panels without data: " + "; ".join(
+                f"{title}: {expr} -> {prom.query(expr)}" for title, expr in pending
+            )
+            rules = prom.rules()
+            assert rules["InterestModelLossNotFinite"]["state"] == "inactive"
+            assert rules["InterestModelNotLearning"]["state"] == "inactive"
+
+            # Training diverges: a blend weight goes NaN, and the model's own training
+            # step computes a NaN loss on the next batch.
+            model = worker.driver.model
+            assert isinstance(model, InterestModel)
+            with torch.no_grad():
+                model.alpha.fill_(float("nan"))
+            wait_for(
+                lambda: prom.firing("InterestModelLossNotFinite"),
+                90,
+                "the not-finite loss alert to fire",
+            )
+            assert math.isnan(float(prom.query("interest_training_loss")[0]["value"][1]))
+            # The firing alert fills the dashboard's alerts panel.
+            alerts = [q for _, q in dashboard_queries() if "ALERTS" in q]
+            assert all(prom.query(q) for q in alerts)
+            feeding.set()
+            feeder.join(30)
     finally:
         feeding.set()
         prom.stop()
