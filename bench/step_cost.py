@@ -59,7 +59,7 @@ def memory_per_row(model: Any) -> dict[str, float]:
         parts["top lists"] = sum(
             _nbytes(ix._group, ix._members) for ix in memories._indexes().values()
         )
-        parts["scratch"] += _nbytes(model._changed)
+        parts["scratch"] += _nbytes(model.params.changed)
     elif hasattr(model, "top"):  # popular
         parts["counts"] = model.counts._values.nbytes
         parts["top lists"] = _nbytes(model.top._group, model.top._members)

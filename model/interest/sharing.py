@@ -14,26 +14,31 @@ last shared (``<table>.rows``, indexes into ``meta["ids"]`` or, for the category
 tables, ``meta["cats"]``) and their change (``<table>.delta``, float16: half the
 bytes; what rounding leaves out stays in the copy's unshared change and goes
 out next time), and the change of every dense parameter (``dense.<name>``, float32).
+
+:class:`Sharing` is one copy's bookkeeping (what it owes the others, what they
+agreed on); :func:`apply_counts` and :func:`apply_params` take the others'
+deltas into any :class:`Receiver`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
+import torch
 
 from core.types import EVENT_INDEX, Event
-from model.interest.memories import EVENT_WEIGHTS, Context
+from model.interest.memories import EVENT_WEIGHTS, Context, CountMemories
+from model.interest.params import DENSE, InterestParams
 from model.persist import ModelState
 from model.rowtable import RowTable
 from model.vocab import ItemVocab
 
-if TYPE_CHECKING:
-    from model.interest.model import InterestModel
-
 __all__ = [
+    "Receiver",
+    "Sharing",
     "Contribution",
     "contribution",
     "merge_contributions",
@@ -45,6 +50,131 @@ __all__ = [
 
 _ITEM_TABLES = ("emb_in", "emb_out", "bias")
 _CAT_TABLES = ("cat_in", "cat_out")
+
+
+class Receiver(Protocol):
+    """What taking in another copy's delta needs of a model."""
+
+    @property
+    def vocab(self) -> ItemVocab: ...
+
+    @property
+    def memories(self) -> CountMemories: ...
+
+    @property
+    def tables(self) -> Mapping[str, RowTable]: ...
+
+    def expire_until(self, ts: int) -> None:
+        """Forget the items unseen for too long before event time ``ts`` (when due)."""
+        ...
+
+    def grow(self) -> None:
+        """Room for every row of the vocabulary; the rows it just handed out start from
+        vectors seeded by their item (as in every copy)."""
+        ...
+
+    def mark_changed(self, rows: np.ndarray) -> None:
+        """Item ``rows`` changed at the current learning step."""
+        ...
+
+
+class Sharing:
+    """One copy's side of :mod:`model.sync`: the contributions it owes, the agreed values.
+
+    Until :meth:`start`, the model counts its own batches and nothing is
+    tracked. ``params`` are the copy's; ``window`` is its users' recent window.
+    """
+
+    def __init__(self, params: InterestParams, window: int) -> None:
+        self.params, self.window = params, window
+        self.active = False  # counts only from apply_count_delta (see model.sync)
+        self._pending: list[Contribution] = []
+        # The agreed values of the dense parameters (None: not tracked).
+        self.dense_base: list[torch.Tensor] | None = None
+        # (table, rows, sent, table clock when taken) and the dense changes of the last
+        # param_delta, applied to the agreed values once delivered
+        self._outbox: list[tuple[str, np.ndarray, np.ndarray, int]] = []
+        self._dense_sent: list[torch.Tensor] = []
+
+    def start(self) -> None:
+        """Count only what comes back as contributions; track parameter changes."""
+        self.active = True
+        for table in self.params.tables.values():
+            table.track_changes()
+        if self.dense_base is None:
+            self.dense_base = [p.detach().clone() for p in self.params.dense()]
+
+    def queue(self, events: Sequence[Event], rows: np.ndarray, ctx: Context) -> None:
+        """Keep a batch's count contribution for the next :meth:`count_delta`."""
+        self._pending.append(contribution(events, rows, ctx, self.params.vocab))
+
+    def count_delta(self) -> ModelState | None:
+        parts, self._pending = self._pending, []
+        return merge_contributions(parts, self.window) if parts else None
+
+    def param_delta(self, max_bytes: int) -> list[ModelState]:
+        """What this copy learnt since it last shared (see ``Shared.param_delta``)."""
+        self.start()
+        assert self.dense_base is not None
+        dense = {
+            name: (p.detach() - base).numpy()
+            for name, p, base in zip(DENSE, self.params.dense(), self.dense_base, strict=True)
+        }
+        tables = self.params.tables
+        clocks = {name: table.clock for name, table in tables.items()}
+        parts, outbox = param_parts(tables, dense, self.params.vocab, max_bytes)
+        self._outbox = [(name, rows, sent, clocks[name]) for name, rows, sent in outbox]
+        self._dense_sent = [torch.from_numpy(dense[name].copy()) for name in DENSE]
+        return parts
+
+    def delivered(self) -> None:
+        """The parts of the last :meth:`param_delta` went out: what they hold is agreed."""
+        # What was sent, not the weights now: a step taken since (the worker shares
+        # while the batch's step runs) is shared next time.
+        for name, rows, sent, clock in self._outbox:
+            self.params.tables[name].shared(rows, sent, clock)
+        self._outbox = []
+        if self.dense_base is not None and self._dense_sent:
+            for base, change in zip(self.dense_base, self._dense_sent, strict=True):
+                base += change
+        self._dense_sent = []
+
+    def add_dense(self, delta: ModelState, adopt: bool) -> None:
+        """Add the dense part of a parameter delta (``adopt``: this copy's own)."""
+        base = self.dense_base
+        with torch.no_grad():
+            for i, (name, param) in enumerate(zip(DENSE, self.params.dense(), strict=True)):
+                if f"dense.{name}" not in delta.arrays:
+                    continue
+                d = torch.from_numpy(np.asarray(delta.arrays[f"dense.{name}"], dtype=np.float32))
+                if base is not None:
+                    base[i] += d
+                    param.copy_(base[i] if adopt else param + d)
+                else:
+                    param.add_(d)
+
+    def drop_unshared(self) -> None:
+        """Every parameter back to its agreed value."""
+        for table in self.params.tables.values():
+            table.drop_unshared()
+        if self.dense_base is not None:
+            with torch.no_grad():
+                for param, base in zip(self.params.dense(), self.dense_base, strict=True):
+                    param.copy_(base)
+
+    def save(self, state: ModelState) -> None:
+        """The agreed dense values into ``state`` (``base.<name>``), when tracked."""
+        if self.dense_base is not None:
+            for name, base in zip(DENSE, self.dense_base, strict=True):
+                state.arrays[f"base.{name}"] = base.numpy().copy()
+
+    def load(self, state: ModelState) -> None:
+        arrays = state.arrays
+        if f"base.{DENSE[0]}" in arrays:
+            self.dense_base = [
+                torch.from_numpy(np.array(arrays[f"base.{name}"], dtype=np.float32))
+                for name in DENSE
+            ]
 
 
 @dataclass
@@ -127,20 +257,19 @@ def unpack_window(
     return rows, rows >= 0, ages
 
 
-def apply_counts(model: InterestModel, delta: ModelState) -> int:
+def apply_counts(model: Receiver, delta: ModelState) -> int:
     """Count a contribution made by any copy into ``model``; returns its number of events."""
     a, ids, cats = delta.arrays, delta.meta["ids"], delta.meta["cats"]
     ts = np.asarray(a["ts"], dtype=np.int64)
     if ts.size == 0:
         return 0
     cat = np.asarray(a["cat"], dtype=np.int64)
-    model._expire([Event("", "", "click", int(ts.max()))])  # event time moves on here too
+    model.expire_until(int(ts.max()))  # event time moves on here too
     rows = model.vocab.add_events(
         (ids[i], cats[c] if c >= 0 else None, t)
         for i, c, t in zip(a["item"].tolist(), cat.tolist(), ts.tolist(), strict=True)
     )
-    model._ensure()
-    model._init_fresh()
+    model.grow()
     index = model.vocab.index
     win, mask, ages = unpack_window(
         delta, np.array([index.get(x, -1) for x in ids] + [-1], dtype=np.int64)
@@ -158,18 +287,18 @@ def apply_counts(model: InterestModel, delta: ModelState) -> int:
     )
     weights = EVENT_WEIGHTS[np.asarray(a["type"], dtype=np.int64)]
     model.memories.remember(rows, ctx, weights, model.vocab)
-    model._changed[rows] = model.batches
+    model.mark_changed(rows)
     return n
 
 
-def apply_params(model: InterestModel, delta: ModelState, adopt: bool) -> None:
-    """Add another copy's parameter delta to ``model``'s tables (the dense part is the model's)."""
+def apply_params(model: Receiver, delta: ModelState, adopt: bool) -> None:
+    """Add another copy's parameter delta to ``model``'s tables (the dense part:
+    :meth:`Sharing.add_dense`)."""
     a, index = delta.arrays, model.vocab.index
     # An item this copy has not counted yet (its count delta is on its way) is added
     # now; its time and category come with the counts.
     model.vocab.add_events((x, None, model.vocab.now) for x in delta.meta["ids"] if x not in index)
-    model._ensure()
-    model._init_fresh()  # from the same start as in the copy that knows it
+    model.grow()  # from the same start as in the copy that knows it
     items = np.array([index[x] for x in delta.meta["ids"]] + [-1], dtype=np.int64)
     cat_index = model.vocab.category_index
     cats = np.array([cat_index(c) for c in delta.meta["cats"]] + [-1], dtype=np.int64)

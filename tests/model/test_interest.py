@@ -106,14 +106,14 @@ def test_freeze_stops_learning_but_states_still_move() -> None:
     model, views = InterestModel(seed=0), MemoryStates()
     process_batch(events[:800], views, model)
     model.freeze()
-    before = [p.detach().clone() for p in model._params()]
+    before = [p.detach().clone() for p in model.params.tensors()]
     n_items = len(model.vocab)
     user = events[900].user_id
     n_user = views.states[user].n_events if user in views.states else 0
     for i in range(800, 1200, 100):
         process_batch(events[i : i + 100], views, model)
     assert len(model.vocab) == n_items
-    assert all(torch.equal(a, b) for a, b in zip(before, model._params(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.params.tensors(), strict=True))
     assert views.states[user].n_events > n_user
 
 
@@ -190,13 +190,13 @@ def test_a_long_batch_learns_in_steps_of_step_events() -> None:
     views = MemoryStates()
     process_batch(events[:400], views, model)  # most items known from here on
     sizes: list[int] = []
-    step = model._step
+    step = model.training.step
 
     def counted(ctx, targets, types, batch_no):  # noqa: ANN001
         sizes.append(len(targets))
         step(ctx, targets, types, batch_no)
 
-    model._step = counted  # type: ignore[method-assign]
+    model.training.step = counted  # type: ignore[method-assign]
     process_batch(events[400:], views, model)
     known = sum(sizes)  # events on items the model had rows for before the batch
     assert known > 400 and len(sizes) == -(-known // 100)

@@ -202,13 +202,15 @@ def test_a_step_taken_while_a_share_is_in_flight_is_shared_the_next_time() -> No
     for i in range(0, 200, 50):  # items first seen in a batch are trained from the next
         process_batch(events[i : i + 50], view, model, score=False)
     assert model.param_delta(1 << 20)  # taken now, delivered after the next step
-    before = [p.detach().clone() for p in model._dense()]
+    before = [p.detach().clone() for p in model.params.dense()]
     result = process_batch(events[200:300], view, model, score=False, learn="later")
     assert result.finish_learning is not None
     result.finish_learning()  # the step in flight
-    stepped = [p.detach() - b for p, b in zip(model._dense(), before, strict=True)]
+    stepped = [p.detach() - b for p, b in zip(model.params.dense(), before, strict=True)]
     model.param_delta_shared()
-    left = [p.detach() - b for p, b in zip(model._dense(), model._dense_base, strict=True)]
+    left = [
+        p.detach() - b for p, b in zip(model.params.dense(), model.sharing.dense_base, strict=True)
+    ]
     assert any(float(s.abs().sum()) > 0 for s in stepped)
     for change, unshared in zip(stepped, left, strict=True):
         assert torch.allclose(change, unshared, atol=1e-7)  # still to be shared
@@ -216,6 +218,6 @@ def test_a_step_taken_while_a_share_is_in_flight_is_shared_the_next_time() -> No
     assert trained.size > 0  # the rows that step trained are still to be shared
     assert model.param_delta(1 << 20)
     model.param_delta_shared()
-    for p, b in zip(model._dense(), model._dense_base, strict=True):
+    for p, b in zip(model.params.dense(), model.sharing.dense_base, strict=True):
         assert torch.allclose(p.detach(), b)
     assert model.tables["emb_out"].trained_rows().size == 0
