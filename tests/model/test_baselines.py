@@ -7,10 +7,7 @@ from model.baselines.classic import IncrementalMF, SequentialItemKNN
 from model.baselines.popular import DecayedPopularity, MostPopular
 from model.step import process_batch
 from state.views import MemoryStates
-
-
-def _ev(user: str, item: str, ts: int, kind: str = "click") -> Event:
-    return Event(user, item, kind, ts)
+from tests.helpers import ev as _ev
 
 
 def test_most_popular_ranks_by_count_and_excludes_purchases() -> None:

@@ -15,6 +15,7 @@ from model.retrieval import RowMarks
 from model.rowtable import RowTable
 from model.step import process_batch
 from state.views import MemoryStates
+from tests.helpers import replay
 
 
 def test_keep_mask_drops_padding_repeats_and_excluded_rows() -> None:
@@ -104,13 +105,6 @@ def test_row_table_moves_only_touched_rows_and_reset_forgets_history() -> None:
     assert not torch.equal(table.weight[2], before[2])  # a fresh random row
 
 
-def _replay(model, events, batch: int = 100) -> MemoryStates:
-    views = MemoryStates()
-    for i in range(0, len(events), batch):
-        process_batch(events[i : i + batch], views, model)
-    return views
-
-
 @pytest.mark.parametrize("exhaustive_rows", [10_000, 0], ids=["exhaustive", "candidates"])
 @pytest.mark.parametrize("exclude_seen", [True, False], ids=["seen", "purchased"])
 def test_lists_never_hold_excluded_items_and_are_full(
@@ -118,7 +112,7 @@ def test_lists_never_hold_excluded_items_and_are_full(
 ) -> None:
     events = list(SyntheticStream(seed=5, n_events=3000))
     model = InterestModel(seed=0, exclude_seen=exclude_seen, exhaustive_rows=exhaustive_rows)
-    views = _replay(model, events)
+    views, _ = replay(model, events, 100)
     users = sorted(views.states, key=lambda u: -views.states[u].n_events)[:60]
     states = [views.states[u] for u in users]
     lists = model.rank_many(users, states, 10)
@@ -153,7 +147,7 @@ def test_candidate_path_same_seed_same_lists() -> None:
 def test_a_user_who_excluded_nearly_everything_gets_what_is_left() -> None:
     model = InterestModel(seed=0, exhaustive_rows=0, exclude_seen=True)
     events = [Event(f"u{i % 7}", f"i{i % 12}", "click", 1000 + i, "c") for i in range(200)]
-    _replay(model, events, batch=50)
+    replay(model, events, 50)
     st = UserState()
     st.seen = [f"i{i}" for i in range(10)]
     ranked = model.rank("someone", st, 10)

@@ -19,9 +19,9 @@ from model.persist import model_to_bytes
 from model.snapshot import model_from_bytes
 from model.step import process_batch
 from state.views import MemoryStates
+from tests.helpers import needs_encoder
 
 ROOT = Path(__file__).resolve().parents[2]
-needs_encoder = pytest.mark.skipif(load_encoder() is None, reason="no text encoder installed")
 
 
 # --- loaders --------------------------------------------------------------------------

@@ -9,14 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from core.types import Event
 from model.data.synthetic import Switch
 from model.eval.metrics import ModelReport, _LagTracker, split_flurs
 from stream.cli import evaluate as cli
-
-
-def _ev(user: str, item: str, ts: int = 0) -> Event:
-    return Event(user, item, "click", ts)
+from tests.helpers import ev as _ev
 
 
 def test_flurs_split_keeps_positives_in_order() -> None:

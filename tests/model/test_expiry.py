@@ -12,19 +12,10 @@ from model.interest.memories import Context
 from model.interest.model import InterestModel
 from model.persist import model_to_bytes
 from model.snapshot import model_from_bytes
-from model.step import process_batch
 from state.views import MemoryStates
+from tests.helpers import replay
 
 DAY = 86_400_000
-
-
-def _replay(model, events, views: MemoryStates | None = None, batch: int = 50) -> MemoryStates:
-    views = MemoryStates() if views is None else views
-    out = []
-    for i in range(0, len(events), batch):
-        out += process_batch(events[i : i + batch], views, model, keep_lists=True).lists
-    views.lists = out  # type: ignore[attr-defined]  # the scored lists, for comparisons
-    return views
 
 
 def _phase(day: int, items: list[str], users: int, n: int, seed: int) -> list[Event]:
@@ -63,14 +54,14 @@ def _brute_force_pairs(model: InterestModel, events: list[Event]) -> np.ndarray:
 def test_co_occurrence_memory_equals_a_brute_force_count() -> None:
     events = list(SyntheticStream(seed=3, n_users=40, n_events=1500))
     model = InterestModel(seed=0, max_neighbours=10_000, exhaustive_rows=0)
-    _replay(model, events)
+    replay(model, events)
     dense = _brute_force_pairs(model, events)
     n = model.vocab.n_rows
     got = model.cooc.rows(np.arange(n), n)
     np.testing.assert_allclose(got, dense, rtol=1e-4, atol=1e-5)
     # Bounded rows keep the heavy neighbours of the busiest items.
     small = InterestModel(seed=0, max_neighbours=32, exhaustive_rows=0)
-    _replay(small, events)
+    replay(small, events)
     busiest = np.argsort(-(dense > 0).sum(axis=1))[:20]
     agree = []
     for r in busiest:
@@ -84,12 +75,12 @@ def test_expired_items_leave_nothing_behind_and_their_rows_start_fresh() -> None
     model = InterestModel(seed=0, expire_days=30, exhaustive_rows=0)
     old = [f"old{i}" for i in range(40)]
     new = [f"new{i}" for i in range(30)]
-    views = _replay(model, _phase(0, old, 20, 1000, seed=1))
+    views, _ = replay(model, _phase(0, old, 20, 1000, seed=1))
     n_old = model.vocab.n_rows
     assert model.tables["emb_out"].steps[:n_old].max() > 5
     assert model.vocab.categories == [None, "c1"] and model.tables["cat_out"].steps[1] > 5
     phase2 = _phase(100, new, 20, 50, seed=2)
-    _replay(model, phase2, views)
+    replay(model, phase2, views=views)
     assert set(model.vocab.index) == {ev.item_id for ev in phase2}
     assert model.vocab.n_rows == n_old > len(model.vocab)  # new items took old items' rows
     # The old category went with its items; the new one took its row, trained afresh.
@@ -127,7 +118,7 @@ def test_a_worker_that_runs_for_months_does_not_grow(name: str) -> None:
         items = [f"m{month}-{i}" for i in range(60)]
         events = _phase(30 * month, items, 30, 400, seed=month)
         seen |= {ev.item_id for ev in events}
-        _replay(model, events, views, batch=100)
+        replay(model, events, 100, views)
     # The default expiry (90 days, swept every 11 days) keeps four to five months of items.
     assert model.vocab.n_rows <= 5 * 60 < len(seen)
     assert len(model.vocab) <= 5 * 60
@@ -137,8 +128,8 @@ def test_a_worker_that_runs_for_months_does_not_grow(name: str) -> None:
 
 def test_popular_forgets_expired_items() -> None:
     model = MostPopular(expire_days=10)
-    _replay(model, [Event(f"u{i}", "star", "click", i) for i in range(30)])
-    _replay(model, [Event("v", "newcomer", "click", 20 * DAY)])
+    replay(model, [Event(f"u{i}", "star", "click", i) for i in range(30)])
+    replay(model, [Event("v", "newcomer", "click", 20 * DAY)])
     assert [i for i, _ in model.rank("anyone", UserState(), 5)] == ["newcomer"]
 
 
@@ -146,12 +137,12 @@ def test_popular_forgets_expired_items() -> None:
 def test_snapshot_after_expiry_continues_identically(exhaustive_rows: int) -> None:
     model = InterestModel(seed=2, expire_days=30, exhaustive_rows=exhaustive_rows)
     old = [f"old{i}" for i in range(40)]
-    views = _replay(model, _phase(0, old, 20, 600, seed=1))
-    _replay(model, _phase(60, [f"new{i}" for i in range(30)], 20, 300, seed=2), views)
+    views, _ = replay(model, _phase(0, old, 20, 600, seed=1))
+    replay(model, _phase(60, [f"new{i}" for i in range(30)], 20, 300, seed=2), views=views)
     assert np.any(~model.vocab.live())  # rows were freed and some reused
     # Exact weights: float16 ones (compact) may swap two near-equal scores.
     clone = model_from_bytes(model_to_bytes(model, compact=False))
     views2 = MemoryStates()
     views2.states = {u: st.copy() for u, st in views.states.items()}
     later = _phase(61, [f"new{i}" for i in range(45)], 25, 300, seed=3)
-    assert _replay(model, later, views).lists == _replay(clone, later, views2).lists
+    assert replay(model, later, views=views)[1] == replay(clone, later, views=views2)[1]

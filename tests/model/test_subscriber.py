@@ -15,6 +15,7 @@ from model.refresh import RecentUsers, RefreshPolicy, refresh_lists
 from model.step import process_batch
 from state.views import MemoryStates
 from stream.cli import evaluate as cli
+from tests.helpers import ev as _ev
 
 S = 1000  # ms
 
@@ -35,10 +36,6 @@ class Counting:
     def rank(self, user_id: str, state: UserState, k: int) -> list[tuple[str, float]]:
         ranked = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))
         return [(item, float(n)) for item, n in ranked[:k]]
-
-
-def _ev(user: str, item: str, ts: int) -> Event:
-    return Event(user, item, "click", ts)
 
 
 # Top-1 lists. i3 becomes the most touched item while u1, who was shown i1 at the

@@ -5,20 +5,16 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
 from core.types import Event
 from model.factory import create_model
-from model.interest.encoder import load_encoder
 from model.items import ItemMeta
 from stream.cli.main import main
 from stream.cli.publish import Publisher
 from stream.kafka.topics import ensure_topics, topic_specs
 from stream.runtime.items import ItemsFeed, ItemsPublisher
 from stream.runtime.native import Worker
+from tests.helpers import needs_encoder
 from tests.stream.helpers import make_settings, read_topic, running_worker, wait_for
-
-needs_encoder = pytest.mark.skipif(load_encoder() is None, reason="no text encoder installed")
 
 SPACE = [
     "Starship crew fights an alien armada in deep space",

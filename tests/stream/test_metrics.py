@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry
 
 from core.types import Event
 from engine.batch import PartitionBatch, Source
@@ -14,19 +13,10 @@ from engine.isolation import ModelGuard
 from engine.metrics import WorkerMetrics
 from model.capabilities import capabilities
 from state.store import MemoryStore
+from tests.helpers import exposed
 from tests.stream.helpers import TinyPopularity
 
 TS = 1_780_000_000_000
-
-
-def _exposed(metrics: WorkerMetrics) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """What the /metrics endpoint would serve, by sample name."""
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    text = generate_latest(metrics.registry).decode()
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, []).append((s.labels, s.value))
-    return out
 
 
 class _Lossy(TinyPopularity):
@@ -42,11 +32,11 @@ def test_a_model_without_a_loss_has_no_loss_series_and_its_version_is_shown():
     metrics = WorkerMetrics.create(CollectorRegistry())
     metrics.observe_model(capabilities(TinyPopularity()), steps=2)
     metrics.observe_loss(capabilities(TinyPopularity()))
-    exposed = _exposed(metrics)
-    assert "interest_training_loss" not in exposed  # absent, not a misleading 0
-    assert exposed["interest_model_steps_total"] == [({}, 2.0)]
-    assert exposed["interest_model_info"] == [({"model": "tiny-pop", "version": "tiny-pop-1"}, 1.0)]
-    assert "interest_model_last_snapshot_timestamp_seconds" not in exposed
+    shown = exposed(metrics.registry)
+    assert "interest_training_loss" not in shown  # absent, not a misleading 0
+    assert shown["interest_model_steps_total"] == [({}, 2.0)]
+    assert shown["interest_model_info"] == [({"model": "tiny-pop", "version": "tiny-pop-1"}, 1.0)]
+    assert "interest_model_last_snapshot_timestamp_seconds" not in shown
 
 
 def test_the_loss_is_the_last_batch_s_and_nan_stays_nan():
@@ -54,17 +44,17 @@ def test_the_loss_is_the_last_batch_s_and_nan_stays_nan():
     caps = capabilities(model)
     metrics.observe_model(caps)
     metrics.observe_loss(caps)  # before any batch: no loss yet
-    assert "interest_training_loss" not in _exposed(metrics)
+    assert "interest_training_loss" not in exposed(metrics.registry)
     model.last_loss = 0.75
     metrics.observe_model(caps, steps=1)
     metrics.observe_loss(caps)
-    assert _exposed(metrics)["interest_training_loss"] == [({}, 0.75)]
+    assert exposed(metrics.registry)["interest_training_loss"] == [({}, 0.75)]
     model.last_loss = float("nan")  # what the not-finite alert looks for
     metrics.observe_model(caps, steps=1)
     metrics.observe_loss(caps)
-    ((_, loss),) = _exposed(metrics)["interest_training_loss"]
+    ((_, loss),) = exposed(metrics.registry)["interest_training_loss"]
     assert math.isnan(loss)
-    assert _exposed(metrics)["interest_model_steps_total"] == [({}, 2.0)]
+    assert exposed(metrics.registry)["interest_model_steps_total"] == [({}, 2.0)]
 
 
 def test_a_new_model_version_replaces_the_old_info_series():
@@ -72,7 +62,7 @@ def test_a_new_model_version_replaces_the_old_info_series():
     metrics.observe_model(capabilities(model))
     model.version = "lossy-2"
     metrics.observe_model(capabilities(model))
-    assert _exposed(metrics)["interest_model_info"] == [
+    assert exposed(metrics.registry)["interest_model_info"] == [
         ({"model": "lossy", "version": "lossy-2"}, 1.0)
     ]
 
@@ -81,9 +71,9 @@ def test_the_snapshot_time_is_read_when_scraped():
     metrics = WorkerMetrics.create(CollectorRegistry())
     saved: list[float] = []
     metrics.snapshot_timestamp.set_function(lambda: saved[-1] if saved else None)
-    assert "interest_model_last_snapshot_timestamp_seconds" not in _exposed(metrics)
+    assert "interest_model_last_snapshot_timestamp_seconds" not in exposed(metrics.registry)
     saved.append(1_780_000_000.5)
-    assert _exposed(metrics)["interest_model_last_snapshot_timestamp_seconds"] == [
+    assert exposed(metrics.registry)["interest_model_last_snapshot_timestamp_seconds"] == [
         ({}, 1_780_000_000.5)
     ]
 

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry
 
 from core.types import Event
 from engine.events import decode_recommendation
@@ -29,6 +28,7 @@ from stream.cli.publish import Publisher
 from stream.cli.state import read_states
 from stream.kafka.topics import ensure_model_topics, ensure_topics, topic_specs
 from stream.runtime.native import Worker
+from tests.helpers import exposed
 from tests.stream.helpers import make_settings, read_topic, running_worker, wait_for
 
 N_ITEMS = 40
@@ -138,15 +138,6 @@ def test_two_and_three_workers_count_what_one_worker_counts(
                 _assert_same_counts(w.model, ref.model)
 
 
-def _exposed(worker: Worker) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """What the worker's /metrics endpoint serves, by sample name."""
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(generate_latest(worker.metrics.registry).decode()):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return out
-
-
 def _lists(model, users, states):  # noqa: ANN001, ANN202
     return model.rank_many(users, [states[u] for u in users], 10)
 
@@ -206,18 +197,18 @@ def test_a_fresh_worker_starts_from_the_group_model(kafka_bootstrap, unique_topi
             )
             version = fresh.driver.served_version()
             assert version.startswith(f"interest-3@{fresh.sync.book.snapshot}+")
-            exposed = _exposed(fresh)
+            shown = exposed(fresh.metrics.registry)
             served = f"interest-3@{fresh.sync.book.snapshot}"
-            assert exposed["interest_model_served_info"] == [({"version": served}, 1.0)]
-            assert exposed["interest_model_sync_lag_messages"][0][1] >= 0
-            assert exposed["interest_model_sync_lag_events"][0][1] >= 0
+            assert shown["interest_model_served_info"] == [({"version": served}, 1.0)]
+            assert shown["interest_model_sync_lag_messages"][0][1] >= 0
+            assert shown["interest_model_sync_lag_events"][0][1] >= 0
         # The lists say which merge of the group's model ranked them.
         versions = {
             decode_recommendation(m.value())["model_version"]
             for m in read_topic(first.settings.kafka, topics.recommendations)
         }
         assert versions and all(re.fullmatch(r"interest-3@\d+\+\d+", v) for v in versions)
-        merged = _exposed(first)
+        merged = exposed(first.metrics.registry)
         assert merged["interest_model_merges_total"][0][1] > 0
         assert 0 <= merged["interest_model_seconds_since_merge"][0][1] < 60
     # Stopped workers leave no thread taking gradient steps behind.

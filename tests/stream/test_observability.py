@@ -335,9 +335,7 @@ def test_the_default_worker_exports_every_metric_and_a_nan_loss_fires_its_alert(
             def missing() -> set[str]:
                 names = set(prom.api("label/__name__/values"))
                 return {
-                    m
-                    for m in wanted
-                    if not {m, f"{m}_total", f"{m}_count", f"{m}_bucket"} & names
+                    m for m in wanted if not {m, f"{m}_total", f"{m}_count", f"{m}_bucket"} & names
                 }
 
             deadline = time.monotonic() + 60
