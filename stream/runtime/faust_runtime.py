@@ -55,7 +55,8 @@ from prometheus_client import CollectorRegistry
 
 from core.errors import ConfigError
 from engine.batch import Source
-from engine.driver import BatchDriver, settle_heap
+from engine.driver import BatchDriver
+from engine.learning import settle_heap
 from engine.metrics import MetricsServer, WorkerMetrics
 from engine.stats import WorkerStats
 from model.step import RankingModel

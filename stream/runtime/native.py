@@ -67,8 +67,9 @@ from prometheus_client import CollectorRegistry
 from core.errors import KafkaClientError
 from core.types import Recommendation
 from engine.batch import PartitionBatch, Source
-from engine.driver import BatchDriver, ModelShare, settle_heap
+from engine.driver import BatchDriver, ModelShare
 from engine.isolation import ModelError
+from engine.learning import settle_heap
 from engine.metrics import MetricsServer, WorkerMetrics
 from engine.stats import WorkerStats
 from model.pacing import next_cap
