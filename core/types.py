@@ -71,16 +71,19 @@ class UserState:
     def copy(self, seen: bool = True) -> UserState:
         """An independent copy (no list or array is shared with ``self``); ``seen=False``
         leaves the seen list out (empty), for readers that never look at it."""
+        lt = self.long_term
+        # Positional, and an empty vector shared (nothing writes into one): a copy is
+        # taken per event of a batch.
         return UserState(
-            counts=list(self.counts),
-            last_ts=self.last_ts,
-            long_term=self.long_term.copy(),
-            recent_items=list(self.recent_items),
-            recent_ts=list(self.recent_ts),
-            recent_types=list(self.recent_types),
-            seen=list(self.seen) if seen else [],
-            purchased=list(self.purchased),
-            last_list=list(self.last_list),
+            list(self.counts),
+            self.last_ts,
+            lt.copy() if lt.size else lt,
+            list(self.recent_items),
+            list(self.recent_ts),
+            list(self.recent_types),
+            list(self.seen) if seen else [],
+            list(self.purchased),
+            list(self.last_list),
         )
 
     def __eq__(self, other: object) -> bool:

@@ -1,8 +1,9 @@
 """The user-state codec: exact round trips (float16 vectors within their rounding), states
-written by versions 1 and 2 still read; truncated, corrupt or foreign bytes are refused."""
+written by versions 1, 2 and 3 still read; truncated, corrupt or foreign bytes are refused."""
 
 from __future__ import annotations
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -76,8 +77,8 @@ def test_states_written_by_version_1_are_read() -> None:
     for cut in range(len(_V1)):
         with pytest.raises(CodecError):
             decode_state(_V1[:cut])
-    # Written again, a version-1 state becomes version 3.
-    assert encode_state(st)[1] == CODEC_VERSION == 3
+    # Written again, a version-1 state becomes version 4.
+    assert encode_state(st)[1] == CODEC_VERSION == 4
 
 
 # The same state written by codec version 2 (float16 vector, u16-length-prefixed strings).
@@ -99,35 +100,69 @@ def test_states_written_by_version_2_are_read() -> None:
     assert decode_state(encode_state(st, precision="float32")) == st
 
 
-def test_empty_strings_and_empty_lists_round_trip() -> None:
-    st = _state()
-    st.seen, st.purchased, st.last_list = ["", "a", ""], [], [""]
-    raw = encode_state(st, precision="float32")
-    assert raw[1] == 3
-    assert decode_state(raw) == st
+# The same state written by codec version 3 (float16 vector, NUL-joined string lists).
+_V3 = bytes.fromhex(
+    "5503030000000100000002000000010000007ba8da769b010000040002003800bd0042662e020000"
+    "a8da769b0100007ba8da769b01000000030200000005000000610062c3a90200000005000000610062"
+    "c3a9010000000300000062c3a9010000000100000078"
+)
 
 
-def test_a_string_holding_nul_is_written_in_version_2_and_read_back() -> None:
-    st = _state()
-    st.seen = ["a\x00b", "c"]
-    raw = encode_state(st, precision="float32")
-    assert raw[1] == 2  # NUL separates version 3's strings: the older layout keeps it
-    assert decode_state(raw) == st
+def test_states_written_by_version_3_are_read() -> None:
+    assert decode_state(_V3) == decode_state(_V2)
+    for cut in range(len(_V3)):
+        with pytest.raises(CodecError):
+            decode_state(_V3[:cut])
 
 
-def test_a_list_that_does_not_hold_its_count_is_refused() -> None:
-    data = bytearray(encode_state(_state(), precision="float32"))
+def test_a_version_3_list_that_does_not_hold_its_count_is_refused() -> None:
+    data = bytearray(_V3)
     # The seen list's count: after the header, vector, recent times and types and the
     # recent list (count, size, bytes).
-    at = 1 + 1 + 4 * 4 + 8 + 2 + 1 + 4 * 8 + 2 + 3 * 8 + 3
-    at += 8 + len("a\x00bé\x00ç".encode())
-    assert int.from_bytes(data[at : at + 4], "little") == 4
-    data[at] = 5
+    at = 1 + 1 + 4 * 4 + 8 + 2 + 1 + 4 * 2 + 2 + 2 * 8 + 2
+    at += 8 + len("a\x00bé".encode())
+    assert int.from_bytes(data[at : at + 4], "little") == 2
+    data[at] = 3
     with pytest.raises(CodecError, match="count"):
         decode_state(bytes(data))
     data[at] = 0
     with pytest.raises(CodecError, match="empty"):
         decode_state(bytes(data))
+
+
+def test_empty_strings_empty_lists_and_nul_round_trip() -> None:
+    st = _state()
+    st.seen, st.purchased, st.last_list = ["", "a", ""], [], [""]
+    raw = encode_state(st, precision="float32")
+    assert raw[1] == 4
+    assert decode_state(raw) == st
+    st.seen = ["a\x00b", "c"]  # NUL separated version 3's strings; nothing special now
+    assert decode_state(encode_state(st)).seen == ["a\x00b", "c"]
+
+
+def _v4(fields: list) -> bytes:
+    return b"U\x04" + msgpack.packb(fields, use_bin_type=True)
+
+
+def test_version_4_fields_of_the_wrong_type_or_length_are_refused() -> None:
+    good = [[1, 0, 0, 0], 5, 2, b"", [5], b"\x00", ["i1"], ["i1"], [], []]
+    assert decode_state(_v4(good)).recent_items == ["i1"]
+    for at, bad in (
+        (0, [1, 0, 0]),  # three counts
+        (1, "5"),  # last_ts not a number
+        (2, 3),  # no such vector width
+        (3, b"\x00"),  # a vector of one byte at two bytes a value
+        (4, [5, 6]),  # two times for one recent item
+        (6, "i1"),  # not a list
+    ):
+        fields = list(good)
+        fields[at] = bad
+        with pytest.raises(CodecError):
+            decode_state(_v4(fields))
+    with pytest.raises(CodecError):
+        decode_state(_v4(good[:-1]))
+    with pytest.raises(CodecError):
+        decode_state(b"U\x04" + b"\xc1")  # a byte MessagePack never uses
 
 
 def test_truncated_bytes_are_refused_at_every_length() -> None:
@@ -146,7 +181,7 @@ def test_unknown_version_magic_and_trailing_bytes_are_refused() -> None:
         decode_state(b"X" + encode_state(_state())[1:])
     with pytest.raises(CodecError, match="trailing"):
         decode_state(encode_state(_state()) + b"\0")
-    data = bytearray(encode_state(_state()))
+    data = bytearray(_V3)
     data[_WIDTH_AT] = 3
     with pytest.raises(CodecError, match="width"):
         decode_state(bytes(data))
