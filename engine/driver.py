@@ -458,8 +458,7 @@ class BatchDriver:
                 for src in out.applied
                 if src.timestamp_ms
             ]
-            for x in lat:
-                m.latency.observe(x)
+            m.latency.observe_many(lat)
             if self.stats is not None:
                 self.stats.add_latencies(lat)
             m.users_in_state.labels(str(part.partition)).set(part.user_count())

@@ -59,21 +59,31 @@ Names (``interest_`` prefix):
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from core.errors import ConfigError
 from core.types import EVENT_TYPES
 from engine.events import REASONS
 from model.capabilities import Capabilities
 
-__all__ = ["WorkerMetrics", "MetricsServer", "OptionalGauge", "STAGES", "sample_total"]
+__all__ = [
+    "WorkerMetrics",
+    "MetricsServer",
+    "OptionalGauge",
+    "ManyHistogram",
+    "STAGES",
+    "sample_total",
+]
 
 STAGES = ("poll", "decode", "step", "commit")
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -115,6 +125,58 @@ class OptionalGauge(Collector):
             yield GaugeMetricFamily(self.name, self.documentation, value=value)
 
 
+class ManyHistogram(Collector):
+    """A histogram that takes a batch's observations in one call (:meth:`observe_many`).
+
+    prometheus_client's Histogram takes ~4 µs an observation; the worker observes
+    every event's latency and list age, which at a few µs an event is a good share
+    of what an event may cost. Here a batch's values go into the bucket counts
+    with two numpy calls. Exposed like any histogram (``_bucket``, ``_count``,
+    ``_sum``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: tuple[float, ...],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = np.array([*buckets, math.inf], dtype=np.float64)
+        self._counts = np.zeros(len(self._bounds), dtype=np.int64)  # per bucket, not summed
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.observe_many([value])
+
+    def observe_many(self, values: Sequence[float]) -> None:
+        if not len(values):
+            return
+        v = np.asarray(values, dtype=np.float64)
+        # Bucket i holds the values <= its bound (Prometheus "le").
+        counts = np.bincount(np.searchsorted(self._bounds, v), minlength=len(self._bounds))
+        total = float(v.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts).tolist(), self._sum
+        buckets = [
+            (floatToGoString(bound), count)
+            for bound, count in zip(self._bounds.tolist(), cumulative, strict=True)
+        ]
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
+
 @dataclass(frozen=True)
 class WorkerMetrics:
     """The worker's counters, histograms and gauges."""
@@ -131,11 +193,11 @@ class WorkerMetrics:
     batch_size: Histogram
     batch_cap: Gauge
     stage_seconds: Histogram
-    latency: Histogram
+    latency: ManyHistogram
     lists_published: Counter
     lists_refreshed: Counter
     refresh_seconds: Histogram
-    list_age: Histogram
+    list_age: ManyHistogram
     events_scored: Counter
     list_hits: Counter
     consumer_lag: Gauge
@@ -216,11 +278,11 @@ class WorkerMetrics:
                 buckets=_STAGE_BUCKETS,
                 registry=reg,
             ),
-            latency=Histogram(
+            latency=ManyHistogram(
                 "interest_event_to_list_latency_seconds",
                 "From an event's Kafka timestamp to the delivery of the list that includes it",
-                buckets=_LATENCY_BUCKETS,
-                registry=reg,
+                _LATENCY_BUCKETS,
+                reg,
             ),
             lists_published=Counter(
                 "interest_lists_published", "Recommendation lists delivered", registry=reg
@@ -236,11 +298,11 @@ class WorkerMetrics:
                 buckets=_STAGE_BUCKETS,
                 registry=reg,
             ),
-            list_age=Histogram(
+            list_age=ManyHistogram(
                 "interest_list_age_seconds",
                 "Age of the list a user held at their next event (from its delivery)",
-                buckets=_AGE_BUCKETS,
-                registry=reg,
+                _AGE_BUCKETS,
+                reg,
             ),
             events_scored=Counter(
                 "interest_events_scored", "Events scored against the list before them", registry=reg

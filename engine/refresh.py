@@ -130,11 +130,13 @@ class Refresher:
             for user, _ in out.erased:  # never refreshed again, unless they come back
                 recent.forget(user)
             stored = _stored_ids(out)
+            ages = []
             for src in out.applied:
                 actor = _stored_of(src.key, stored)
                 held = recent.held_at(actor) if actor is not None else None
                 if held is not None and src.timestamp_ms:
-                    self.metrics.list_age.observe(max(0, src.timestamp_ms - held) / 1000.0)
+                    ages.append(max(0, src.timestamp_ms - held) / 1000.0)
+            self.metrics.list_age.observe_many(ages)
         self._sync_clock()
         for part, out in batch:
             recent = self._recent((part.topic, part.partition))
