@@ -1,25 +1,29 @@
-"""End-to-end throughput and freshness of one worker on a real broker.
+"""End-to-end throughput and freshness of one worker on a real broker, as users meet them.
 
-Two measurements, each on fresh topics:
+On the field workload (``--users`` users, ``--items`` Zipf items; see
+:mod:`bench.field`) or the small synthetic stream (``--workload small``), on
+fresh topics, with the worker in a process of its own (``interest-stream worker``):
 
-1. **throughput**: ``--events`` synthetic events are published first, then one
-   worker drains the backlog (once per processing guarantee, ``--guarantees``);
-   events/s = events / (last batch done - first batch started).
-2. **latency**: the worker runs while a publisher sends ``--rate`` events/s for
-   ``--seconds``; event-to-list latency = list delivered - the event's Kafka
-   timestamp, reported as p50/p99 over every event. The publisher is a process
-   of its own, as producers are: in the worker's process it took the
-   interpreter from the worker's threads for ~15% of the run.
+1. **throughput**: ``--events`` events are published first, then the worker
+   drains the backlog (once per processing guarantee, ``--guarantees``);
+   events/s = events / (the first list seen -> every event's list seen),
+   read_committed, by this process;
+2. **latency**: this process sends ``--rate`` events/s for ``--seconds`` (after
+   a warm-up at the rate); each event's latency runs from its send to the
+   first read_committed list that covers it; p50/p99.
 
-    python -m bench.throughput [--model interest] [--events 50000] [--rate 1000]
+    python -m bench.throughput [--model interest] [--users 100000 --items 100000] [--rate 2000]
 
-Uses ``$INTEREST_KAFKA_BOOTSTRAP`` when set, else starts the embedded broker.
-No assertions: it prints figures.
+:func:`measure_throughput` and :func:`measure_latency` run a worker in this
+process instead, for the studies that read its per-stage metrics
+(``bench.refresh_cost``). Uses ``$INTEREST_KAFKA_BOOTSTRAP`` when set, else
+starts the embedded broker. No assertions: it prints figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -29,11 +33,22 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from bench.field import (
+    ITEMS,
+    USERS,
+    bench_settings,
+    field_stream,
+    measure_backlog,
+    small_stream,
+)
+from bench.field import measure_latency as field_latency
+from core.types import Event
 from engine.metrics import STAGES
 from model.data.synthetic import SyntheticStream
 from model.factory import create_serving_model
@@ -212,12 +227,20 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="interest", help="model name for the factory")
-    p.add_argument("--events", type=int, default=50_000, help="backlog size for throughput")
-    p.add_argument("--rate", type=float, default=1000.0, help="events/s for the latency run")
+    p.add_argument("--users", type=int, default=USERS, help="field workload: users")
+    p.add_argument("--items", type=int, default=ITEMS, help="field workload: items (Zipf)")
+    p.add_argument(
+        "--workload",
+        choices=("field", "small"),
+        default="field",
+        help="the field workload (default) or the small synthetic stream",
+    )
+    p.add_argument("--events", type=int, default=100_000, help="backlog size for throughput")
+    p.add_argument("--rate", type=float, default=2000.0, help="events/s for the latency run")
     p.add_argument("--seconds", type=float, default=20.0, help="length of the latency run")
     p.add_argument("--partitions", type=int, default=4)
     add_batch_options(p)
-    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--only", choices=("throughput", "latency"))
     p.add_argument(
         "--guarantees",
@@ -226,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     guarantees = [g.strip() for g in args.guarantees.split(",") if g.strip()]
+
+    def stream(seed: int) -> Iterator[Event]:
+        if args.workload == "field":
+            return field_stream(args.users, args.items, seed=seed)
+        return small_stream(seed=seed)
 
     broker = None
     bootstrap = os.environ.get(BOOTSTRAP_ENV)
@@ -238,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             report: dict = {
                 "model": args.model,
+                "workload": (
+                    f"{args.users} users x {args.items} Zipf items"
+                    if args.workload == "field"
+                    else "small synthetic stream"
+                ),
                 "partitions": args.partitions,
                 "batch_max_events": args.batch_max_events,
                 "batch_max_ms": args.batch_max_ms,
@@ -245,17 +278,39 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": f"{platform.machine()} {os.cpu_count()} cpu",
                 "broker": "embedded" if broker else bootstrap,
             }
+            backlog = list(itertools.islice(stream(1), args.events))
             for guarantee in guarantees:
-                args.guarantee = guarantee
                 runs: dict = report.setdefault(guarantee, {})
                 where = Path(tmp) / guarantee
+
+                def settings(guarantee: str = guarantee) -> Settings:
+                    return bench_settings(
+                        bootstrap,
+                        "tp",
+                        args.partitions,
+                        processing_guarantee=guarantee,
+                        batch_max_events=args.batch_max_events,
+                        batch_max_ms=args.batch_max_ms,
+                        batch_catch_up_events=args.batch_catch_up_events,
+                    )
+
                 if args.only in (None, "throughput"):
-                    runs["throughput"] = measure_throughput(bootstrap, where, args)
+                    runs["throughput"] = measure_backlog(
+                        settings(), where / "backlog", args.model, backlog, timeout=args.timeout
+                    )
                     print(
                         f"{guarantee} throughput: {runs['throughput']}", file=sys.stderr, flush=True
                     )
                 if args.only in (None, "latency"):
-                    runs["latency"] = measure_latency(bootstrap, where, args)
+                    runs["latency"] = field_latency(
+                        settings(),
+                        where / "latency",
+                        args.model,
+                        stream(3),
+                        args.rate,
+                        args.seconds,
+                        timeout=args.timeout,
+                    )
                     print(f"{guarantee} latency: {runs['latency']}", file=sys.stderr, flush=True)
         finally:
             if broker is not None:
