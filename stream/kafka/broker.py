@@ -39,8 +39,8 @@ __all__ = [
 ]
 
 KAFKA_VERSION = "4.4.0"
-_POM = Path(__file__).with_name("kafka") / "pom.xml"
-_LOG4J = Path(__file__).with_name("kafka") / "log4j2.yaml"
+_POM = Path(__file__).with_name("pom.xml")
+_LOG4J = Path(__file__).with_name("log4j2.yaml")
 _HEAP = os.environ.get("INTEREST_BROKER_HEAP", "512m")
 
 
