@@ -3,6 +3,12 @@
 Existing topics always win: they are used as they are, and a partition count
 or cleanup policy that differs from the configuration is a WARNING (logger
 ``interest_stream.topics``), never an error and never changed.
+
+New topics are replicated as the cluster allows unless the replication factor
+is set (``INTEREST_TOPIC_REPLICATION``): 3 copies when the cluster has 3 or
+more brokers, with ``min.insync.replicas=2`` so that a write acknowledged by
+``acks=all`` (every producer here) survives the loss of any one broker and a
+partition keeps taking writes while one broker is down; 1 copy otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ __all__ = [
     "ensure_changelog",
     "ensure_model_topics",
     "partition_count",
+    "replication_for",
     "updates_retention_ms",
     "COMPACTED",
 ]
@@ -54,6 +61,22 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
+def replication_for(wanted: int, brokers: int) -> tuple[int, dict[str, str]]:
+    """The replication factor of a new topic and the topic settings that go with it.
+
+    ``wanted`` 0 means chosen here from ``brokers``, the brokers in the cluster's
+    metadata: 3 from 3 brokers on, else 1. Three copies come with
+    ``min.insync.replicas=2``.
+
+    >>> replication_for(0, 1), replication_for(0, 3)
+    ((1, {}), (3, {'min.insync.replicas': '2'}))
+    >>> replication_for(2, 5)  # set explicitly: kept as it is
+    (2, {})
+    """
+    rf = wanted or (3 if brokers >= 3 else 1)
+    return rf, ({"min.insync.replicas": "2"} if rf >= 3 else {})
+
+
 def topic_specs(topics: TopicsConfig) -> list[TopicSpec]:
     """The three topics: events in, compacted lists out, dead letters aside."""
     n, rf = topics.partitions, topics.replication_factor
@@ -75,7 +98,8 @@ def ensure_topics(
     that is not compacted keeps every list ever published).
     """
     admin = make_client(AdminClient, kafka.client_config())
-    existing = list_topics(admin, kafka.bootstrap_servers, timeout).topics
+    metadata = list_topics(admin, kafka.bootstrap_servers, timeout)
+    existing = metadata.topics
     result: dict[str, bool] = {}
     missing = []
     for spec in specs:
@@ -91,11 +115,9 @@ def ensure_topics(
                 )
             result[spec.name] = False
         else:
-            missing.append(
-                NewTopic(
-                    spec.name, spec.partitions, spec.replication_factor, config=dict(spec.config)
-                )
-            )
+            rf, placed = replication_for(spec.replication_factor, len(metadata.brokers))
+            config = placed | dict(spec.config)  # a spec's own setting wins
+            missing.append(NewTopic(spec.name, spec.partitions, rf, config=config))
     _check_policies(admin, [s for s in specs if s.name in existing])
     if not missing:
         return result

@@ -292,6 +292,9 @@ class Worker:
     def _make_producer(self) -> Producer:
         """The worker's producer; transactional (and initialised) in exactly-once mode."""
         conf: dict[str, Any] = {
+            # Every in-sync replica has a batch before it counts as written (idempotence
+            # implies it; said here because losing a broker must not lose a list).
+            "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 2,
             "partitioner": "murmur2_random",
