@@ -14,6 +14,7 @@ partition keeps taking writes while one broker is down; 1 copy otherwise.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -133,7 +134,33 @@ def ensure_topics(
                 raise KafkaClientError(
                     f"creating topic {name} failed: {err.str()}", err.name()
                 ) from None
+    _await_leaders(admin, [name for name, new in result.items() if new], timeout)
     return result
+
+
+def _await_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Wait until the topics just created are in the metadata, every partition led.
+
+    A cluster of several brokers learns of a new topic from its controller a moment
+    after the creation is acknowledged: a lookup right away (the changelog takes the
+    events topic's partition count) could be answered by a broker that does not
+    know it yet.
+    """
+    deadline = time.monotonic() + timeout
+    while names and time.monotonic() < deadline:
+        try:
+            topics = admin.list_topics(timeout=max(0.1, deadline - time.monotonic())).topics
+        except KafkaException:
+            topics = {}
+        names = [
+            n
+            for n in names
+            if n not in topics
+            or topics[n].error is not None
+            or any(p.leader < 0 for p in topics[n].partitions.values())
+        ]
+        if names:
+            time.sleep(0.1)
 
 
 def partition_count(kafka: KafkaConfig, topic: str, timeout: float = 15.0) -> int | None:
