@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from core.errors import KafkaClientError
 from engine.metrics import WorkerMetrics
@@ -46,6 +46,45 @@ log = logging.getLogger("interest_stream.worker")
 
 _CHUNK = 5000  # changelog records per consume call and RocksDB write
 _STALL_WARN_S = 30.0
+# How long the changelog's offsets are asked for while its partition has no leader:
+# a killed broker is fenced and its partitions led by another within seconds
+# (broker.session.timeout.ms, 9 s by default), so this covers a leader move with room.
+_WATERMARK_WAIT_S = 60.0
+# Errors that a moving leader gives for a while (the client's metadata lags the cluster).
+_LEADER_MOVING = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+)
+
+
+def _watermarks(marks: Any, tp: TopicPartition) -> tuple[int, int]:
+    """(low, high) watermark of a changelog partition, waiting while its leader moves.
+
+    A broker lost just as a partition is assigned made the worker stop here (one
+    NOT_LEADER_FOR_PARTITION); the next leader answers once the cluster has fenced
+    the lost one.
+    """
+    deadline = time.monotonic() + _WATERMARK_WAIT_S
+    while True:
+        try:
+            low, high = marks.get_watermark_offsets(tp, timeout=10, cached=False)
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if (
+                not isinstance(err, KafkaError)
+                or not (err.retriable() or err.code() in _LEADER_MOVING)
+                or time.monotonic() >= deadline
+            ):
+                raise KafkaClientError(
+                    f"cannot read the changelog {tp.topic}[{tp.partition}]",
+                    err.name() if isinstance(err, KafkaError) else None,
+                ) from None
+            log.info("changelog %s[%d]: %s; asking again", tp.topic, tp.partition, err.str())
+            time.sleep(0.5)
 
 
 @dataclass
@@ -105,14 +144,7 @@ class Restorer:
     def begin(self, part: StorePartition) -> RestoreTask:
         """Plan the restore of ``part``; a task that is not ``done`` runs in :meth:`step`."""
         reader, marks = self._clients()
-        tp = TopicPartition(self.topic, part.partition)
-        try:
-            low, high = marks.get_watermark_offsets(tp, timeout=10, cached=False)
-        except KafkaException as exc:
-            raise KafkaClientError(
-                f"cannot read the changelog {self.topic}[{part.partition}]",
-                exc.args[0].name() if exc.args else None,
-            ) from None
+        low, high = _watermarks(marks, TopicPartition(self.topic, part.partition))
         last = part.changelog_offset()
         reseed = False
         if last is not None and last >= high:
