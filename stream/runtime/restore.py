@@ -50,22 +50,17 @@ _STALL_WARN_S = 30.0
 # a killed broker is fenced and its partitions led by another within seconds
 # (broker.session.timeout.ms, 9 s by default), so this covers a leader move with room.
 _WATERMARK_WAIT_S = 60.0
-# Errors that a moving leader gives for a while (the client's metadata lags the cluster).
-_LEADER_MOVING = (
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError._UNKNOWN_PARTITION,
-    KafkaError._TIMED_OUT,
-    KafkaError._TRANSPORT,
-)
 
 
 def _watermarks(marks: Any, tp: TopicPartition) -> tuple[int, int]:
     """(low, high) watermark of a changelog partition, waiting while its leader moves.
 
-    A broker lost just as a partition is assigned made the worker stop here (one
-    NOT_LEADER_FOR_PARTITION); the next leader answers once the cluster has fenced
-    the lost one.
+    A broker lost just as a partition is assigned made the worker stop here: while
+    the leader moves, the client says NOT_LEADER_FOR_PARTITION, an unknown
+    partition, a timeout or a destroyed broker handle, depending on where its
+    metadata stands. The next leader answers once the cluster has fenced the lost
+    broker, so any error is asked again for a while; only a refusal (not
+    authorised) is final at once.
     """
     deadline = time.monotonic() + _WATERMARK_WAIT_S
     while True:
@@ -76,7 +71,7 @@ def _watermarks(marks: Any, tp: TopicPartition) -> tuple[int, int]:
             err = exc.args[0] if exc.args else None
             if (
                 not isinstance(err, KafkaError)
-                or not (err.retriable() or err.code() in _LEADER_MOVING)
+                or "AUTHORIZATION" in err.name()
                 or time.monotonic() >= deadline
             ):
                 raise KafkaClientError(
@@ -85,6 +80,12 @@ def _watermarks(marks: Any, tp: TopicPartition) -> tuple[int, int]:
                 ) from None
             log.info("changelog %s[%d]: %s; asking again", tp.topic, tp.partition, err.str())
             time.sleep(0.5)
+            try:
+                # A client that reads nothing of the topic does not refresh its metadata
+                # by itself: without this, "unknown partition" lasted for ever.
+                marks.list_topics(tp.topic, timeout=5)
+            except KafkaException:
+                pass
 
 
 @dataclass
