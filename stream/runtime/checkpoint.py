@@ -74,13 +74,17 @@ class BatchAborted(Exception):
 class ProducerFenced(Exception):
     """The transactional producer can no longer be used (fenced or timed out): replace it.
 
-    ``by_another`` is True when a newer producer with the same ``transactional.id``
-    fenced it (another live worker, or a restart that came back too early).
+    ``by_another`` is True when the broker says a newer producer with the same
+    ``transactional.id`` fenced it (another live worker, or a restart that came back
+    too early), which is also what it says of a transaction it aborted for running
+    past ``transaction.timeout.ms``: ``open_s``, how long the transaction had been
+    open, tells them apart.
     """
 
     def __init__(self, reason: str, by_another: bool = False) -> None:
         super().__init__(reason)
         self.by_another = by_another
+        self.open_s = 0.0
 
 
 class _Calls:
@@ -255,8 +259,14 @@ class ExactlyOnceCheckpoint(KafkaCheckpoint):
     def commit(self) -> None:
         producer = self._outputs.producer
         _call(producer.begin_transaction)
+        began = time.monotonic()
         try:
-            self._produce_all()
+            try:
+                self._produce_all()
+            except KafkaException as exc:
+                # A producer fenced since begin_transaction refuses records with a fatal
+                # error: one ProducerFenced like any other step's, not a crash.
+                _raise(exc)
             if self.offsets:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in self.offsets.items()]
                 # The group metadata is taken now, not at poll time: a rebalance since
@@ -276,6 +286,9 @@ class ExactlyOnceCheckpoint(KafkaCheckpoint):
             )
         except _Abortable as exc:
             self._abort(producer, exc.reason)
+        except ProducerFenced as exc:
+            exc.open_s = time.monotonic() - began
+            raise
         errors = self._outputs.take_errors()
         if errors:  # cannot happen after a commit; never let state run ahead of Kafka
             raise KafkaClientError(f"transaction committed with failed outputs: {errors[0]}")

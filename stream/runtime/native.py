@@ -152,6 +152,7 @@ class Worker:
         self._identity = WorkerIdentity(self.store.location)
         self.transactional_id: str | None = None
         self._fenced_at: list[float] = []
+        self._transaction_timeout_s = 60.0  # the producer's (see _make_producer)
         self._aborts = 0  # batch transactions aborted in a row
         self._cap = settings.worker.batch_max_events  # this batch's cap (see _run_batch)
         self.metrics.batch_cap.set(self._cap)
@@ -313,6 +314,7 @@ class Worker:
         # Defaults first, the user's client settings win.
         kafka = self.settings.kafka
         conf |= kafka.client
+        self._transaction_timeout_s = float(conf.get("transaction.timeout.ms", 60000)) / 1000
         producer: Producer = make_client(Producer, kafka.client_config(**conf))
         if self.transactional_id is not None:
             self._init_transactions(producer)
@@ -519,7 +521,10 @@ class Worker:
     def _renew_producer(self, exc: ProducerFenced) -> None:
         """A fenced or stuck transactional producer is replaced by a fresh one."""
         now = time.monotonic()
-        if exc.by_another:
+        # A transaction open longer than its timeout was aborted by its coordinator
+        # (a leader moved, a broker was lost), which it reports as a fence: not
+        # another worker.
+        if exc.by_another and exc.open_s < self._transaction_timeout_s:
             self._fenced_at = [t for t in self._fenced_at if now - t < 60.0] + [now]
             if len(self._fenced_at) >= 3:
                 raise KafkaClientError(
