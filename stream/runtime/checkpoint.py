@@ -23,7 +23,11 @@ exactly-once (:class:`ExactlyOnceCheckpoint`, the default):
        from the changelog.
     A transaction that must be aborted (a rebalance took a partition, the broker
     refused a record) raises :class:`BatchAborted`: nothing of the batch is
-    visible or stored, and the runtime reads it again.
+    visible or stored, and the runtime reads it again. A producer that can no
+    longer be used raises :class:`ProducerFenced`; if that happened during the
+    commit, whether the batch committed is not known here (the coordinator may
+    have received the commit): the runtime replaces the producer, which settles
+    the transaction, and learns the outcome from the changelog.
 
 at-least-once (:class:`AtLeastOnceCheckpoint`):
     1. produce the same records without a transaction;
@@ -301,8 +305,12 @@ class ExactlyOnceCheckpoint(KafkaCheckpoint):
                 lambda: _once(lambda: producer.abort_transaction(_CALL_TIMEOUT_S)), _CALL_LIMIT_S
             )
         except _Abortable as exc:
-            # A producer that cannot even abort (e.g. its coordinator restarted mid-call)
-            # is replaced: the new one's init_transactions aborts what is left open.
+            # A producer that cannot even abort (e.g. its coordinator restarted mid-call,
+            # or a commit that timed out is still pending: "conflicting commit_transaction")
+            # is replaced. The new one's init_transactions finishes what is left open: an
+            # open transaction is aborted, but one whose commit reached the coordinator is
+            # committed, so the runtime cannot take this batch for aborted (see
+            # Worker._settle_from_changelog).
             raise ProducerFenced(f"cannot abort the transaction ({exc.reason}); {reason}") from None
         producer.poll(0)  # serve the aborted records' reports now, not in the next batch
         self._outputs.take_errors()

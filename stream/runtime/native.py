@@ -415,11 +415,12 @@ class Worker:
             self.driver.finish(run, checkpoint.commit, self.on_publish)
         except (BatchAborted, ProducerFenced) as exc:
             self.driver.abort(run)
-            self._rewind([batch for _, batch in run.batches])
             m.transactions.labels("aborted").inc()
             if isinstance(exc, ProducerFenced):
                 self._renew_producer(exc)
+                self._settle_from_changelog(checkpoint)
             else:
+                self._rewind([batch for _, batch in run.batches])
                 self._warn_throttled("abort", f"batch transaction aborted, reading it again: {exc}")
             # Aborts in a row (the broker is away): wait a little longer each time rather
             # than computing the same batch again and again.
@@ -455,6 +456,7 @@ class Worker:
                 self.metrics.transactions.labels("aborted").inc()
             if isinstance(exc, ProducerFenced):
                 self._renew_producer(exc)
+                self._settle_from_changelog(checkpoint)
             return
         if self.settings.exactly_once:
             self.metrics.transactions.labels("committed").inc()
@@ -502,6 +504,34 @@ class Worker:
                 part.user_count(),
                 self.settings.changelog_topic,
             )
+
+    def _settle_from_changelog(self, checkpoint: KafkaCheckpoint) -> None:
+        """After a transaction whose outcome is unknown, let the changelog say what happened.
+
+        A commit cut off by the loss of its coordinator's broker (a timeout, a stuck
+        call, a fatal error, then the producer replaced) may have committed all the
+        same: reading the batch again would publish its lists twice and count its
+        events twice. The new producer's ``init_transactions`` has finished the old
+        transaction one way or the other, so each partition the checkpoint touched is
+        restored from its changelog (from the store's changelog offset on: the batch's
+        records if it committed, nothing if not) and read on from the input offset
+        the changelog holds, like a partition just assigned.
+        """
+        assert self._consumer is not None
+        for part, _ in checkpoint.outcomes:
+            key = (part.topic, part.partition)
+            store = self.store.partitions().get(key)
+            if store is None or self._restorer.restoring(part.partition):
+                continue  # revoked meanwhile: its next owner restores it anyway
+            self._consumer.pause([TopicPartition(*key)])
+            task = self._restorer.begin(store)
+            if task.done:  # else _restore_step resumes it when done
+                self._rebalancer.restored(self._consumer, task)
+                self._after_restore(task)
+        log.warning(
+            "a transaction's outcome was unknown; %d partition(s) settled from the changelog",
+            len(checkpoint.outcomes),
+        )
 
     def _after_restore(self, task: RestoreTask) -> None:
         if task.reseed:
