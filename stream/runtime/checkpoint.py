@@ -69,6 +69,10 @@ _FLUSH_SLICE_S = 1.0
 _STOP_GRACE_S = 15.0  # how long a stopping worker waits for unacknowledged outputs
 _CALL_TIMEOUT_S = 5.0  # one transaction call: about the transaction timeout
 _CALL_LIMIT_S = 15.0  # past this a call that ignored its timeout is given up
+# How long a commit that times out is resumed: a lost broker is fenced and its
+# partitions led by another within about 3 s on the local cluster (9 s with Kafka's
+# defaults); kept under _CALL_LIMIT_S so a stuck call is still told from a slow one.
+_COMMIT_RESUME_S = 10.0
 
 
 class BatchAborted(Exception):
@@ -284,10 +288,7 @@ class ExactlyOnceCheckpoint(KafkaCheckpoint):
                     ),
                     _CALL_LIMIT_S,
                 )
-            self._outputs.bounded(
-                lambda: _once(lambda: producer.commit_transaction(_CALL_TIMEOUT_S)),
-                _CALL_LIMIT_S,
-            )
+            self._outputs.bounded(lambda: _commit_resumed(producer), _CALL_LIMIT_S)
         except _Abortable as exc:
             self._abort(producer, exc.reason)
         except ProducerFenced as exc:
@@ -347,6 +348,35 @@ def _once(fn: Callable[[], Any]) -> Any:
         return fn()
     except KafkaException as exc:
         _raise(exc)
+
+
+def _commit_resumed(producer: Any) -> None:
+    """``commit_transaction``, resumed while it fails with a retriable error.
+
+    A commit that timed out (its partitions' leader or its coordinator was lost,
+    and the cluster has not moved them yet) cannot be aborted: the client says
+    "conflicting commit_transaction", the producer must be replaced and whether the
+    batch committed is then unknown. Calling it again resumes the same commit
+    (librdkafka's documented way), which goes through once the leaders have moved,
+    a few seconds later. A call stuck for good is still given up by
+    :meth:`Outputs.bounded`.
+    """
+    deadline = time.monotonic() + _COMMIT_RESUME_S
+    while True:
+        try:
+            producer.commit_transaction(_CALL_TIMEOUT_S)
+            return
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if (
+                not isinstance(err, KafkaError)
+                or not err.retriable()
+                or err.fatal()
+                or err.txn_requires_abort()
+                or time.monotonic() >= deadline
+            ):
+                _raise(exc)
+            log.info("commit_transaction: %s; resuming it", err.str())
 
 
 def _raise(exc: KafkaException) -> NoReturn:
