@@ -46,12 +46,17 @@ _POM = Path(__file__).with_name("pom.xml")
 _LOG4J = Path(__file__).with_name("log4j2.yaml")
 _HEAP = os.environ.get("INTEREST_BROKER_HEAP", "512m")
 
-# Nodes of a local cluster: how fast a killed broker is noticed (Kafka's defaults:
-# heartbeats every 2 s, fenced after 9 s without one). Its partitions' leadership
-# moves only once it is fenced, so this bounds how long their writes stop.
+# Nodes of a local cluster: how fast a killed node is noticed (Kafka's defaults:
+# heartbeats every 2 s, fenced after 9 s; a new controller after 2-3 s). Its
+# partitions' leadership, the group and transaction coordinators among them, moves
+# only once it is fenced: that must fit in the workers' 6 s consumer session, or
+# every member loses its partitions. Measured (bench.chaos --broker-kills, 2 cores):
+# with a 4 s session lists stopped 6-17 s after a kill, with these 2-6 s.
 _CLUSTER_PROPERTIES = {
-    "broker.heartbeat.interval.ms": "1000",
-    "broker.session.timeout.ms": "4000",
+    "broker.heartbeat.interval.ms": "500",
+    "broker.session.timeout.ms": "2500",
+    "controller.quorum.fetch.timeout.ms": "1500",
+    "controller.quorum.election.timeout.ms": "750",
 }
 
 
