@@ -395,11 +395,16 @@ class EmbeddedBroker:
         )
 
     def kill(self) -> None:
-        """SIGKILL, no clean shutdown (fault injection)."""
+        """SIGKILL, no clean shutdown (fault injection); started here or elsewhere."""
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait(30)
             self._proc = None
+        elif (info := read_running(self.data_dir)) is not None:
+            try:
+                os.kill(info.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         (self.data_dir / "broker.json").unlink(missing_ok=True)
 
     def reap(self) -> None:

@@ -218,7 +218,7 @@ class LocalCluster:
         return None if best is None else best[1]
 
     def kill(self, node_id: int) -> None:
-        """SIGKILL one node this process started (fault injection)."""
+        """SIGKILL one node (fault injection)."""
         self.node(node_id).kill()
 
     def stop(self, timeout: float = 20.0) -> list[int]:
