@@ -1,6 +1,7 @@
 """Fault injection anyone can repeat: kill -9 workers mid-stream, check nothing was lost or doubled.
 
     python -m bench.chaos [--workers 3] [--events 30000] [--kills 20] [--wipes 3]
+    python -m bench.chaos --broker-kills 4 --events 60000 --kills 6
 
 Starts the embedded Kafka broker (or uses ``$INTEREST_KAFKA_BOOTSTRAP``) and N
 worker processes (``interest-stream worker``) in one consumer group, each with
@@ -16,10 +17,19 @@ everything, then reads, as any subscriber would (read_committed):
 - users whose counts in ``interest-stream state dump`` differ from the events
   published for them (an event lost or applied twice);
 - users whose latest list does not cover their last event (a stale list);
+- events neither in a user's state nor dead-lettered;
 - the seconds from the last kill until the group had processed every event.
 
+``--broker-kills K`` runs the workers against a local 3-node cluster instead
+(``interest-stream broker start --nodes 3``) and, mixed with the worker kills,
+kills -9 a node K times, alternately the leader of most events partitions and
+the active controller, starting it again after ``--broker-down`` seconds
+(:mod:`bench.broker_kills`). Each kill is reported with how long lists stopped
+becoming visible after it, as a subscriber saw it.
+
 It prints those figures (JSON on stdout) and asserts nothing; the tests run a
-small version and assert on it (``tests/stream/test_exactly_once.py``).
+small version and assert on it (``tests/stream/test_exactly_once.py``,
+``tests/stream/test_broker_kills.py``).
 """
 
 from __future__ import annotations
@@ -36,23 +46,32 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-
-from core.types import EVENT_INDEX, Event
-from engine.events import decode_recommendation
+from bench.broker_kills import BrokerKiller, ListWatcher, pauses
+from bench.chaos_verify import committed_messages, group_lag, verify
+from core.types import Event
 from stream.cli.publish import Publisher
-from stream.cli.state import read_states
 from stream.config import BOOTSTRAP_ENV, KafkaConfig, Settings, TopicsConfig, WorkerConfig
+from stream.kafka.cluster import LocalCluster
 from stream.kafka.topics import ensure_topics, topic_specs
 
-__all__ = ["ChaosConfig", "WorkerPool", "run_chaos", "main"]
+__all__ = [
+    "ChaosConfig",
+    "WorkerPool",
+    "chaos_events",
+    "chaos_settings",
+    "local_cluster",
+    "committed_messages",
+    "group_lag",
+    "run_chaos",
+    "verify",
+    "main",
+]
 
 _KINDS = ["click"] * 80 + ["favourite"] * 6 + ["cart"] * 8 + ["purchase"] * 6
 
@@ -73,6 +92,8 @@ class ChaosConfig:
     drain_timeout: float = 300.0
     restart_after: float | None = None  # seconds; None: 0.2-2 s at random
     batch_catch_up_events: int = WorkerConfig.batch_catch_up_events
+    broker_kills: int = 0  # > 0: a local 3-node cluster, and this many kill -9 of a node
+    broker_down_s: float = 3.0  # how long a killed node stays down
 
 
 def chaos_events(cfg: ChaosConfig) -> list[Event]:
@@ -193,138 +214,6 @@ class WorkerPool:
             log.close()
 
 
-_NO_COORDINATOR = (
-    KafkaError.NOT_COORDINATOR,
-    KafkaError.COORDINATOR_NOT_AVAILABLE,
-    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-)
-
-
-def group_lag(settings: Settings) -> int | None:
-    """Events not yet processed by the group (None while it has no committed offsets)."""
-    topic, group = settings.topics.events, settings.worker.group
-    conf = {"group.id": group, "enable.auto.commit": False}
-    c = Consumer(settings.kafka.client_config(**conf))
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        tps = [TopicPartition(topic, p) for p in parts]
-        try:
-            committed = c.committed(tps, timeout=20)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            if isinstance(err, KafkaError) and (err.retriable() or err.code() in _NO_COORDINATOR):
-                return None  # e.g. a new broker's offsets topic is still loading: ask again
-
-            raise
-        lag = 0
-        for tp in committed:
-            low, high = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
-            if high > low and tp.offset < 0:
-                return None
-            lag += max(0, high - max(tp.offset, low))
-        return lag
-    finally:
-        c.close()
-
-
-def committed_messages(kafka: KafkaConfig, topic: str) -> list[tuple[int, bytes]]:
-    """(Kafka timestamp ms, value) of every message a read_committed reader sees on ``topic``."""
-    c = Consumer(
-        kafka.client_config(
-            **{
-                "group.id": f"chaos-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            }
-        )
-    )
-    marks = Consumer(
-        kafka.client_config(
-            **{"group.id": f"chaos-{uuid.uuid4().hex[:8]}", "isolation.level": "read_uncommitted"}
-        )
-    )
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {
-            p: marks.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
-            for p in parts
-        }
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-        out: list[tuple[int, bytes]] = []
-        pending = {p for p, end in ends.items() if end > 0}
-        deadline = time.monotonic() + 120
-        while pending and time.monotonic() < deadline:
-            for msg in c.consume(5000, timeout=0.2):
-                value = msg.value()
-                if msg.error() is None and value is not None:
-                    out.append((msg.timestamp()[1], value))
-            pos = c.position([TopicPartition(topic, p) for p in pending])
-            pending = {tp.partition for tp in pos if tp.offset < ends[tp.partition]}
-        return out
-    finally:
-        c.close()
-        marks.close()
-
-
-def verify(
-    settings: Settings, events: list[Event], kill_times: list[float] | None = None
-) -> dict[str, Any]:
-    """The three properties, measured: duplicates, users with wrong counts, stale lists."""
-    expected: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    last_ts: dict[str, int] = {}
-    for ev in events:
-        expected[ev.user_id][EVENT_INDEX[ev.event]] += 1
-        last_ts[ev.user_id] = ev.ts
-    raw = committed_messages(settings.kafka, settings.topics.recommendations)
-    lists = [decode_recommendation(value) for _, value in raw]
-    published = {}  # (user, event ts) -> when the event was produced (its Kafka timestamp)
-    for at, value in committed_messages(settings.kafka, settings.topics.events):
-        doc = json.loads(value)
-        published[(doc["user_id"], doc["ts"])] = at
-    # A list answers the user's own events; one refreshed later for other reasons may
-    # carry the same event_ts and is not a duplicate.
-    by_events = [d for d in lists if d.get("trigger", "events") == "events"]
-    seen = Counter((d["user_id"], d["event_ts"]) for d in by_events)
-    latest: dict[str, int] = {}
-    for d in lists:
-        latest[d["user_id"]] = d["event_ts"]
-    states = {uid: st.counts for uid, st in read_states(settings)}
-    # How long each event waited for a visible list covering it: the worst case is a
-    # killed worker's partition, waiting for its next owner.
-    covered: dict[str, list[tuple[int, int]]] = defaultdict(list)  # user -> (event_ts, list at)
-    for (at, _), d in zip(raw, lists, strict=True):
-        covered[d["user_id"]].append((d["event_ts"], at))
-    waits = []
-    sent_waits = []
-    for ev in events:
-        sent = published.get((ev.user_id, ev.ts))
-        firsts = [at for ts, at in covered.get(ev.user_id, []) if ts >= ev.ts]
-        if sent is not None and firsts:
-            waits.append((min(firsts) - sent) / 1000.0)
-            sent_waits.append((sent / 1000.0, waits[-1]))
-    # Takeover after a kill: the longest wait of an event sent within a second after it
-    # (events of the killed worker's partitions wait for the next owner).
-    takeover = [
-        max((w for at, w in sent_waits if k <= at < k + 1.0), default=None)
-        for k in kill_times or []
-    ]
-    waits.sort()
-    return {
-        "lists_committed": len(lists),
-        "duplicate_lists": sum(n - 1 for n in seen.values() if n > 1),
-        "users": len(expected),
-        "users_wrong_counts": sum(
-            1 for u in set(expected) | set(states) if states.get(u) != expected.get(u)
-        ),
-        "users_missing_state": sum(1 for u in expected if u not in states),
-        "stale_lists": sum(1 for u, ts in last_ts.items() if latest.get(u) != ts),
-        "event_to_visible_list_p50_s": round(waits[len(waits) // 2], 3) if waits else None,
-        "event_to_visible_list_p99_s": round(waits[int(len(waits) * 0.99)], 3) if waits else None,
-        "event_to_visible_list_max_s": round(waits[-1], 3) if waits else None,
-        "takeover_s": [None if t is None else round(t, 1) for t in takeover],
-    }
-
-
 @contextmanager
 def _broker(workdir: Path) -> Iterator[str]:
     existing = os.environ.get(BOOTSTRAP_ENV)
@@ -338,6 +227,17 @@ def _broker(workdir: Path) -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+@contextmanager
+def local_cluster(workdir: Path, nodes: int = 3) -> Iterator[LocalCluster]:
+    """A local cluster of ``nodes`` nodes with its data in ``workdir``, stopped at the end."""
+    cluster = LocalCluster.create(workdir / "kafka", nodes)
+    cluster.start(timeout=180)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def chaos_settings(bootstrap: str, cfg: ChaosConfig) -> Settings:
@@ -368,8 +268,15 @@ class _Run:
     crashed: list[int] = field(default_factory=list)
 
 
-def run_chaos(cfg: ChaosConfig, bootstrap: str, workdir: Path) -> dict[str, Any]:
-    """One chaos run against the broker at ``bootstrap``; returns the figures."""
+def run_chaos(
+    cfg: ChaosConfig, bootstrap: str, workdir: Path, cluster: LocalCluster | None = None
+) -> dict[str, Any]:
+    """One chaos run against the broker at ``bootstrap``; returns the figures.
+
+    ``cfg.broker_kills`` needs ``cluster``, the local cluster whose nodes are killed.
+    """
+    if cfg.broker_kills and cluster is None:
+        raise ValueError("broker kills need the local cluster whose nodes they kill")
     settings = chaos_settings(bootstrap, cfg)
     ensure_topics(settings.kafka, topic_specs(settings.topics))
     events = chaos_events(cfg)
@@ -377,6 +284,7 @@ def run_chaos(cfg: ChaosConfig, bootstrap: str, workdir: Path) -> dict[str, Any]
     pool = WorkerPool(settings, workdir, cfg.model)
     run = _Run()
     done = threading.Event()
+    watcher = killer = None
 
     def publish() -> None:
         with Publisher(settings) as pub:
@@ -391,6 +299,11 @@ def run_chaos(cfg: ChaosConfig, bootstrap: str, workdir: Path) -> dict[str, Any]
         sender = threading.Thread(target=publish, daemon=True)
         sender.start()
         publish_s = cfg.events / cfg.rate
+        if cluster is not None and cfg.broker_kills:
+            watcher = ListWatcher(settings.kafka, settings.topics.recommendations).start()
+            killer = BrokerKiller(
+                cluster, settings, cfg.broker_kills, cfg.broker_down_s, watcher.flowing, rng
+            ).start()
         gap = publish_s / (cfg.kills + 1) if cfg.kills else 0.0
         kill_at = [t0 + gap * (k + 1) for k in range(cfg.kills)]
         restarts: list[tuple[float, int]] = []  # (when, slot)
@@ -416,6 +329,11 @@ def run_chaos(cfg: ChaosConfig, bootstrap: str, workdir: Path) -> dict[str, Any]
                 restarts.append((time.monotonic() + delay, slot))
             time.sleep(0.05)
         sender.join()
+        if killer is not None:
+            killer.join()  # each node is back before the drain is measured
+            if killer.error is not None:
+                raise killer.error
+            run.last_kill = time.monotonic()
         if not run.last_kill:
             run.last_kill = time.monotonic()
         deadline = time.monotonic() + cfg.drain_timeout
@@ -427,8 +345,18 @@ def run_chaos(cfg: ChaosConfig, bootstrap: str, workdir: Path) -> dict[str, Any]
                 break
             time.sleep(0.5)
         figures = verify(settings, events, run.kill_times)
+        if killer is not None and watcher is not None:
+            watcher.stop()
+            figures["broker_kills"] = pauses(settings, events, killer.kills, watcher)
     finally:
-        pool.close()
+        try:
+            if killer is not None:
+                killer.stop()
+                killer.join(180)
+            if watcher is not None:
+                watcher.stop()
+        finally:
+            pool.close()
     return {
         "workers": cfg.workers,
         "guarantee": cfg.guarantee,
@@ -477,10 +405,37 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds before a killed worker starts again (default 0.2-2 at random; "
         "longer shows the takeover by the other workers)",
     )
+    p.add_argument(
+        "--broker-kills",
+        dest="broker_kills",
+        type=int,
+        default=d.broker_kills,
+        help="run a local 3-node cluster and kill -9 one of its nodes this many times "
+        "(publishing should last about 20 s per kill: --events / --rate)",
+    )
+    p.add_argument(
+        "--broker-down",
+        dest="broker_down_s",
+        type=float,
+        default=d.broker_down_s,
+        help="seconds a killed node stays down",
+    )
     args = p.parse_args(argv)
     cfg = replace(d, **{k: v for k, v in vars(args).items()})
-    with tempfile.TemporaryDirectory(prefix="interest-chaos-") as tmp, _broker(Path(tmp)) as b:
-        report = run_chaos(cfg, b, Path(tmp))
+    if cfg.broker_kills and os.environ.get(BOOTSTRAP_ENV):
+        print(
+            f"python -m bench.chaos: --broker-kills kills nodes of a local cluster it starts; "
+            f"unset {BOOTSTRAP_ENV}",
+            file=sys.stderr,
+        )
+        return 2
+    with tempfile.TemporaryDirectory(prefix="interest-chaos-") as tmp:
+        if cfg.broker_kills:
+            with local_cluster(Path(tmp)) as cluster:
+                report = run_chaos(cfg, cluster.bootstrap, Path(tmp), cluster)
+        else:
+            with _broker(Path(tmp)) as b:
+                report = run_chaos(cfg, b, Path(tmp))
     print(json.dumps(report, indent=2))
     return 0
 

@@ -113,7 +113,11 @@ class TopicsConfig:
     model_updates: str = field(default="", metadata=_env("INTEREST_TOPIC_MODEL_UPDATES"))
     model: str = field(default="", metadata=_env("INTEREST_TOPIC_MODEL"))
     partitions: int = field(default=4, metadata=_env("INTEREST_TOPIC_PARTITIONS"))
-    replication_factor: int = field(default=1, metadata=_env("INTEREST_TOPIC_REPLICATION"))
+    # 0: chosen when a topic is created, from the brokers the cluster has (see
+    # stream/kafka/topics.py, auto_replication): 3 on a cluster of 3 or more, else 1.
+    replication_factor: int = field(
+        default=0, metadata={**_env("INTEREST_TOPIC_REPLICATION"), "min": 0}
+    )
 
 
 @dataclass(frozen=True)

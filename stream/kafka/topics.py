@@ -3,11 +3,18 @@
 Existing topics always win: they are used as they are, and a partition count
 or cleanup policy that differs from the configuration is a WARNING (logger
 ``interest_stream.topics``), never an error and never changed.
+
+New topics are replicated as the cluster allows unless the replication factor
+is set (``INTEREST_TOPIC_REPLICATION``): 3 copies when the cluster has 3 or
+more brokers, with ``min.insync.replicas=2`` so that a write acknowledged by
+``acks=all`` (every producer here) survives the loss of any one broker and a
+partition keeps taking writes while one broker is down; 1 copy otherwise.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -24,6 +31,7 @@ __all__ = [
     "ensure_changelog",
     "ensure_model_topics",
     "partition_count",
+    "replication_for",
     "updates_retention_ms",
     "COMPACTED",
 ]
@@ -54,6 +62,22 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
+def replication_for(wanted: int, brokers: int) -> tuple[int, dict[str, str]]:
+    """The replication factor of a new topic and the topic settings that go with it.
+
+    ``wanted`` 0 means chosen here from ``brokers``, the brokers in the cluster's
+    metadata: 3 from 3 brokers on, else 1. Three copies come with
+    ``min.insync.replicas=2``.
+
+    >>> replication_for(0, 1), replication_for(0, 3)
+    ((1, {}), (3, {'min.insync.replicas': '2'}))
+    >>> replication_for(2, 5)  # set explicitly: kept as it is
+    (2, {})
+    """
+    rf = wanted or (3 if brokers >= 3 else 1)
+    return rf, ({"min.insync.replicas": "2"} if rf >= 3 else {})
+
+
 def topic_specs(topics: TopicsConfig) -> list[TopicSpec]:
     """The three topics: events in, compacted lists out, dead letters aside."""
     n, rf = topics.partitions, topics.replication_factor
@@ -75,7 +99,8 @@ def ensure_topics(
     that is not compacted keeps every list ever published).
     """
     admin = make_client(AdminClient, kafka.client_config())
-    existing = list_topics(admin, kafka.bootstrap_servers, timeout).topics
+    metadata = list_topics(admin, kafka.bootstrap_servers, timeout)
+    existing = metadata.topics
     result: dict[str, bool] = {}
     missing = []
     for spec in specs:
@@ -91,11 +116,9 @@ def ensure_topics(
                 )
             result[spec.name] = False
         else:
-            missing.append(
-                NewTopic(
-                    spec.name, spec.partitions, spec.replication_factor, config=dict(spec.config)
-                )
-            )
+            rf, placed = replication_for(spec.replication_factor, len(metadata.brokers))
+            config = placed | dict(spec.config)  # a spec's own setting wins
+            missing.append(NewTopic(spec.name, spec.partitions, rf, config=config))
     _check_policies(admin, [s for s in specs if s.name in existing])
     if not missing:
         return result
@@ -111,7 +134,33 @@ def ensure_topics(
                 raise KafkaClientError(
                     f"creating topic {name} failed: {err.str()}", err.name()
                 ) from None
+    _await_leaders(admin, [name for name, new in result.items() if new], timeout)
     return result
+
+
+def _await_leaders(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Wait until the topics just created are in the metadata, every partition led.
+
+    A cluster of several brokers learns of a new topic from its controller a moment
+    after the creation is acknowledged: a lookup right away (the changelog takes the
+    events topic's partition count) could be answered by a broker that does not
+    know it yet.
+    """
+    deadline = time.monotonic() + timeout
+    while names and time.monotonic() < deadline:
+        try:
+            topics = admin.list_topics(timeout=max(0.1, deadline - time.monotonic())).topics
+        except KafkaException:
+            topics = {}
+        names = [
+            n
+            for n in names
+            if n not in topics
+            or topics[n].error is not None
+            or any(p.leader < 0 for p in topics[n].partitions.values())
+        ]
+        if names:
+            time.sleep(0.1)
 
 
 def partition_count(kafka: KafkaConfig, topic: str, timeout: float = 15.0) -> int | None:

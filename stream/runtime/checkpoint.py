@@ -23,7 +23,11 @@ exactly-once (:class:`ExactlyOnceCheckpoint`, the default):
        from the changelog.
     A transaction that must be aborted (a rebalance took a partition, the broker
     refused a record) raises :class:`BatchAborted`: nothing of the batch is
-    visible or stored, and the runtime reads it again.
+    visible or stored, and the runtime reads it again. A producer that can no
+    longer be used raises :class:`ProducerFenced`; if that happened during the
+    commit, whether the batch committed is not known here (the coordinator may
+    have received the commit): the runtime replaces the producer, which settles
+    the transaction, and learns the outcome from the changelog.
 
 at-least-once (:class:`AtLeastOnceCheckpoint`):
     1. produce the same records without a transaction;
@@ -65,6 +69,10 @@ _FLUSH_SLICE_S = 1.0
 _STOP_GRACE_S = 15.0  # how long a stopping worker waits for unacknowledged outputs
 _CALL_TIMEOUT_S = 5.0  # one transaction call: about the transaction timeout
 _CALL_LIMIT_S = 15.0  # past this a call that ignored its timeout is given up
+# How long a commit that times out is resumed: a lost broker is fenced and its
+# partitions led by another within about 3 s on the local cluster (9 s with Kafka's
+# defaults); kept under _CALL_LIMIT_S so a stuck call is still told from a slow one.
+_COMMIT_RESUME_S = 10.0
 
 
 class BatchAborted(Exception):
@@ -74,13 +82,17 @@ class BatchAborted(Exception):
 class ProducerFenced(Exception):
     """The transactional producer can no longer be used (fenced or timed out): replace it.
 
-    ``by_another`` is True when a newer producer with the same ``transactional.id``
-    fenced it (another live worker, or a restart that came back too early).
+    ``by_another`` is True when the broker says a newer producer with the same
+    ``transactional.id`` fenced it (another live worker, or a restart that came back
+    too early), which is also what it says of a transaction it aborted for running
+    past ``transaction.timeout.ms``: ``open_s``, how long the transaction had been
+    open, tells them apart.
     """
 
     def __init__(self, reason: str, by_another: bool = False) -> None:
         super().__init__(reason)
         self.by_another = by_another
+        self.open_s = 0.0
 
 
 class _Calls:
@@ -255,8 +267,14 @@ class ExactlyOnceCheckpoint(KafkaCheckpoint):
     def commit(self) -> None:
         producer = self._outputs.producer
         _call(producer.begin_transaction)
+        began = time.monotonic()
         try:
-            self._produce_all()
+            try:
+                self._produce_all()
+            except KafkaException as exc:
+                # A producer fenced since begin_transaction refuses records with a fatal
+                # error: one ProducerFenced like any other step's, not a crash.
+                _raise(exc)
             if self.offsets:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in self.offsets.items()]
                 # The group metadata is taken now, not at poll time: a rebalance since
@@ -270,12 +288,12 @@ class ExactlyOnceCheckpoint(KafkaCheckpoint):
                     ),
                     _CALL_LIMIT_S,
                 )
-            self._outputs.bounded(
-                lambda: _once(lambda: producer.commit_transaction(_CALL_TIMEOUT_S)),
-                _CALL_LIMIT_S,
-            )
+            self._outputs.bounded(lambda: _commit_resumed(producer), _CALL_LIMIT_S)
         except _Abortable as exc:
             self._abort(producer, exc.reason)
+        except ProducerFenced as exc:
+            exc.open_s = time.monotonic() - began
+            raise
         errors = self._outputs.take_errors()
         if errors:  # cannot happen after a commit; never let state run ahead of Kafka
             raise KafkaClientError(f"transaction committed with failed outputs: {errors[0]}")
@@ -288,8 +306,12 @@ class ExactlyOnceCheckpoint(KafkaCheckpoint):
                 lambda: _once(lambda: producer.abort_transaction(_CALL_TIMEOUT_S)), _CALL_LIMIT_S
             )
         except _Abortable as exc:
-            # A producer that cannot even abort (e.g. its coordinator restarted mid-call)
-            # is replaced: the new one's init_transactions aborts what is left open.
+            # A producer that cannot even abort (e.g. its coordinator restarted mid-call,
+            # or a commit that timed out is still pending: "conflicting commit_transaction")
+            # is replaced. The new one's init_transactions finishes what is left open: an
+            # open transaction is aborted, but one whose commit reached the coordinator is
+            # committed, so the runtime cannot take this batch for aborted (see
+            # Worker._settle_from_changelog).
             raise ProducerFenced(f"cannot abort the transaction ({exc.reason}); {reason}") from None
         producer.poll(0)  # serve the aborted records' reports now, not in the next batch
         self._outputs.take_errors()
@@ -326,6 +348,35 @@ def _once(fn: Callable[[], Any]) -> Any:
         return fn()
     except KafkaException as exc:
         _raise(exc)
+
+
+def _commit_resumed(producer: Any) -> None:
+    """``commit_transaction``, resumed while it fails with a retriable error.
+
+    A commit that timed out (its partitions' leader or its coordinator was lost,
+    and the cluster has not moved them yet) cannot be aborted: the client says
+    "conflicting commit_transaction", the producer must be replaced and whether the
+    batch committed is then unknown. Calling it again resumes the same commit
+    (librdkafka's documented way), which goes through once the leaders have moved,
+    a few seconds later. A call stuck for good is still given up by
+    :meth:`Outputs.bounded`.
+    """
+    deadline = time.monotonic() + _COMMIT_RESUME_S
+    while True:
+        try:
+            producer.commit_transaction(_CALL_TIMEOUT_S)
+            return
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if (
+                not isinstance(err, KafkaError)
+                or not err.retriable()
+                or err.fatal()
+                or err.txn_requires_abort()
+                or time.monotonic() >= deadline
+            ):
+                _raise(exc)
+            log.info("commit_transaction: %s; resuming it", err.str())
 
 
 def _raise(exc: KafkaException) -> NoReturn:

@@ -154,6 +154,7 @@ class FaustRuntime:
             kafka.client_config(
                 **(
                     {
+                        "acks": "all",  # a write survives the loss of a broker
                         "enable.idempotence": True,
                         "linger.ms": 2,
                         "partitioner": "murmur2_random",

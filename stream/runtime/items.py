@@ -155,7 +155,9 @@ class ItemsPublisher:
                 "no items topic configured (INTEREST_TOPIC_ITEMS or [topics] items is empty)"
             )
         ensure_topics(settings.kafka, [items_topic_spec(settings)])
-        conf = settings.kafka.client_config(**{"enable.idempotence": True, "linger.ms": 5})
+        conf = settings.kafka.client_config(
+            **{"acks": "all", "enable.idempotence": True, "linger.ms": 5}
+        )
         self._producer = make_client(Producer, conf)
         self.delivered = 0
         self._error: str | None = None

@@ -153,6 +153,7 @@ class Worker:
         self._identity = WorkerIdentity(self.store.location)
         self.transactional_id: str | None = None
         self._fenced_at: list[float] = []
+        self._transaction_timeout_s = 60.0  # the producer's (see _make_producer)
         self._aborts = 0  # batch transactions aborted in a row
         self._cap = settings.worker.batch_max_events  # this batch's cap (see _run_batch)
         self.metrics.batch_cap.set(self._cap)
@@ -293,6 +294,9 @@ class Worker:
     def _make_producer(self) -> Producer:
         """The worker's producer; transactional (and initialised) in exactly-once mode."""
         conf: dict[str, Any] = {
+            # Every in-sync replica has a batch before it counts as written (idempotence
+            # implies it; said here because losing a broker must not lose a list).
+            "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 2,
             "partitioner": "murmur2_random",
@@ -311,6 +315,7 @@ class Worker:
         # Defaults first, the user's client settings win.
         kafka = self.settings.kafka
         conf |= kafka.client
+        self._transaction_timeout_s = float(conf.get("transaction.timeout.ms", 60000)) / 1000
         producer: Producer = make_client(Producer, kafka.client_config(**conf))
         if self.transactional_id is not None:
             self._init_transactions(producer)
@@ -411,11 +416,12 @@ class Worker:
             self.driver.finish(run, checkpoint.commit, self.on_publish)
         except (BatchAborted, ProducerFenced) as exc:
             self.driver.abort(run)
-            self._rewind([batch for _, batch in run.batches])
             m.transactions.labels("aborted").inc()
             if isinstance(exc, ProducerFenced):
                 self._renew_producer(exc)
+                self._settle_from_changelog(checkpoint)
             else:
+                self._rewind([batch for _, batch in run.batches])
                 self._warn_throttled("abort", f"batch transaction aborted, reading it again: {exc}")
             # Aborts in a row (the broker is away): wait a little longer each time rather
             # than computing the same batch again and again.
@@ -451,6 +457,7 @@ class Worker:
                 self.metrics.transactions.labels("aborted").inc()
             if isinstance(exc, ProducerFenced):
                 self._renew_producer(exc)
+                self._settle_from_changelog(checkpoint)
             return
         if self.settings.exactly_once:
             self.metrics.transactions.labels("committed").inc()
@@ -499,6 +506,34 @@ class Worker:
                 self.settings.changelog_topic,
             )
 
+    def _settle_from_changelog(self, checkpoint: KafkaCheckpoint) -> None:
+        """After a transaction whose outcome is unknown, let the changelog say what happened.
+
+        A commit cut off by the loss of its coordinator's broker (a timeout, a stuck
+        call, a fatal error, then the producer replaced) may have committed all the
+        same: reading the batch again would publish its lists twice and count its
+        events twice. The new producer's ``init_transactions`` has finished the old
+        transaction one way or the other, so each partition the checkpoint touched is
+        restored from its changelog (from the store's changelog offset on: the batch's
+        records if it committed, nothing if not) and read on from the input offset
+        the changelog holds, like a partition just assigned.
+        """
+        assert self._consumer is not None
+        for part, _ in checkpoint.outcomes:
+            key = (part.topic, part.partition)
+            store = self.store.partitions().get(key)
+            if store is None or self._restorer.restoring(part.partition):
+                continue  # revoked meanwhile: its next owner restores it anyway
+            self._consumer.pause([TopicPartition(*key)])
+            task = self._restorer.begin(store)
+            if task.done:  # else _restore_step resumes it when done
+                self._rebalancer.restored(self._consumer, task)
+                self._after_restore(task)
+        log.warning(
+            "a transaction's outcome was unknown; %d partition(s) settled from the changelog",
+            len(checkpoint.outcomes),
+        )
+
     def _after_restore(self, task: RestoreTask) -> None:
         if task.reseed:
             self._reseed.append(task.part)
@@ -517,7 +552,10 @@ class Worker:
     def _renew_producer(self, exc: ProducerFenced) -> None:
         """A fenced or stuck transactional producer is replaced by a fresh one."""
         now = time.monotonic()
-        if exc.by_another:
+        # A transaction open longer than its timeout was aborted by its coordinator
+        # (a leader moved, a broker was lost), which it reports as a fence: not
+        # another worker.
+        if exc.by_another and exc.open_s < self._transaction_timeout_s:
             self._fenced_at = [t for t in self._fenced_at if now - t < 60.0] + [now]
             if len(self._fenced_at) >= 3:
                 raise KafkaClientError(

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from core.errors import KafkaClientError
 from engine.metrics import WorkerMetrics
@@ -46,6 +46,46 @@ log = logging.getLogger("interest_stream.worker")
 
 _CHUNK = 5000  # changelog records per consume call and RocksDB write
 _STALL_WARN_S = 30.0
+# How long the changelog's offsets are asked for while its partition has no leader:
+# a killed broker is fenced and its partitions led by another within seconds
+# (broker.session.timeout.ms, 9 s by default), so this covers a leader move with room.
+_WATERMARK_WAIT_S = 60.0
+
+
+def _watermarks(marks: Any, tp: TopicPartition) -> tuple[int, int]:
+    """(low, high) watermark of a changelog partition, waiting while its leader moves.
+
+    A broker lost just as a partition is assigned made the worker stop here: while
+    the leader moves, the client says NOT_LEADER_FOR_PARTITION, an unknown
+    partition, a timeout or a destroyed broker handle, depending on where its
+    metadata stands. The next leader answers once the cluster has fenced the lost
+    broker, so any error is asked again for a while; only a refusal (not
+    authorised) is final at once.
+    """
+    deadline = time.monotonic() + _WATERMARK_WAIT_S
+    while True:
+        try:
+            low, high = marks.get_watermark_offsets(tp, timeout=10, cached=False)
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if (
+                not isinstance(err, KafkaError)
+                or "AUTHORIZATION" in err.name()
+                or time.monotonic() >= deadline
+            ):
+                raise KafkaClientError(
+                    f"cannot read the changelog {tp.topic}[{tp.partition}]",
+                    err.name() if isinstance(err, KafkaError) else None,
+                ) from None
+            log.info("changelog %s[%d]: %s; asking again", tp.topic, tp.partition, err.str())
+            time.sleep(0.5)
+            try:
+                # A client that reads nothing of the topic does not refresh its metadata
+                # by itself: without this, "unknown partition" lasted for ever.
+                marks.list_topics(tp.topic, timeout=5)
+            except KafkaException:
+                pass
 
 
 @dataclass
@@ -105,14 +145,7 @@ class Restorer:
     def begin(self, part: StorePartition) -> RestoreTask:
         """Plan the restore of ``part``; a task that is not ``done`` runs in :meth:`step`."""
         reader, marks = self._clients()
-        tp = TopicPartition(self.topic, part.partition)
-        try:
-            low, high = marks.get_watermark_offsets(tp, timeout=10, cached=False)
-        except KafkaException as exc:
-            raise KafkaClientError(
-                f"cannot read the changelog {self.topic}[{part.partition}]",
-                exc.args[0].name() if exc.args else None,
-            ) from None
+        low, high = _watermarks(marks, TopicPartition(self.topic, part.partition))
         last = part.changelog_offset()
         reseed = False
         if last is not None and last >= high:

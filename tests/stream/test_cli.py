@@ -158,3 +158,76 @@ def test_building_the_parser_imports_neither_torch_nor_the_kafka_client():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def _replication(bootstrap: str, topic: str) -> tuple[set[int], str]:
+    """(replica counts of ``topic``'s partitions, its min.insync.replicas)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    parts = admin.list_topics(topic, timeout=30).topics[topic].partitions.values()
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    isr = admin.describe_configs([res])[res].result(30)["min.insync.replicas"].value
+    return {len(p.replicas) for p in parts}, isr
+
+
+@pytest.mark.kafka  # starts a cluster of its own
+def test_a_three_node_cluster_its_topics_and_its_nodes(tmp_path: Path):
+    data = tmp_path / "cluster"
+    start = _run(["broker", "start", "--nodes", "3", "--data-dir", str(data)], timeout=300)
+    assert start.returncode == 0, start.stderr
+    bootstrap = start.stdout.strip()
+    assert len(bootstrap.split(",")) == 3
+    assert all(a.startswith("127.0.0.1:") for a in bootstrap.split(","))
+    try:
+        status = _run(["broker", "status", "--data-dir", str(data)])
+        assert status.returncode == 0
+        assert [line.split()[0] for line in status.stdout.splitlines()] == [
+            "node=1",
+            "node=2",
+            "node=3",
+        ]
+        assert all(line.endswith(" running") for line in status.stdout.splitlines())
+
+        # The service's topics get 3 copies and min.insync.replicas=2 on 3 brokers ...
+        topics = _run(["topics", "--bootstrap-servers", bootstrap])
+        assert topics.returncode == 0, topics.stderr
+        assert _replication(bootstrap, "interest.events") == ({3}, "2")
+        # ... unless the replication factor is set.
+        env = {"INTEREST_TOPIC_REPLICATION": "1", "INTEREST_TOPIC_EVENTS": "single.events"}
+        topics = _run(["topics", "--bootstrap-servers", bootstrap], env=env)
+        assert topics.returncode == 0, topics.stderr
+        assert _replication(bootstrap, "single.events")[0] == {1}
+
+        # A user's mistakes: one line each, a non-zero exit.
+        for args, message in [
+            (["--node", "5"], "no node 5 in the 3-node cluster"),
+            (["--node", "2"], "node 2 is already running from"),
+            (["--nodes", "0"], "--nodes must be from 1 to 9, got 0"),
+            (["--nodes", "5"], "holds a 3-node cluster, not 5"),
+            ([], "a cluster is already running from"),
+        ]:
+            out = _run(["broker", "start", *args, "--data-dir", str(data)])
+            lines = out.stderr.strip().splitlines()
+            assert out.returncode != 0 and len(lines) == 1, (args, out.stderr)
+            assert lines[0].startswith("interest-stream: error: ") and message in lines[0], args
+
+        # One node goes and comes back with its data.
+        stop = _run(["broker", "stop", "--node", "2", "--data-dir", str(data)])
+        assert stop.returncode == 0, stop.stderr
+        status = _run(["broker", "status", "--data-dir", str(data)])
+        assert status.returncode == 0 and "node=2 " in status.stdout
+        assert [line.endswith(" stopped") for line in status.stdout.splitlines()] == [
+            False,
+            True,
+            False,
+        ]
+        again = _run(["broker", "start", "--node", "2", "--data-dir", str(data)], timeout=300)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == bootstrap
+    finally:
+        stop = _run(["broker", "stop", "--data-dir", str(data)])
+    assert stop.returncode == 0
+    status = _run(["broker", "status", "--data-dir", str(data)])
+    assert status.returncode == 1 and "no broker running" in status.stderr
+    assert all(line.endswith(" stopped") for line in status.stdout.splitlines())
