@@ -136,8 +136,11 @@ def test_empty_strings_empty_lists_and_nul_round_trip() -> None:
     raw = encode_state(st, precision="float32")
     assert raw[1] == 4
     assert decode_state(raw) == st
-    st.seen = ["a\x00b", "c"]  # NUL separated version 3's strings; nothing special now
+    st.seen = ["a\x00b", "c"]  # a NUL: stored as an array, not joined
     assert decode_state(encode_state(st)).seen == ["a\x00b", "c"]
+    for items in ([], [""], ["", ""], ["a"], ["a", "", "b"], ["\x00"], ["x"] * 2000):
+        st.seen = items
+        assert decode_state(encode_state(st)).seen == items
 
 
 def _v4(fields: list) -> bytes:
@@ -153,7 +156,9 @@ def test_version_4_fields_of_the_wrong_type_or_length_are_refused() -> None:
         (2, 3),  # no such vector width
         (3, b"\x00"),  # a vector of one byte at two bytes a value
         (4, [5, 6]),  # two times for one recent item
-        (6, "i1"),  # not a list
+        (6, 7),  # neither a joined str nor a list of str
+        (7, ["i1", 2]),  # a list holding a number
+        (6, "i1\x00i2"),  # two recent items for one time
     ):
         fields = list(good)
         fields[at] = bad
