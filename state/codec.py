@@ -8,12 +8,13 @@ Version 4 (what is written): ``b"U" u8:version`` then one MessagePack array::
 
 with ``w`` = 2 (float16) or 4 (float32). A string list is one str, its items
 joined by NUL (``""``: no items), unless an item holds a NUL (or the list is
-``[""]``): then an array of str. MessagePack is packed and read in C (``msgpack``), and joined
-lists are split in C: CPU per state, encode / decode, against version 3
-(struct-packed, NUL-joined lists): 12 / 9 µs against 22 / 16 for a new user
-(50 recent items, a 64-value vector), 47 / 42 µs against 55 / 89 with 2,000
-seen items. That matters once every distinct user of a batch costs a read and
-a write. Versions 1-3 are still read:
+``[""]``): then an array of str. MessagePack is packed and read in C
+(``msgpack``), and joined lists are split in C. CPU per state (encode /
+decode), against version 3 (struct-packed, NUL-joined lists): 12-14 / 15-16 µs
+against 28-40 / 17-30 for a new user (50 recent items, a 64-value vector),
+which is most users of a batch on a large catalogue; with 2,000 seen items both
+take 50-70 / 75-120 µs, most of it making the 2,000 str objects of the seen
+list. Versions 1-3 are still read:
 
 * version 3: ``u32[4]`` counts, ``i64`` last_ts, ``u16 d, u8 w`` and the vector,
   ``u16 n``, ``i64[n]`` times and ``u8[n]`` types of the recent items, then
