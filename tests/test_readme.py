@@ -1,8 +1,10 @@
-"""The README's marked blocks, run as written, so the README cannot drift from the code.
+"""The marked blocks of the README and the documentation pages, run as written.
 
-A block is marked by an HTML comment on the line before its fence, which
-GitHub does not show: ``<!-- test: NAME -->``. Every marked block has a test
-here, and every test a block:
+So neither can drift from the code. A block is marked by an HTML comment on the
+line before its fence, which neither GitHub nor the site shows:
+``<!-- test: NAME -->``. The blocks are looked for in ``README.md`` and every
+page under ``docs/``, wherever they live; a name is used once. Every marked
+block has a test here, and every test a block:
 
 - ``by-hand``: the pieces run by hand, under ``bash -e`` in a temporary
   directory, with a broker data dir of its own (``INTEREST_CACHE_DIR``, the
@@ -10,15 +12,20 @@ here, and every test a block:
   u7's current list, the test presses Ctrl-C (SIGINT to the tail, as a
   terminal would); the block then stops its worker and broker. Whatever
   happens, the test stops what the block started. About a minute: the publish
-  alone takes 40 s, as the README says.
+  alone takes 40 s, as the README says. (The getting-started page shows the
+  README's section, included when the site is built.)
 - ``secured-config``: parsed as the TOML config file; the password never shows.
 - ``privacy-config``: parsed as the TOML config file beside a key file at the
   path it names; the key is read from it and never shows.
 - ``evaluate``: run as written, with a small stand-in for MovieLens-100K in
   RecBole's format in ``ml-100k/``.
+- ``custom-model``: the example model of "Writing a model", run with the
+  Python running the tests; it prints what the page says it prints.
 
 The commands run from this checkout (``PYTHONPATH``) with the venv running the
-tests first on ``PATH``, so ``interest-stream`` is the one this README describes.
+tests first on ``PATH``, so ``interest-stream`` is the one these pages describe.
+The README's links into the documentation are checked too (the site's own
+links are checked by ``mkdocs build --strict``).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from stream.kafka.broker import KAFKA_VERSION, ensure_jars, free_port, read_runn
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 BIN = Path(sys.executable).parent
 MARK = re.compile(r"<!-- test: ([\w-]+) -->")
 FENCE = re.compile(r"```(\w*)")
@@ -53,7 +61,12 @@ MODELS = {"interest", "interest-nocontent", "interest-static", "itemknn", "popul
 U7_LIST = re.compile(r"\d\d:\d\d:\d\d\.\d{3} u7 \[interest-[^\]]+\] i\d+:\S+")
 
 
-def readme_blocks(text: str) -> dict[str, tuple[str, str]]:
+def pages() -> list[Path]:
+    """The README and every documentation page."""
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
+def readme_blocks(text: str, where: str = "README") -> dict[str, tuple[str, str]]:
     """``{name: (fence language, block text)}`` of the marked blocks of ``text``."""
     lines = text.splitlines()
     blocks: dict[str, tuple[str, str]] = {}
@@ -63,22 +76,34 @@ def readme_blocks(text: str) -> dict[str, tuple[str, str]]:
             continue
         name = mark.group(1)
         fence = FENCE.fullmatch(lines[i + 1].strip()) if i + 1 < len(lines) else None
-        assert fence is not None, f"README line {i + 1}: {name} is not followed by a ``` block"
-        assert name not in blocks, f"README: two blocks named {name}"
+        assert fence is not None, f"{where} line {i + 1}: {name} is not followed by a ``` block"
+        assert name not in blocks, f"{where}: two blocks named {name}"
         body = []
         for inner in lines[i + 2 :]:
             if inner.strip() == "```":
                 break
             body.append(inner)
         else:
-            raise AssertionError(f"README: the {name} block is not closed")
+            raise AssertionError(f"{where}: the {name} block is not closed")
         blocks[name] = (fence.group(1), "\n".join(body) + "\n")
     return blocks
 
 
+def marked_blocks(paths: list[Path]) -> dict[str, tuple[str, str]]:
+    """The marked blocks of every page in ``paths``; a name may be used once in all."""
+    found: dict[str, tuple[str, str]] = {}
+    where: dict[str, Path] = {}
+    for path in paths:
+        page = str(path.relative_to(ROOT))
+        for name, block in readme_blocks(path.read_text(encoding="utf-8"), page).items():
+            assert name not in found, f"two blocks named {name}: {where[name]} and {page}"
+            found[name], where[name] = block, path.relative_to(ROOT)
+    return found
+
+
 @pytest.fixture(scope="module")
 def blocks() -> dict[str, tuple[str, str]]:
-    return readme_blocks(README.read_text(encoding="utf-8"))
+    return marked_blocks(pages())
 
 
 @pytest.fixture
@@ -101,7 +126,50 @@ def test_every_marked_block_has_a_test(blocks):
         "evaluate": "sh",
         "secured-config": "toml",
         "privacy-config": "toml",
+        "custom-model": "python",
     }
+
+
+def test_a_name_is_used_once_across_the_pages(tmp_path):
+    for page in ("a.md", "b.md"):
+        (tmp_path / page).write_text("<!-- test: same -->\n```sh\ntrue\n```\n")
+    with pytest.raises(AssertionError, match="two blocks named same"):
+        marked_blocks([tmp_path / "a.md", tmp_path / "b.md"])
+
+
+def test_the_readme_links_only_to_files_that_exist():
+    text = README.read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if "://" not in t]
+    assert local, "the README links into the documentation"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"the README links to files that do not exist: {missing}"
+
+
+def test_the_readme_stays_short():
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 200
+
+
+def test_the_custom_model_runs_and_prints_what_the_page_says(blocks, tmp_path, shell_env):
+    _, code = blocks["custom-model"]
+    (tmp_path / "custom_model.py").write_text(code)
+    proc = subprocess.run(
+        [sys.executable, "custom_model.py"],
+        cwd=tmp_path,
+        env=shell_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [
+        "category-popular category-popular-1: learns",
+        "u1 ['i2']",
+        "u2 ['i1']",
+        "u3 []",
+    ]
+    page = (DOCS / "extending" / "models.md").read_text(encoding="utf-8")
+    assert "`u1 ['i2']`, `u2 ['i1']`" in page and "`u3 []`" in page
 
 
 def test_secured_cluster_config_parses_and_hides_its_secret(blocks, tmp_path):
