@@ -8,7 +8,7 @@ Version 4 (what is written): ``b"U" u8:version`` then one MessagePack array::
 
 with ``w`` = 2 (float16) or 4 (float32). MessagePack is packed and read in C
 (``msgpack``): a state is encoded in about 3 µs and read in about 2, where the
-struct-and-join layout of version 3 took 17 and 15 (``bench/RESULTS.md``),
+struct-and-join layout of version 3 took 17 and 15 (``docs/model/results-history.md``),
 which mattered once every distinct user of a batch costs a read and a write.
 Versions 1-3 are still read:
 
@@ -26,7 +26,7 @@ back only to one that reads them).
 The long-term vector is stored as float16 by default: half the bytes, and the
 model works on it in float32 again as soon as it is read. Its relative rounding
 error (at most 2^-11) cost nothing measurable on MovieLens-100K (FluRS Recall@10
-0.2023 either way, ``bench/RESULTS.md``). Values beyond float16's range are
+0.2023 either way, ``docs/model/results-history.md``). Values beyond float16's range are
 clipped to +-65504. Decoding refuses unknown versions, malformed, truncated or
 trailing bytes with :class:`CodecError`.
 
