@@ -63,7 +63,7 @@ lint: $(STAMP)
 # The site: pages in docs/, reference pages written from the code by docs/gen_ref.py.
 # --strict: a broken link, a missing page or a reference that no longer builds fails.
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(STAMP) jars
 	$(BIN)/python -m bench $(ARGS)

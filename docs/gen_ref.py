@@ -22,11 +22,17 @@ import argparse
 import dataclasses
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = ["on_page_markdown", "render"]
+
+# The pages describe this tree: its packages come first, installed or not.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 MARKER = re.compile(r"^<!-- generated: ([\w-]+) -->$", re.MULTILINE)
 
@@ -238,7 +244,4 @@ def models_reference() -> str:
 
 
 if __name__ == "__main__":  # python docs/gen_ref.py NAME: print a section
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     print(render(sys.argv[1] if len(sys.argv) > 1 else "settings"))

@@ -92,12 +92,12 @@ def readme_blocks(text: str, where: str = "README") -> dict[str, tuple[str, str]
 def marked_blocks(paths: list[Path]) -> dict[str, tuple[str, str]]:
     """The marked blocks of every page in ``paths``; a name may be used once in all."""
     found: dict[str, tuple[str, str]] = {}
-    where: dict[str, Path] = {}
+    where: dict[str, str] = {}
     for path in paths:
-        page = str(path.relative_to(ROOT))
+        page = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
         for name, block in readme_blocks(path.read_text(encoding="utf-8"), page).items():
             assert name not in found, f"two blocks named {name}: {where[name]} and {page}"
-            found[name], where[name] = block, path.relative_to(ROOT)
+            found[name], where[name] = block, page
     return found
 
 
