@@ -21,6 +21,11 @@ block has a test here, and every test a block:
   RecBole's format in ``ml-100k/``.
 - ``custom-model``: the example model of "Writing a model", run with the
   Python running the tests; it prints what the page says it prints.
+- ``python-producer``: run against the test broker (its ``B`` line and the
+  topic name swapped for the test's): the event lands on the partition its key
+  belongs to, and decodes to the event it says.
+- ``python-consumer``: run against a topic holding a list written by the
+  worker's own encoder and a tombstone: it prints the list, then is stopped.
 
 The commands run from this checkout (``PYTHONPATH``) with the venv running the
 tests first on ``PATH``, so ``interest-stream`` is the one these pages describe.
@@ -127,6 +132,8 @@ def test_every_marked_block_has_a_test(blocks):
         "secured-config": "toml",
         "privacy-config": "toml",
         "custom-model": "python",
+        "python-producer": "python",
+        "python-consumer": "python",
     }
 
 
@@ -370,3 +377,100 @@ def test_running_the_pieces_by_hand(blocks, tmp_path, shell_env):
     ):
         assert said in err, err[-3000:]
     assert "Traceback" not in err and "error:" not in err, err[-3000:]
+
+
+def _for_the_test_broker(code: str, bootstrap: str, topics: dict[str, str]) -> str:
+    """A client block pointed at the test broker and this test's topics."""
+    line = re.search(r'^B = "[^"]*".*$', code, re.MULTILINE)
+    assert line is not None, "the block names its bootstrap address on a line of its own"
+    code = code.replace(line.group(0), f"B = {bootstrap!r}")
+    for name, unique in topics.items():
+        assert f'"{name}"' in code, f"the block uses the {name} topic"
+        code = code.replace(f'"{name}"', repr(unique))
+    return code
+
+
+@pytest.mark.kafka
+def test_the_python_producer_sends_an_event_where_the_worker_reads_it(
+    blocks, tmp_path, shell_env, kafka_bootstrap, kafka_config, unique_topics
+):
+    from confluent_kafka import Consumer, TopicPartition
+
+    from core.partition import partition_for
+    from core.types import Event
+    from engine.events import EventValidator, decode_event
+    from stream.kafka.topics import ensure_topics, topic_specs
+
+    topics = unique_topics()
+    ensure_topics(kafka_config, topic_specs(topics))
+    _, code = blocks["python-producer"]
+    code = _for_the_test_broker(code, kafka_bootstrap, {"interest.events": topics.events})
+    (tmp_path / "producer.py").write_text(code)
+    proc = subprocess.run(
+        [sys.executable, "producer.py"],
+        cwd=tmp_path,
+        env=shell_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    consumer = Consumer(
+        kafka_config.client_config(
+            **{"group.id": f"readme-{topics.events}", "enable.auto.commit": False}
+        )
+    )
+    try:
+        home = partition_for(b"u7", topics.partitions)
+        consumer.assign([TopicPartition(topics.events, home, 0)])
+        deadline, msg = time.monotonic() + 30, None
+        while msg is None and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            msg = None if msg is not None and msg.error() else msg
+        assert msg is not None, "the event is not on the partition its key belongs to"
+        event = decode_event(msg.key(), msg.value(), msg.timestamp()[1], EventValidator())
+        assert isinstance(event, Event), event
+        assert (event.user_id, event.item_id, event.event) == ("u7", "i161", "click")
+    finally:
+        consumer.close()
+
+
+@pytest.mark.kafka
+def test_the_python_consumer_prints_the_lists(
+    blocks, tmp_path, shell_env, kafka_bootstrap, kafka_config, unique_topics
+):
+    from confluent_kafka import Producer
+
+    from core.types import Recommendation
+    from engine.events import encode_recommendation
+    from stream.kafka.topics import ensure_topics, topic_specs
+
+    topics = unique_topics()
+    ensure_topics(kafka_config, topic_specs(topics))
+    rec = Recommendation("u7", (("i160", 3.2), ("i12", 1.5)), "interest-3", 1767225600000)
+    producer = Producer(kafka_config.client_config())
+    producer.produce(topics.recommendations, key=b"u8", value=None)  # an erased user
+    key, value = encode_recommendation(rec, 1767225600042)
+    producer.produce(topics.recommendations, key=key, value=value)
+    assert producer.flush(30) == 0
+    _, code = blocks["python-consumer"]
+    code = _for_the_test_broker(
+        code, kafka_bootstrap, {"interest.recommendations": topics.recommendations}
+    )
+    (tmp_path / "consumer.py").write_text(code)
+    proc = subprocess.Popen(
+        [sys.executable, "consumer.py"],
+        cwd=tmp_path,
+        env=shell_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = _lines_of(proc.stdout)
+        line = lines.get(timeout=60)
+        assert line == "u7 ['i160', 'i12'] events\n", line
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err, err[-2000:]
