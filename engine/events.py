@@ -166,7 +166,7 @@ def _not_json(constant: str) -> Any:
 
 
 # Built once: json.loads with any option builds a new decoder for every call, which
-# made decoding 40% slower (3.6 against 2.6 µs per event, bench/RESULTS.md).
+# made decoding 40% slower (3.6 against 2.6 µs per event, docs/model/results-history.md).
 _DECODER = json.JSONDecoder(parse_constant=_not_json)
 
 

@@ -10,7 +10,7 @@ wall time live, event time offline.
 * **Stale** means the model has learnt from at least ``stale_events`` events
   since the list was ranked (the model clock: events learnt, counted by the
   caller). That is the significant change: on MovieLens-100K a list goes on
-  losing recall as more events are learnt after it (see bench/RESULTS.md,
+  losing recall as more events are learnt after it (see docs/model/results-history.md,
   "Subscriber view").
 * **Candidates** are the recently active users: a bounded recency list per
   partition (:class:`RecentUsers`, ``track_users`` users; the least recently
@@ -56,10 +56,10 @@ class RefreshPolicy:
     ``enabled=False`` turns refresh off: no pass runs and no newcomer list is published.
     """
 
-    # Chosen on the first 30% of MovieLens-100K's scored events (FluRS; bench/RESULTS.md,
-    # "Subscriber view"): subscriber Recall@10 0.2069 at 500 (pull 0.2064), 0.2064 at
-    # 1000, 0.2055 at 250, 0.1932 without refresh. On the synthetic stream 250-2000 are
-    # all within 0.002 of pull.
+    # Chosen on the first 30% of MovieLens-100K's scored events (FluRS;
+    # docs/model/results-history.md, "Subscriber view"): subscriber Recall@10 0.2069
+    # at 500 (pull 0.2064), 0.2064 at 1000, 0.2055 at 250, 0.1932 without refresh. On
+    # the synthetic stream 250-2000 are all within 0.002 of pull.
     stale_events: int = 500
     max_users: int = 256
     interval_ms: int = 1000

@@ -54,7 +54,8 @@ DELTA_FORMAT = "interest-delta-1"
 COUNTS, PARAMS = "counts", "params"
 _MAGIC = b"ISd"
 _RAW, _ZLIB = 0, 1
-# zlib level 1: a 500-event count delta shrinks 3-4x in about 0.3 ms (bench/RESULTS.md).
+# zlib level 1: a 500-event count delta shrinks 3-4x in about 0.3 ms
+# (docs/model/results-history.md).
 _LEVEL = 1
 
 

@@ -30,7 +30,7 @@ back only to one that reads them).
 The long-term vector is stored as float16 by default: half the bytes, and the
 model works on it in float32 again as soon as it is read. Its relative rounding
 error (at most 2^-11) cost nothing measurable on MovieLens-100K (FluRS Recall@10
-0.2023 either way, ``bench/RESULTS.md``). Values beyond float16's range are
+0.2023 either way, ``docs/model/results-history.md``). Values beyond float16's range are
 clipped to +-65504. Decoding refuses unknown versions, malformed, truncated or
 trailing bytes with :class:`CodecError`.
 

@@ -182,7 +182,7 @@ class PartitionTransaction:
         try:
             self._puts[user_id] = encode_state(state)
         except CodecError as exc:
-            # Never the user id: error messages end up in logs (see the README on erasure).
+            # Never the user id: error messages end up in logs (docs/operating/privacy.md).
             raise StateStoreError(
                 f"{self._partition.name}: cannot encode a user state: {exc}"
             ) from None
@@ -314,8 +314,8 @@ class StorePartition:
             raise ConfigError(
                 f"{self.name}: its user states are keyed by "
                 f"{_scheme_name(have)}, this worker by {_scheme_name(scheme)}: "
-                "changing the user-id key needs a new consumer group (see the README, "
-                "Pseudonymised user ids)"
+                "changing the user-id key needs a new consumer group (see the documentation, "
+                "Privacy: pseudonymised user ids)"
             )
         self._claim = scheme if self._ids is None else None
 
@@ -391,7 +391,7 @@ class StorePartition:
         try:
             return decode_state(raw)
         except CodecError as exc:
-            # Never the user id: error messages end up in logs (see the README on erasure).
+            # Never the user id: error messages end up in logs (docs/operating/privacy.md).
             raise StateStoreError(
                 f"{self.name}: a stored user state is unreadable: {exc}"
             ) from None

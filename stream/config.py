@@ -1,9 +1,10 @@
 """Typed settings, loaded from CLI flags > environment > TOML file > defaults.
 
 Each component has a frozen dataclass; every field names its environment
-variable in its metadata (the README lists them). librdkafka client settings
-(SASL, SSL, ...) pass through unchanged from ``[kafka.client]`` in the TOML
-file, ``INTEREST_KAFKA_CLIENT_<NAME>`` variables or ``-X name=value`` flags;
+variable in its metadata (docs/reference/settings.md is written from them).
+librdkafka client settings (SASL, SSL, ...) pass through unchanged from
+``[kafka.client]`` in the TOML file, ``INTEREST_KAFKA_CLIENT_<NAME>``
+variables or ``-X name=value`` flags;
 values whose name looks secret are never printed. The user-id key
 (:class:`PrivacyConfig`) comes from the environment or a file of its own, never
 from the TOML file, and is never printed either.

@@ -1,8 +1,10 @@
-"""The README's marked blocks, run as written, so the README cannot drift from the code.
+"""The marked blocks of the README and the documentation pages, run as written.
 
-A block is marked by an HTML comment on the line before its fence, which
-GitHub does not show: ``<!-- test: NAME -->``. Every marked block has a test
-here, and every test a block:
+So neither can drift from the code. A block is marked by an HTML comment on the
+line before its fence, which neither GitHub nor the site shows:
+``<!-- test: NAME -->``. The blocks are looked for in ``README.md`` and every
+page under ``docs/``, wherever they live; a name is used once. Every marked
+block has a test here, and every test a block:
 
 - ``by-hand``: the pieces run by hand, under ``bash -e`` in a temporary
   directory, with a broker data dir of its own (``INTEREST_CACHE_DIR``, the
@@ -10,15 +12,25 @@ here, and every test a block:
   u7's current list, the test presses Ctrl-C (SIGINT to the tail, as a
   terminal would); the block then stops its worker and broker. Whatever
   happens, the test stops what the block started. About a minute: the publish
-  alone takes 40 s, as the README says.
+  alone takes 40 s, as the README says. (The getting-started page shows the
+  README's section, included when the site is built.)
 - ``secured-config``: parsed as the TOML config file; the password never shows.
 - ``privacy-config``: parsed as the TOML config file beside a key file at the
   path it names; the key is read from it and never shows.
 - ``evaluate``: run as written, with a small stand-in for MovieLens-100K in
   RecBole's format in ``ml-100k/``.
+- ``custom-model``: the example model of "Writing a model", run with the
+  Python running the tests; it prints what the page says it prints.
+- ``python-producer``: run against the test broker (its ``B`` line and the
+  topic name swapped for the test's): the event lands on the partition its key
+  belongs to, and decodes to the event it says.
+- ``python-consumer``: run against a topic holding a list written by the
+  worker's own encoder and a tombstone: it prints the list, then is stopped.
 
 The commands run from this checkout (``PYTHONPATH``) with the venv running the
-tests first on ``PATH``, so ``interest-stream`` is the one this README describes.
+tests first on ``PATH``, so ``interest-stream`` is the one these pages describe.
+The README's links into the documentation are checked too (the site's own
+links are checked by ``mkdocs build --strict``).
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ from stream.kafka.broker import KAFKA_VERSION, ensure_jars, free_port, read_runn
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 BIN = Path(sys.executable).parent
 MARK = re.compile(r"<!-- test: ([\w-]+) -->")
 FENCE = re.compile(r"```(\w*)")
@@ -53,7 +66,12 @@ MODELS = {"interest", "interest-nocontent", "interest-static", "itemknn", "popul
 U7_LIST = re.compile(r"\d\d:\d\d:\d\d\.\d{3} u7 \[interest-[^\]]+\] i\d+:\S+")
 
 
-def readme_blocks(text: str) -> dict[str, tuple[str, str]]:
+def pages() -> list[Path]:
+    """The README and every documentation page."""
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
+def readme_blocks(text: str, where: str = "README") -> dict[str, tuple[str, str]]:
     """``{name: (fence language, block text)}`` of the marked blocks of ``text``."""
     lines = text.splitlines()
     blocks: dict[str, tuple[str, str]] = {}
@@ -63,22 +81,34 @@ def readme_blocks(text: str) -> dict[str, tuple[str, str]]:
             continue
         name = mark.group(1)
         fence = FENCE.fullmatch(lines[i + 1].strip()) if i + 1 < len(lines) else None
-        assert fence is not None, f"README line {i + 1}: {name} is not followed by a ``` block"
-        assert name not in blocks, f"README: two blocks named {name}"
+        assert fence is not None, f"{where} line {i + 1}: {name} is not followed by a ``` block"
+        assert name not in blocks, f"{where}: two blocks named {name}"
         body = []
         for inner in lines[i + 2 :]:
             if inner.strip() == "```":
                 break
             body.append(inner)
         else:
-            raise AssertionError(f"README: the {name} block is not closed")
+            raise AssertionError(f"{where}: the {name} block is not closed")
         blocks[name] = (fence.group(1), "\n".join(body) + "\n")
     return blocks
 
 
+def marked_blocks(paths: list[Path]) -> dict[str, tuple[str, str]]:
+    """The marked blocks of every page in ``paths``; a name may be used once in all."""
+    found: dict[str, tuple[str, str]] = {}
+    where: dict[str, str] = {}
+    for path in paths:
+        page = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+        for name, block in readme_blocks(path.read_text(encoding="utf-8"), page).items():
+            assert name not in found, f"two blocks named {name}: {where[name]} and {page}"
+            found[name], where[name] = block, page
+    return found
+
+
 @pytest.fixture(scope="module")
 def blocks() -> dict[str, tuple[str, str]]:
-    return readme_blocks(README.read_text(encoding="utf-8"))
+    return marked_blocks(pages())
 
 
 @pytest.fixture
@@ -101,7 +131,52 @@ def test_every_marked_block_has_a_test(blocks):
         "evaluate": "sh",
         "secured-config": "toml",
         "privacy-config": "toml",
+        "custom-model": "python",
+        "python-producer": "python",
+        "python-consumer": "python",
     }
+
+
+def test_a_name_is_used_once_across_the_pages(tmp_path):
+    for page in ("a.md", "b.md"):
+        (tmp_path / page).write_text("<!-- test: same -->\n```sh\ntrue\n```\n")
+    with pytest.raises(AssertionError, match="two blocks named same"):
+        marked_blocks([tmp_path / "a.md", tmp_path / "b.md"])
+
+
+def test_the_readme_links_only_to_files_that_exist():
+    text = README.read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if "://" not in t]
+    assert local, "the README links into the documentation"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"the README links to files that do not exist: {missing}"
+
+
+def test_the_readme_stays_short():
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 200
+
+
+def test_the_custom_model_runs_and_prints_what_the_page_says(blocks, tmp_path, shell_env):
+    _, code = blocks["custom-model"]
+    (tmp_path / "custom_model.py").write_text(code)
+    proc = subprocess.run(
+        [sys.executable, "custom_model.py"],
+        cwd=tmp_path,
+        env=shell_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [
+        "category-popular category-popular-1: learns",
+        "u1 ['i2']",
+        "u2 ['i1']",
+        "u3 []",
+    ]
+    page = (DOCS / "extending" / "models.md").read_text(encoding="utf-8")
+    assert "`u1 ['i2']`, `u2 ['i1']`" in page and "`u3 []`" in page
 
 
 def test_secured_cluster_config_parses_and_hides_its_secret(blocks, tmp_path):
@@ -302,3 +377,100 @@ def test_running_the_pieces_by_hand(blocks, tmp_path, shell_env):
     ):
         assert said in err, err[-3000:]
     assert "Traceback" not in err and "error:" not in err, err[-3000:]
+
+
+def _for_the_test_broker(code: str, bootstrap: str, topics: dict[str, str]) -> str:
+    """A client block pointed at the test broker and this test's topics."""
+    line = re.search(r'^B = "[^"]*".*$', code, re.MULTILINE)
+    assert line is not None, "the block names its bootstrap address on a line of its own"
+    code = code.replace(line.group(0), f"B = {bootstrap!r}")
+    for name, unique in topics.items():
+        assert f'"{name}"' in code, f"the block uses the {name} topic"
+        code = code.replace(f'"{name}"', repr(unique))
+    return code
+
+
+@pytest.mark.kafka
+def test_the_python_producer_sends_an_event_where_the_worker_reads_it(
+    blocks, tmp_path, shell_env, kafka_bootstrap, kafka_config, unique_topics
+):
+    from confluent_kafka import Consumer, TopicPartition
+
+    from core.partition import partition_for
+    from core.types import Event
+    from engine.events import EventValidator, decode_event
+    from stream.kafka.topics import ensure_topics, topic_specs
+
+    topics = unique_topics()
+    ensure_topics(kafka_config, topic_specs(topics))
+    _, code = blocks["python-producer"]
+    code = _for_the_test_broker(code, kafka_bootstrap, {"interest.events": topics.events})
+    (tmp_path / "producer.py").write_text(code)
+    proc = subprocess.run(
+        [sys.executable, "producer.py"],
+        cwd=tmp_path,
+        env=shell_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    consumer = Consumer(
+        kafka_config.client_config(
+            **{"group.id": f"readme-{topics.events}", "enable.auto.commit": False}
+        )
+    )
+    try:
+        home = partition_for(b"u7", topics.partitions)
+        consumer.assign([TopicPartition(topics.events, home, 0)])
+        deadline, msg = time.monotonic() + 30, None
+        while msg is None and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            msg = None if msg is not None and msg.error() else msg
+        assert msg is not None, "the event is not on the partition its key belongs to"
+        event = decode_event(msg.key(), msg.value(), msg.timestamp()[1], EventValidator())
+        assert isinstance(event, Event), event
+        assert (event.user_id, event.item_id, event.event) == ("u7", "i161", "click")
+    finally:
+        consumer.close()
+
+
+@pytest.mark.kafka
+def test_the_python_consumer_prints_the_lists(
+    blocks, tmp_path, shell_env, kafka_bootstrap, kafka_config, unique_topics
+):
+    from confluent_kafka import Producer
+
+    from core.types import Recommendation
+    from engine.events import encode_recommendation
+    from stream.kafka.topics import ensure_topics, topic_specs
+
+    topics = unique_topics()
+    ensure_topics(kafka_config, topic_specs(topics))
+    rec = Recommendation("u7", (("i160", 3.2), ("i12", 1.5)), "interest-3", 1767225600000)
+    producer = Producer(kafka_config.client_config())
+    producer.produce(topics.recommendations, key=b"u8", value=None)  # an erased user
+    key, value = encode_recommendation(rec, 1767225600042)
+    producer.produce(topics.recommendations, key=key, value=value)
+    assert producer.flush(30) == 0
+    _, code = blocks["python-consumer"]
+    code = _for_the_test_broker(
+        code, kafka_bootstrap, {"interest.recommendations": topics.recommendations}
+    )
+    (tmp_path / "consumer.py").write_text(code)
+    proc = subprocess.Popen(
+        [sys.executable, "consumer.py"],
+        cwd=tmp_path,
+        env=shell_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = _lines_of(proc.stdout)
+        line = lines.get(timeout=60)
+        assert line == "u7 ['i160', 'i12'] events\n", line
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err, err[-2000:]

@@ -328,7 +328,7 @@ def _chunks(events: Sequence[Event], size: int) -> Iterator[Sequence[Event]]:
 
 
 def subscriber_summaries(reports: dict[str, SubscriberReport], catalogue: int) -> dict[str, dict]:
-    """The ``"subscriber"`` entry of each model in ``evaluate --json`` (see the README).
+    """The ``"subscriber"`` entry of each model in ``evaluate --json`` (docs/model/protocols.md).
 
     The view named ``"refresh"`` at the top level (the metric keys of the pull
     view, plus refresh counts and list ages), ``"without_refresh"`` (view

@@ -23,7 +23,7 @@ from model.retrieval import DEFAULT_EXPIRE_DAYS, BaseRanker
 __all__ = ["DecayedPopularity", "MostPopular", "EXHAUSTIVE_ROWS", "TOP_SIZE"]
 
 # Up to this many item rows, every row is a candidate: scoring 2,048 columns costs
-# about what drawing candidates does (bench/RESULTS.md, "Catalogue scale").
+# about what drawing candidates does (docs/model/results-history.md, "Catalogue scale").
 EXHAUSTIVE_ROWS = 2048
 # Items kept in the top list (plus half as many spare): a user who has excluded
 # (bought or, under the FluRS protocol, seen) most of them gets a shorter list.

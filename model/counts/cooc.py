@@ -18,7 +18,7 @@ plus 8 bytes (int32 neighbour + float32 weight) per slot of the row's block.
 Blocks hold 4, 8, 16, ... slots up to ``max_neighbours``, so a row with n
 neighbours uses fewer than 2n slots, and the arena grows by doubling: a full
 row of 128 costs about 1 KiB, a long-tail item with a handful of neighbours
-under 100 bytes (measured figures in ``bench/RESULTS.md``).
+under 100 bytes (measured figures in ``docs/model/results-history.md``).
 """
 
 from __future__ import annotations

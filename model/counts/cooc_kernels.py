@@ -84,7 +84,7 @@ def _add_pairs(start, length, klass, nbr, val, sizes, free, top, limit, src, dst
     rarely displace anything. Stored weights are therefore exact since the
     neighbour entered its row (never more than the true weight). This beat
     Space-Saving's "always replace, inherit the weight" on MovieLens-100K
-    (Recall@10 0.158 vs 0.144 at 64 neighbours; bench/RESULTS.md).
+    (Recall@10 0.158 vs 0.144 at 64 neighbours; docs/model/results-history.md).
     ``draws`` counts the coin tosses: the seed of a hash, so replays are exact.
 
     Returns the number of pairs done; fewer than ``len(src)`` means the arena

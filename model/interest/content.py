@@ -24,7 +24,7 @@ Items with metadata get a vocabulary row when their vector is installed (they
 count as seen then, or at the first event after it), and expire like any item;
 their vectors stay, keyed by item id, and come back with the item's next
 event. Vectors are stored in float16; with 32 neighbours an item with content
-costs about 1.1 KiB beside the 2-3.5 KiB of an item (see bench/RESULTS.md).
+costs about 1.1 KiB beside the 2-3.5 KiB of an item (see docs/model/results-history.md).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ Memory per item row: 1,176 bytes of embeddings, Adam moments and step counts
 (dim 48; up to twice that while tables grow by doubling), about 400 bytes of
 counts, top-list entries, vocabulary and scratch, and about 10 bytes per stored
 co-occurrence neighbour (at most ``max_neighbours``): 2.1 KiB per item measured
-with 54,000 long-tail items, 3.5 KiB with 9,000 busy ones (bench/RESULTS.md).
+with 54,000 long-tail items, 3.5 KiB with 9,000 busy ones (docs/model/results-history.md).
 
 The model is composed of parts, each in its module: the trained parameters
 (:mod:`model.interest.params`), the count memories (:mod:`model.interest.memories`),
@@ -72,7 +72,7 @@ from model.rowtable import RowTable
 __all__ = ["InterestModel", "FEATURES", "EVENT_WEIGHTS", "EXHAUSTIVE_ROWS", "STEP_EVENTS"]
 
 # Up to this many item rows, every item is a candidate and training uses the
-# full softmax (bench/RESULTS.md, "Catalogue scale", has the cost of both paths).
+# full softmax (docs/model/results-history.md, "Catalogue scale", has the cost of both paths).
 EXHAUSTIVE_ROWS = 2048
 # Co-occurrence neighbours kept per item. ML-100K (FluRS, Recall@10, seed 0): 128 -> 0.2002,
 # 256 -> 0.2025, 4,096 (exact) -> 0.2021; synthetic stream: no difference.

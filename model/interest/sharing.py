@@ -7,7 +7,7 @@ the event, right-aligned (``win_len[i]`` slots, oldest first; -1 where the item
 was unknown). Arrays (int32 indexes into ``meta["ids"]`` / ``meta["cats"]``):
 ``item``, ``cat`` (-1: none), ``ts`` (int64 ms), ``type``, ``stage``, ``win_len``
 (int16) and ``win`` (the windows one after another). 500 events with windows
-of 30 take about 60 KiB before compression, 15-20 KiB after (bench/RESULTS.md).
+of 30 take about 60 KiB before compression, 15-20 KiB after (docs/model/results-history.md).
 
 **Parameter delta**: for every table, the rows this copy trained since it
 last shared (``<table>.rows``, indexes into ``meta["ids"]`` or, for the category

@@ -17,6 +17,7 @@ from stream.cli import demo, forget, top
 from stream.cli import evaluate as model_cli
 from stream.cli import state as state_cli
 from stream.cli import worker as worker_cli
+from stream.cli.version import version
 
 __all__ = ["main", "build_parser"]
 
@@ -181,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="interest-stream",
         description="Real-time user interest lists from Kafka events.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {version()}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -272,7 +272,7 @@ class Worker:
             # Incremental rebalances: partitions that stay keep their open stores.
             "partition.assignment.strategy": "cooperative-sticky",
             # A killed worker's partitions move within about 6 s (the broker's default
-            # minimum session), part of the 15 s takeover budget (see README).
+            # minimum session), part of the 15 s takeover budget (docs/operating/failures.md).
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 1000,
             "error_cb": self._on_client_error,

@@ -1,6 +1,6 @@
 """What a hostile producer sends, and the id rules checked independently of the decoder.
 
-:func:`id_rule_broken` restates the README's id rules with :mod:`unicodedata`
+:func:`id_rule_broken` restates the id rules (docs/concepts/events.md) with :mod:`unicodedata`
 categories rather than the ``str.isprintable`` the decoder uses, so the two
 implementations check each other. :func:`hostile_messages` makes a seeded,
 repeatable mix of malformed and adversarial messages for the live fuzz test.
@@ -27,7 +27,7 @@ _BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 def id_rule_broken(text: str, max_bytes: int = 256) -> str | None:
-    """The README id rule ``text`` breaks (a short name), or None when it is a good id."""
+    """The id rule ``text`` breaks (a short name), or None when it is a good id."""
     if not text:
         return "empty"
     for ch in text:

@@ -131,7 +131,7 @@ def test_topic_creation_is_idempotent_and_applies_configs(kafka_config, unique_t
     res = ConfigResource(ConfigResource.Type.TOPIC, topics.recommendations)
     cfg = admin.describe_configs([res])[res].result()
     assert cfg["cleanup.policy"].value == "compact"
-    # Erased users' lists are compacted away within a day (README: erasure).
+    # Erased users' lists are compacted away within a day (docs/operating/privacy.md: erasure).
     assert cfg["max.compaction.lag.ms"].value == str(24 * 3600 * 1000)
 
 

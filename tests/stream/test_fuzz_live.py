@@ -2,7 +2,7 @@
 
 The worker stays up, accounts for every message (consumed = applied +
 dead-lettered, each one where :func:`decode_event` puts it), and no published
-list carries an id that breaks the README's id rules.
+list carries an id that breaks the id rules of docs/concepts/events.md.
 """
 
 from __future__ import annotations
