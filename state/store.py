@@ -589,9 +589,12 @@ class _RocksBackend:
         try:
             self.db.close()
         except Exception as exc:  # rocksdict raises plain Exception
-            # A database whose write failed (a full disk) says "Writer has previous error"
-            # on close: what it wrote is in its log, what it did not is in the changelog.
-            log.warning("closing state database %s: %s", self.path, exc)
+            # On a full disk the close fails too (its flush cannot write a file, or "Writer
+            # has previous error"): what was written is in the database's log, what was not
+            # is in the changelog, and the error that stops the worker says so already.
+            msg = str(exc)
+            full = "previous error" in msg or any(m in msg.lower() for m in _NO_SPACE)
+            log.log(logging.DEBUG if full else logging.WARNING, "closing %s: %s", self.path, msg)
 
 
 class RocksDBStore(_Registry):
