@@ -1,8 +1,9 @@
 """``/healthz``, ``/readyz`` and the stall gauges, on the metrics port of a real worker.
 
-The stall is a real one: a restore that cannot end because another producer left
+Two stalls: a real one, a restore that cannot end because another producer left
 a transaction open on the changelog (read_committed readers wait for it), as a
-stopped worker's open transaction does until the broker aborts it.
+stopped worker's open transaction does until the broker aborts it; and a batch
+step that hangs (``tests.stream.hung_worker``), where the loop itself stops.
 """
 
 from __future__ import annotations
@@ -163,3 +164,51 @@ def test_a_restore_held_by_an_open_transaction_is_not_ready_then_stalled_then_re
             if second.poll() is None:
                 second.kill()
     assert second.returncode == 0
+
+
+def test_a_hung_batch_step_fails_healthz_and_recovers(kafka_bootstrap, unique_topics, tmp_path):
+    topics = unique_topics(partitions=2)
+    group = f"hang-{uuid.uuid4().hex[:8]}"
+    settings = make_settings(kafka_bootstrap, topics, tmp_path / "s", group)
+    ensure_topics(settings.kafka, topic_specs(topics))
+    events = make_events(2000, n_users=300, seed=8)
+    flag = tmp_path / "hang"
+    port = free_port()
+    env = worker_env(kafka_bootstrap, topics, group, tmp_path / "s") | {
+        "HANG_FLAG": str(flag),
+        "INTEREST_METRICS_PORT": str(port),
+        "INTEREST_STALL_AFTER_S": "3",
+    }
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "tests.stream.hung_worker", "worker"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        with Publisher(settings) as pub:
+            pub.publish(events[:1000])
+        wait_for(lambda: committed_all(settings.kafka, group, topics.events, 2), 90, "a start")
+        assert _get(base + "/healthz")[0] == 200 and _get(base + "/readyz")[0] == 200
+
+        flag.touch()  # the next batch's step hangs
+        hung_at = time.monotonic()
+        with Publisher(settings) as pub:
+            pub.publish(events[1000:])
+        wait_for(lambda: _get(base + "/healthz")[0] == 503, 30, "/healthz to fail")
+        seen_after = time.monotonic() - hung_at
+        metrics = _get(base + "/metrics")[1]
+        assert "interest_stalled 1.0" in metrics and "interest_ready 0.0" in metrics
+        assert not committed_all(settings.kafka, group, topics.events, 2)
+
+        flag.unlink()
+        wait_for(lambda: committed_all(settings.kafka, group, topics.events, 2), 90, "the rest")
+        wait_for(lambda: _get(base + "/healthz")[0] == 200, 10, "/healthz to pass again")
+        assert _get(base + "/readyz")[0] == 200
+        print(f"/healthz failed {seen_after:.1f}s after the hang began (threshold 3 s)")
+    finally:
+        flag.unlink(missing_ok=True)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0
