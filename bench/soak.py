@@ -11,6 +11,12 @@ process notes, from outside the worker:
 * ``state_mib``: the state directory's size on disk (blocks, as ``du``);
 * ``p50_ms``, ``p99_ms``: send-to-list latency of the events sent in the
   interval, read_committed by this process (:class:`bench.field.ListWatcher`);
+* ``applied_per_s``: events the worker applied per second in the interval (its
+  ``interest_events_applied_total``);
+* ``cpu_pct``, ``cpu_ms_per_event``: the worker's CPU time in the interval, as a
+  share of one core and per event applied: a cost per event that grows is a leak
+  in time, and a worker behind with ``cpu_pct`` well under 100 was starved of
+  CPU by other processes rather than too slow;
 * ``lag``: the events topic's end offsets minus the group's committed offsets;
 * ``waiting``: events sent whose list has not been seen yet;
 * ``sent_per_s``, ``lists_per_s``: what was sent and seen in the interval.
@@ -60,10 +66,28 @@ from engine.events import encode_event
 from stream.config import BOOTSTRAP_ENV, Settings
 from stream.kafka.topics import ensure_topics, topic_specs
 
-__all__ = ["Sender", "probe_process", "dir_size_mib", "group_lag", "summarize", "soak", "main"]
+__all__ = [
+    "Sender",
+    "probe_process",
+    "cpu_seconds",
+    "dir_size_mib",
+    "group_lag",
+    "summarize",
+    "soak",
+    "main",
+]
 
 # Figures summarised (start, end, slope per hour) after the warm-up.
-TRENDS = ("rss_mib", "open_files", "threads", "state_mib", "p99_ms", "lag", "waiting")
+TRENDS = (
+    "rss_mib",
+    "open_files",
+    "threads",
+    "state_mib",
+    "p99_ms",
+    "lag",
+    "waiting",
+    "cpu_ms_per_event",
+)
 
 
 class Sender(threading.Thread):
@@ -131,6 +155,16 @@ def probe_process(pid: int) -> dict[str, float | None]:
     return out
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a running process, seconds."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def dir_size_mib(path: Path) -> float:
     """Disk space taken by the files under ``path`` (allocated blocks, as ``du``), MiB."""
     total = 0
@@ -190,7 +224,9 @@ def _line(s: dict[str, Any]) -> str:
         f"  threads {f(s['threads'])}  state {f(s['state_mib'], '{:.1f}')} MiB"
         f"  p50 {f(s['p50_ms'], '{:.1f}')} p99 {f(s['p99_ms'], '{:.1f}')} ms"
         f"  lag {f(s['lag'])}  waiting {s['waiting']}"
-        f"  sent {s['sent_per_s']:.0f}/s lists {s['lists_per_s']:.0f}/s"
+        f"  sent {s['sent_per_s']:.0f}/s applied {f(s['applied_per_s'])}/s"
+        f" lists {s['lists_per_s']:.0f}/s  cpu {f(s['cpu_pct'])}%"
+        f" {f(s['cpu_ms_per_event'], '{:.2f}')} ms/event"
     )
 
 
@@ -237,6 +273,8 @@ def soak(
         t0 = time.monotonic()
         sender.start()
         last_sent, last_lists, last_at = 0, 0, t0
+        last_cpu = cpu_seconds(worker.proc.pid)
+        last_applied = worker.metric("interest_events_applied_total")
         n = max(1, round(minutes * 60 / sample_s))
         for i in range(1, n + 1):
             due = t0 + i * sample_s
@@ -253,6 +291,10 @@ def soak(
                 lists = watcher.lists
             sent = sender.sent
             span = now - last_at
+            cpu = cpu_seconds(worker.proc.pid)
+            applied = worker.metric("interest_events_applied_total")
+            used = None if cpu is None or last_cpu is None else cpu - last_cpu
+            done = None if applied is None or last_applied is None else applied - last_applied
             sample: dict[str, Any] = {
                 "t_min": round((now - t0) / 60, 2),
                 **probe_process(worker.proc.pid),
@@ -263,8 +305,14 @@ def soak(
                 "waiting": watcher.waiting(),
                 "sent_per_s": round((sent - last_sent) / span, 1),
                 "lists_per_s": round((lists - last_lists) / span, 1),
+                "applied_per_s": None if done is None else round(done / span, 1),
+                "cpu_pct": None if used is None else round(100 * used / span, 1),
+                "cpu_ms_per_event": (
+                    round(1000 * used / done, 3) if used is not None and done else None
+                ),
             }
             last_sent, last_lists, last_at = sent, lists, now
+            last_cpu, last_applied = cpu, applied
             samples.append(sample)
             print(_line(sample), file=out, flush=True)
     finally:

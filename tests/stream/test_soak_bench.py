@@ -26,8 +26,11 @@ def test_a_short_soak_samples_the_worker(
         assert s["rss_mib"] > 50 and s["threads"] > 1 and s["open_files"] > 3
         assert s["state_mib"] is not None and s["lag"] is not None
         assert 100 < s["sent_per_s"] < 300
+        assert s["cpu_pct"] is not None and s["applied_per_s"] is not None
     # The worker answered the events: latencies were measured and lists were seen.
     assert sum(s["answered"] for s in samples) > 0 and samples[-1]["lists_per_s"] > 0
+    assert sum(s["applied_per_s"] for s in samples) > 0
+    assert any(s["cpu_ms_per_event"] for s in samples)
     assert set(TRENDS) <= set(report["summary"])
     assert (tmp_path / "s.csv").read_text().count("\n") == len(samples) + 1
     assert "rss_mib" in capsys.readouterr().out
