@@ -55,18 +55,28 @@ Names (``interest_`` prefix):
                                                 params)
 - ``model_published_snapshot_bytes``            size of the last snapshot it put on the model
                                                 topic (absent until one)
+- ``seconds_since_progress``                    since the worker last committed a batch, applied
+                                                restored records or found nothing to do (absent
+                                                until its loop starts; see engine/health.py)
+- ``stalled``                                   1 when that is above ``stall_after_s`` (default
+                                                30 s) while events wait; ``/healthz`` then fails
+- ``ready``                                     1 when joined, nothing restoring and not
+                                                stalled (what ``/readyz`` answers)
 """
 
 from __future__ import annotations
 
 import math
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -74,6 +84,7 @@ from prometheus_client.utils import floatToGoString
 from core.errors import ConfigError
 from core.types import EVENT_TYPES
 from engine.events import REASONS
+from engine.health import Health
 from model.capabilities import Capabilities
 
 __all__ = [
@@ -218,6 +229,9 @@ class WorkerMetrics:
     sync_delay: OptionalGauge
     update_bytes: Counter
     snapshot_bytes: OptionalGauge
+    seconds_since_progress: OptionalGauge
+    stalled: OptionalGauge
+    ready: OptionalGauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
@@ -408,6 +422,18 @@ class WorkerMetrics:
                 "Size of the last model snapshot this worker put on the model topic",
                 reg,
             ),
+            seconds_since_progress=OptionalGauge(
+                "interest_seconds_since_progress",
+                "Seconds since the worker last committed a batch, restored records or had "
+                "nothing to do",
+                reg,
+            ),
+            stalled=OptionalGauge(
+                "interest_stalled", "1 when the worker has made no progress for too long", reg
+            ),
+            ready=OptionalGauge(
+                "interest_ready", "1 when joined, nothing restoring and not stalled", reg
+            ),
         )
         # Touch every label value so dashboards see zeros instead of gaps.
         for kind in EVENT_TYPES:
@@ -423,6 +449,12 @@ class WorkerMetrics:
         for had in ("true", "false"):
             m.users_erased.labels(had)
         return m
+
+    def watch(self, health: Health) -> None:
+        """Expose ``health`` (read at scrape time, so a hung loop still shows)."""
+        self.seconds_since_progress.set_function(health.seconds_since_progress)
+        self.stalled.set_function(lambda: float(health.stalled()))
+        self.ready.set_function(lambda: float(health.ready()[0]))
 
     def observe_served(self, version: str) -> None:
         """The shared model served now is ``version`` (one series at a time)."""
@@ -469,6 +501,10 @@ class WorkerMetrics:
                 pass
 
 
+def _family(addr: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
 def sample_total(metric: Counter, by: str | None = None) -> Any:
     """A counter's current value, summed over its labels (or per value of label ``by``).
 
@@ -489,13 +525,48 @@ def sample_total(metric: Counter, by: str | None = None) -> Any:
     return int(total)
 
 
-class MetricsServer:
-    """The ``/metrics`` HTTP endpoint; port 0 means no endpoint."""
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        pass  # a probe every few seconds is not worth a log line
 
-    def __init__(self, registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> None:
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def _app(registry: CollectorRegistry, health: Health | None) -> Any:
+    """``/metrics`` (anything else too, as prometheus_client serves), ``/healthz``, ``/readyz``."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if health is None or path not in ("/healthz", "/readyz"):
+            return metrics(environ, start_response)
+        ok, why = health.live() if path == "/healthz" else health.ready()
+        start_response(
+            "200 OK" if ok else "503 Service Unavailable",
+            [("Content-Type", "text/plain; charset=utf-8")],
+        )
+        return [f"{'ok' if ok else 'not ok'}: {why}\n".encode()]
+
+    return app
+
+
+class MetricsServer:
+    """The ``/metrics`` HTTP endpoint, with ``/healthz`` and ``/readyz`` when ``health`` is
+    given (see engine/health.py); port 0 means no endpoint."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        port: int,
+        addr: str = "0.0.0.0",
+        health: Health | None = None,
+    ) -> None:
         self.registry = registry
         self.port = port
         self.addr = addr
+        self.health = health
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -503,9 +574,18 @@ class MetricsServer:
         if self.port == 0 or self._server is not None:
             return self
         try:
-            self._server, self._thread = start_http_server(
-                self.port, addr=self.addr, registry=self.registry
+            server_class = type("_Server", (_Server,), {"address_family": _family(self.addr)})
+            self._server = make_server(
+                self.addr,
+                self.port,
+                _app(self.registry, self.health),
+                server_class,
+                handler_class=_QuietHandler,
             )
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, name="metrics-http", daemon=True
+            )
+            self._thread.start()
         except OSError as exc:
             raise ConfigError(
                 f"cannot serve metrics on port {self.port}: {exc.strerror} "

@@ -39,6 +39,7 @@ to it, :meth:`StorePartition.apply_changelog` puts records back.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -52,6 +53,7 @@ from state.codec import CodecError, decode_state, encode_state
 
 __all__ = [
     "StateStoreError",
+    "StateDiskFullError",
     "user_of_key",
     "ids_of_record",
     "offset_of_record",
@@ -64,6 +66,8 @@ __all__ = [
     "MemoryStore",
 ]
 
+log = logging.getLogger("interest_stream.state")
+
 _USER = b"u"
 _USER_END = b"v"
 _OFFSET_KEY = b"\x00offset"
@@ -75,6 +79,15 @@ _I64 = struct.Struct(">q")
 
 class StateStoreError(InterestStreamError):
     """A state database cannot be opened, read or written."""
+
+
+class StateDiskFullError(StateStoreError):
+    """The state directory's filesystem is full (ENOSPC): the worker must stop.
+
+    Nothing is lost by stopping: a batch's state is written only after its Kafka
+    transaction committed, and that transaction holds the batch's changelog
+    records, so a restart with space restores what could not be written.
+    """
 
 
 def _user_key(user_id: str) -> bytes:
@@ -508,8 +521,24 @@ class MemoryStore(_Registry):
 # --- RocksDB -------------------------------------------------------------------------
 
 
+_NO_SPACE = ("no space left on device", "enospc")
+
+
+def _failure(path: Path, doing: str, exc: Exception) -> StateStoreError:
+    """One error for a failed RocksDB call; a full disk gets its own, telling what to do."""
+    msg = str(exc)
+    if any(mark in msg.lower() for mark in _NO_SPACE):
+        return StateDiskFullError(
+            f"the state directory is full: cannot {doing} {path} (No space left on device); "
+            "free space and restart the worker: what was committed to Kafka is restored "
+            "from the changelog"
+        )
+    return StateStoreError(f"state {doing} failed: {msg}")
+
+
 class _RocksBackend:
     def __init__(self, path: Path) -> None:
+        self.path = path
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
         # Many small databases share two cores: keep each one's background work small.
@@ -522,6 +551,8 @@ class _RocksBackend:
             msg = str(exc)
             if "lock" in msg.lower():
                 msg = "it is in use by another worker (each worker needs its own --state-dir)"
+            elif any(mark in msg.lower() for mark in _NO_SPACE):
+                raise _failure(path, "open", exc) from None
             raise StateStoreError(f"cannot open state database {path}: {msg}") from None
 
     def read_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
@@ -530,7 +561,7 @@ class _RocksBackend:
         try:
             found = self.db.get(list(keys))
         except Exception as exc:  # rocksdict raises plain Exception
-            raise StateStoreError(f"state read failed: {exc}") from None
+            raise _failure(self.path, "read", exc) from None
         if not isinstance(found, list):
             raise StateStoreError(f"state read returned {type(found).__name__}, not a list")
         return found
@@ -544,8 +575,8 @@ class _RocksBackend:
                 wb.put(key, value)
         try:
             self.db.write(wb)
-        except Exception as exc:
-            raise StateStoreError(f"state write failed: {exc}") from None
+        except Exception as exc:  # rocksdict raises plain Exception
+            raise _failure(self.path, "write", exc) from None
 
     def iter_users(self) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self.db.items(from_key=_USER):
@@ -555,7 +586,15 @@ class _RocksBackend:
             yield key, value
 
     def close(self) -> None:
-        self.db.close()
+        try:
+            self.db.close()
+        except Exception as exc:  # rocksdict raises plain Exception
+            # On a full disk the close fails too (its flush cannot write a file, or "Writer
+            # has previous error"): what was written is in the database's log, what was not
+            # is in the changelog, and the error that stops the worker says so already.
+            msg = str(exc)
+            full = "previous error" in msg or any(m in msg.lower() for m in _NO_SPACE)
+            log.log(logging.DEBUG if full else logging.WARNING, "closing %s: %s", self.path, msg)
 
 
 class RocksDBStore(_Registry):

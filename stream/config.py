@@ -130,6 +130,11 @@ class WorkerConfig:
     metrics_port: int = field(
         default=9464, metadata={**_env("INTEREST_METRICS_PORT"), "min": 0, "max": 65535}
     )
+    # Seconds without progress while events wait before the worker counts as stalled
+    # (interest_stalled, /healthz 503; engine/health.py). Above what the worker survives
+    # on its own: a transaction call is given up after 15 s, a broker loss settles in
+    # 3-9 s.
+    stall_after_s: int = field(default=30, metadata={**_env("INTEREST_STALL_AFTER_S"), "min": 1})
     batch_max_events: int = field(
         default=BATCH_MAX_EVENTS, metadata=_env("INTEREST_BATCH_MAX_EVENTS")
     )

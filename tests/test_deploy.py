@@ -81,6 +81,17 @@ def _dockerfile() -> list[tuple[str, str]]:
     return out
 
 
+def test_worker_healthcheck_asks_healthz_on_the_metrics_port():
+    worker = _compose()["services"]["worker"]
+    port = _env(worker).get("INTEREST_METRICS_PORT", str(WorkerConfig().metrics_port))
+    check = worker["healthcheck"]
+    # The image has python and no curl: urlopen raises on a 503, so the check fails.
+    assert check["test"][:3] == ["CMD", "python", "-c"]
+    assert f"http://127.0.0.1:{port}/healthz" in check["test"][3]
+    # Restores and model loading come first: the stall timeout counts from the first batch.
+    assert int(check["start_period"].rstrip("s")) >= 60
+
+
 def test_worker_image_installs_every_package_and_runs_the_worker():
     steps = _dockerfile()
     copied = {args.split()[0] for word, args in steps if word == "COPY"}
@@ -145,6 +156,7 @@ def test_prometheus_loads_the_mounted_alert_rules():
         "InterestDeadLetterRateHigh",
         "InterestModelLossNotFinite",
         "InterestModelNotLearning",
+        "InterestWorkerStalled",
     }
     for rule in rules:  # what a person on call reads, and how urgent it is
         assert rule["annotations"]["summary"] and len(rule["annotations"]["description"]) > 80

@@ -53,11 +53,15 @@ class WorkerIdentity:
         known = fh.read().strip()
         if not known or not known.isalnum():
             known = uuid.uuid4().hex[:12]
-            fh.seek(0)
-            fh.truncate()
-            fh.write(known + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+            try:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(known + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError as exc:  # e.g. a full disk (ENOSPC)
+                fh.close()
+                raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
         self._lock = fh
         return known
 

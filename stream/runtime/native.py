@@ -68,6 +68,7 @@ from core.errors import KafkaClientError
 from core.types import Recommendation
 from engine.batch import PartitionBatch, Source
 from engine.driver import BatchDriver, ModelShare
+from engine.health import Health
 from engine.isolation import ModelError
 from engine.learning import settle_heap
 from engine.metrics import MetricsServer, WorkerMetrics
@@ -123,6 +124,9 @@ class Worker:
         self._build_model = build_model
         self.metrics = WorkerMetrics.create(registry)
         self.stats = WorkerStats(self.metrics)
+        # Progress and readiness: /healthz, /readyz and interest_stalled (engine/health.py).
+        self.health = Health(settings.worker.stall_after_s)
+        self.metrics.watch(self.health)
         self.store: Store = store if store is not None else RocksDBStore(state_root(settings))
         # The model is saved next to the state it matches (a memory store keeps neither).
         location = self.store.location
@@ -191,7 +195,9 @@ class Worker:
         if self.settings.exactly_once:
             w = self.settings.worker
             self.transactional_id = f"interest-stream.{w.group}.{worker_id}"
-        server = MetricsServer(self.metrics.registry, self.settings.worker.metrics_port)
+        server = MetricsServer(
+            self.metrics.registry, self.settings.worker.metrics_port, health=self.health
+        )
         self.metrics_url = None
         self.stats.started()
         clean = False
@@ -220,6 +226,7 @@ class Worker:
             )
             self.driver.warm_up()
             settle_heap()
+            self.health.start()
             while not stop.is_set():
                 committed = self._run_batch()
                 # Parts due while batches flow ride in them (_run_batch); on their own
@@ -388,6 +395,7 @@ class Worker:
         assert self._consumer is not None and self._outputs is not None
         assert self.model is not None
         self._restore_step()
+        self._update_ready()
         owner = (self.settings.topics.events, 0) in self.store.partitions()
         self.driver.between_batches(owner, self._commit_records)
         t0 = time.perf_counter()
@@ -399,6 +407,8 @@ class Worker:
         t1 = time.perf_counter()
         m.stage_seconds.labels("poll").observe(t1 - t0)
         if not msgs:
+            if self._caught_up():
+                self.health.progressed()  # nothing to do is not a stall
             self.driver.idle(self._commit_records)
             self._outputs.poll()
             if time.monotonic() - self._lag_at > _LAG_EVERY_S:
@@ -429,6 +439,7 @@ class Worker:
             self._stop.wait(min(0.05 * 2**self._aborts, 2.0))
             return False
         self._aborts = 0
+        self.health.progressed()
         if self.settings.exactly_once:
             m.transactions.labels("committed").inc()
         self._update_lag()
@@ -483,7 +494,11 @@ class Worker:
         """Advance restores, resume the partitions they finish, rewrite recreated changelogs."""
         if self._restorer.active:
             assert self._consumer is not None
-            for task in self._restorer.step():
+            applied = self._restorer.applied
+            finished = self._restorer.step()
+            if finished or self._restorer.applied > applied:
+                self.health.progressed()
+            for task in finished:
                 self._rebalancer.restored(self._consumer, task)
                 self._after_restore(task)
         while self._reseed:
@@ -533,6 +548,49 @@ class Worker:
             "a transaction's outcome was unknown; %d partition(s) settled from the changelog",
             len(checkpoint.outcomes),
         )
+
+    def _update_ready(self) -> None:
+        """Ready once the group assigned this worker its partitions and none is restoring."""
+        if not self.assigned.is_set():
+            self.health.set_ready(False, "joining the consumer group")
+        elif self._restorer.active:
+            left = len(self._restorer.tasks)
+            self.health.set_ready(False, f"restoring {left} partition(s) from the changelog")
+        else:
+            self.health.set_ready(True, f"consuming {len(self.store.partitions())} partition(s)")
+
+    def _caught_up(self) -> bool:
+        """Every assigned partition read to its end, as far as the consumer knows.
+
+        From the consumer's position (past transaction markers, unlike the stored
+        offset) and the high watermark of its last fetch (no broker call). Before a
+        partition's first message since its assignment the position is unknown, and
+        the stored offset stands in for it, one behind the end allowed: a transaction
+        marker can follow the last message (events forwarded in a transaction). A
+        partition being restored is not caught up: the restore's own progress counts.
+        """
+        assert self._consumer is not None
+        parts = self.store.partitions()
+        if not parts:
+            return True
+        if self._restorer.active:
+            return False
+        try:
+            positions = self._consumer.position([TopicPartition(t, p) for t, p in parts])
+            for tp in positions:
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high is None or high < 0:
+                    return False
+                if tp.offset >= 0:
+                    if tp.offset < high:
+                        return False
+                    continue
+                last = parts[(tp.topic, tp.partition)].last_offset()
+                if high - (0 if last is None else last + 1) > 1:
+                    return False
+        except KafkaException:
+            return False
+        return True
 
     def _after_restore(self, task: RestoreTask) -> None:
         if task.reseed:

@@ -116,6 +116,7 @@ class Restorer:
         self._reader: Any = None  # read_committed, assign-only: the records
         self._marks: Any = None  # read_uncommitted: the high watermark
         self.tasks: dict[int, RestoreTask] = {}
+        self.applied = 0  # changelog records put back, in total (progress, see engine/health.py)
 
     def _clients(self) -> tuple[Any, Any]:
         if self._reader is None:
@@ -211,6 +212,7 @@ class Restorer:
                 [(m.key() or b"", m.value()) for m in plist], plist[-1].offset()
             )
             task.restored += len(plist)
+            self.applied += len(plist)
             task.progressed = now
             self._metrics.restored_records.inc(len(plist))
         finished = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import threading
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
@@ -25,6 +27,8 @@ __all__ = [
     "read_topic",
     "running_worker",
     "wait_for",
+    "worker_env",
+    "committed_all",
 ]
 
 
@@ -155,3 +159,43 @@ def running_worker(worker: Worker) -> Iterator[Worker]:
             raise AssertionError(f"worker did not stop within 60s; it was at:\n{where}")
         if errors:
             raise errors[0]
+
+
+def worker_env(bootstrap: str, topics: TopicsConfig, group: str, state_dir: Path) -> dict:
+    """The environment of an ``interest-stream worker`` process on these topics (popular model,
+    batches of 40, static membership so that a restart takes its partitions back at once)."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "INTEREST_KAFKA_BOOTSTRAP": bootstrap,
+            "INTEREST_TOPIC_EVENTS": topics.events,
+            "INTEREST_TOPIC_RECOMMENDATIONS": topics.recommendations,
+            "INTEREST_TOPIC_DEAD_LETTER": topics.dead_letter,
+            "INTEREST_TOPIC_PARTITIONS": str(topics.partitions),
+            "INTEREST_GROUP": group,
+            "INTEREST_STATE_DIR": str(state_dir),
+            "INTEREST_METRICS_PORT": "0",
+            "INTEREST_BATCH_MAX_EVENTS": "40",
+            "INTEREST_MODEL": "popular",
+            # Static membership: a restarted worker takes its partitions back at once
+            # instead of waiting for the killed member's session to expire.
+            "INTEREST_KAFKA_CLIENT_GROUP_INSTANCE_ID": f"{group}-w1",
+            "INTEREST_KAFKA_CLIENT_SESSION_TIMEOUT_MS": "6000",
+        }
+    )
+    return env
+
+
+def committed_all(kafka: KafkaConfig, group: str, topic: str, partitions: int) -> bool:
+    """Whether ``group`` has committed every partition of ``topic`` up to its end."""
+    c = Consumer(kafka.client_config(**{"group.id": group, "enable.auto.commit": False}))
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        committed = c.committed(tps, timeout=10)
+        for tp in committed:
+            high = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)[1]
+            if tp.offset < high:
+                return False
+        return True
+    finally:
+        c.close()

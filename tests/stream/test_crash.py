@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -10,7 +9,6 @@ import sys
 import threading
 import uuid
 from collections import defaultdict
-from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -18,34 +16,18 @@ from core.types import EVENT_INDEX
 from engine.events import NEWCOMERS_ID, decode_recommendation, encode_event
 from state.store import RocksDBStore
 from stream.cli.publish import Publisher
-from stream.config import KafkaConfig, TopicsConfig
+from stream.config import KafkaConfig
 from stream.kafka.topics import ensure_topics, topic_specs
-from tests.stream.helpers import make_events, make_settings, read_topic, wait_for
+from tests.stream.helpers import (
+    committed_all,
+    make_events,
+    make_settings,
+    read_topic,
+    wait_for,
+    worker_env,
+)
 
 KILLS = 4
-
-
-def _worker_env(bootstrap: str, topics: TopicsConfig, group: str, state_dir: Path) -> dict:
-    env = dict(os.environ)
-    env.update(
-        {
-            "INTEREST_KAFKA_BOOTSTRAP": bootstrap,
-            "INTEREST_TOPIC_EVENTS": topics.events,
-            "INTEREST_TOPIC_RECOMMENDATIONS": topics.recommendations,
-            "INTEREST_TOPIC_DEAD_LETTER": topics.dead_letter,
-            "INTEREST_TOPIC_PARTITIONS": str(topics.partitions),
-            "INTEREST_GROUP": group,
-            "INTEREST_STATE_DIR": str(state_dir),
-            "INTEREST_METRICS_PORT": "0",
-            "INTEREST_BATCH_MAX_EVENTS": "40",
-            "INTEREST_MODEL": "popular",
-            # Static membership: a restarted worker takes its partitions back at once
-            # instead of waiting for the killed member's session to expire.
-            "INTEREST_KAFKA_CLIENT_GROUP_INSTANCE_ID": f"{group}-w1",
-            "INTEREST_KAFKA_CLIENT_SESSION_TIMEOUT_MS": "6000",
-        }
-    )
-    return env
 
 
 def _watermark_sum(kafka: KafkaConfig, topic: str, partitions: int) -> int:
@@ -61,20 +43,6 @@ def _watermark_sum(kafka: KafkaConfig, topic: str, partitions: int) -> int:
         c.close()
 
 
-def _committed_all(kafka: KafkaConfig, group: str, topic: str, partitions: int) -> bool:
-    c = Consumer(kafka.client_config(**{"group.id": group, "enable.auto.commit": False}))
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        committed = c.committed(tps, timeout=10)
-        for tp in committed:
-            high = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)[1]
-            if tp.offset < high:
-                return False
-        return True
-    finally:
-        c.close()
-
-
 def test_sigkill_mid_stream_never_loses_or_doubles_an_event(
     kafka_bootstrap, unique_topics, tmp_path
 ):
@@ -84,7 +52,7 @@ def test_sigkill_mid_stream_never_loses_or_doubles_an_event(
     settings = make_settings(kafka_bootstrap, topics, state_dir, group)
     ensure_topics(settings.kafka, topic_specs(topics))
     events = make_events(5000, n_users=200, seed=11)
-    env = _worker_env(kafka_bootstrap, topics, group, state_dir)
+    env = worker_env(kafka_bootstrap, topics, group, state_dir)
     cmd = [sys.executable, "-m", "stream.cli", "worker"]
     rng = random.Random(7)
 
@@ -129,7 +97,7 @@ def test_sigkill_mid_stream_never_loses_or_doubles_an_event(
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             wait_for(
-                lambda: _committed_all(settings.kafka, group, topics.events, 4),
+                lambda: committed_all(settings.kafka, group, topics.events, 4),
                 90,
                 "final worker to catch up",
             )

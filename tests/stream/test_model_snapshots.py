@@ -103,3 +103,23 @@ def test_snapshot_policy_from_settings(tmp_path):
         load_settings({}, env={"INTEREST_SNAPSHOT_EVERY_BATCHES": "often"})
     with pytest.raises(ConfigError, match="snapshot_every_s must be an integer >= 0"):
         load_settings({}, env={"INTEREST_SNAPSHOT_EVERY_S": "-1"})
+
+
+def test_a_snapshot_that_cannot_be_written_is_a_warning(tmp_path, caplog, monkeypatch):
+    import errno
+    import os
+
+    import stream.runtime.snapshots as snapshots
+
+    def full(path, data):  # noqa: ANN001, ANN202
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(snapshots, "write_atomic", full)
+    snaps = ModelSnapshots(tmp_path / "model", SnapshotPolicy(every_s=0, every_batches=1))
+    model = create_model("interest")
+    with caplog.at_level("WARNING", logger="interest_stream.worker"):
+        snaps.after_batch(model, committed=True)  # written on a background thread
+        snaps.close(model, clean=True)  # and once more on a clean stop, on this one
+    assert snaps.saved == 0 and snaps.saved_at is None and not snaps.path.exists()
+    assert Counter(r.levelname for r in caplog.records) == Counter({"WARNING": 2})
+    assert "could not be written" in caplog.text and "No space left on device" in caplog.text

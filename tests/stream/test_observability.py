@@ -273,6 +273,7 @@ def test_every_panel_has_data_and_alerts_fire_in_a_real_prometheus(
             rules = prom.rules()
             assert rules["InterestModelNotLearning"]["state"] == "inactive"
             assert rules["InterestModelLossNotFinite"]["state"] == "inactive"
+            assert rules["InterestWorkerStalled"]["state"] == "inactive"
             assert rules["InterestWorkerDown"]["state"] == "inactive"
             feeding.set()
             feeder.join(30)
@@ -362,6 +363,7 @@ def test_the_default_worker_exports_every_metric_and_a_nan_loss_fires_its_alert(
             )
             rules = prom.rules()
             assert rules["InterestModelLossNotFinite"]["state"] == "inactive"
+            assert rules["InterestWorkerStalled"]["state"] == "inactive"
             assert rules["InterestModelNotLearning"]["state"] == "inactive"
 
             # Training diverges: a blend weight goes NaN, and the model's own training

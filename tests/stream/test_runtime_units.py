@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import threading
 
+import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
 
+from core.errors import ConfigError
 from engine.checkpoint import Checkpoint
 from state.store import MemoryStore
 from stream.config import KafkaConfig, Settings
+from stream.runtime import identity
 from stream.runtime.checkpoint import AtLeastOnceCheckpoint, Outputs
 from stream.runtime.native import Worker
 from tests.stream.helpers import TinyPopularity
@@ -152,3 +157,12 @@ def test_the_partition_count_read_at_start_is_no_change_but_a_later_one_is(caplo
     assert [r.getMessage()[:45] for r in caplog.records] == [
         "the events topic now has 3 partitions (was 2)"
     ]
+
+
+def test_a_worker_id_that_cannot_be_written_is_one_clear_error(tmp_path, monkeypatch):
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(identity.os, "fsync", full)
+    with pytest.raises(ConfigError, match="cannot write .*worker-id: No space left on device"):
+        identity.WorkerIdentity(tmp_path).acquire()
