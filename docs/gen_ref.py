@@ -58,6 +58,8 @@ SETTING_DOCS = {
     "worker.group": "consumer group",
     "worker.state_dir": "state directory (RocksDB stores, model snapshot, worker id)",
     "worker.metrics_port": "Prometheus metrics port (0: off)",
+    "worker.stall_after_s": "seconds without progress while work waits before the worker "
+    "counts as stalled (`interest_stalled`, `/healthz` fails)",
     "worker.batch_max_events": "micro-batch size",
     "worker.batch_max_ms": "micro-batch time (ms)",
     "worker.batch_catch_up_events": "micro-batch size while catching up (at most "
