@@ -7,7 +7,8 @@ An :class:`ItemMeta` is one record of the optional items topic
 
 * ``recbole``: the ``.item`` file (``item_id``, a title column such as
   ``movie_title``, optional ``release_year``, a genre column such as ``class``
-  and an optional ``text``/``description`` column);
+  and an optional ``text``/``description`` column); named by its events file
+  (``x.inter``), the catalogue is the ``x.item`` beside it;
 * ``movielens``: GroupLens ``u.item`` (``id|title|release date|...|19 genre flags``);
 * ``csv``: a header row with ``item`` and ``title``, optional ``text`` and ``category``.
 
@@ -145,6 +146,10 @@ class _Rows:
 
 
 def _load_recbole(path: Path) -> ItemsLoad:
+    if path.suffix == ".inter" and path.is_file():  # the events file: its catalogue is beside it
+        path = path.with_suffix(".item")
+        if not path.exists():
+            raise DataError(f"no RecBole .item file beside the events ({path.name} not found)")
     item_file = _find(path, ("*.item",), "RecBole .item")
     lines = _lines(item_file)
     header = [h.split(":")[0].strip() for h in next(lines, "").split("\t")]

