@@ -29,7 +29,7 @@ from model.data.datasets import (
     load_events,
     parse_mapping,
 )
-from model.eval.metrics import PROTOCOLS, split_flurs
+from model.eval.metrics import PROTOCOLS, split_flurs, split_last_item
 from model.factory import MODEL_NAMES, create_model, model_spec
 from model.pacing import BATCH_CATCH_UP_EVENTS, BATCH_MAX_EVENTS
 from model.refresh import RefreshPolicy
@@ -42,7 +42,7 @@ __all__ = ["register", "run", "main", "load_args"]
 # the stream (scored like every model) and is frozen for the rest.
 STATIC_TRAIN_SHARE = 0.1
 # Formats whose catalogue sits beside the events (read unless --item-data says otherwise).
-ITEM_SOURCES = ("recbole", "movielens")
+ITEM_SOURCES = ("recbole", "movielens", "unisrec")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -55,7 +55,19 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--data", type=Path, help="data file or directory (not for synthetic)")
     p.add_argument("--format", choices=SOURCES, default="synthetic")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="prequential")
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="prequential",
+        help="prequential: every event test-then-learn; flurs: MovieLens' published "
+        "protocol (positives, 30%% warm-up, exclude seen); last-item: leave-one-out, each "
+        "user's last item ranked against every item after learning the rest",
+    )
+    p.add_argument(
+        "--validation",
+        action="store_true",
+        help="last-item: hold out each user's item before last instead (for tuning)",
+    )
     p.add_argument("--k", type=int, default=10, help="list length (default 10)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the results here")
     p.add_argument(
@@ -118,7 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="never list items the user already touched "
-        "(default: on for flurs, off for prequential)",
+        "(default: on for flurs and last-item, off for prequential)",
     )
     _add_subscriber_flags(p)
     p.set_defaults(func=run)
@@ -198,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
     if args.sync_every < 0:
         raise ConfigError("--sync-every must be 0 or more seconds")
     policy = _refresh_policy(args)
+    if policy is not None and args.protocol == "last-item":
+        raise ConfigError("--subscriber replays a stream: not with --protocol last-item")
     if policy is not None and args.workers is not None:
         raise ConfigError("--subscriber scores one model: leave --workers out")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -230,10 +244,18 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     events, ratings, stream = _load(args)
-    exclude_seen = args.protocol == "flurs" if args.exclude_seen is None else args.exclude_seen
+    exclude_seen = (
+        args.protocol in ("flurs", "last-item") if args.exclude_seen is None else args.exclude_seen
+    )
+    if args.validation and args.protocol != "last-item":
+        raise ConfigError("--validation is for --protocol last-item")
     if args.protocol == "flurs":
         train, update, test = split_flurs(events, ratings)
         warmup = [*train, *update]
+    elif args.protocol == "last-item":
+        warmup, test = split_last_item(events, validation=args.validation)
+        if not test:
+            raise DataError(f"{args.data}: no user has events enough to hold one out")
     else:
         warmup, test = [], events
     items, content = _item_metadata(args, {ev.item_id for ev in events})
@@ -272,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=bar.update,
                 items=items,
                 states=_state_views(args.state_codec),
+                learn_test=args.protocol != "last-item",
             )
         summary = {n: r.summary(catalogue, switches is not None) for n, r in reports.items()}
         if n_workers:
