@@ -1,4 +1,4 @@
-"""Cross-domain transfer on MovieLens: do interests learnt on one kind of film carry to another?
+"""Cross-domain transfer: do interests learnt on one kind of item carry to another?
 
 Two domains by genre group (an item's first genre): ``A`` = action, adventure,
 sci-fi, thriller, war, crime, western, horror, fantasy; ``B`` = every other
@@ -13,6 +13,12 @@ transfer), and on all their domain-B events.
 
 Only ratings of at least ``--ratings`` count as events (default 4; 5 as in the
 flurs protocol leaves few first-B events per user).
+
+With ``--format unisrec`` (e.g. Amazon Scientific, whose items carry a category
+path such as ``Industrial & Scientific Lab & Scientific Products ...``) the two
+domains are two halves of the category tree: the top-level branches (the first
+word after the root every path shares) sorted by events and dealt alternately
+to A and B, so both halves hold about as many events (:func:`tree_halves`).
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from model.data.datasets import load_events
 from model.factory import create_model
 from model.interest.content import encode_texts
 from model.items import load_items
+from stream.kafka.broker import cache_dir
 
-__all__ = ["main", "DOMAIN_A"]
+__all__ = ["main", "DOMAIN_A", "tree_halves"]
 
 DOMAIN_A = frozenset(
     {
@@ -49,10 +56,46 @@ DOMAIN_A = frozenset(
 MODELS = ("interest", "interest-nocontent", "popular")
 
 
+def tree_halves(categories: dict[str, str | None], counts: dict[str, int]) -> dict[str, str]:
+    """item -> "A" or "B": two halves of a category tree (see the module docstring).
+
+    ``categories``: item -> category path; ``counts``: item -> events.
+
+    >>> cats = {"1": "Root Lab Glass", "2": "Root Lab Tubes", "3": "Root Tape Duct", "4": None}
+    >>> tree_halves(cats, {"1": 5, "2": 1, "3": 4, "4": 1})
+    {'1': 'A', '2': 'A', '3': 'B', '4': 'A'}
+    """
+    # The root: the longest first words at least 90% of the paths share.
+    paths = [c.split() for c in categories.values() if c]
+    root: list[str] = []
+    while True:
+        heads: dict[tuple[str, ...], int] = {}
+        for words in paths:
+            if len(words) > len(root) and words[: len(root)] == root:
+                key = tuple(words[: len(root) + 1])
+                heads[key] = heads.get(key, 0) + 1
+        best = max(heads.items(), key=lambda kv: kv[1], default=None)
+        if best is None or best[1] < 0.9 * len(paths):
+            break
+        root = list(best[0])
+
+    def branch(path: str | None) -> str:
+        words = (path or "").split()
+        inside = len(words) > len(root) and words[: len(root)] == root
+        return words[len(root)] if inside else ""
+
+    size: dict[str, int] = {}
+    for item, path in categories.items():
+        size[branch(path)] = size.get(branch(path), 0) + counts.get(item, 0)
+    order = sorted(size, key=lambda b: (-size[b], b))
+    half = {b: "AB"[i % 2] for i, b in enumerate(order)}
+    return {item: half[branch(path)] for item, path in categories.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.cross_domain", description=__doc__)
     p.add_argument("--data", required=True)
-    p.add_argument("--format", default="recbole", choices=("recbole", "movielens"))
+    p.add_argument("--format", default="recbole", choices=("recbole", "movielens", "unisrec"))
     p.add_argument("--ratings", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--k", type=int, default=10)
@@ -63,9 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     ratings = loaded.ratings or [5.0] * len(loaded.events)
     events = [ev for ev, r in zip(loaded.events, ratings, strict=True) if r >= args.ratings]
     items = load_items(args.data, args.format).items
-    domain = {m.item_id: ("A" if m.category in DOMAIN_A else "B") for m in items}
+    if args.format == "unisrec":
+        counts: dict[str, int] = {}
+        for ev in events:
+            counts[ev.item_id] = counts.get(ev.item_id, 0) + 1
+        domain = tree_halves({m.item_id: m.category for m in items}, counts)
+    else:
+        domain = {m.item_id: ("A" if m.category in DOMAIN_A else "B") for m in items}
     t0 = time.perf_counter()
-    encode_texts([m.content_text() for m in items])
+    encode_texts([m.content_text() for m in items], cache=cache_dir() / "content-vectors")
     encode_s = time.perf_counter() - t0
     users = sorted({ev.user_id for ev in events})
     rng = random.Random(args.seed)

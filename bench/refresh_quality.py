@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     args.strict, args.columns, args.event_map, args.items = False, None, None, None
     events, ratings, _ = _load(args)
     args.item_data = None
-    items, _ = _item_metadata(args)  # as evaluate: item content for models that take it
+    items, _ = _item_metadata(args, {ev.item_id for ev in events})  # as evaluate
     flurs = args.protocol == "flurs"
     if flurs:
         train, update, test = split_flurs(events, ratings)

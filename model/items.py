@@ -7,9 +7,12 @@ An :class:`ItemMeta` is one record of the optional items topic
 
 * ``recbole``: the ``.item`` file (``item_id``, a title column such as
   ``movie_title``, optional ``release_year``, a genre column such as ``class``
-  and an optional ``text``/``description`` column);
+  and an optional ``text``/``description`` column); named by its events file
+  (``x.inter``), the catalogue is the ``x.item`` beside it;
 * ``movielens``: GroupLens ``u.item`` (``id|title|release date|...|19 genre flags``);
-* ``csv``: a header row with ``item`` and ``title``, optional ``text`` and ``category``.
+* ``csv``: a header row with ``item`` and ``title``, optional ``text`` and ``category``;
+* ``unisrec``: the ``<name>.text`` of a UniSRec data set (``item id<TAB>title. category
+  path. brand.``; see :mod:`model.data.unisrec`), the category path as category.
 
 The category is the first genre (as the event loaders of :mod:`model.data.datasets`
 give it, so events and metadata agree); every genre goes into the text.
@@ -31,7 +34,7 @@ from core.errors import DataError
 
 __all__ = ["ItemMeta", "ItemsLoad", "load_items", "item_from_json", "ITEM_FORMATS", "MAX_TEXT"]
 
-ITEM_FORMATS: tuple[str, ...] = ("recbole", "movielens", "csv")
+ITEM_FORMATS: tuple[str, ...] = ("recbole", "movielens", "csv", "unisrec")
 # Longer texts are cut here: the encoder reads 256 word pieces at most anyway.
 MAX_TEXT = 4000
 _MAX_EXAMPLES = 5
@@ -145,6 +148,10 @@ class _Rows:
 
 
 def _load_recbole(path: Path) -> ItemsLoad:
+    if path.suffix == ".inter" and path.is_file():  # the events file: its catalogue is beside it
+        path = path.with_suffix(".item")
+        if not path.exists():
+            raise DataError(f"no RecBole .item file beside the events ({path.name} not found)")
     item_file = _find(path, ("*.item",), "RecBole .item")
     lines = _lines(item_file)
     header = [h.split(":")[0].strip() for h in next(lines, "").split("\t")]
@@ -254,6 +261,22 @@ def _load_csv(path: Path) -> ItemsLoad:
     return rows.result()
 
 
+def _load_unisrec(path: Path) -> ItemsLoad:
+    from model.data.unisrec import find_files, read_texts, split_text
+
+    text_file = find_files(path).text
+    if not text_file.exists():
+        raise DataError(f"cannot read {text_file}: no such file")
+    texts, bad, examples = read_texts(text_file)
+    rows = _Rows(text_file)
+    rows.bad, rows.examples = bad, examples
+    for item, text in texts.items():
+        title, category, brand = split_text(text)
+        rest = ". ".join(x for x in (category, brand) if x)
+        rows.items.append(ItemMeta(item, title[:MAX_TEXT], category, rest or None))
+    return rows.result()
+
+
 def load_items(path: str | Path, fmt: str) -> ItemsLoad:
     """Item metadata of a catalogue file (or the directory holding it) in format ``fmt``."""
     p = Path(path)
@@ -263,4 +286,6 @@ def load_items(path: str | Path, fmt: str) -> ItemsLoad:
         return _load_movielens(p)
     if fmt == "csv":
         return _load_csv(p)
+    if fmt == "unisrec":
+        return _load_unisrec(p)
     raise DataError(f"unknown item format {fmt!r} (choose from {', '.join(ITEM_FORMATS)})")

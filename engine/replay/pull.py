@@ -15,6 +15,12 @@ Protocols
     numbers (most-popular Recall@10 ~ 0.105 on MovieLens-100K).
 ``prequential``
     Every event is test-then-learn; only purchased items are excluded.
+``last-item``
+    Leave-one-out: every event but each user's last is learnt (in stream order),
+    then each user's last item is ranked against every item, without learning
+    from it; items the user touched are excluded (as RecBole's full ranking
+    does, which the published UniSRec and Recformer figures use). With
+    ``--validation`` the item before last is held out instead.
 
 Metrics and segments: :mod:`model.eval.metrics`.
 
@@ -59,6 +65,7 @@ def evaluate_models(
     progress: Callable[[int], object] | None = None,
     items: Sequence[ItemMeta] = (),
     states: Callable[[], StateView] = MemoryStates,
+    learn_test: bool = True,
 ) -> dict[str, ModelReport]:
     """Replay ``warmup`` (learn only) then ``test`` (test-then-learn) through each model.
 
@@ -71,7 +78,8 @@ def evaluate_models(
     ``progress(n)`` is called with the number of events done. ``items``: the
     catalogue's metadata, given to the models that take it before the replay.
     ``states`` builds each model's user-state view (default: plain objects in
-    memory; :class:`CodecStates` stores them as the worker does).
+    memory; :class:`CodecStates` stores them as the worker does). ``learn_test=False``
+    scores the ``test`` events without learning from them (the last-item protocol).
     """
     frozen = set(static)
     categories = {ev.item_id: ev.category for ev in [*warmup, *test] if ev.category}
@@ -122,7 +130,7 @@ def evaluate_models(
             item_seen[ev.item_id], user_seen[ev.user_id] = n_item + 1, n_user + 1
         for name, replica in replicas.items():
             t0 = time.perf_counter()
-            out = replica.step(batch, learn=name not in no_learning)
+            out = replica.step(batch, learn=learn_test and name not in no_learning)
             reports[name].seconds += time.perf_counter() - t0
             rep = reports[name]
             tracker = trackers.get(name)

@@ -36,7 +36,7 @@ True
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.partition import partition_for
@@ -148,12 +148,42 @@ class ScaledOut:
             if caps.takes_items is not None:
                 caps.takes_items.await_content()
 
+    def state_before(self, state: UserState) -> UserState:
+        """What the replicas (copies of one model) read of a state, as the first says."""
+        reads = self.caps[0].reads_part_of_state
+        return state.copy() if reads is None else reads.state_before(state)
+
     def learn_many(self, events: Sequence[Event], before: Sequence[UserState]) -> None:
         """Each replica learns its users' events; then the deltas go round (module docstring)."""
+        self.learn_later(events, before)()
+
+    def learn_later(
+        self, events: Sequence[Event], before: Sequence[UserState]
+    ) -> Callable[[], None]:
+        """Each replica starts learning its users' events as a worker does (its own
+        ``learn_later`` when it has one); the returned call finishes every replica's
+        step, then the deltas go round. A replica of one worker thus learns exactly
+        as the plain model does."""
+        finish: list[Callable[[], None]] = []
         for w, idx in enumerate(self._groups([ev.user_id for ev in events])):
-            learns = self.caps[w].learns
-            if idx and learns is not None:
-                learns.learn_many([events[i] for i in idx], [before[i] for i in idx])
+            if not idx:
+                continue
+            evs, sts = [events[i] for i in idx], [before[i] for i in idx]
+            later, learns = self.caps[w].learns_later, self.caps[w].learns
+            if later is not None:
+                finish.append(later.learn_later(evs, sts))
+            elif learns is not None:
+                learns.learn_many(evs, sts)
+
+        def done() -> None:
+            for call in finish:
+                call()
+            self._share(events)
+
+        return done
+
+    def _share(self, events: Sequence[Event]) -> None:
+        """After a batch: the count deltas go round, and on the cadence the parameters."""
         if not self.sharing or not events:
             return
         batch = []

@@ -35,7 +35,7 @@ __all__ = [
     "bad_rows_message",
 ]
 
-FORMATS: tuple[str, ...] = ("recbole", "movielens", "csv")
+FORMATS: tuple[str, ...] = ("recbole", "movielens", "csv", "unisrec")
 # Where events can come from on the command line: a file format, or the built-in stream.
 SOURCES: tuple[str, ...] = (*FORMATS, "synthetic")
 MAX_EXAMPLES = 5
@@ -419,7 +419,8 @@ def load_events(
     ``movielens`` (GroupLens ``u.data`` + optional ``u.item``) or ``csv``
     (header row; ``column_map`` renames our fields user/item/type/ts/category
     to the file's columns; ``event_map`` maps behaviour names to event types,
-    merged over :data:`DEFAULT_EVENT_MAP`).
+    merged over :data:`DEFAULT_EVENT_MAP`) or ``unisrec`` (users' item sequences
+    without timestamps, made a stream as :mod:`model.data.unisrec` documents).
     """
     p = Path(path)
     emap = {**DEFAULT_EVENT_MAP, **(event_map or {})}
@@ -432,4 +433,9 @@ def load_events(
         return _load_movielens(p, strict)
     if fmt == "csv":
         return _load_csv(p, strict, column_map, emap)
+    if fmt == "unisrec":
+        from model.data.unisrec import stream_events
+
+        events, bad, examples = stream_events(p, strict)
+        return LoadResult(events, bad, examples)
     raise DataError(f"unknown data format {fmt!r} (choose from {', '.join(FORMATS)})")

@@ -33,6 +33,7 @@ from model.data.synthetic import Switch
 __all__ = [
     "ModelReport",
     "split_flurs",
+    "split_last_item",
     "PROTOCOLS",
     "SEGMENTS",
     "NEW_ITEM_EVENTS",
@@ -41,7 +42,7 @@ __all__ = [
     "FLURS_UPDATE",
 ]
 
-PROTOCOLS: tuple[str, ...] = ("flurs", "prequential")
+PROTOCOLS: tuple[str, ...] = ("flurs", "prequential", "last-item")
 FLURS_TRAIN, FLURS_UPDATE = 0.2, 0.1
 LAG_SHARE = 0.6
 LAG_HORIZON = 10
@@ -128,6 +129,46 @@ def split_flurs(
     n = len(pos)
     a, b = int(n * FLURS_TRAIN), int(n * (FLURS_TRAIN + FLURS_UPDATE))
     return pos[:a], pos[a:b], pos[b:]
+
+
+def split_last_item(
+    events: Sequence[Event], validation: bool = False
+) -> tuple[list[Event], list[Event]]:
+    """(learnt, held out) under leave-one-out: each user's last event is held out and
+    everything else is learnt (in stream order); users with one event are learnt only.
+
+    ``validation``: each user's event before last is held out instead, and the last one
+    is dropped altogether (users need three events), for choosing settings without
+    looking at the test items.
+
+    >>> from core.types import Event
+    >>> evs = [Event(u, i, "click", t) for t, (u, i) in enumerate(
+    ...     [("a", "1"), ("b", "2"), ("a", "3"), ("a", "4"), ("b", "5")])]
+    >>> learnt, held = split_last_item(evs)
+    >>> [e.item_id for e in learnt], [e.item_id for e in held]
+    (['1', '2', '3'], ['4', '5'])
+    >>> learnt, held = split_last_item(evs, validation=True)
+    >>> [e.item_id for e in learnt], [e.item_id for e in held]
+    (['1', '2'], ['3'])
+    """
+    at: dict[str, list[int]] = {}
+    for i, ev in enumerate(events):
+        at.setdefault(ev.user_id, []).append(i)
+    need = 3 if validation else 2
+    held: set[int] = set()
+    dropped: set[int] = set()
+    for positions in at.values():
+        if len(positions) < need:
+            if validation and len(positions) >= 2:
+                dropped.add(positions[-1])
+            continue
+        if validation:
+            held.add(positions[-2])
+            dropped.add(positions[-1])
+        else:
+            held.add(positions[-1])
+    learnt = [ev for i, ev in enumerate(events) if i not in held and i not in dropped]
+    return learnt, [events[i] for i in sorted(held)]
 
 
 class _LagTracker:

@@ -129,10 +129,7 @@ class Ranking:
         def vectors(kind: str, rows: np.ndarray) -> torch.Tensor:
             # E[r] + C[cat r] for distinct ``rows``.
             ucat, cpos = self._cat_marks.dense_ids(self.vocab.categories_of(rows), n_cats)
-            vec = gather(f"emb_{kind}", rows) + gather(f"cat_{kind}", ucat)[torch.from_numpy(cpos)]
-            if kind == "in" and content is not None and content.active:
-                vec = vec + content.project(rows)
-            return vec
+            return gather(f"emb_{kind}", rows) + gather(f"cat_{kind}", ucat)[torch.from_numpy(cpos)]
 
         mask = torch.from_numpy(ctx.mask)
         att = p.type_w[torch.from_numpy(ctx.types)] - nn.functional.softplus(
@@ -160,7 +157,11 @@ class Ranking:
             else:
                 out.append(torch.bmm(vec_out[at], q.unsqueeze(2)).squeeze(2) + bias[at])
         if content is not None and content.active:
-            out = [o + content.item_scores(q, c) for o, c in zip(out, blocks, strict=True)]
+            pop = self.memories.pop_l
+            out = [
+                o + content.item_scores(q, c, pop.at(c), ctx.cold)
+                for o, c in zip(out, blocks, strict=True)
+            ]
         return out, leaves
 
     def logits(

