@@ -24,7 +24,9 @@ import state.store
 import stream.runtime.snapshots
 from stream.cli.main import main
 
-FLAG = Path(os.environ["FULL_DISK_FLAG"])
+# Set when run as a program (importing this module changes nothing: pytest
+# imports every module under tests/ for its doctests).
+FLAG = Path()
 
 
 class _FillingRdict:
@@ -55,8 +57,9 @@ def _full_write_atomic(path: Path, data: bytes) -> None:
 
 
 _write_atomic = stream.runtime.snapshots.write_atomic
-state.store.Rdict = _FillingRdict  # type: ignore[misc,assignment]
-stream.runtime.snapshots.write_atomic = _full_write_atomic
 
 if __name__ == "__main__":
+    FLAG = Path(os.environ["FULL_DISK_FLAG"])
+    state.store.Rdict = _FillingRdict  # type: ignore[misc,assignment]
+    stream.runtime.snapshots.write_atomic = _full_write_atomic
     sys.exit(main())

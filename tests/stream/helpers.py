@@ -14,13 +14,14 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from core.types import Event, UserState
 from stream.config import KafkaConfig, Settings, TopicsConfig, WorkerConfig
 from stream.runtime.native import Worker
 
 __all__ = [
+    "coordinator_not_ready",
     "make_events",
     "TinyPopularity",
     "make_settings",
@@ -186,12 +187,37 @@ def worker_env(bootstrap: str, topics: TopicsConfig, group: str, state_dir: Path
     return env
 
 
+# What a group coordinator that is still being created, loading or moving answers
+# (librdkafka does not mark all of them retriable).
+_NOT_READY = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+}
+
+
+def coordinator_not_ready(exc: KafkaException) -> bool:
+    """Whether ``exc`` means "ask the group coordinator again in a moment"."""
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and (err.retriable() or err.code() in _NOT_READY)
+
+
 def committed_all(kafka: KafkaConfig, group: str, topic: str, partitions: int) -> bool:
-    """Whether ``group`` has committed every partition of ``topic`` up to its end."""
+    """Whether ``group`` has committed every partition of ``topic`` up to its end.
+
+    A coordinator that is still loading or moving (a retriable error) is "not yet".
+    """
     c = Consumer(kafka.client_config(**{"group.id": group, "enable.auto.commit": False}))
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
-        committed = c.committed(tps, timeout=10)
+        try:
+            committed = c.committed(tps, timeout=10)
+        except KafkaException as exc:
+            if coordinator_not_ready(exc):
+                return False
+            raise
         for tp in committed:
             high = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)[1]
             if tp.offset < high:

@@ -17,7 +17,9 @@ from typing import Any
 from engine.driver import BatchDriver
 from stream.cli.main import main
 
-FLAG = Path(os.environ["HANG_FLAG"])
+# Set when run as a program (importing this module changes nothing: pytest
+# imports every module under tests/ for its doctests).
+FLAG = Path()
 _run = BatchDriver.run
 
 
@@ -27,7 +29,7 @@ def _hanging_run(self: BatchDriver, *args: Any, **kwargs: Any) -> Any:
     return _run(self, *args, **kwargs)
 
 
-BatchDriver.run = _hanging_run  # type: ignore[method-assign]
-
 if __name__ == "__main__":
+    FLAG = Path(os.environ["HANG_FLAG"])
+    BatchDriver.run = _hanging_run  # type: ignore[method-assign]
     sys.exit(main())

@@ -13,11 +13,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from core.types import EVENT_INDEX
 from engine.events import decode_recommendation
@@ -26,6 +27,7 @@ from stream.cli.publish import Publisher
 from stream.kafka.topics import ensure_topics, topic_specs
 from tests.stream.helpers import (
     committed_all,
+    coordinator_not_ready,
     make_events,
     make_settings,
     read_topic,
@@ -56,8 +58,15 @@ def _stored(state_dir: Path, group: str) -> tuple[dict[str, list[int]], dict[int
 def _committed(kafka, group: str, topic: str, partitions: int) -> dict[int, int]:  # noqa: ANN001
     c = Consumer(kafka.client_config(**{"group.id": group, "enable.auto.commit": False}))
     try:
-        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return {tp.partition: tp.offset for tp in tps}
+        for attempt in range(20):  # a coordinator still loading or moving answers "not yet"
+            try:
+                tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+                return {tp.partition: tp.offset for tp in tps}
+            except KafkaException as exc:
+                if attempt == 19 or not coordinator_not_ready(exc):
+                    raise
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
     finally:
         c.close()
 
