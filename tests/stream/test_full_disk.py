@@ -90,20 +90,32 @@ def test_a_full_state_disk_stops_the_worker_and_a_restart_loses_nothing(
     }
     cmd = [sys.executable, "-m", "tests.stream.full_disk_worker", "worker"]
 
+    def start_and_catch_up(what: str) -> subprocess.Popen[bytes]:
+        """A worker process, once its group has committed every event sent so far."""
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            wait_for(
+                lambda: (
+                    committed_all(settings.kafka, group, topics.events, 2)
+                    or proc.poll() is not None
+                ),
+                90,
+                what,
+            )
+            assert proc.poll() is None, proc.communicate()[1].decode()
+        except BaseException:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+            raise
+        return proc
+
     with Publisher(settings) as pub:
         pub.publish(before)
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    proc = start_and_catch_up("the first events to be committed")
     try:
-        wait_for(
-            lambda: (
-                committed_all(settings.kafka, group, topics.events, 2) or proc.poll() is not None
-            ),
-            90,
-            "the first events to be committed",
-        )
-        assert proc.poll() is None, proc.communicate()[1].decode()
         flag.touch()  # the disk is full from now on
         with Publisher(settings) as pub:
             pub.publish(after)
@@ -126,18 +138,8 @@ def test_a_full_state_disk_stops_the_worker_and_a_restart_loses_nothing(
     assert any(committed[p] > on_disk.get(p, -1) + 1 for p in committed), (committed, on_disk)
 
     flag.unlink()  # space is back
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    proc = start_and_catch_up("the restarted worker to catch up")
     try:
-        wait_for(
-            lambda: (
-                committed_all(settings.kafka, group, topics.events, 2) or proc.poll() is not None
-            ),
-            90,
-            "the restarted worker to catch up",
-        )
-        assert proc.poll() is None, proc.communicate()[1].decode()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
