@@ -33,7 +33,7 @@ stream starts, and each such model is waited for until its texts are in
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from core.types import Event, StateView
 from engine.replay.harness import Replica
@@ -43,7 +43,7 @@ from model.eval.metrics import NEW_ITEM_EVENTS, NEW_USER_EVENTS, ModelReport, _L
 from model.items import ItemMeta
 from state.views import MemoryStates
 
-__all__ = ["evaluate_models", "give_items"]
+__all__ = ["evaluate_models", "give_items", "ItemSchedule", "first_event_times"]
 
 
 def _batches(events: Sequence[Event], size: int) -> Iterable[Sequence[Event]]:
@@ -66,6 +66,7 @@ def evaluate_models(
     items: Sequence[ItemMeta] = (),
     states: Callable[[], StateView] = MemoryStates,
     learn_test: bool = True,
+    item_times: Mapping[str, int] | None = None,
 ) -> dict[str, ModelReport]:
     """Replay ``warmup`` (learn only) then ``test`` (test-then-learn) through each model.
 
@@ -76,7 +77,9 @@ def evaluate_models(
     ``switches`` (ground truth, with ``seq`` counted from ``first_seq`` = global
     index of ``test[0]``) enables adaptation lag.
     ``progress(n)`` is called with the number of events done. ``items``: the
-    catalogue's metadata, given to the models that take it before the replay.
+    catalogue's metadata, given to the models that take it before the replay, or with
+    ``item_times`` (event time per item id) each item just before the first batch that
+    reaches its time (:class:`ItemSchedule`).
     ``states`` builds each model's user-state view (default: plain objects in
     memory; :class:`CodecStates` stores them as the worker does). ``learn_test=False``
     scores the ``test`` events without learning from them (the last-item protocol).
@@ -90,17 +93,24 @@ def evaluate_models(
         if switches
         else {}
     )
-    if items:
-        for name, replica in replicas.items():
-            t0 = time.perf_counter()
-            give_items(replica.caps, items)
-            reports[name].seconds += time.perf_counter() - t0
+    schedule = ItemSchedule(items, item_times)
+
+    def release(ts: int | None) -> None:
+        due = schedule.due(ts)
+        if due:
+            for name, replica in replicas.items():
+                t0 = time.perf_counter()
+                give_items(replica.caps, due)
+                reports[name].seconds += time.perf_counter() - t0
+
+    release(None)
     item_seen: dict[str, int] = {}
     user_seen: dict[str, int] = {}
     for ev in warmup:
         item_seen[ev.item_id] = item_seen.get(ev.item_id, 0) + 1
         user_seen[ev.user_id] = user_seen.get(ev.user_id, 0) + 1
     for batch in _batches(warmup, batch_size):
+        release(batch[-1].ts)
         for name, replica in replicas.items():
             t0 = time.perf_counter()
             replica.step(batch, score=False)
@@ -118,6 +128,7 @@ def evaluate_models(
                 else:
                     no_learning.add(name)
             frozen = set()
+        release(batch[-1].ts)
         segments = []
         for ev in batch:
             n_item, n_user = item_seen.get(ev.item_id, 0), user_seen.get(ev.user_id, 0)
@@ -154,3 +165,55 @@ def give_items(caps: Capabilities, items: Sequence[ItemMeta]) -> None:
     if caps.takes_items is not None:
         caps.takes_items.add_item_metadata(items)
         caps.takes_items.await_content()
+
+
+class ItemSchedule:
+    """When the replayed models learn each item's metadata.
+
+    Without ``times``, the whole catalogue before the first event. With ``times``
+    (event time per item id, :func:`first_event_times`), each item once the replay
+    reaches its time, and items without one at the start: a replay of a log with real
+    time never lists an item before it exists (a worker learns an item when it is
+    published to the items topic).
+
+    >>> from model.items import ItemMeta
+    >>> s = ItemSchedule([ItemMeta("a", "A"), ItemMeta("b", "B"), ItemMeta("c", "C")],
+    ...                  {"a": 5, "b": 1})
+    >>> [m.item_id for m in s.due(None)], [m.item_id for m in s.due(3)]
+    (['c'], ['b'])
+    >>> [m.item_id for m in s.due(3)], [m.item_id for m in s.due(9)]
+    ([], ['a'])
+    """
+
+    def __init__(self, items: Sequence[ItemMeta], times: Mapping[str, int] | None = None) -> None:
+        if times is None:
+            self._start, self._later = list(items), []
+        else:
+            self._start = [m for m in items if m.item_id not in times]
+            # latest first, so the next due is popped from the end
+            self._later = sorted(
+                (m for m in items if m.item_id in times),
+                key=lambda m: times[m.item_id],
+                reverse=True,
+            )
+        self._times = times or {}
+
+    def due(self, ts: int | None) -> list[ItemMeta]:
+        """The items to give now: at the start (``ts`` None), else those whose time is
+        at most ``ts`` and were not given yet."""
+        if ts is None:
+            out, self._start = self._start, []
+            return out
+        out = []
+        while self._later and self._times[self._later[-1].item_id] <= ts:
+            out.append(self._later.pop())
+        return out
+
+
+def first_event_times(events: Iterable[Event]) -> dict[str, int]:
+    """Each item's earliest event time."""
+    out: dict[str, int] = {}
+    for ev in events:
+        if ev.ts < out.get(ev.item_id, ev.ts + 1):
+            out[ev.item_id] = ev.ts
+    return out

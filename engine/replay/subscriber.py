@@ -41,14 +41,14 @@ list out, as a subscriber that reads only the user's own key sees it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from core.types import Event, Recommendation, UserState
 from engine.replay.harness import Replica
-from engine.replay.pull import give_items
+from engine.replay.pull import ItemSchedule, give_items
 from model.capabilities import Capabilities, RankingModel
 from model.eval.metrics import ModelReport
 from model.items import ItemMeta
@@ -258,11 +258,12 @@ def subscriber_replay(
     items: Sequence[ItemMeta] = (),
     backlog: tuple[int, int] | None = (BATCH_MAX_EVENTS, BATCH_CATCH_UP_EVENTS),
     trace: bool = False,
+    item_times: Mapping[str, int] | None = None,
 ) -> dict[str, SubscriberReport]:
     """Replay ``warmup`` (learn only) then ``test`` in user-distinct batches; score every view.
 
-    ``static``, ``freeze_after`` and ``items`` (item metadata for models that
-    take it) as in :func:`engine.replay.pull.evaluate_models`. The model clock of
+    ``static``, ``freeze_after``, ``items`` (item metadata for models that
+    take it) and ``item_times`` as in :func:`engine.replay.pull.evaluate_models`. The model clock of
     the refresh policies is the number of events learnt. ``backlog``: the
     worker's ``(batch_max_events, batch_catch_up_events)``: the warm-up is
     drained as a worker started on it drains a backlog
@@ -274,8 +275,14 @@ def subscriber_replay(
     for name, model in models.items():
         replica = Replica(model, k)
         caps = replica.caps
-        if items:
-            give_items(caps, items)
+        schedule = ItemSchedule(items, item_times)
+
+        def release(ts: int | None, caps: Capabilities = caps, s: ItemSchedule = schedule) -> None:
+            due = s.due(ts)
+            if due:
+                give_items(caps, due)
+
+        release(None)
         states = replica.view
         assert isinstance(states, MemoryStates)
         views = {p: SubscriberView(pol, HeldLists(states), k) for p, pol in policies.items()}
@@ -287,6 +294,7 @@ def subscriber_replay(
         t0 = time.perf_counter()
         warm = _chunks(warmup, batch_size) if backlog is None else backlog_batches(warmup, *backlog)
         for batch in warm:
+            release(batch[-1].ts)
             out = replica.step(batch, score=False)
             clock += len(batch)
             for view in views.values():
@@ -302,6 +310,7 @@ def subscriber_replay(
                 else:
                     learn = False
                 frozen = False
+            release(max(ev.ts for ev in batch))
             for view in views.values():
                 view.passes_until(batch[0].ts, caps, clock)
                 for ev in batch:

@@ -34,6 +34,7 @@ __all__ = [
     "ModelReport",
     "split_flurs",
     "split_last_item",
+    "split_validation",
     "PROTOCOLS",
     "SEGMENTS",
     "NEW_ITEM_EVENTS",
@@ -44,6 +45,7 @@ __all__ = [
 
 PROTOCOLS: tuple[str, ...] = ("flurs", "prequential", "last-item")
 FLURS_TRAIN, FLURS_UPDATE = 0.2, 0.1
+VALIDATION_SHARE = 0.3  # the first part of a stream that settings are chosen on
 LAG_SHARE = 0.6
 LAG_HORIZON = 10
 NEW_ITEM_EVENTS = 5  # an item with fewer earlier events than this is new
@@ -129,6 +131,36 @@ def split_flurs(
     n = len(pos)
     a, b = int(n * FLURS_TRAIN), int(n * (FLURS_TRAIN + FLURS_UPDATE))
     return pos[:a], pos[a:b], pos[b:]
+
+
+def split_validation(
+    events: Sequence[Event], ratings: Sequence[float] | None, protocol: str
+) -> tuple[list[Event], list[Event]]:
+    """(learnt, scored) of the validation part of ``events`` for ``protocol``
+    (``flurs`` or ``prequential``): the stream's first ``VALIDATION_SHARE`` only, so
+    settings are chosen without looking at the part a report scores.
+
+    ``prequential``: the first 30% of the events, every one scored then learnt.
+    ``flurs``: the protocol's own warm-up (the first 30% of the positives), replayed
+    with the same protocol inside it: its first 30% learnt, the rest scored.
+
+    >>> from core.types import Event
+    >>> evs = [Event("u", str(i), "click", i) for i in range(20)]
+    >>> learnt, scored = split_validation(evs, None, "prequential")
+    >>> len(learnt), [e.item_id for e in scored]
+    (0, ['0', '1', '2', '3', '4', '5'])
+    >>> learnt, scored = split_validation(evs, None, "flurs")
+    >>> [e.item_id for e in learnt], [e.item_id for e in scored]
+    (['0'], ['1', '2', '3', '4', '5'])
+    """
+    if protocol == "prequential":
+        return [], list(events[: int(len(events) * VALIDATION_SHARE)])
+    if protocol != "flurs":
+        raise ValueError(f"no validation split of this kind for protocol {protocol!r}")
+    train, update, _ = split_flurs(events, ratings)
+    part = [*train, *update]
+    cut = int(len(part) * VALIDATION_SHARE)
+    return part[:cut], part[cut:]
 
 
 def split_last_item(

@@ -18,7 +18,7 @@ from typing import Any
 from core.cliargs import add_csv_flags, add_items_flag, check_items
 from core.errors import ConfigError, DataError, InterestStreamError
 from core.types import StateView
-from engine.replay.pull import evaluate_models
+from engine.replay.pull import evaluate_models, first_event_times
 from engine.replay.scaleout import ScaledOut
 from engine.replay.subscriber import subscriber_replay, subscriber_summaries, table
 from model.data.datasets import (
@@ -29,7 +29,7 @@ from model.data.datasets import (
     load_events,
     parse_mapping,
 )
-from model.eval.metrics import PROTOCOLS, split_flurs, split_last_item
+from model.eval.metrics import PROTOCOLS, split_flurs, split_last_item, split_validation
 from model.factory import MODEL_NAMES, create_model, model_spec
 from model.pacing import BATCH_CATCH_UP_EVENTS, BATCH_MAX_EVENTS
 from model.refresh import RefreshPolicy
@@ -43,6 +43,8 @@ __all__ = ["register", "run", "main", "load_args"]
 STATIC_TRAIN_SHARE = 0.1
 # Formats whose catalogue sits beside the events (read unless --item-data says otherwise).
 ITEM_SOURCES = ("recbole", "movielens", "unisrec")
+# Formats whose events carry no real time: their whole catalogue exists from the start.
+MADE_UP_TIME = ("unisrec", "synthetic")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -66,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--validation",
         action="store_true",
-        help="last-item: hold out each user's item before last instead (for tuning)",
+        help="score the validation part only, for choosing settings: last-item holds out "
+        "each user's item before last; prequential scores the stream's first 30%%; flurs "
+        "replays the protocol inside its 30%% warm-up",
     )
     p.add_argument("--k", type=int, default=10, help="list length (default 10)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the results here")
@@ -117,6 +121,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="item metadata (titles, text) for the content encoder: a catalogue in --format "
         "(recbole .item, movielens u.item) or a CSV item,title[,text][,category]; default: "
         "the catalogue beside --data for recbole and movielens; none: no metadata",
+    )
+    p.add_argument(
+        "--items-known",
+        choices=("start", "first-event"),
+        help="when the models learn an item's metadata: start (the whole catalogue before "
+        "the first event) or first-event (each item as the replay reaches its first event "
+        "in the data, of any kind: an item is never listed before it exists, as a worker "
+        "learns it when it is published); default: first-event for data with real "
+        "timestamps, start for unisrec and synthetic",
     )
     p.add_argument(
         "--state-codec",
@@ -248,8 +261,10 @@ def run(args: argparse.Namespace) -> int:
         args.protocol in ("flurs", "last-item") if args.exclude_seen is None else args.exclude_seen
     )
     if args.validation and args.protocol != "last-item":
-        raise ConfigError("--validation is for --protocol last-item")
-    if args.protocol == "flurs":
+        warmup, test = split_validation(events, ratings, args.protocol)
+        if not test:
+            raise DataError(f"{args.data}: too few events for a validation part")
+    elif args.protocol == "flurs":
         train, update, test = split_flurs(events, ratings)
         warmup = [*train, *update]
     elif args.protocol == "last-item":
@@ -259,8 +274,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         warmup, test = [], events
     items, content = _item_metadata(args, {ev.item_id for ev in events})
+    known = args.items_known or ("start" if args.format in MADE_UP_TIME else "first-event")
+    item_times = first_event_times(events) if items and known == "first-event" else None
+    if items:
+        content["items_known"] = known
     switches = stream.switches if stream is not None else None
-    catalogue = len({ev.item_id for ev in [*warmup, *test]})
+    # The protocol's whole catalogue (FluRS: its positives), also when a part is scored.
+    scope = events if args.protocol != "flurs" else [*warmup, *test]
+    if args.validation and args.protocol == "flurs":
+        scope = [ev for part in split_flurs(events, ratings) for ev in part]
+    catalogue = len({ev.item_id for ev in scope})
     t0 = time.perf_counter()
     result: dict[str, Any] = {
         "protocol": args.protocol,
@@ -293,6 +316,7 @@ def run(args: argparse.Namespace) -> int:
                 freeze_after=0 if warmup else int(len(test) * STATIC_TRAIN_SHARE),
                 progress=bar.update,
                 items=items,
+                item_times=item_times,
                 states=_state_views(args.state_codec),
                 learn_test=args.protocol != "last-item",
             )
@@ -305,7 +329,9 @@ def run(args: argparse.Namespace) -> int:
             result["models"] = summary
             hits.update({n: r.hits for n, r in reports.items()})
     if policy is not None and "models" in result:
-        subs = _subscriber(args, names, policy, (warmup, test, items), exclude_seen, catalogue)
+        subs = _subscriber(
+            args, names, policy, (warmup, test, items, item_times), exclude_seen, catalogue
+        )
         for n, sub in subs.items():
             result["models"][n]["subscriber"] = sub
     text = json.dumps(result, indent=2)
@@ -365,17 +391,18 @@ def _subscriber(
     args: argparse.Namespace,
     names: list[str],
     policy: RefreshPolicy,
-    data: tuple[list, list, list],
+    data: tuple[list, list, list, dict[str, int] | None],
     exclude_seen: bool,
     catalogue: int,
 ) -> dict[str, dict]:
     """The subscriber view of every model: fresh models, the same seed, a replay of its own.
 
-    ``data``: the warm-up events, the scored events and the item metadata.
+    ``data``: the warm-up events, the scored events, the item metadata and when each
+    item becomes known (None: at the start).
     """
     from tqdm import tqdm
 
-    warmup, test, items = data
+    warmup, test, items, item_times = data
     models = {n: create_model(n, seed=args.seed, exclude_seen=exclude_seen) for n in names}
     policies = {"refresh": policy, "off": RefreshPolicy(enabled=False)}
     total = (len(warmup) + len(test)) * len(names)
@@ -391,6 +418,7 @@ def _subscriber(
             freeze_after=0 if warmup else int(len(test) * STATIC_TRAIN_SHARE),
             progress=bar.update,
             items=items,
+            item_times=item_times,
             backlog=(args.batch_max_events, args.batch_catch_up_events),
         )
     return subscriber_summaries(reports, catalogue)

@@ -11,7 +11,7 @@ import pytest
 
 from core.errors import DataError
 from core.types import Event
-from engine.replay.pull import evaluate_models
+from engine.replay.pull import evaluate_models, first_event_times
 from engine.replay.scaleout import ScaledOut
 from model.data.datasets import load_events
 from model.data.unisrec import STREAM_STEP_MS, find_files, read_sequences
@@ -96,7 +96,7 @@ def test_last_item_split_holds_out_each_users_last_event() -> None:
     assert [ev.ts for ev in held] == sorted(ev.ts for ev in held)
 
 
-def test_cli_last_item_scores_one_event_per_user(tmp_path: Path) -> None:
+def test_cli_scores_one_event_per_user_and_the_validation_parts(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     base = ["evaluate", "--data", str(SLICE), "--format", "unisrec", "--item-data", "none"]
     base += ["--protocol", "last-item", "--models", "popular,itemknn"]
@@ -105,7 +105,10 @@ def test_cli_last_item_scores_one_event_per_user(tmp_path: Path) -> None:
     assert (result["protocol"], result["events_tested"]) == ("last-item", 60)
     assert cli.main([*base, "--validation", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["events_tested"] == 60
-    assert cli.main(["evaluate", "--format", "synthetic", "--validation"]) != 0
+    base[-3] = "prequential"
+    assert cli.main([*base, "--validation", "--json", str(out)]) == 0
+    scored = json.loads(out.read_text())["events_tested"]
+    assert scored == int(sum(map(len, _file_sequences().values())) * 0.3)
 
 
 def _recbole(tmp: Path, item_ids: list[str]) -> Path:
@@ -165,3 +168,34 @@ def test_one_worker_replays_exactly_as_the_plain_model() -> None:
     assert len(replica.content.item_ids) == len(plain.content.item_ids) == 30
     assert reports["one"].hits == reports["plain"].hits
     assert reports["one"].rr == reports["plain"].rr
+
+
+@needs_encoder
+def test_an_item_is_never_listed_before_the_replay_reaches_its_first_event() -> None:
+    kinds = ("saw", "drill", "glove", "tape", "vise", "lens")
+    items = [ItemMeta(f"i{n}", f"{kinds[n % 6]} model {n}", kinds[n % 6]) for n in range(30)]
+    # Near twins of the items everyone uses, first seen only after the replayed part.
+    items += [
+        ItemMeta(f"new{n}", f"{kinds[n % 6]} model {n} mark two", kinds[n % 6]) for n in range(6)
+    ]
+    events = [
+        Event(f"u{u}", f"i{(u * 5 + 6 * j + u % 6) % 30}", "click", 1_000 * (u + 40 * j))
+        for j in range(8)
+        for u in range(40)
+    ]
+    events.sort(key=lambda e: e.ts)
+    later = [Event("u0", f"new{n}", "click", events[-1].ts + 1_000 * (n + 1)) for n in range(6)]
+    times = first_event_times([*events, *later])
+    twins = {m.item_id for m in items[30:]}
+    listed = {}
+    for mode, at in (("start", None), ("first-event", times)):
+        model = create_model("interest")
+        report = evaluate_models(
+            {mode: model}, events[:100], events[100:], items=items, item_times=at
+        )[mode]
+        listed[mode] = report.recommended & twins
+        assert model.content is not None
+        known = twins & set(model.content.item_ids)
+        assert known == (twins if at is None else set())
+    assert listed["start"], "the twins are known from the start and listed"
+    assert not listed["first-event"], "an item is not listed before it exists"
