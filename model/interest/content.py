@@ -16,7 +16,9 @@ catalogue's mean and unit length again):
   learnt, and an item nobody touched yet has a useful score from its first appearance;
 * a score feature: the cosine between ``c_i`` and the user's content profile
   (recency- and event-type-weighted sum of their recent items' vectors), with
-  its own learned blend weight ``alpha + beta * cold(user) + f * fresh(item)``;
+  its own learned blend weight ``alpha + f * fresh(item)``;
+* a nearest-text feature: the highest cosine between ``c_i`` and one of the user's
+  ``NEAR_RECENT`` newest items' vectors (:meth:`ContentPart.nearest`), learned weight;
 * a gate on both, learnt with the rest (:meth:`ContentPart.gate`):
   ``sigmoid(g0 + g1 * log(1 + count_i) + g2 * cold(user))``, so the text counts
   as much as it earns, per item (its own events take over as they come in) and
@@ -67,6 +69,8 @@ CANDIDATES = 50  # content candidates per user
 RECENT = 10  # the newest recent items whose neighbours are candidates
 PROFILE_DECAY = 0.8  # per-event decay of a recent item's weight in the content profile
 GATE_START = 2.0  # the gate's bias at first: sigmoid(2) = 0.88, content nearly fully on
+NEAR_RECENT = 3  # the user's newest items the nearest-text feature reads
+NEAR_START = 1.0  # the nearest-text feature's weight at first
 FRESH_EVENTS = 2.0  # events after which an item is half "fresh" (see ContentPart.score)
 INSTALL_BUDGET = 1024  # vectors installed per model call at most (the rest wait for the next)
 _ENCODE_BATCH = 64
@@ -251,15 +255,19 @@ class ContentPart:
         self.proj_out = nn.Parameter(torch.zeros(TEXT_DIM, dim))
         self.item_bias = nn.Parameter(torch.zeros(TEXT_DIM))
         self.alpha = nn.Parameter(torch.tensor(1.0))
-        self.beta = nn.Parameter(torch.tensor(0.0))
         # Weights of the cosine on items few people touched yet, and of their being new.
         self.fresh_cos = nn.Parameter(torch.tensor(0.0))
+        # Weight of the nearest-text feature (see :meth:`nearest`).
+        self.near_w = nn.Parameter(torch.tensor(NEAR_START))
         # The gate (see :meth:`gate`): how much an item's text counts, per item and user.
         self.gate_w = nn.Parameter(torch.tensor([GATE_START, 0.0, 0.0]))
         self._opt = torch.optim.Adam(
             [
                 {"params": [self.proj_out, self.item_bias], "lr": lr},
-                {"params": [self.alpha, self.beta, self.fresh_cos, self.gate_w], "lr": blend_lr},
+                {
+                    "params": [self.alpha, self.fresh_cos, self.near_w, self.gate_w],
+                    "lr": blend_lr,
+                },
             ]
         )
         self._base_lr = [lr, blend_lr]
@@ -494,26 +502,47 @@ class ContentPart:
             parts.append(torch.bmm(vec, prof[lo : lo + step].unsqueeze(2)).squeeze(2))
         return torch.cat(parts)
 
+    def nearest(self, ctx: Context, cols: np.ndarray) -> torch.Tensor:
+        """float32[B, C]: the highest cosine of each column's text with one of the user's
+        ``NEAR_RECENT`` newest items' texts (0 without any).
+
+        A profile blurs what a user did into one direction; the next item is often a
+        sibling of one of the last (the same product in another size, the same series,
+        the brand's accessory), which only the nearest text shows.
+        """
+        recent = torch.from_numpy(self._vectors_of(ctx.rows[:, -NEAR_RECENT:]))  # [B, R, T]
+        if cols.ndim == 1:
+            sims = torch.matmul(recent, torch.from_numpy(self._columns(cols)).T)  # [B, R, C]
+        else:
+            parts = []
+            step = max(1, 4096 // max(cols.shape[1], 1))
+            for lo in range(0, cols.shape[0], step):
+                vec = torch.from_numpy(self._vectors_of(cols[lo : lo + step]))  # [b, C, T]
+                parts.append(torch.bmm(recent[lo : lo + step], vec.transpose(1, 2)))
+            sims = torch.cat(parts)
+        # An item with no text (or padding) is a zero vector: a cosine of 0, never the max
+        # of a user who has a sibling, and 0 for one who has none.
+        return sims.max(dim=1).values
+
     def score(
         self, ctx: Context, cols: np.ndarray, counts: np.ndarray, cold: np.ndarray
     ) -> torch.Tensor:
         """float32[B, C] content term of the columns' logits (``counts``: their event counts).
 
-        ``gate * (alpha + beta * cold + f * fresh) * cos`` with ``cos`` the profile cosine
+        ``gate * ((alpha + f * fresh) * cos + n * near)`` with ``cos`` the profile cosine
         (:meth:`feature`), ``fresh = 1 / (1 + count / FRESH_EVENTS)``
-        (on items few people touched, what they are about is all there is to go on)
-        and ``gate`` the item's and user's gate (:meth:`gate`).
+        (on items few people touched, what they are about is all there is to go on),
+        ``near`` the nearest-text feature (:meth:`nearest`) and ``gate`` the item's
+        and user's gate (:meth:`gate`). How much a user's history counts is the gate's
+        (its ``cold(user)`` term): a second weight on ``cold`` in the blend cost on
+        MovieLens-100K's validation part (docs/model/content.md).
         """
         cos = self.feature(ctx, cols)
         fresh = torch.from_numpy((1.0 / (1.0 + counts / FRESH_EVENTS)).astype(np.float32))
         if fresh.dim() == 1:
             fresh = fresh.unsqueeze(0)
-        term = (self.weight(cold) + self.fresh_cos * fresh) * cos
+        term = (self.alpha + self.fresh_cos * fresh) * cos + self.near_w * self.nearest(ctx, cols)
         return term * self.gate(counts, cold)
-
-    def weight(self, cold: np.ndarray) -> torch.Tensor:
-        """float32[B, 1]: the blend weight of the content feature per user."""
-        return (self.alpha + torch.from_numpy(cold) * self.beta).unsqueeze(1)
 
     def candidates(self, ctx: Context) -> np.ndarray:
         """int64[B, CANDIDATES] rows most similar to each user's newest items (-1 padded)."""
@@ -554,8 +583,8 @@ class ContentPart:
             "proj_out": self.proj_out,
             "item_bias": self.item_bias,
             "alpha": self.alpha,
-            "beta": self.beta,
             "fresh_cos": self.fresh_cos,
+            "near_w": self.near_w,
             "gate_w": self.gate_w,
         }
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.errors import DataError
-from core.types import Event
+from core.types import Event, UserState
 from model.data.synthetic import SyntheticStream
 from model.interest.encoder import load_encoder
 from model.interest.model import InterestModel
@@ -172,3 +172,32 @@ def test_a_new_item_is_listed_for_users_of_similar_items_and_survives_a_snapshot
             listed = [i for i, _ in m.rank(f"u{u}", views.states[f"u{u}"], 6)]
             mine, other = ("s9", "r9") if u < 4 else ("r9", "s9")
             assert mine in listed and listed.index(mine) < listed.index(other), (u, listed)
+
+
+@needs_encoder
+def test_the_nearest_text_feature_is_the_best_cosine_with_the_newest_items() -> None:
+    texts = [
+        "Cordless drill with two batteries",
+        "Drill bit set for steel",
+        "Nitrile gloves, box of 100",
+        "Safety goggles with anti-fog coating",
+        "Digital caliper, 150 mm",
+        "Soldering iron station",
+    ]
+    model = InterestModel(seed=0)
+    model.add_item_metadata([ItemMeta(f"i{n}", t) for n, t in enumerate(texts)])
+    model.await_content()
+    views = MemoryStates()
+    order = [0, 2, 4, 5]  # the user's items, oldest first
+    events = [Event("u", f"i{n}", "click", 1000 + t) for t, n in enumerate(order)]
+    events.append(Event("v", "i1", "click", 2000))
+    process_batch(events, views, model)
+    content = model.content
+    assert content is not None
+    ctx = model.ranking.context([views.states["u"], UserState()])
+    cols = model.vocab.live_rows()
+    got = content.nearest(ctx, cols).numpy()
+    vec = content._vectors_of(cols)  # centred, unit length: what the model reads
+    newest = content._vectors_of(np.array([model.vocab.index[f"i{n}"] for n in order[-3:]]))
+    assert np.allclose(got[0], (vec @ newest.T).max(axis=1), atol=1e-5)
+    assert np.allclose(got[1], 0.0)  # a user without items has no nearest text
